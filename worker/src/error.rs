@@ -1,0 +1,39 @@
+//! The worker's error type: every variant says which file or setting is at fault and why.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model, tokenizer or adapter file that is missing, malformed or of an unsupported kind.
+    #[error("{path}: {message}")]
+    BadFile { path: PathBuf, message: String },
+    /// Something the worker does not support (architecture, quant type, template, ...).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("template: {0}")]
+    Template(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// An item that cannot be run as asked (for example a prompt that does not fit).
+    #[error("item {item}: {message}")]
+    Item { item: String, message: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn bad_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::BadFile { path: path.into(), message: message.into() }
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,19 @@
+//! evalfleet worker: loads each model once and keeps it, runs the work items the coordinator
+//! leases to it (generation for step 1), and streams one result per item back.
+//!
+//! - [`models`]: the decoder (llama / qwen2 / mistral through one config), HF safetensors and GGUF
+//!   loading, PEFT LoRA merging.
+//! - [`tokenize`]: tokenizers (tokenizer.json or GGUF vocabulary), the model's own chat template,
+//!   LLaMA-Factory templates with their encoding and `cutoff_len` truncation.
+//! - [`engine`]: batched generation with a KV cache, sampling with a per-item random stream.
+//! - [`tasks`]: turns a lease into results (builds prompts, generates, decodes).
+//! - [`rpc`]: the stream to the coordinator.
+
+pub mod engine;
+pub mod error;
+pub mod models;
+pub mod rpc;
+pub mod tasks;
+pub mod tokenize;
+
+pub use error::{Error, Result};

@@ -1,0 +1,47 @@
+//! Model code: one decoder for the llama / qwen2 / mistral family (configured, not copied),
+//! loaded from HF folders (safetensors, sharded or not) or GGUF files, with PEFT LoRA adapters
+//! merged at load.
+//!
+//! The engine drives models only through [`Decoder`], so batching, caching and sampling code never
+//! depends on which architecture or weight format is behind it.
+
+use candle_core::{Device, Tensor};
+
+use crate::Result;
+
+/// Which positions' logits a forward pass must return. The LM head is the most expensive matmul
+/// for small models, so it is computed only where the caller reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsAt {
+    /// Every position: `(batch, seq, vocab)`.
+    All,
+    /// Only the last position of each row: `(batch, 1, vocab)`.
+    Last,
+}
+
+/// One forward step over a left-padded batch.
+#[derive(Debug)]
+pub struct ForwardInput {
+    /// `(batch, seq)` u32 token ids (pad positions hold any valid id).
+    pub tokens: Tensor,
+    /// `(batch, seq)` u32 position ids per row (HF: cumulative sum of the attention mask - 1).
+    pub positions: Tensor,
+    /// `(batch, past + seq)` u8, 1 where a key may be attended to, 0 for padding. `None` means
+    /// no padding anywhere (plain causal attention).
+    pub key_mask: Option<Tensor>,
+}
+
+/// What the generation engine needs from a causal LM.
+pub trait Decoder {
+    /// Per-sequence state kept between forward passes (the KV cache).
+    type Cache;
+    fn new_cache(&self) -> Self::Cache;
+    /// Runs `input` after what `cache` already holds and appends to the cache. Returns f32 logits
+    /// shaped as [`LogitsAt`] says. Causal masking is the decoder's job; `key_mask` only adds
+    /// padding.
+    fn forward(&self, input: &ForwardInput, cache: &mut Self::Cache, at: LogitsAt) -> Result<Tensor>;
+    /// Keeps only the given batch rows of the cache (finished sequences leave the batch).
+    fn retain_rows(&self, cache: &mut Self::Cache, rows: &[usize]) -> Result<()>;
+    fn device(&self) -> &Device;
+    fn vocab_size(&self) -> usize;
+}

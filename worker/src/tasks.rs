@@ -1,0 +1,1 @@
+//! Turns a lease from the coordinator into one result per item.

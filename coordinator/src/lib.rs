@@ -5,8 +5,20 @@
 //! - [`datasets`]: `dataset_info.json`, alpaca and sharegpt files, `max_samples`.
 //! - [`metrics`]: ROUGE (jieba + rouge-chinese semantics) and BLEU-4 (NLTK semantics), bit-compatible.
 //! - [`output`]: writers that reproduce the Python tool's JSON formatting, written atomically.
+//! - [`sched`]: the lease scheduler, a pure state machine (queue, leases, retries, completion).
+//! - [`rpc`]: the `Fleet.Connect` gRPC stream, bearer-token auth, the version handshake.
+//! - [`local`]: local mode: tokens, finding and spawning worker processes, watching them.
+//! - [`run`]: the step drivers (step 1: plan items, run the fleet, score, write the files).
+//! - [`progress`]: the progress bar and a log writer that does not tear it.
+//! - [`cli`]: the `evalfleet` command line.
 
 pub mod config;
 pub mod datasets;
 pub mod metrics;
 pub mod output;
+pub mod cli;
+pub mod local;
+pub mod progress;
+pub mod rpc;
+pub mod run;
+pub mod sched;

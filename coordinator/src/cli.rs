@@ -1,0 +1,141 @@
+//! The `evalfleet` command line (clap derive): `step1`, `run`, `score text`. Glue only: each
+//! subcommand parses its options and calls a driver in [`crate::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::run::FleetSetup;
+
+/// evalfleet: evaluates LLM checkpoints like the original LLaMA-Factory-based tool, on one CPU or a
+/// fleet of GPU workers.
+///
+/// Logs go to stderr (filter with RUST_LOG, default `info`); a progress bar is shown while a step
+/// runs when stderr is a terminal.
+#[derive(Debug, Parser)]
+#[command(name = "evalfleet", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Step 1: generate answers for an SFT test set, score them (ROUGE-1/2/L, BLEU-4), write files.
+    ///
+    /// Reads a job YAML with the original tool's step-1 keys (model_name_or_path,
+    /// adapter_name_or_path, template, dataset_dir, dataset, cutoff_len, max_samples,
+    /// per_device_eval_batch_size, output_dir, generation settings...). Writes
+    /// <output_dir>/generated_predictions.jsonl, predict_results.json and all_results.json (updated
+    /// in place). Starts a coordinator on loopback and one worker per visible GPU (else one CPU
+    /// worker) unless --workers / --listen say otherwise.
+    Step1(StepArgs),
+    /// Runs a job YAML (currently the step-1 keys, as `step1` does).
+    ///
+    /// Same inputs, outputs and fleet options as `step1`.
+    Run(StepArgs),
+    /// Recomputes metrics from existing output files, without a model.
+    #[command(subcommand)]
+    Score(ScoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScoreCommand {
+    /// ROUGE-1/2/L and BLEU-4 of a generated_predictions.jsonl, printed as JSON on stdout.
+    ///
+    /// Scores the `label` and `predict` strings exactly as saved in the file (the original tool
+    /// scored the tokenizer's decoding, which can differ in spacing). With --write, also writes a
+    /// predict_results.json-style file (metrics only, no speed keys).
+    Text {
+        /// The generated_predictions.jsonl to score.
+        predictions: PathBuf,
+        /// Also write the metrics to this JSON file (indent 4, sorted keys, like predict_results.json).
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+}
+
+/// A job YAML plus the options of the fleet that runs it.
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    /// The job YAML.
+    pub yaml: PathBuf,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Where the workers come from.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Local worker processes to start (default: one per visible GPU, else one CPU worker; 0 = only
+    /// external workers, needs --listen).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Serve on ADDR (e.g. 0.0.0.0:50051) so external `evalfleet-worker --coordinator URL` can join;
+    /// the token then comes from --token-file or EVALFLEET_TOKEN.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// File whose first line is the bearer token (with --listen; default: $EVALFLEET_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Items per lease = generation batch size of each worker (default: the YAML's
+    /// per_device_eval_batch_size; predictions do not depend on it).
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// Start CPU workers even when GPUs are visible.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+impl FleetArgs {
+    /// The fleet setup these options describe.
+    pub fn setup(&self) -> FleetSetup {
+        FleetSetup {
+            workers: self.workers,
+            listen: self.listen,
+            token_file: self.token_file.clone(),
+            batch_size: self.batch_size,
+            cpu_only: self.cpu,
+            options: Default::default(),
+        }
+    }
+}
+
+/// The binary's entry point: parse, log, dispatch, report errors.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::progress::init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Step1(args) | Command::Run(args) => {
+            let files = crate::run::step1::run_step1(&args.yaml, &args.fleet.setup()).await?;
+            for path in files {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Score(ScoreCommand::Text { predictions, write }) => {
+            let json = crate::run::score::score_text(&predictions, write.as_deref())?;
+            println!("{json}");
+            Ok(())
+        }
+    }
+}

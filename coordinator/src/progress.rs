@@ -1,0 +1,103 @@
+//! The progress bar shown on stderr while a step runs (items done / total, rate, ETA), and a log
+//! writer that lifts the bar out of the way before each log line so the two never tear each other.
+//!
+//! The bar is hidden when stderr is not a terminal (CI logs, redirects); logs are unaffected.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The bar currently on screen, if any; log lines are printed "around" it.
+static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// A progress bar over the items of one step. Finishes (and leaves the screen) when dropped.
+pub struct ItemsBar {
+    bar: ProgressBar,
+}
+
+impl ItemsBar {
+    /// Starts a bar titled `label` over `total` items.
+    pub fn start(label: &str, total: u64) -> Self {
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(Some(total), target);
+        let style = ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} items  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_message(label.to_string());
+        *lock() = Some(bar.clone());
+        ItemsBar { bar }
+    }
+
+    /// Sets the number of finished items.
+    pub fn set(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+}
+
+impl Drop for ItemsBar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+        *lock() = None;
+    }
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<ProgressBar>> {
+    ACTIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes `bytes` to stderr with the active bar (if any) suspended.
+fn write_around_bar(bytes: &[u8]) -> std::io::Result<()> {
+    let bar = lock().clone();
+    match bar {
+        Some(bar) => bar.suspend(|| std::io::stderr().write_all(bytes)),
+        None => std::io::stderr().write_all(bytes),
+    }
+}
+
+/// Prints one line to stderr without tearing the progress bar (used for worker output).
+pub fn eprintln_line(line: &str) {
+    let _ = write_around_bar(format!("{line}\n").as_bytes());
+}
+
+/// A `tracing_subscriber` writer: stderr, around the progress bar.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StderrAroundBar;
+
+impl Write for StderrAroundBar {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The fmt layer formats a whole event into one buffer and writes it at once, so one
+        // suspension per write keeps each line intact.
+        write_around_bar(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrAroundBar {
+    type Writer = StderrAroundBar;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        StderrAroundBar
+    }
+}
+
+/// Installs the global tracing subscriber: `RUST_LOG` filter (default `info`), logs on stderr.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(StderrAroundBar)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

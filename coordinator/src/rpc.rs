@@ -1,0 +1,463 @@
+//! The coordinator's gRPC side: the `Fleet.Connect` stream, bearer-token auth, the protocol-version
+//! handshake. Handlers stay thin: each worker message becomes one call on the [`Scheduler`], whose
+//! answer goes back down the stream.
+//!
+//! One [`Fleet`] is shared by every connection; the job driver holds a clone to watch progress,
+//! collect outcomes and finally tell the workers to shut down.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use evalfleet_proto::PROTOCOL_VERSION;
+use evalfleet_proto::v1 as pb;
+use evalfleet_proto::v1::fleet_server::{Fleet as FleetRpc, FleetServer};
+use futures::Stream;
+use pb::coordinator_message::Msg as Down;
+use pb::worker_message::Msg as Up;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::service::Interceptor;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::sched::{Assignment, Progress, Recorded, SchedConfig, Scheduler, WorkerKey};
+
+/// How the coordinator talks to its workers.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Reported to workers in `Welcome`.
+    pub job_id: String,
+    /// How often workers send heartbeats (must be well under the lease TTL).
+    pub heartbeat_interval: Duration,
+    /// What `NoWork` tells an idle worker to wait before asking again.
+    pub no_work_retry: Duration,
+    /// A worker must send `Hello` within this time after connecting.
+    pub hello_timeout: Duration,
+    pub sched: SchedConfig,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            job_id: String::new(),
+            heartbeat_interval: Duration::from_secs(2),
+            no_work_retry: Duration::from_millis(250),
+            hello_timeout: Duration::from_secs(30),
+            sched: SchedConfig::default(),
+        }
+    }
+}
+
+/// Shared state of a running fleet: the scheduler plus the signals the driver watches.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    opts: FleetOptions,
+    sched: Mutex<Scheduler>,
+    progress: watch::Sender<Progress>,
+    /// `Some(reason)` once the workers should stop.
+    shutdown: watch::Sender<Option<String>>,
+    /// Number of open worker streams.
+    connected: watch::Sender<usize>,
+    next_worker: AtomicU64,
+}
+
+impl Fleet {
+    /// A fleet around `sched` (tasks may be added before or after serving starts).
+    pub fn new(opts: FleetOptions, sched: Scheduler) -> Self {
+        let progress = watch::Sender::new(sched.progress());
+        Fleet {
+            inner: Arc::new(Shared {
+                opts,
+                sched: Mutex::new(sched),
+                progress,
+                shutdown: watch::Sender::new(None),
+                connected: watch::Sender::new(0),
+                next_worker: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Runs `f` on the scheduler, then publishes the new progress.
+    pub fn with_sched<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
+        let mut sched = self.inner.lock();
+        let out = f(&mut sched);
+        self.inner.progress.send_replace(sched.progress());
+        out
+    }
+
+    /// Progress updates (one per recorded result).
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.inner.progress.subscribe()
+    }
+
+    /// Number of connected workers, updated as they come and go.
+    pub fn connected(&self) -> watch::Receiver<usize> {
+        self.inner.connected.subscribe()
+    }
+
+    /// Resolves once every item of every task has an outcome.
+    pub async fn wait_complete(&self) -> Progress {
+        let mut rx = self.progress();
+        match rx.wait_for(Progress::is_complete).await {
+            Ok(p) => *p,
+            // The sender lives in `self`, so it cannot be dropped while we wait.
+            Err(_) => unreachable!("progress sender dropped while the fleet is alive"),
+        }
+    }
+
+    /// Tells every connected worker (and any that connects later) to exit.
+    pub fn shutdown_workers(&self, reason: &str) {
+        self.inner.shutdown.send_replace(Some(reason.to_string()));
+    }
+
+    /// After [`Fleet::shutdown_workers`]: waits until every stream has closed, or `timeout`.
+    pub async fn wait_disconnected(&self, timeout: Duration) -> bool {
+        let mut rx = self.connected();
+        tokio::time::timeout(timeout, rx.wait_for(|&n| n == 0))
+            .await
+            .is_ok()
+    }
+
+    /// The tonic service with bearer-token checking in front.
+    pub fn service(
+        &self,
+        token: &str,
+    ) -> tonic::service::interceptor::InterceptedService<FleetServer<FleetService>, BearerAuth>
+    {
+        FleetServer::with_interceptor(
+            FleetService {
+                fleet: self.clone(),
+            },
+            BearerAuth::new(token),
+        )
+    }
+
+    /// Serves the fleet on `listener` until the returned handle is stopped, and reclaims expired
+    /// leases in the background.
+    pub fn serve(&self, listener: TcpListener, token: &str) -> std::io::Result<ServerHandle> {
+        let addr = listener.local_addr()?;
+        let service = self.service(token);
+        let server = tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(listener);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                warn!("gRPC server stopped: {e}");
+            }
+        });
+        let fleet = self.clone();
+        let reaper = tokio::spawn(async move { fleet.reap_expired_leases().await });
+        Ok(ServerHandle {
+            addr,
+            tasks: vec![server, reaper],
+        })
+    }
+
+    async fn reap_expired_leases(self) {
+        let period = (self.inner.opts.sched.lease_ttl / 4).max(Duration::from_millis(50));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let expired = self.with_sched(|s| s.expire(Instant::now()));
+            if !expired.is_empty() {
+                warn!(
+                    "leases {expired:?} expired without heartbeats; their items go back to the queue"
+                );
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Scheduler> {
+        // A panic while holding the lock leaves the scheduler as consistent as any single call left
+        // it; keep serving rather than poisoning every later call.
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The running server; dropping it does not stop it, [`ServerHandle::stop`] does.
+pub struct ServerHandle {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Stops serving and closes every connection.
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Checks `authorization: Bearer <token>` on every call, in constant time.
+#[derive(Clone)]
+pub struct BearerAuth {
+    expected: Arc<[u8]>,
+}
+
+impl BearerAuth {
+    pub fn new(token: &str) -> Self {
+        BearerAuth {
+            expected: format!("Bearer {token}").into_bytes().into(),
+        }
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let given = req.metadata().get("authorization").map(|v| v.as_bytes());
+        match given {
+            Some(given) if constant_time_eq(given, &self.expected) => Ok(req),
+            // Never log the presented value: a near-miss token is still a secret.
+            _ => {
+                let peer = req
+                    .remote_addr()
+                    .map_or_else(|| "an unknown peer".to_string(), |a| a.to_string());
+                let what = if given.is_some() { "a wrong" } else { "no" };
+                warn!("refused a call from {peer} with {what} bearer token");
+                Err(Status::unauthenticated("missing or invalid bearer token"))
+            }
+        }
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The generated service trait's implementation.
+pub struct FleetService {
+    fleet: Fleet,
+}
+
+type DownStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FleetRpc for FleetService {
+    type ConnectStream = DownStream;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<DownStream>, Status> {
+        let peer = req.remote_addr();
+        let mut inbound = req.into_inner();
+        let shared = &self.fleet.inner;
+        let hello = tokio::time::timeout(shared.opts.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within the handshake timeout"))??;
+        let hello = match hello.and_then(|m| m.msg) {
+            Some(Up::Hello(h)) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a stream must be Hello",
+                ));
+            }
+        };
+        check_version(hello.protocol_version)?;
+        let key = shared.next_worker.fetch_add(1, Ordering::Relaxed);
+        info!(
+            "worker {:?} connected from {} (device {}, {} MiB)",
+            hello.worker_id,
+            peer.map_or_else(|| "?".into(), |a| a.to_string()),
+            hello.device,
+            hello.memory_bytes >> 20
+        );
+        let (tx, rx) = mpsc::channel(64);
+        let welcome = pb::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            job_id: shared.opts.job_id.clone(),
+            heartbeat_interval_ms: shared.opts.heartbeat_interval.as_millis() as u64,
+        };
+        // The channel is empty, so this cannot fail or wait.
+        let _ = tx.try_send(Ok(down(Down::Welcome(welcome))));
+        tokio::spawn(session(
+            self.fleet.clone(),
+            key,
+            hello.worker_id,
+            inbound,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Refuses a worker of another protocol version, naming both.
+pub fn check_version(worker: u32) -> Result<(), Status> {
+    if worker == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(Status::failed_precondition(format!(
+            "protocol version mismatch: the worker speaks version {worker}, this coordinator speaks version {PROTOCOL_VERSION}"
+        )))
+    }
+}
+
+fn down(msg: Down) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage { msg: Some(msg) }
+}
+
+/// Serves one worker stream until it closes or the fleet shuts down.
+async fn session(
+    fleet: Fleet,
+    key: WorkerKey,
+    name: String,
+    mut inbound: Streaming<pb::WorkerMessage>,
+    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+) {
+    fleet.inner.connected.send_modify(|n| *n += 1);
+    let mut shutdown = fleet.inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(msg)) => {
+                    let Some(reply) = msg.msg.and_then(|m| handle(&fleet, key, &name, m)) else { continue };
+                    if tx.send(Ok(down(reply))).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    debug!("worker {name:?}: stream error: {status}");
+                    break;
+                }
+            },
+            reason = shutdown_reason(&mut shutdown) => {
+                let _ = tx.send(Ok(down(Down::Shutdown(pb::Shutdown { reason })))).await;
+                break;
+            }
+        }
+    }
+    let reclaimed = fleet.with_sched(|s| s.worker_left(key));
+    if reclaimed.is_empty() {
+        info!("worker {name:?} disconnected");
+    } else {
+        warn!(
+            "worker {name:?} disconnected holding leases {reclaimed:?}; their items go back to the queue"
+        );
+    }
+    fleet.inner.connected.send_modify(|n| *n -= 1);
+}
+
+/// Waits for the shutdown signal. Returns an owned reason, so no watch guard (not `Send`) is held
+/// across later awaits.
+async fn shutdown_reason(rx: &mut watch::Receiver<Option<String>>) -> String {
+    rx.wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|r| r.clone())
+        .unwrap_or_default()
+}
+
+/// One worker message → scheduler call → optional reply.
+fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
+    let now = Instant::now();
+    match msg {
+        Up::Hello(_) => {
+            warn!("worker {name:?} sent a second Hello; ignored");
+            None
+        }
+        Up::Heartbeat(hb) => {
+            fleet.with_sched(|s| s.heartbeat(key, &hb.active_leases, now));
+            None
+        }
+        Up::LeaseRequest(req) => {
+            match fleet.with_sched(|s| s.request_lease(key, req.max_items, now)) {
+                Assignment::Lease(lease) => {
+                    debug!(
+                        "lease {} ({} items of {}) → worker {name:?}",
+                        lease.lease_id,
+                        lease.items.len(),
+                        lease.task
+                    );
+                    Some(Down::Lease(*lease))
+                }
+                Assignment::NoWork => Some(Down::NoWork(pb::NoWork {
+                    retry_after_ms: fleet.inner.opts.no_work_retry.as_millis() as u64,
+                })),
+                Assignment::Finished => Some(Down::Shutdown(pb::Shutdown {
+                    reason: "all work is done".into(),
+                })),
+            }
+        }
+        Up::Result(result) => {
+            let item = result.item_id.clone();
+            let error = match &result.outcome {
+                Some(pb::item_result::Outcome::Error(e)) => e.message.clone(),
+                _ => String::new(),
+            };
+            match fleet.with_sched(|s| s.record(result)) {
+                Recorded::Accepted => {}
+                Recorded::Retrying { attempt } => warn!(
+                    "item {item} failed on worker {name:?} (attempt {attempt}), will retry: {error}"
+                ),
+                Recorded::Failed => {
+                    warn!("item {item} failed on worker {name:?} for good: {error}")
+                }
+                other => debug!("result for item {item} from worker {name:?}: {other:?}"),
+            }
+            None
+        }
+        Up::LeaseDone(done) => {
+            let missing = fleet.with_sched(|s| s.lease_done(done.lease_id));
+            if missing > 0 {
+                warn!(
+                    "worker {name:?} finished lease {} without results for {missing} items",
+                    done.lease_id
+                );
+            }
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_bytes_and_lengths() {
+        assert!(constant_time_eq(b"Bearer abc", b"Bearer abc"));
+        assert!(!constant_time_eq(b"Bearer abd", b"Bearer abc"));
+        assert!(!constant_time_eq(b"Bearer ab", b"Bearer abc"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn version_mismatch_names_both_versions() {
+        let err = check_version(PROTOCOL_VERSION + 7).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message()
+                .contains(&format!("version {}", PROTOCOL_VERSION + 7)),
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message()
+                .contains(&format!("version {PROTOCOL_VERSION}")),
+            "{}",
+            err.message()
+        );
+        assert!(check_version(PROTOCOL_VERSION).is_ok());
+    }
+}

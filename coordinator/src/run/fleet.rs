@@ -1,0 +1,165 @@
+//! Runs a set of tasks on a fleet: binds the server, gets workers (spawned locally, external, or
+//! both), waits until every item has an outcome, then shuts the workers down and returns the
+//! outcomes in item order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::local::{self, LocalWorkers, SpawnOptions};
+use crate::progress::ItemsBar;
+use crate::rpc::{Fleet, FleetOptions};
+use crate::sched::{ItemOutcome, Scheduler, TaskSpec};
+
+use super::RunError;
+
+/// Where the workers come from.
+#[derive(Debug, Clone, Default)]
+pub struct FleetSetup {
+    /// Local worker processes to spawn; `None` = one per visible GPU, else one CPU worker.
+    pub workers: Option<usize>,
+    /// Serve on this address (external workers may join) instead of an ephemeral loopback port.
+    pub listen: Option<SocketAddr>,
+    /// Token for an external fleet (else `$EVALFLEET_TOKEN`); local-only runs make a random one.
+    pub token_file: Option<PathBuf>,
+    /// `--batch-size` for spawned workers.
+    pub batch_size: Option<u32>,
+    /// Spawn CPU workers even when GPUs are visible.
+    pub cpu_only: bool,
+    pub options: FleetOptions,
+}
+
+/// The outcome of every item of every task, in task and item order.
+#[derive(Debug)]
+pub struct FleetRun {
+    pub outcomes: Vec<Vec<ItemOutcome>>,
+    /// From serving until the last result.
+    pub elapsed: Duration,
+}
+
+/// Runs `tasks` to completion. `label` titles the progress bar.
+pub async fn run_fleet(
+    tasks: Vec<TaskSpec>,
+    setup: &FleetSetup,
+    label: &str,
+) -> Result<FleetRun, RunError> {
+    let mut sched = Scheduler::new(setup.options.sched.clone());
+    for task in tasks {
+        sched.add_task(task)?;
+    }
+    let total = sched.progress().total;
+    let fleet = Fleet::new(setup.options.clone(), sched);
+    let token = match setup.listen {
+        Some(_) => local::read_token(setup.token_file.as_deref())?,
+        None => local::random_token()?,
+    };
+    let bind = setup
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| RunError::Bind { addr: bind, source })?;
+    let server = fleet
+        .serve(listener, &token)
+        .map_err(|source| RunError::Bind { addr: bind, source })?;
+    let url = format!("http://{}", server.addr);
+    if setup.listen.is_some() {
+        // On stdout, for scripts that start external workers.
+        println!("listening on {url}");
+    }
+    let devices = SpawnOptions::devices_for(setup.workers, setup.cpu_only);
+    if devices.is_empty() && setup.listen.is_none() {
+        return Err(RunError::NoWorkers);
+    }
+    let mut workers = if devices.is_empty() {
+        None
+    } else {
+        let bin = local::worker_binary()?;
+        info!(
+            "starting {} local worker(s) on {} ({url})",
+            devices.len(),
+            devices.join(", ")
+        );
+        let opts = SpawnOptions {
+            bin,
+            coordinator_url: url.clone(),
+            token,
+            devices,
+            batch_size: setup.batch_size,
+        };
+        Some(LocalWorkers::spawn(&opts)?)
+    };
+    let started = Instant::now();
+    let result = wait(
+        &fleet,
+        workers.as_mut(),
+        setup.listen.is_some(),
+        label,
+        total,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    fleet.shutdown_workers(if result.is_ok() {
+        "job finished"
+    } else {
+        "job failed"
+    });
+    if let Some(w) = workers {
+        w.shutdown(Duration::from_secs(10)).await;
+    }
+    fleet.wait_disconnected(Duration::from_secs(2)).await;
+    server.stop();
+    result?;
+    let outcomes = fleet.with_sched(|s| {
+        (0..s.task_count())
+            .map(|t| {
+                s.outcomes(t)
+                    .iter()
+                    .map(|o| o.clone().expect("complete"))
+                    .collect()
+            })
+            .collect()
+    });
+    Ok(FleetRun { outcomes, elapsed })
+}
+
+/// Waits for completion, all local workers dying (unless external ones may still come), or Ctrl-C.
+async fn wait(
+    fleet: &Fleet,
+    workers: Option<&mut LocalWorkers>,
+    external: bool,
+    label: &str,
+    total: usize,
+) -> Result<(), RunError> {
+    let bar = ItemsBar::start(label, total as u64);
+    let mut progress = fleet.progress();
+    let watch_bar = async {
+        loop {
+            bar.set(progress.borrow_and_update().done as u64);
+            if progress.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    let all_dead = async {
+        match workers {
+            Some(w) if !external => w.all_exited().await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        // Completion first: once every worker has exited after `Finished`, both are ready.
+        biased;
+        p = fleet.wait_complete() => {
+            bar.set(p.done as u64);
+            info!("{label}: all {} items done ({} failed)", p.total, p.failed);
+            Ok(())
+        }
+        report = all_dead => Err(RunError::AllWorkersDied(report)),
+        _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
+        never = watch_bar => never,
+    }
+}

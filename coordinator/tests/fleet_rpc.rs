@@ -1,0 +1,267 @@
+//! A real coordinator server and real gRPC clients over loopback: authentication, the version
+//! handshake, and one worker's full lease cycle.
+
+use std::time::Duration;
+
+use evalfleet::rpc::{Fleet, FleetOptions, ServerHandle};
+use evalfleet::sched::{ItemOutcome, SchedConfig, Scheduler, TaskSpec};
+use evalfleet_proto::PROTOCOL_VERSION;
+use evalfleet_proto::v1 as pb;
+use evalfleet_proto::v1::fleet_client::FleetClient;
+use pb::coordinator_message::Msg as Down;
+use pb::worker_message::Msg as Up;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn task(n: usize) -> TaskSpec {
+    let item = |i: usize| pb::WorkItem {
+        item_id: i.to_string(),
+        payload: Some(pb::work_item::Payload::Generate(pb::GenerateItem {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: format!("q{i}"),
+            }],
+            system: String::new(),
+        })),
+    };
+    TaskSpec {
+        name: "step1".into(),
+        template: pb::Lease::default(),
+        items: (0..n).map(item).collect(),
+    }
+}
+
+async fn start(n: usize) -> (Fleet, ServerHandle) {
+    let opts = FleetOptions {
+        job_id: "test".into(),
+        ..Default::default()
+    };
+    let mut sched = Scheduler::new(SchedConfig::default());
+    sched.add_task(task(n)).unwrap();
+    let fleet = Fleet::new(opts, sched);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = fleet.serve(listener, TOKEN).unwrap();
+    (fleet, server)
+}
+
+async fn channel(server: &ServerHandle) -> Channel {
+    Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn msg(m: Up) -> pb::WorkerMessage {
+    pb::WorkerMessage { msg: Some(m) }
+}
+
+fn hello(version: u32) -> pb::WorkerMessage {
+    msg(Up::Hello(pb::Hello {
+        protocol_version: version,
+        worker_id: "t".into(),
+        ..Default::default()
+    }))
+}
+
+/// Opens a stream with `token` (None: no authorization header) and sends `first`.
+async fn open(
+    server: &ServerHandle,
+    token: Option<&str>,
+    first: pb::WorkerMessage,
+) -> Result<
+    (
+        mpsc::Sender<pb::WorkerMessage>,
+        Streaming<pb::CoordinatorMessage>,
+    ),
+    tonic::Status,
+> {
+    let header = token.map(|t| {
+        format!("Bearer {t}")
+            .parse::<tonic::metadata::MetadataValue<_>>()
+            .unwrap()
+    });
+    let mut client =
+        FleetClient::with_interceptor(channel(server).await, move |mut req: tonic::Request<()>| {
+            if let Some(h) = &header {
+                req.metadata_mut().insert("authorization", h.clone());
+            }
+            Ok(req)
+        });
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+async fn next(inbound: &mut Streaming<pb::CoordinatorMessage>) -> Down {
+    let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+        .await
+        .expect("no reply in 10 s");
+    m.unwrap().expect("stream ended").msg.unwrap()
+}
+
+#[tokio::test]
+async fn wrong_token_is_refused() {
+    let (_fleet, server) = start(1).await;
+    let err = open(&server, Some("not-the-token"), hello(PROTOCOL_VERSION))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    // A token that merely starts like the right one is wrong too.
+    let err = open(&server, Some(&TOKEN[..10]), hello(PROTOCOL_VERSION))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn missing_token_is_refused() {
+    let (_fleet, server) = start(1).await;
+    let err = open(&server, None, hello(PROTOCOL_VERSION))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn protocol_version_mismatch_is_refused_naming_both_versions() {
+    let (_fleet, server) = start(1).await;
+    let theirs = PROTOCOL_VERSION + 1;
+    let err = open(&server, Some(TOKEN), hello(theirs)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message().contains(&format!("version {theirs}")),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message()
+            .contains(&format!("version {PROTOCOL_VERSION}")),
+        "{}",
+        err.message()
+    );
+    server.stop();
+}
+
+#[tokio::test]
+async fn first_message_must_be_hello() {
+    let (_fleet, server) = start(1).await;
+    let first = msg(Up::LeaseRequest(pb::LeaseRequest { max_items: 1 }));
+    let err = open(&server, Some(TOKEN), first).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn one_worker_runs_every_lease_then_is_told_to_stop() {
+    let (fleet, server) = start(5).await;
+    let (tx, mut inbound) = open(&server, Some(TOKEN), hello(PROTOCOL_VERSION))
+        .await
+        .unwrap();
+    let Down::Welcome(welcome) = next(&mut inbound).await else {
+        panic!("expected Welcome")
+    };
+    assert_eq!(
+        (welcome.protocol_version, welcome.job_id.as_str()),
+        (PROTOCOL_VERSION, "test")
+    );
+    let mut leased = Vec::new();
+    loop {
+        tx.send(msg(Up::LeaseRequest(pb::LeaseRequest { max_items: 2 })))
+            .await
+            .unwrap();
+        match next(&mut inbound).await {
+            Down::Lease(lease) => {
+                assert!(lease.items.len() <= 2);
+                for item in &lease.items {
+                    leased.push(item.item_id.clone());
+                    let result = pb::GenerateResult {
+                        predict: format!("p{}", item.item_id),
+                        ..Default::default()
+                    };
+                    let result = pb::ItemResult {
+                        lease_id: lease.lease_id,
+                        item_id: item.item_id.clone(),
+                        outcome: Some(pb::item_result::Outcome::Generate(result)),
+                    };
+                    tx.send(msg(Up::Result(result))).await.unwrap();
+                }
+                tx.send(msg(Up::LeaseDone(pb::LeaseDone {
+                    lease_id: lease.lease_id,
+                })))
+                .await
+                .unwrap();
+            }
+            Down::Shutdown(s) => {
+                assert_eq!(s.reason, "all work is done");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(leased, ["0", "1", "2", "3", "4"]);
+    let done = fleet.wait_complete().await;
+    assert_eq!((done.done, done.failed, done.total), (5, 0, 5));
+    let predicts: Vec<String> = fleet.with_sched(|s| {
+        s.outcomes(0)
+            .iter()
+            .map(|o| match o {
+                Some(ItemOutcome::Done(pb::item_result::Outcome::Generate(g))) => g.predict.clone(),
+                other => panic!("unexpected outcome {other:?}"),
+            })
+            .collect()
+    });
+    assert_eq!(predicts, ["p0", "p1", "p2", "p3", "p4"]);
+    server.stop();
+}
+
+#[tokio::test]
+async fn disconnecting_worker_returns_its_lease_to_the_queue() {
+    let (fleet, server) = start(3).await;
+    let (tx, mut inbound) = open(&server, Some(TOKEN), hello(PROTOCOL_VERSION))
+        .await
+        .unwrap();
+    let Down::Welcome(_) = next(&mut inbound).await else {
+        panic!("expected Welcome")
+    };
+    tx.send(msg(Up::LeaseRequest(pb::LeaseRequest { max_items: 3 })))
+        .await
+        .unwrap();
+    let Down::Lease(lease) = next(&mut inbound).await else {
+        panic!("expected a lease")
+    };
+    assert_eq!(lease.items.len(), 3);
+    assert_eq!(fleet.with_sched(|s| s.active_leases()), 1);
+    // The worker dies without a word.
+    drop(tx);
+    drop(inbound);
+    let mut connected = fleet.connected();
+    tokio::time::timeout(Duration::from_secs(10), connected.wait_for(|&n| n == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fleet.with_sched(|s| s.active_leases()), 0);
+    // A second worker gets the same items.
+    let (tx, mut inbound) = open(&server, Some(TOKEN), hello(PROTOCOL_VERSION))
+        .await
+        .unwrap();
+    let Down::Welcome(_) = next(&mut inbound).await else {
+        panic!("expected Welcome")
+    };
+    tx.send(msg(Up::LeaseRequest(pb::LeaseRequest { max_items: 8 })))
+        .await
+        .unwrap();
+    let Down::Lease(again) = next(&mut inbound).await else {
+        panic!("expected a lease")
+    };
+    let ids: Vec<_> = again.items.iter().map(|i| i.item_id.as_str()).collect();
+    assert_eq!(ids, ["0", "1", "2"]);
+    server.stop();
+}

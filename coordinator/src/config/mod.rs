@@ -1,0 +1,363 @@
+//! Job YAMLs: the original tool's step files and evalfleet's multi-step `run` files.
+//!
+//! **Step file** (`evalfleet step1 yamls/step1.yaml`, the original CLI shape): a flat mapping of
+//! LLaMA-Factory v0.7.1 keys, exactly the seed's `yamls/step1.yaml`, plus evalfleet's `dtype`,
+//! `batch_size` and `workers`. See [`Step1Config`] for every applied key and its default.
+//!
+//! **Run file** (`evalfleet run job.yaml`): the same keys, plus `steps` naming the steps to run
+//! in order, and optionally one mapping per step whose keys override the top-level ones for that
+//! step only:
+//!
+//! ```yaml
+//! steps: [step1]                 # or "step1" / "step1,step2"
+//! model_name_or_path: ./models/my-model
+//! template: qwen
+//! step1:                         # optional; wins over the top-level keys for step 1
+//!   dataset_dir: ./data
+//!   dataset: demo
+//!   output_dir: ./output
+//! ```
+//!
+//! Only `step1` runs for now; naming another step is an error saying so.
+//!
+//! Rules for both forms:
+//! - A LLaMA-Factory/HF key with no effect here (caching, training, quantisation, ...;
+//!   [`keys::IGNORED_KEYS`]) is accepted and listed in [`JobConfig::ignored_keys`] for the caller
+//!   to log once.
+//! - An unknown key is an error naming the file and key and suggesting the nearest known key.
+//! - A value of the wrong type is an error naming the file, the key and the expected type.
+//! - Relative paths stay relative to the current working directory, as in the original tool
+//!   (run from its root with `dataset_dir: ./data`); they are not resolved against the YAML's
+//!   folder.
+
+mod fields;
+pub mod keys;
+mod step1;
+
+use std::path::{Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+
+use fields::{Entry, Fields, describe, split_commas};
+pub use step1::{DataConfig, Dtype, FinetuningType, GenerationConfig, ModelConfig, Step1Config};
+
+/// The step names a run file may list; only [`SUPPORTED_STEPS`] run today.
+pub const KNOWN_STEPS: &[&str] = &["step1", "step2", "step3", "step4"];
+/// The steps evalfleet can run now.
+pub const SUPPORTED_STEPS: &[&str] = &["step1"];
+
+/// Why a job YAML cannot be used. Every variant names the file; key names are shown as written
+/// (`step1.cutoff_len` for a key inside a `step1:` mapping).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML.
+    #[error("{}: line {line}, column {column}: invalid YAML: {message}", file.display())]
+    Yaml {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The document (or a step's section) is not a mapping of keys.
+    #[error("{}: {where_}: expected a mapping of `key: value` lines, found {found}", file.display())]
+    NotAMapping {
+        file: PathBuf,
+        where_: String,
+        found: String,
+    },
+    /// A key no step knows.
+    #[error("{}: unknown key `{key}`{}", file.display(), did_you_mean(.suggestion))]
+    UnknownKey {
+        file: PathBuf,
+        key: String,
+        suggestion: Option<String>,
+    },
+    /// A value of the wrong type.
+    #[error("{}: key `{key}`: expected {expected}, found {found}", file.display())]
+    WrongType {
+        file: PathBuf,
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+    /// A required key is absent.
+    #[error("{}: missing required key `{key}` ({hint})", file.display())]
+    Missing {
+        file: PathBuf,
+        key: String,
+        hint: &'static str,
+    },
+    /// A value of the right type that cannot be used.
+    #[error("{}: key `{key}`: {message}", file.display())]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
+}
+
+/// A parsed job: its steps in order and the ignored keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobConfig {
+    /// The YAML file it came from.
+    pub file: PathBuf,
+    /// The steps, in the order they run.
+    pub steps: Vec<StepConfig>,
+    /// Accepted keys that have no effect here, each once, in file order (log them once).
+    pub ignored_keys: Vec<String>,
+}
+
+impl JobConfig {
+    /// The step-1 settings, if the job has step 1.
+    pub fn step1(&self) -> Option<&Step1Config> {
+        // A `match` so that adding a step variant makes this a compile error to revisit.
+        #[allow(clippy::unnecessary_find_map)]
+        self.steps.iter().find_map(|step| match step {
+            StepConfig::Step1(c) => Some(c),
+        })
+    }
+}
+
+/// One step's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepConfig {
+    /// SFT predict with ROUGE/BLEU.
+    Step1(Step1Config),
+}
+
+/// Loads a step-1 file (the seed's `yamls/step1.yaml` form).
+pub fn load_step1(path: &Path) -> Result<JobConfig, ConfigError> {
+    parse_step1(path, &read(path)?)
+}
+
+/// Loads a run file (`steps: [...]`, see the module docs).
+pub fn load_job(path: &Path) -> Result<JobConfig, ConfigError> {
+    parse_job(path, &read(path)?)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses the text of a step-1 file; `file` is only used in messages.
+pub fn parse_step1(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
+    let top = parse_mapping(file, text)?;
+    let mut entries = Vec::new();
+    for (key, value) in top.iter() {
+        let key = key_name(file, key)?;
+        if key == "steps" || KNOWN_STEPS.contains(&key.as_str()) {
+            return Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                message: "belongs to a run file; use `evalfleet run` for it".to_owned(),
+            });
+        }
+        entries.push(Entry {
+            shown: key.clone(),
+            key,
+            value: value.clone(),
+        });
+    }
+    let mut ignored = Vec::new();
+    let config = build_step1(file, entries, &mut ignored)?;
+    Ok(JobConfig {
+        file: file.to_owned(),
+        steps: vec![StepConfig::Step1(config)],
+        ignored_keys: ignored,
+    })
+}
+
+/// Parses the text of a run file; `file` is only used in messages.
+pub fn parse_job(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
+    let top = parse_mapping(file, text)?;
+    let mut shared = Vec::new();
+    let mut sections: Vec<(String, &Mapping)> = Vec::new();
+    let mut steps_value = None;
+    for (key, value) in top.iter() {
+        let key = key_name(file, key)?;
+        if key == "steps" {
+            steps_value = Some(value);
+        } else if KNOWN_STEPS.contains(&key.as_str()) {
+            let section = value.as_mapping().ok_or_else(|| ConfigError::NotAMapping {
+                file: file.to_owned(),
+                where_: format!("key `{key}`"),
+                found: describe(value),
+            })?;
+            sections.push((key, section));
+        } else {
+            shared.push(Entry {
+                shown: key.clone(),
+                key,
+                value: value.clone(),
+            });
+        }
+    }
+    let steps = parse_steps(file, steps_value)?;
+    if let Some((name, _)) = sections.iter().find(|(name, _)| !steps.contains(name)) {
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            key: name.clone(),
+            message: format!("`steps` does not list {name}, so its settings would not be used"),
+        });
+    }
+
+    let mut ignored = Vec::new();
+    let mut configs = Vec::new();
+    for step in &steps {
+        let mut entries = shared.clone();
+        if let Some((_, section)) = sections.iter().find(|(name, _)| name == step) {
+            for (key, value) in section.iter() {
+                let key = key_name(file, key)?;
+                entries.retain(|e| e.key != key);
+                entries.push(Entry {
+                    shown: format!("{step}.{key}"),
+                    key,
+                    value: value.clone(),
+                });
+            }
+        }
+        // parse_steps only lets supported steps through.
+        configs.push(StepConfig::Step1(build_step1(file, entries, &mut ignored)?));
+    }
+    Ok(JobConfig {
+        file: file.to_owned(),
+        steps: configs,
+        ignored_keys: ignored,
+    })
+}
+
+/// `steps`: a list or a comma-separated string of known, supported, distinct step names.
+fn parse_steps(file: &Path, value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        file: file.to_owned(),
+        key: "steps".to_owned(),
+        message,
+    };
+    let names = match value {
+        None | Some(Value::Null) => {
+            return Err(ConfigError::Missing {
+                file: file.to_owned(),
+                key: "steps".to_owned(),
+                hint: "the steps to run, e.g. `steps: [step1]`",
+            });
+        }
+        Some(Value::String(s)) => split_commas(s),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ConfigError::WrongType {
+                file: file.to_owned(),
+                key: "steps".to_owned(),
+                expected: "a list of step names",
+                found: "a list with a non-string item".to_owned(),
+            })?,
+        Some(other) => {
+            return Err(ConfigError::WrongType {
+                file: file.to_owned(),
+                key: "steps".to_owned(),
+                expected: "a list of step names",
+                found: describe(other),
+            });
+        }
+    };
+    if names.is_empty() {
+        return Err(invalid("lists no step".to_owned()));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if !KNOWN_STEPS.contains(&name.as_str()) {
+            let hint = keys::suggest(name, KNOWN_STEPS.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(invalid(format!(
+                "unknown step {name:?}{hint}; known steps: {}",
+                KNOWN_STEPS.join(", ")
+            )));
+        }
+        if !SUPPORTED_STEPS.contains(&name.as_str()) {
+            return Err(invalid(format!(
+                "{name} is not supported yet (supported: {})",
+                SUPPORTED_STEPS.join(", ")
+            )));
+        }
+        if names[..i].contains(name) {
+            return Err(invalid(format!("{name} is listed twice")));
+        }
+    }
+    Ok(names)
+}
+
+/// Sorts a step's entries into applied and ignored keys, rejects unknown ones, then parses.
+fn build_step1(
+    file: &Path,
+    entries: Vec<Entry>,
+    ignored: &mut Vec<String>,
+) -> Result<Step1Config, ConfigError> {
+    let mut applied = Vec::new();
+    for entry in entries {
+        if keys::STEP1_KEYS.contains(&entry.key.as_str()) {
+            applied.push(entry);
+        } else if keys::is_ignored(&entry.key) {
+            if !ignored.contains(&entry.key) {
+                ignored.push(entry.key);
+            }
+        } else {
+            let known = keys::STEP1_KEYS.iter().chain(keys::IGNORED_KEYS).copied();
+            return Err(ConfigError::UnknownKey {
+                file: file.to_owned(),
+                suggestion: keys::suggest(&entry.key, known).map(str::to_owned),
+                key: entry.shown,
+            });
+        }
+    }
+    step1::parse(&Fields::new(file, applied))
+}
+
+fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigError> {
+    let value: Value = serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        ConfigError::Yaml {
+            file: file.to_owned(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    })?;
+    match value {
+        Value::Mapping(m) => Ok(m),
+        other => Err(ConfigError::NotAMapping {
+            file: file.to_owned(),
+            where_: "top level".to_owned(),
+            found: describe(&other),
+        }),
+    }
+}
+
+fn key_name(file: &Path, key: &Value) -> Result<String, ConfigError> {
+    key.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ConfigError::NotAMapping {
+            file: file.to_owned(),
+            where_: format!("key {}", describe(key)),
+            found: "a key that is not a string".to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests;

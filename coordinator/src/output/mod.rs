@@ -1,0 +1,221 @@
+//! Result files written exactly as the original Python tool wrote them (PROTOCOL 1.7), each one
+//! atomically.
+//!
+//! - [`pyfloat`] writes floats as Python's `repr(float)`.
+//! - [`pyjson`] holds a JSON value and Python's `json.dump(s)` layouts and escaping.
+//! - [`speed`] is HF `speed_metrics` (runtime, samples and steps per second).
+//! - [`write_step1`] writes `generated_predictions.jsonl`, `predict_results.json` and
+//!   `all_results.json`.
+//!
+//! Every file goes through [`write_atomic`]: a temporary file in the same directory, fsync,
+//! rename, so a reader (or a crash) never sees half a file.
+
+pub mod pyfloat;
+pub mod pyjson;
+pub mod speed;
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub use pyfloat::{float_repr, json_float};
+pub use pyjson::{PyJson, dumps_compact, dumps_pretty_sorted, loads};
+pub use speed::SpeedMetrics;
+
+/// File names of step 1, as LF/HF name them.
+pub const GENERATED_PREDICTIONS: &str = "generated_predictions.jsonl";
+/// HF `save_metrics("predict", ...)` file.
+pub const PREDICT_RESULTS: &str = "predict_results.json";
+/// HF's combined metrics file, updated in place across runs.
+pub const ALL_RESULTS: &str = "all_results.json";
+
+/// Errors of the output writers; each names the file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// Creating, writing, syncing or renaming a file failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    /// An existing file that must be updated could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// An existing `all_results.json` is not valid JSON.
+    #[error("{}: line {line}, column {column}: not valid JSON ({source})", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        source: serde_json::Error,
+    },
+    /// An existing `all_results.json` holds something other than a JSON object.
+    #[error("{}: expected a JSON object of metrics at the top level", path.display())]
+    NotAnObject { path: PathBuf },
+}
+
+/// One line of `generated_predictions.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictionRow {
+    /// The reference answer (the dataset's response).
+    pub label: String,
+    /// The generated answer.
+    pub predict: String,
+}
+
+/// What [`write_step1`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step1Files {
+    /// `<output_dir>/generated_predictions.jsonl`.
+    pub predictions: PathBuf,
+    /// `<output_dir>/predict_results.json`.
+    pub predict_results: PathBuf,
+    /// `<output_dir>/all_results.json`.
+    pub all_results: PathBuf,
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory (created if
+/// missing), fsync, rename over `path`, then fsync of the directory so the rename is durable.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), OutputError> {
+    let wrap = |source| OutputError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(wrap)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".evalfleet-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(wrap)?;
+    tmp.write_all(contents).map_err(wrap)?;
+    set_readable_permissions(tmp.as_file()).map_err(wrap)?;
+    tmp.as_file().sync_all().map_err(wrap)?;
+    tmp.persist(path).map_err(|e| wrap(e.error))?;
+    // Best effort: some filesystems refuse to fsync a directory; the data itself is synced.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Temporary files are created 0600; Python's `open(path, "w")` gives 0644 under the usual
+/// umask, and other tools (step 2, people) read these files.
+#[cfg(unix)]
+fn set_readable_permissions(file: &fs::File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(0o644))
+}
+
+#[cfg(not(unix))]
+fn set_readable_permissions(_file: &fs::File) -> io::Result<()> {
+    Ok(())
+}
+
+/// The body of `generated_predictions.jsonl`: one `json.dumps({"label", "predict"},
+/// ensure_ascii=False)` per row, joined by `"\n"`, no trailing newline (LF `save_predictions`).
+pub fn generated_predictions_jsonl(rows: &[PredictionRow]) -> String {
+    rows.iter()
+        .map(|row| {
+            let value = PyJson::Object(vec![
+                ("label".to_owned(), PyJson::Str(row.label.clone())),
+                ("predict".to_owned(), PyJson::Str(row.predict.clone())),
+            ]);
+            dumps_compact(&value, false)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `predict_*` metrics as HF hands them to `save_metrics`: each metric key prefixed with
+/// `predict_` (e.g. `rouge-1` → `predict_rouge-1`), then the speed metrics.
+pub fn predict_metrics<S: AsRef<str>>(
+    metrics: &[(S, f64)],
+    speed: &SpeedMetrics,
+) -> Vec<(String, PyJson)> {
+    let mut all: Vec<(String, PyJson)> = metrics
+        .iter()
+        .map(|(key, value)| (format!("predict_{}", key.as_ref()), PyJson::Float(*value)))
+        .collect();
+    all.extend(speed.pairs("predict"));
+    all
+}
+
+/// HF `Trainer.save_metrics(split, metrics, combined=True)`: writes `<split>_results.json` and
+/// merges the metrics into `all_results.json` (keys of earlier runs survive, same keys are
+/// replaced). Returns the two paths.
+pub fn save_metrics(
+    output_dir: &Path,
+    split: &str,
+    metrics: &[(String, PyJson)],
+) -> Result<(PathBuf, PathBuf), OutputError> {
+    let split_path = output_dir.join(format!("{split}_results.json"));
+    let split_value = PyJson::Object(metrics.to_vec());
+    write_atomic(&split_path, dumps_pretty_sorted(&split_value).as_bytes())?;
+
+    let all_path = output_dir.join(ALL_RESULTS);
+    let mut all = read_metrics_object(&all_path)?;
+    for (key, value) in metrics {
+        // dict.update: replace in place, or append a new key.
+        match all.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value.clone(),
+            None => all.push((key.clone(), value.clone())),
+        }
+    }
+    write_atomic(
+        &all_path,
+        dumps_pretty_sorted(&PyJson::Object(all)).as_bytes(),
+    )?;
+    Ok((split_path, all_path))
+}
+
+/// Reads an existing metrics file as an object's entries (as Python's `json.load`, so `NaN`
+/// written by an earlier run reads back); a missing file is an empty object.
+fn read_metrics_object(path: &Path) -> Result<Vec<(String, PyJson)>, OutputError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(OutputError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let value = pyjson::loads(&text).map_err(|source| OutputError::Parse {
+        path: path.to_owned(),
+        line: source.line(),
+        column: source.column(),
+        source,
+    })?;
+    match value {
+        PyJson::Object(entries) => Ok(entries),
+        _ => Err(OutputError::NotAnObject {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+/// Writes the three step-1 files into `output_dir` (created if missing), as LF's `run_sft` did
+/// after `trainer.predict`: `predict_results.json`, `all_results.json` (merged), then
+/// `generated_predictions.jsonl`.
+///
+/// `rows` are in dataset order. `metrics` are the text metrics without prefix, e.g.
+/// `("rouge-1", 79.36506666666666)` (from `metrics::Summary::metric_pairs()`); `speed` comes from
+/// [`SpeedMetrics::new`] with the number of rows and `per_device_eval_batch_size`.
+pub fn write_step1<S: AsRef<str>>(
+    output_dir: &Path,
+    rows: &[PredictionRow],
+    metrics: &[(S, f64)],
+    speed: &SpeedMetrics,
+) -> Result<Step1Files, OutputError> {
+    let (predict_results, all_results) =
+        save_metrics(output_dir, "predict", &predict_metrics(metrics, speed))?;
+    let predictions = output_dir.join(GENERATED_PREDICTIONS);
+    write_atomic(&predictions, generated_predictions_jsonl(rows).as_bytes())?;
+    Ok(Step1Files {
+        predictions,
+        predict_results,
+        all_results,
+    })
+}

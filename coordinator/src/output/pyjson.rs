@@ -1,0 +1,333 @@
+//! A JSON value and the two ways the original tool serialised it with Python's `json` module:
+//!
+//! - [`dumps_pretty_sorted`]: `json.dump(obj, f, indent=4, sort_keys=True)` (HF `save_metrics`):
+//!   ASCII only (`\uXXXX`, surrogate pairs above the BMP), `","` between items, `": "` after keys.
+//! - [`dumps_compact`]: `json.dumps(obj, ensure_ascii=...)` with the default separators `", "` and
+//!   `": "`, keys in insertion order (LF `save_predictions` uses `ensure_ascii=False`).
+//!
+//! Floats are written as `repr(float)` ([`json_float`]); integers stay integers, as in Python.
+
+use super::pyfloat::json_float;
+
+/// A JSON value that keeps Python's int/float distinction and non-finite floats, which
+/// `serde_json::Value` cannot hold.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PyJson {
+    /// `None` / `null`.
+    Null,
+    /// `True` / `false`.
+    Bool(bool),
+    /// A Python `int` (within i64/u64 range here).
+    Int(i128),
+    /// A Python `float`, possibly NaN or infinite.
+    Float(f64),
+    /// A Python `str`.
+    Str(String),
+    /// A Python `list`.
+    Array(Vec<PyJson>),
+    /// A Python `dict`, in insertion order.
+    Object(Vec<(String, PyJson)>),
+}
+
+impl From<&serde_json::Value> for PyJson {
+    fn from(value: &serde_json::Value) -> Self {
+        use serde_json::Value;
+        match value {
+            Value::Null => PyJson::Null,
+            Value::Bool(b) => PyJson::Bool(*b),
+            Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    PyJson::Int(i.into())
+                } else if let Some(u) = n.as_u64() {
+                    PyJson::Int(u.into())
+                } else {
+                    PyJson::Float(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            Value::String(s) => PyJson::Str(s.clone()),
+            Value::Array(items) => PyJson::Array(items.iter().map(PyJson::from).collect()),
+            Value::Object(map) => PyJson::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), PyJson::from(v)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Marks the non-finite constants while parsing: a noncharacter that no metric name or value
+/// contains.
+const NON_FINITE_MARK: char = '\u{10FFFF}';
+
+/// `json.loads(text)`: standard JSON plus Python's `NaN`, `Infinity` and `-Infinity`, which
+/// `json.dump` writes for non-finite floats and serde_json alone refuses.
+pub fn loads(text: &str) -> Result<PyJson, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_str(&mark_non_finite(text))?;
+    Ok(unmark(PyJson::from(&value)))
+}
+
+/// Replaces the bare tokens `NaN`, `Infinity`, `-Infinity` (outside strings) by marked strings.
+fn mark_non_finite(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if !in_string {
+            let token = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|t| rest.starts_with(t));
+            if let Some(token) = token {
+                out.push_str(&format!("\"{NON_FINITE_MARK}{token}\""));
+                rest = &rest[token.len()..];
+                continue;
+            }
+        }
+        match (in_string, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => in_string = !in_string,
+            _ => {}
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// Turns the marked strings of [`mark_non_finite`] back into floats.
+fn unmark(value: PyJson) -> PyJson {
+    match value {
+        PyJson::Str(s) if s.starts_with(NON_FINITE_MARK) => {
+            match &s[NON_FINITE_MARK.len_utf8()..] {
+                "NaN" => PyJson::Float(f64::NAN),
+                "Infinity" => PyJson::Float(f64::INFINITY),
+                "-Infinity" => PyJson::Float(f64::NEG_INFINITY),
+                _ => PyJson::Str(s),
+            }
+        }
+        PyJson::Array(items) => PyJson::Array(items.into_iter().map(unmark).collect()),
+        PyJson::Object(entries) => {
+            PyJson::Object(entries.into_iter().map(|(k, v)| (k, unmark(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// `json.dumps(value, ensure_ascii=ensure_ascii)`: one line, separators `", "` and `": "`, keys
+/// in insertion order.
+pub fn dumps_compact(value: &PyJson, ensure_ascii: bool) -> String {
+    let mut out = String::new();
+    write_compact(&mut out, value, ensure_ascii);
+    out
+}
+
+/// `json.dump(value, f, indent=4, sort_keys=True)` with the default `ensure_ascii=True`; no
+/// trailing newline.
+pub fn dumps_pretty_sorted(value: &PyJson) -> String {
+    let mut out = String::new();
+    write_pretty(&mut out, value, 0);
+    out
+}
+
+fn write_scalar(out: &mut String, value: &PyJson, ensure_ascii: bool) {
+    match value {
+        PyJson::Null => out.push_str("null"),
+        PyJson::Bool(true) => out.push_str("true"),
+        PyJson::Bool(false) => out.push_str("false"),
+        PyJson::Int(i) => out.push_str(&i.to_string()),
+        PyJson::Float(x) => out.push_str(&json_float(*x)),
+        PyJson::Str(s) => push_json_string(out, s, ensure_ascii),
+        // Containers are handled by the callers; reaching here is a programming error, so write
+        // them compactly rather than panic.
+        PyJson::Array(_) | PyJson::Object(_) => write_compact(out, value, ensure_ascii),
+    }
+}
+
+fn write_compact(out: &mut String, value: &PyJson, ensure_ascii: bool) {
+    match value {
+        PyJson::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_compact(out, item, ensure_ascii);
+            }
+            out.push(']');
+        }
+        PyJson::Object(entries) => {
+            out.push('{');
+            for (i, (key, item)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                push_json_string(out, key, ensure_ascii);
+                out.push_str(": ");
+                write_compact(out, item, ensure_ascii);
+            }
+            out.push('}');
+        }
+        scalar => write_scalar(out, scalar, ensure_ascii),
+    }
+}
+
+fn write_pretty(out: &mut String, value: &PyJson, level: usize) {
+    match value {
+        // Python writes empty containers without any newline.
+        PyJson::Array(items) if items.is_empty() => out.push_str("[]"),
+        PyJson::Object(entries) if entries.is_empty() => out.push_str("{}"),
+        PyJson::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                push_item_break(out, i, level + 1);
+                write_pretty(out, item, level + 1);
+            }
+            push_newline_indent(out, level);
+            out.push(']');
+        }
+        PyJson::Object(entries) => {
+            let mut sorted: Vec<&(String, PyJson)> = entries.iter().collect();
+            // Python sorts str keys by code point; UTF-8 byte order is the same order. A stable
+            // sort keeps Python's behaviour for duplicate keys (the later one is written last).
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push('{');
+            for (i, (key, item)) in sorted.into_iter().enumerate() {
+                push_item_break(out, i, level + 1);
+                push_json_string(out, key, true);
+                out.push_str(": ");
+                write_pretty(out, item, level + 1);
+            }
+            push_newline_indent(out, level);
+            out.push('}');
+        }
+        scalar => write_scalar(out, scalar, true),
+    }
+}
+
+fn push_item_break(out: &mut String, index: usize, level: usize) {
+    if index > 0 {
+        out.push(',');
+    }
+    push_newline_indent(out, level);
+}
+
+fn push_newline_indent(out: &mut String, level: usize) {
+    out.push('\n');
+    for _ in 0..level * 4 {
+        out.push(' ');
+    }
+}
+
+/// Appends `s` as a JSON string literal exactly as CPython's encoder escapes it.
+///
+/// Both modes escape `"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t` with short escapes and other
+/// characters below U+0020 as lowercase `\u00XX`. With `ensure_ascii` every character outside
+/// `' '..='~'` (so also DEL and all non-ASCII) becomes `\uXXXX`, non-BMP ones as a surrogate pair;
+/// without it DEL, U+2028 and the like pass through unescaped.
+pub fn push_json_string(out: &mut String, s: &str, ensure_ascii: bool) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => push_u_escape(out, c as u32),
+            c if ensure_ascii && !(' '..='~').contains(&c) => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    push_u_escape(out, u32::from(*unit));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn push_u_escape(out: &mut String, unit: u32) {
+    out.push_str(&format!("\\u{unit:04x}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(entries: &[(&str, PyJson)]) -> PyJson {
+        PyJson::Object(
+            entries
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn pretty_sorts_and_indents_nested_values() {
+        let value = obj(&[
+            ("b", PyJson::Array(vec![PyJson::Int(1), PyJson::Null])),
+            (
+                "a",
+                obj(&[("z", PyJson::Float(1.0)), ("e", PyJson::Array(vec![]))]),
+            ),
+            ("c", obj(&[])),
+        ]);
+        let want = "{\n    \"a\": {\n        \"e\": [],\n        \"z\": 1.0\n    },\n    \"b\": [\n        1,\n        null\n    ],\n    \"c\": {}\n}";
+        assert_eq!(dumps_pretty_sorted(&value), want);
+    }
+
+    #[test]
+    fn compact_keeps_insertion_order_and_python_separators() {
+        let value = obj(&[
+            ("label", PyJson::Str("é\"x".into())),
+            (
+                "predict",
+                PyJson::Array(vec![PyJson::Bool(true), PyJson::Float(f64::NAN)]),
+            ),
+        ]);
+        assert_eq!(
+            dumps_compact(&value, false),
+            "{\"label\": \"é\\\"x\", \"predict\": [true, NaN]}"
+        );
+        assert_eq!(
+            dumps_compact(&value, true),
+            "{\"label\": \"\\u00e9\\\"x\", \"predict\": [true, NaN]}"
+        );
+    }
+
+    #[test]
+    fn loads_reads_python_non_finite_constants() {
+        let value =
+            loads("{\"a\": NaN, \"b\": [Infinity, -Infinity], \"NaN\": \"x NaN \\\" NaN\"}")
+                .expect("parses");
+        let PyJson::Object(entries) = value else {
+            panic!("object")
+        };
+        assert!(matches!(entries[0].1, PyJson::Float(x) if x.is_nan()));
+        assert_eq!(
+            entries[1].1,
+            PyJson::Array(vec![
+                PyJson::Float(f64::INFINITY),
+                PyJson::Float(f64::NEG_INFINITY)
+            ])
+        );
+        assert_eq!(
+            entries[2],
+            ("NaN".to_owned(), PyJson::Str("x NaN \" NaN".to_owned()))
+        );
+        assert!(loads("{\"a\": Nan}").is_err());
+    }
+
+    #[test]
+    fn ascii_mode_escapes_non_bmp_as_surrogate_pair() {
+        let mut out = String::new();
+        push_json_string(&mut out, "😀\u{7f}\u{1f}", true);
+        assert_eq!(out, "\"\\ud83d\\ude00\\u007f\\u001f\"");
+        let mut raw = String::new();
+        push_json_string(&mut raw, "😀\u{7f}\u{2028}", false);
+        assert_eq!(raw, "\"😀\u{7f}\u{2028}\"");
+    }
+}

@@ -3,6 +3,7 @@
 //!
 //! - [`pyfloat`] writes floats as Python's `repr(float)`.
 //! - [`pyjson`] holds a JSON value and Python's `json.dump(s)` layouts and escaping.
+//! - [`predictions`] writes and reads `generated_predictions.jsonl`.
 //! - [`speed`] is HF `speed_metrics` (runtime, samples and steps per second).
 //! - [`write_step1`] writes `generated_predictions.jsonl`, `predict_results.json` and
 //!   `all_results.json`.
@@ -10,6 +11,7 @@
 //! Every file goes through [`write_atomic`]: a temporary file in the same directory, fsync,
 //! rename, so a reader (or a crash) never sees half a file.
 
+pub mod predictions;
 pub mod pyfloat;
 pub mod pyjson;
 pub mod speed;
@@ -18,6 +20,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+pub use predictions::{PredictionRow, generated_predictions_jsonl, read_generated_predictions};
 pub use pyfloat::{float_repr, json_float};
 pub use pyjson::{PyJson, dumps_compact, dumps_pretty_sorted, loads};
 pub use speed::SpeedMetrics;
@@ -33,31 +36,29 @@ pub const ALL_RESULTS: &str = "all_results.json";
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     /// Creating, writing, syncing or renaming a file failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("{}: cannot write: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
     /// An existing file that must be updated could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("{}: cannot read: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
     /// An existing `all_results.json` is not valid JSON.
-    #[error("{}: line {line}, column {column}: not valid JSON ({source})", path.display())]
+    #[error("{}: line {line}, column {column}: invalid JSON: {message}", path.display())]
     Parse {
         path: PathBuf,
         line: usize,
         column: usize,
-        source: serde_json::Error,
+        message: String,
+    },
+    /// A line of a predictions file is not a `{"label": str, "predict": str, ...}` object.
+    #[error("{}: line {line}: {message}", path.display())]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
     },
     /// An existing `all_results.json` holds something other than a JSON object.
     #[error("{}: expected a JSON object of metrics at the top level", path.display())]
     NotAnObject { path: PathBuf },
-}
-
-/// One line of `generated_predictions.jsonl`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PredictionRow {
-    /// The reference answer (the dataset's response).
-    pub label: String,
-    /// The generated answer.
-    pub predict: String,
 }
 
 /// What [`write_step1`] wrote.
@@ -110,21 +111,6 @@ fn set_readable_permissions(file: &fs::File) -> io::Result<()> {
 #[cfg(not(unix))]
 fn set_readable_permissions(_file: &fs::File) -> io::Result<()> {
     Ok(())
-}
-
-/// The body of `generated_predictions.jsonl`: one `json.dumps({"label", "predict"},
-/// ensure_ascii=False)` per row, joined by `"\n"`, no trailing newline (LF `save_predictions`).
-pub fn generated_predictions_jsonl(rows: &[PredictionRow]) -> String {
-    rows.iter()
-        .map(|row| {
-            let value = PyJson::Object(vec![
-                ("label".to_owned(), PyJson::Str(row.label.clone())),
-                ("predict".to_owned(), PyJson::Str(row.predict.clone())),
-            ]);
-            dumps_compact(&value, false)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The `predict_*` metrics as HF hands them to `save_metrics`: each metric key prefixed with
@@ -182,11 +168,17 @@ fn read_metrics_object(path: &Path) -> Result<Vec<(String, PyJson)>, OutputError
             });
         }
     };
-    let value = pyjson::loads(&text).map_err(|source| OutputError::Parse {
+    let value = pyjson::loads(&text).map_err(|e| OutputError::Parse {
         path: path.to_owned(),
-        line: source.line(),
-        column: source.column(),
-        source,
+        line: e.line(),
+        column: e.column(),
+        // serde_json appends " at line L column C", which the error already says.
+        message: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
     })?;
     match value {
         PyJson::Object(entries) => Ok(entries),

@@ -9,6 +9,14 @@
 //! prompt has an even number of turns is skipped, and a row whose response is not exactly one
 //! turn gets an empty assistant turn instead.
 //!
+//! Checked against LF itself: `tests/datasets_lf_golden.rs` (goldens by
+//! `scripts/goldens/datasets_lf.py`). Where LF crashed, this reports an error naming the file and
+//! line instead (a non-string text value, an empty sharegpt conversation, a bad role tag); and
+//! where LF's behaviour was accidental it is made repeatable: a column mapped in
+//! `dataset_info.json` that no row has reads as empty (LF: `KeyError`), a folder's files are read
+//! in name order (LF: directory order), and a null system value is `""` (LF: `None`, which its
+//! templates treat the same).
+//!
 //! The result is one [`Sample`] per item, `messages` = prompt turns + the response turn last,
 //! ready to send to workers (the worker's template renders everything but the last turn as the
 //! prompt, and the last turn's content is the label).

@@ -1,0 +1,476 @@
+//! `evalfleet-bench`: measures and checks the worker's model code outside the fleet.
+//!
+//! - `logits`: all-position logits of given token batches, written as safetensors, to compare with
+//!   PyTorch/transformers on the same device (the GPU check does this on the lent GPU).
+//! - `generate`: greedy generation of exactly N new tokens per prompt (stop tokens ignored) through
+//!   the worker's engine; prints one JSON line shaped like scripts/bench/hf_generate.py's.
+//! - `score-prefill`: prefill throughput (last-position logits only), the multiple-choice figure.
+//! - `convert-gguf`: a GGUF file to an f32 HF folder (weights, config, tokenizer files).
+//!
+//! Prompts are token ids (a JSON file or random ids), so both sides of a comparison feed the model
+//! exactly the same input and no tokenizer or chat template is timed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use evalfleet_worker::device::{default_dtype, parse_device};
+use evalfleet_worker::engine::{self, GenOptions, GenRequest, SamplingParams};
+use evalfleet_worker::models::{
+    self, DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, LogitsAt, load_causal_lm,
+};
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "evalfleet-bench",
+    version,
+    about = "Benchmarks and parity checks of the worker's model code"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Logits at every position of token batches, saved as safetensors (one f32 tensor per batch).
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// JSON object: name -> [[ids]] (equal-length rows) or {"ids", "mask"?, "positions"?}
+        /// (left-padded rows: mask 1 = real token).
+        #[arg(long)]
+        tokens: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Greedy generation of exactly --new-tokens tokens per prompt; prints tokens/s as JSON.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        prompts: PromptArgs,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Run one short untimed generation first (CUDA: module loading and PTX JIT happen there);
+        /// its time is reported as `warmup_seconds`.
+        #[arg(long)]
+        warmup: bool,
+        /// Also write the generated ids (JSON list per prompt) to this file.
+        #[arg(long)]
+        save_ids: Option<PathBuf>,
+    },
+    /// Prefill throughput: one forward pass per batch with last-position logits only.
+    ScorePrefill {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        prompts: PromptArgs,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long)]
+        warmup: bool,
+    },
+    /// Converts a GGUF file into an f32 HF folder (model.safetensors, config.json, tokenizer files).
+    ConvertGguf {
+        #[arg(long)]
+        gguf: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ModelArgs {
+    /// HF model folder, .gguf file, or a folder holding one .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype; `auto` = f32 on the CPU, bf16 on a GPU.
+    #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
+    dtype: DTypeArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Args)]
+struct PromptArgs {
+    /// JSON list of prompts, each a list of token ids.
+    #[arg(long, conflicts_with = "random_prompts")]
+    prompt_ids: Option<PathBuf>,
+    /// Instead of --prompt-ids: this many prompts of random token ids ...
+    #[arg(long, requires = "prompt_len")]
+    random_prompts: Option<usize>,
+    /// ... each this long ...
+    #[arg(long)]
+    prompt_len: Option<usize>,
+    /// ... drawn with this seed (ids below the model's vocabulary size).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter())
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Logits { model, tokens, out } => logits(&model, &tokens, &out),
+        Cmd::Generate {
+            model,
+            prompts,
+            batch_size,
+            new_tokens,
+            warmup,
+            save_ids,
+        } => generate(
+            &model,
+            &prompts,
+            batch_size,
+            new_tokens,
+            warmup,
+            save_ids.as_deref(),
+        ),
+        Cmd::ScorePrefill {
+            model,
+            prompts,
+            batch_size,
+            warmup,
+        } => score_prefill(&model, &prompts, batch_size, warmup),
+        Cmd::ConvertGguf { gguf, out } => convert_gguf(&gguf, &out),
+    }
+}
+
+fn env_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())
+}
+
+/// Loads the model on the requested device; returns it with the load time in seconds.
+fn load(args: &ModelArgs) -> anyhow::Result<(LoadedModel, f64)> {
+    let device = parse_device(&args.device)?;
+    let dtype = match args.dtype {
+        DTypeArg::Auto => match default_dtype(&device) {
+            DType::BF16 => DTypeChoice::BF16,
+            DType::F16 => DTypeChoice::F16,
+            _ => DTypeChoice::F32,
+        },
+        DTypeArg::F32 => DTypeChoice::F32,
+        DTypeArg::F16 => DTypeChoice::F16,
+        DTypeArg::Bf16 => DTypeChoice::BF16,
+    };
+    let start = Instant::now();
+    let model = load_causal_lm(&args.model, &[], &LoadOptions { device, dtype })
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    synchronize(model.device())?;
+    Ok((model, start.elapsed().as_secs_f64()))
+}
+
+/// Waits for queued GPU work so a timer read afterwards covers it (no-op on the CPU).
+fn synchronize(device: &Device) -> anyhow::Result<()> {
+    device.synchronize()?;
+    Ok(())
+}
+
+fn device_name(model: &LoadedModel) -> String {
+    match model.device() {
+        Device::Cpu => "cpu".into(),
+        d => format!("{:?}", d.location()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// logits
+
+/// One named batch of the `--tokens` file.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TokenBatch {
+    Plain(Vec<Vec<u32>>),
+    Padded {
+        ids: Vec<Vec<u32>>,
+        mask: Option<Vec<Vec<u8>>>,
+        positions: Option<Vec<Vec<u32>>>,
+    },
+}
+
+fn logits(args: &ModelArgs, tokens: &Path, out: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(tokens).with_context(|| format!("reading {}", tokens.display()))?;
+    let batches: HashMap<String, TokenBatch> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected a JSON object of name -> [[ids]] or {{ids, mask, positions}}",
+            tokens.display()
+        )
+    })?;
+    let (model, load_s) = load(args)?;
+    let mut tensors = HashMap::new();
+    let start = Instant::now();
+    for (name, batch) in batches {
+        let input = forward_input(&name, batch, model.device())
+            .with_context(|| format!("{}: batch `{name}`", tokens.display()))?;
+        let mut cache = model.new_cache();
+        let logits = model.forward(&input, &mut cache, LogitsAt::All)?;
+        tensors.insert(name, logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    candle_core::safetensors::save(&tensors, out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let line = json!({"side": "evalfleet", "device": device_name(&model), "dtype": format!("{:?}", model.dtype()),
+        "batches": tensors.len(), "load_seconds": round3(load_s), "seconds": round3(seconds), "out": out});
+    println!("{line}");
+    Ok(())
+}
+
+/// Builds the decoder input of one batch; rows of a plain batch must have equal lengths.
+fn forward_input(name: &str, batch: TokenBatch, device: &Device) -> anyhow::Result<ForwardInput> {
+    let (ids, mask, positions) = match batch {
+        TokenBatch::Plain(ids) => (ids, None, None),
+        TokenBatch::Padded {
+            ids,
+            mask,
+            positions,
+        } => (ids, mask, positions),
+    };
+    ensure!(
+        !ids.is_empty() && !ids[0].is_empty(),
+        "batch `{name}` is empty"
+    );
+    let (rows, width) = (ids.len(), ids[0].len());
+    ensure!(
+        ids.iter().all(|r| r.len() == width),
+        "batch `{name}`: rows of different lengths (pad them and give a mask)"
+    );
+    let positions = match (positions, &mask) {
+        (Some(p), _) => p,
+        (None, Some(m)) => m.iter().map(|r| positions_from_mask(r)).collect(),
+        (None, None) => vec![(0..width as u32).collect(); rows],
+    };
+    ensure!(
+        positions.len() == rows && positions.iter().all(|r| r.len() == width),
+        "batch `{name}`: positions do not match ids"
+    );
+    let key_mask = match mask {
+        Some(m) => {
+            ensure!(
+                m.len() == rows && m.iter().all(|r| r.len() == width),
+                "batch `{name}`: mask does not match ids"
+            );
+            Some(Tensor::from_vec(m.concat(), (rows, width), device)?)
+        }
+        None => None,
+    };
+    Ok(ForwardInput {
+        tokens: Tensor::from_vec(ids.concat(), (rows, width), device)?,
+        positions: Tensor::from_vec(positions.concat(), (rows, width), device)?,
+        key_mask,
+    })
+}
+
+/// Position ids as transformers' generate computes them: cumulative mask - 1 (pads at 0 here;
+/// their value does not matter, they are masked).
+fn positions_from_mask(mask: &[u8]) -> Vec<u32> {
+    let mut seen = 0u32;
+    mask.iter()
+        .map(|&m| {
+            seen += u32::from(m != 0);
+            seen.saturating_sub(1)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// generate / score-prefill
+
+/// The prompts as token ids, from the file or drawn at random.
+fn read_prompts(args: &PromptArgs, vocab: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+    let prompts: Vec<Vec<u32>> = match (&args.prompt_ids, args.random_prompts, args.prompt_len) {
+        (Some(path), _, _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| {
+                format!("{}: expected a JSON list of token-id lists", path.display())
+            })?
+        }
+        (None, Some(n), Some(len)) => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+            (0..n)
+                .map(|_| {
+                    (0..len)
+                        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                        .collect()
+                })
+                .collect()
+        }
+        _ => bail!("give --prompt-ids FILE or --random-prompts N --prompt-len L"),
+    };
+    ensure!(!prompts.is_empty(), "no prompts");
+    if let Some((i, bad)) = prompts
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| p.iter().find(|&&t| t as usize >= vocab).map(|t| (i, *t)))
+    {
+        bail!("prompt {i}: token id {bad} is outside the model's vocabulary ({vocab})");
+    }
+    Ok(prompts)
+}
+
+fn generate(
+    args: &ModelArgs,
+    p: &PromptArgs,
+    batch_size: usize,
+    new_tokens: usize,
+    warmup: bool,
+    save_ids: Option<&Path>,
+) -> anyhow::Result<()> {
+    let (model, load_s) = load(args)?;
+    let prompts = read_prompts(p, model.vocab_size())?;
+    let opts = GenOptions {
+        max_batch: batch_size.max(1),
+        max_batch_tokens: 0,
+    };
+    let warmup_s = if warmup {
+        let start = Instant::now();
+        let few: Vec<Vec<u32>> = prompts.iter().take(batch_size.max(1)).cloned().collect();
+        engine::generate(&model, &requests(&few, 4), &opts)?;
+        synchronize(model.device())?;
+        Some(round3(start.elapsed().as_secs_f64()))
+    } else {
+        None
+    };
+    let reqs = requests(&prompts, new_tokens);
+    let start = Instant::now();
+    let outputs = engine::generate(&model, &reqs, &opts)?;
+    synchronize(model.device())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let generated: usize = outputs.iter().map(|o| o.tokens.len()).sum();
+    if let Some(path) = save_ids {
+        let ids: Vec<&Vec<u32>> = outputs.iter().map(|o| &o.tokens).collect();
+        std::fs::write(path, serde_json::to_string(&ids)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let line = json!({"side": "evalfleet", "batch_size": batch_size, "prompts": prompts.len(),
+        "new_tokens": generated, "seconds": round3(seconds), "tokens_per_second": round2(generated as f64 / seconds),
+        "prompt_tokens": prompts.iter().map(Vec::len).sum::<usize>(), "device": device_name(&model),
+        "dtype": format!("{:?}", model.dtype()), "load_seconds": round3(load_s), "warmup_seconds": warmup_s});
+    println!("{line}");
+    Ok(())
+}
+
+/// Greedy requests that never stop early: no stop ids, so each yields exactly `new_tokens`.
+fn requests(prompts: &[Vec<u32>], new_tokens: usize) -> Vec<GenRequest> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| GenRequest {
+            item_id: format!("bench-{i}"),
+            prompt_ids: ids.clone(),
+            stop_ids: HashSet::new(),
+            max_new_tokens: new_tokens,
+            sampling: SamplingParams::greedy(),
+            seed: 0,
+        })
+        .collect()
+}
+
+fn score_prefill(
+    args: &ModelArgs,
+    p: &PromptArgs,
+    batch_size: usize,
+    warmup: bool,
+) -> anyhow::Result<()> {
+    let (model, load_s) = load(args)?;
+    let prompts = read_prompts(p, model.vocab_size())?;
+    let batch_size = batch_size.max(1);
+    let warmup_s = if warmup {
+        let start = Instant::now();
+        prefill_batch(&model, &prompts[..batch_size.min(prompts.len())])?;
+        Some(round3(start.elapsed().as_secs_f64()))
+    } else {
+        None
+    };
+    let start = Instant::now();
+    for chunk in prompts.chunks(batch_size) {
+        prefill_batch(&model, chunk)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let tokens: usize = prompts.iter().map(Vec::len).sum();
+    let line = json!({"side": "evalfleet", "mode": "prefill", "batch_size": batch_size, "prompts": prompts.len(),
+        "prompt_tokens": tokens, "seconds": round3(seconds), "tokens_per_second": round2(tokens as f64 / seconds),
+        "device": device_name(&model), "dtype": format!("{:?}", model.dtype()), "load_seconds": round3(load_s),
+        "warmup_seconds": warmup_s});
+    println!("{line}");
+    Ok(())
+}
+
+/// One left-padded forward pass returning last-position logits, copied to the host (as scoring
+/// does) so the timer covers the whole pass.
+fn prefill_batch(model: &LoadedModel, rows: &[Vec<u32>]) -> anyhow::Result<()> {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut mask = Vec::with_capacity(rows.len() * width);
+    let mut pos = Vec::with_capacity(rows.len() * width);
+    for r in rows {
+        let pad = width - r.len();
+        ids.extend(std::iter::repeat_n(0u32, pad).chain(r.iter().copied()));
+        mask.extend(std::iter::repeat_n(0u8, pad).chain(std::iter::repeat_n(1u8, r.len())));
+        pos.extend(std::iter::repeat_n(0u32, pad).chain(0..r.len() as u32));
+    }
+    let dev = model.device();
+    let padded = mask.contains(&0);
+    let input = ForwardInput {
+        tokens: Tensor::from_vec(ids, (rows.len(), width), dev)?,
+        positions: Tensor::from_vec(pos, (rows.len(), width), dev)?,
+        key_mask: if padded {
+            Some(Tensor::from_vec(mask, (rows.len(), width), dev)?)
+        } else {
+            None
+        },
+    };
+    let mut cache = model.new_cache();
+    let logits = model.forward(&input, &mut cache, LogitsAt::Last)?;
+    let _host: Vec<f32> = logits
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// convert-gguf
+
+fn convert_gguf(gguf: &Path, out: &Path) -> anyhow::Result<()> {
+    let cfg = models::convert_gguf_to_hf(gguf, out)
+        .with_context(|| format!("converting {}", gguf.display()))?;
+    let content = models::read_gguf_content(gguf)?;
+    evalfleet_worker::tokenize::write_hf_tokenizer_files(&content, gguf, out)?;
+    println!(
+        "{}",
+        json!({"converted": gguf, "out": out, "architecture": cfg.architecture, "layers": cfg.layers, "vocab": cfg.vocab})
+    );
+    Ok(())
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -9,6 +9,30 @@ use candle_core::{Device, Tensor};
 
 use crate::Result;
 
+mod cache;
+mod config;
+mod convert;
+mod decoder;
+mod gguf;
+mod hf;
+mod linear;
+mod loader;
+mod lora;
+mod mask;
+mod rope;
+
+pub use cache::KvCache;
+/// The GGUF header type (metadata and tensor table), re-exported for the tokenizer.
+pub use candle_core::quantized::gguf_file::{Content as GgufContent, Value as GgufValue};
+pub use config::{DecoderConfig, RopeLayout, RopeScaling, SUPPORTED_ARCHITECTURES};
+pub use convert::convert_gguf_to_hf;
+pub use decoder::DecoderModel;
+pub use gguf::{SUPPORTED_GGUF_ARCHITECTURES, gguf_config, read_gguf_content};
+pub use loader::{
+    DTypeChoice, LoadOptions, LoadedModel, SourceKind, load_causal_lm, resolve_model_path,
+};
+pub use lora::Adapter;
+
 /// Which positions' logits a forward pass must return. The LM head is the most expensive matmul
 /// for small models, so it is computed only where the caller reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +63,12 @@ pub trait Decoder {
     /// Runs `input` after what `cache` already holds and appends to the cache. Returns f32 logits
     /// shaped as [`LogitsAt`] says. Causal masking is the decoder's job; `key_mask` only adds
     /// padding.
-    fn forward(&self, input: &ForwardInput, cache: &mut Self::Cache, at: LogitsAt) -> Result<Tensor>;
+    fn forward(
+        &self,
+        input: &ForwardInput,
+        cache: &mut Self::Cache,
+        at: LogitsAt,
+    ) -> Result<Tensor>;
     /// Keeps only the given batch rows of the cache (finished sequences leave the batch).
     fn retain_rows(&self, cache: &mut Self::Cache, rows: &[usize]) -> Result<()>;
     fn device(&self) -> &Device;

@@ -1,0 +1,301 @@
+//! The decoder-only transformer shared by llama, qwen2 and mistral (pre-norm RMSNorm, RoPE
+//! attention with grouped KV heads, SwiGLU MLP). Reference: HF transformers `modeling_llama.py`;
+//! what differs between the three is in [`DecoderConfig`].
+//!
+//! The KV cache is owned by the caller ([`KvCache`]), the batch is left-padded with per-row
+//! positions, and the LM head runs only at the positions the caller asks for.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::cache::{KvCache, LayerCache};
+use super::config::DecoderConfig;
+use super::linear::{Linear, Weight};
+use super::mask::attention_mask;
+use super::rope::Rope;
+use super::{ForwardInput, LogitsAt};
+use crate::{Error, Result};
+
+/// Where the decoder gets its weights from, by HF state-dict name; implemented for safetensors
+/// folders (with LoRA merging) and for GGUF files (mapping the names).
+pub(crate) trait WeightSource {
+    /// A dense tensor in the compute dtype (embeddings, norm weights, biases).
+    fn tensor(&mut self, name: &str) -> Result<Tensor>;
+    /// The weight of linear layer `prefix` (`{prefix}.weight`).
+    fn linear_weight(&mut self, prefix: &str) -> Result<Weight>;
+    /// The LM head: `lm_head.weight`, or the embedding matrix when tied or absent.
+    fn lm_head(&mut self, tied: bool) -> Result<Weight>;
+    fn device(&self) -> &Device;
+    fn dtype(&self) -> DType;
+}
+
+fn linear(
+    ws: &mut dyn WeightSource,
+    prefix: &str,
+    bias: bool,
+    name: &'static str,
+) -> Result<Linear> {
+    let w = ws.linear_weight(prefix)?;
+    let b = if bias {
+        Some(ws.tensor(&format!("{prefix}.bias"))?)
+    } else {
+        None
+    };
+    Ok(Linear::new(w, b, name))
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    span: tracing::Span,
+}
+
+impl Attention {
+    fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, p: &str) -> Result<Self> {
+        Ok(Self {
+            q: linear(ws, &format!("{p}.q_proj"), cfg.qkv_bias, "q_proj")?,
+            k: linear(ws, &format!("{p}.k_proj"), cfg.qkv_bias, "k_proj")?,
+            v: linear(ws, &format!("{p}.v_proj"), cfg.qkv_bias, "v_proj")?,
+            o: linear(ws, &format!("{p}.o_proj"), cfg.o_bias, "o_proj")?,
+            heads: cfg.heads,
+            kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            span: tracing::trace_span!("attn"),
+        })
+    }
+
+    /// `x` `(b, s, hidden)`; `mask` `(b, 1, 1, s, past + s)` additive f32 or `None`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cs: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (b, s, _) = x.dims3()?;
+        let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let heads_first = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = rope.apply(&heads_first(self.q.forward(x)?, h)?, &cs.0, &cs.1)?;
+        let k = rope.apply(&heads_first(self.k.forward(x)?, kvh)?, &cs.0, &cs.1)?;
+        let v = heads_first(self.v.forward(x)?, kvh)?;
+        let (k, v) = cache.append(&k, &v)?;
+        let t = k.dim(2)?;
+        // Grouped-query attention without repeating K/V: the query heads that share a KV head
+        // are consecutive, so they fold into the row dimension of one matmul per KV head.
+        let rep = h / kvh;
+        let q = (q.reshape((b, kvh, rep * s, d))? * (1.0 / (d as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((b, kvh, rep, s, t))?
+                .broadcast_add(m)?
+                .reshape((b, kvh, rep * s, t))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out = probs.matmul(&v)?; // (b, kvh, rep * s, d) = (b, h, s, d)
+        let out = out
+            .reshape((b, h, s, d))?
+            .transpose(1, 2)?
+            .reshape((b, s, h * d))?;
+        self.o.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    span: tracing::Span,
+}
+
+impl Mlp {
+    fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, p: &str) -> Result<Self> {
+        Ok(Self {
+            gate: linear(ws, &format!("{p}.gate_proj"), cfg.mlp_bias, "gate_proj")?,
+            up: linear(ws, &format!("{p}.up_proj"), cfg.mlp_bias, "up_proj")?,
+            down: linear(ws, &format!("{p}.down_proj"), cfg.mlp_bias, "down_proj")?,
+            span: tracing::trace_span!("mlp"),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn new(ws: &mut dyn WeightSource, name: &str, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: ws.tensor(name)?,
+            eps: eps as f32,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_norm: RmsNorm,
+    mlp: Mlp,
+    span: tracing::Span,
+}
+
+impl Layer {
+    fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, i: usize) -> Result<Self> {
+        let p = format!("model.layers.{i}");
+        Ok(Self {
+            input_norm: RmsNorm::new(ws, &format!("{p}.input_layernorm.weight"), cfg.rms_norm_eps)?,
+            attn: Attention::new(cfg, ws, &format!("{p}.self_attn"))?,
+            post_norm: RmsNorm::new(
+                ws,
+                &format!("{p}.post_attention_layernorm.weight"),
+                cfg.rms_norm_eps,
+            )?,
+            mlp: Mlp::new(cfg, ws, &format!("{p}.mlp"))?,
+            span: tracing::trace_span!("layer", i),
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cs: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let h = (x + self
+            .attn
+            .forward(&self.input_norm.forward(x)?, rope, cs, mask, cache)?)?;
+        Ok((&h + self.mlp.forward(&self.post_norm.forward(&h)?)?)?)
+    }
+}
+
+/// The llama-family decoder with its weights loaded.
+#[derive(Debug, Clone)]
+pub struct DecoderModel {
+    cfg: DecoderConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    head: Linear,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+}
+
+impl DecoderModel {
+    pub(crate) fn load(cfg: DecoderConfig, ws: &mut dyn WeightSource) -> Result<Self> {
+        let embed = ws.tensor("model.embed_tokens.weight")?;
+        let layers = (0..cfg.layers)
+            .map(|i| Layer::new(&cfg, ws, i))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(ws, "model.norm.weight", cfg.rms_norm_eps)?;
+        let head = Linear::new(ws.lm_head(cfg.tie_word_embeddings)?, None, "lm_head");
+        let rope = Rope::new(&cfg, ws.dtype(), ws.device())?;
+        Ok(Self {
+            embed,
+            layers,
+            norm,
+            head,
+            rope,
+            device: ws.device().clone(),
+            dtype: ws.dtype(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// The dtype activations are computed in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.layers)
+    }
+
+    /// See [`super::Decoder::forward`].
+    pub fn forward(
+        &self,
+        input: &ForwardInput,
+        cache: &mut KvCache,
+        at: LogitsAt,
+    ) -> Result<Tensor> {
+        let (b, s) = input.tokens.dims2()?;
+        if input.positions.dims2()? != (b, s) {
+            return Err(Error::Unsupported(format!(
+                "positions shape {:?} does not match tokens shape ({b}, {s})",
+                input.positions.dims()
+            )));
+        }
+        if s == 0 {
+            return Err(Error::Unsupported("forward pass over zero tokens".into()));
+        }
+        let past = cache.seq_len();
+        if past > 0 && cache.batch() != Some(b) {
+            return Err(Error::Unsupported(format!(
+                "batch of {b} rows after a cache of {:?} rows",
+                cache.batch()
+            )));
+        }
+        let mask = attention_mask(
+            b,
+            s,
+            past,
+            input.key_mask.as_ref(),
+            self.cfg.sliding_window,
+            &self.device,
+        )?;
+        let cs = self.rope.gather(&input.positions)?;
+        let mut x = self
+            .embed
+            .index_select(&input.tokens.flatten_all()?, 0)?
+            .reshape((b, s, ()))?;
+        for (layer, lc) in self.layers.iter().zip(cache.layers_mut()) {
+            x = layer.forward(&x, &self.rope, &cs, mask.as_ref(), lc)?;
+        }
+        // Norm and head only where logits are read: the head is the largest matmul of a small model.
+        let x = match at {
+            LogitsAt::All => x,
+            LogitsAt::Last => x.narrow(1, s - 1, 1)?.contiguous()?,
+        };
+        let logits = self.head.forward(&self.norm.forward(&x)?)?;
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed.dim(0).unwrap_or(self.cfg.vocab)
+    }
+}

@@ -1,0 +1,107 @@
+//! The SmolLM2 GGUF tokenizer against transformers (fixture from
+//! scripts/goldens/tokenize_goldens.py), and the HF folder written from the GGUF.
+
+mod tokenize_common;
+
+use evalfleet_worker::tokenize::{TextTokenizer, write_hf_tokenizer_files};
+use tokenize_common::{fixture, ids, smollm2_gguf, smollm2_tokenizer};
+
+fn check_against_goldens(tok: &TextTokenizer, what: &str) {
+    let golden = fixture("tokenize_smollm2.json");
+    let rows = golden["rows"].as_array().expect("rows");
+    assert!(rows.len() >= 90, "too few golden rows: {}", rows.len());
+    let mut failures = Vec::new();
+    for row in rows {
+        let text = row["text"].as_str().expect("text");
+        let want = ids(&row["ids"]);
+        let got = tok.encode(text).expect("encode");
+        if got != want {
+            failures.push(format!("encode {text:?}: got {got:?}, want {want:?}"));
+            continue;
+        }
+        let raw = tok.decode(&want, false, Some(false)).expect("decode");
+        if raw != row["decode_raw"].as_str().expect("decode_raw") {
+            failures.push(format!("decode_raw {text:?}: got {raw:?}"));
+        }
+        let skip = tok.decode(&want, true, Some(false)).expect("decode");
+        if skip != row["decode_skip"].as_str().expect("decode_skip") {
+            failures.push(format!("decode_skip {text:?}: got {skip:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {} rows differ:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        tok.bos_id().map(u64::from),
+        golden["bos_id"].as_u64(),
+        "{what}: bos"
+    );
+    assert_eq!(
+        tok.eos_id().map(u64::from),
+        golden["eos_id"].as_u64(),
+        "{what}: eos"
+    );
+    assert_eq!(
+        tok.pad_id().map(u64::from),
+        golden["pad_id"].as_u64(),
+        "{what}: pad"
+    );
+    assert_eq!(
+        tok.unk_id().map(u64::from),
+        golden["unk_id"].as_u64(),
+        "{what}: unk"
+    );
+    assert_eq!(
+        tok.chat_template(),
+        golden["chat_template"].as_str(),
+        "{what}: chat template"
+    );
+}
+
+#[test]
+fn gguf_tokenizer_matches_transformers() {
+    let tok = smollm2_tokenizer();
+    assert_eq!(tok.vocab_size(), 49152);
+    assert_eq!(tok.token_to_id("<|im_end|>"), Some(2));
+    assert!(!tok.add_bos_token());
+    check_against_goldens(&tok, "GGUF");
+}
+
+#[test]
+fn hf_folder_written_from_gguf_loads_to_the_same_tokenizer() {
+    let path = smollm2_gguf();
+    let mut file = std::fs::File::open(&path).expect("open gguf");
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).expect("gguf");
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_hf_tokenizer_files(&content, &path, dir.path()).expect("write");
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} not written");
+    }
+    let tok = TextTokenizer::from_hf_dir(dir.path()).expect("load written folder");
+    assert!(!tok.clean_up_tokenization_spaces());
+    check_against_goldens(&tok, "HF folder");
+}
+
+#[test]
+fn clean_up_flag_applies_transformers_4_rules() {
+    let tok = smollm2_tokenizer();
+    let ids = tok
+        .encode("Hello , world . I do n't know !")
+        .expect("encode");
+    assert_eq!(
+        tok.decode(&ids, true, Some(true)).expect("decode"),
+        "Hello, world. I don't know!"
+    );
+    assert_eq!(
+        tok.decode(&ids, true, None).expect("decode"),
+        "Hello , world . I do n't know !"
+    );
+}

@@ -98,6 +98,8 @@ impl FleetArgs {
             token_file: self.token_file.clone(),
             batch_size: self.batch_size,
             cpu_only: self.cpu,
+            worker_bin: None,
+            worker_args: Vec::new(),
             options: Default::default(),
         }
     }

@@ -139,6 +139,8 @@ pub struct SpawnOptions {
     pub devices: Vec<String>,
     /// Passed as `--batch-size` when set.
     pub batch_size: Option<u32>,
+    /// Appended to every worker's arguments.
+    pub extra_args: Vec<String>,
 }
 
 impl SpawnOptions {
@@ -189,6 +191,7 @@ impl LocalWorkers {
             if let Some(bs) = opts.batch_size {
                 cmd.arg("--batch-size").arg(bs.to_string());
             }
+            cmd.args(&opts.extra_args);
             cmd.env(TOKEN_ENV, &opts.token);
             // Several CPU workers on one machine would each start a thread per core.
             if cpu_workers > 1 && device == "cpu" && std::env::var_os("RAYON_NUM_THREADS").is_none()

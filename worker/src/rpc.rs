@@ -1,1 +1,424 @@
-//! The worker's side of the fleet stream: hello, heartbeats, lease requests, streamed results.
+//! The worker's end of the fleet stream: dial the coordinator (retrying while it starts), say
+//! Hello, send heartbeats from a timer, ask for a lease whenever idle, run it on a blocking thread
+//! while streaming each item's result back as it is produced, report LeaseDone, repeat; exit when
+//! told to shut down.
+//!
+//! What a lease *does* is behind [`LeaseRunner`], so this module knows nothing about models; the
+//! binary plugs in the real executor (or the [`EchoRunner`] used to test the fleet itself).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use evalfleet_proto::PROTOCOL_VERSION;
+use evalfleet_proto::v1 as pb;
+use evalfleet_proto::v1::fleet_client::FleetClient;
+use pb::coordinator_message::Msg as Down;
+use pb::worker_message::Msg as Up;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+/// Runs leases. Synchronous: it is called on a blocking thread and must call `emit` once per item,
+/// as soon as that item's result exists.
+pub trait LeaseRunner: Send + 'static {
+    fn run_lease(
+        &mut self,
+        lease: &pb::Lease,
+        emit: &mut dyn FnMut(pb::ItemResult),
+    ) -> crate::Result<()>;
+    /// Model keys currently loaded (reported in Hello).
+    fn models_held(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// How to reach the coordinator and describe this worker.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// `http://host:port`.
+    pub coordinator: String,
+    pub token: String,
+    pub worker_id: String,
+    /// `cpu` or `cuda:N`, as reported in Hello.
+    pub device: String,
+    /// Items asked for per lease.
+    pub batch_size: u32,
+    /// Give up dialing after this long.
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("bad coordinator URL {url:?}: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("could not reach the coordinator at {url} within {waited:?}: {source}")]
+    Unreachable {
+        url: String,
+        waited: Duration,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the token cannot be sent as an HTTP header (it must be printable ASCII)")]
+    BadToken,
+    #[error("the coordinator refused this worker: {}: {}", .0.code(), .0.message())]
+    Refused(Status),
+    #[error("the stream to the coordinator failed: {0}")]
+    Stream(Status),
+    #[error("the coordinator closed the stream without a Shutdown")]
+    Closed,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the lease runner panicked")]
+    RunnerPanicked,
+}
+
+/// Why the worker stopped normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    pub reason: String,
+    pub leases_run: usize,
+}
+
+/// Serves the coordinator until it says Shutdown.
+pub async fn run(opts: WorkerOptions, runner: impl LeaseRunner) -> Result<Stopped, RpcError> {
+    let channel = connect(&opts).await?;
+    let auth: MetadataValue<_> = format!("Bearer {}", opts.token)
+        .parse()
+        .map_err(|_| RpcError::BadToken)?;
+    let mut client = FleetClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", auth.clone());
+        Ok(req)
+    });
+    let (tx, rx) = mpsc::channel(256);
+    let hello = pb::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: opts.worker_id.clone(),
+        device: opts.device.clone(),
+        memory_bytes: 0,
+        models_held: runner.models_held(),
+        hostname: hostname(),
+    };
+    send(&tx, Up::Hello(hello)).await?;
+    let mut inbound = client
+        .connect(ReceiverStream::new(rx))
+        .await
+        .map_err(RpcError::Refused)?
+        .into_inner();
+    let welcome = match next(&mut inbound).await? {
+        Down::Welcome(w) => w,
+        Down::Shutdown(s) => {
+            return Ok(Stopped {
+                reason: s.reason,
+                leases_run: 0,
+            });
+        }
+        other => {
+            return Err(RpcError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            )));
+        }
+    };
+    if welcome.protocol_version != PROTOCOL_VERSION {
+        return Err(RpcError::Protocol(format!(
+            "the coordinator speaks protocol version {}, this worker speaks version {PROTOCOL_VERSION}",
+            welcome.protocol_version
+        )));
+    }
+    info!(
+        "connected to {} (job {:?}) as {:?}",
+        opts.coordinator, welcome.job_id, opts.worker_id
+    );
+    let active = Arc::new(Mutex::new(Vec::new()));
+    let beat = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
+    tokio::spawn(heartbeats(tx.clone(), active.clone(), beat));
+    Session {
+        opts,
+        tx,
+        inbound,
+        active,
+        runner: Some(runner),
+        leases_run: 0,
+    }
+    .serve()
+    .await
+}
+
+/// The state of one connected worker.
+struct Session<R> {
+    opts: WorkerOptions,
+    tx: mpsc::Sender<pb::WorkerMessage>,
+    inbound: Streaming<pb::CoordinatorMessage>,
+    active: Arc<Mutex<Vec<u64>>>,
+    /// Moved onto the blocking thread while a lease runs.
+    runner: Option<R>,
+    leases_run: usize,
+}
+
+impl<R: LeaseRunner> Session<R> {
+    async fn serve(mut self) -> Result<Stopped, RpcError> {
+        match self.serve_leases().await {
+            // The coordinator ends the stream right after a Shutdown, so our next send can fail
+            // before we have read that Shutdown: look for it before calling this an error.
+            Err(RpcError::Closed) => self.pending_shutdown().await,
+            other => other,
+        }
+    }
+
+    async fn pending_shutdown(&mut self) -> Result<Stopped, RpcError> {
+        loop {
+            if let Down::Shutdown(s) = next(&mut self.inbound).await? {
+                return Ok(self.stopped(s.reason));
+            }
+        }
+    }
+
+    async fn serve_leases(&mut self) -> Result<Stopped, RpcError> {
+        loop {
+            send(
+                &self.tx,
+                Up::LeaseRequest(pb::LeaseRequest {
+                    max_items: self.opts.batch_size,
+                }),
+            )
+            .await?;
+            match next(&mut self.inbound).await? {
+                Down::Lease(lease) => {
+                    if let Some(reason) = self.run_lease(lease).await? {
+                        return Ok(self.stopped(reason));
+                    }
+                }
+                Down::NoWork(n) => {
+                    let wait = tokio::time::sleep(Duration::from_millis(
+                        n.retry_after_ms.clamp(10, 10_000),
+                    ));
+                    tokio::select! {
+                        _ = wait => {}
+                        msg = next(&mut self.inbound) => match msg? {
+                            Down::Shutdown(s) => return Ok(self.stopped(s.reason)),
+                            other => return Err(RpcError::Protocol(format!("unexpected {other:?} while idle"))),
+                        },
+                    }
+                }
+                Down::Shutdown(s) => return Ok(self.stopped(s.reason)),
+                Down::Welcome(_) => return Err(RpcError::Protocol("a second Welcome".into())),
+            }
+        }
+    }
+
+    /// Runs one lease; returns `Some(reason)` if a Shutdown arrived meanwhile.
+    async fn run_lease(&mut self, lease: pb::Lease) -> Result<Option<String>, RpcError> {
+        let lease_id = lease.lease_id;
+        debug!(
+            "lease {lease_id}: {} items of {}",
+            lease.items.len(),
+            lease.task
+        );
+        set_active(&self.active, Some(lease_id));
+        let mut runner = self.runner.take().ok_or(RpcError::RunnerPanicked)?;
+        let tx = self.tx.clone();
+        let mut job = tokio::task::spawn_blocking(move || {
+            run_and_stream(&mut runner, &lease, &tx);
+            runner
+        });
+        let runner = loop {
+            tokio::select! {
+                joined = &mut job => break joined.map_err(|_| RpcError::RunnerPanicked)?,
+                msg = next(&mut self.inbound) => match msg? {
+                    // The job is over; results of this lease are no longer needed.
+                    Down::Shutdown(s) => return Ok(Some(s.reason)),
+                    other => warn!("ignoring unexpected {other:?} during lease {lease_id}"),
+                },
+            }
+        };
+        self.runner = Some(runner);
+        self.leases_run += 1;
+        set_active(&self.active, None);
+        send(&self.tx, Up::LeaseDone(pb::LeaseDone { lease_id })).await?;
+        Ok(None)
+    }
+
+    fn stopped(&self, reason: String) -> Stopped {
+        info!("coordinator says shut down: {reason}");
+        Stopped {
+            reason,
+            leases_run: self.leases_run,
+        }
+    }
+}
+
+/// Runs the lease on the current (blocking) thread, sending each result as it is emitted. If the
+/// runner fails as a whole, every item it did not answer gets a retryable error, so the
+/// coordinator can try them elsewhere.
+fn run_and_stream(
+    runner: &mut impl LeaseRunner,
+    lease: &pb::Lease,
+    tx: &mpsc::Sender<pb::WorkerMessage>,
+) {
+    let mut answered = HashSet::new();
+    let started = Instant::now();
+    let outcome = runner.run_lease(lease, &mut |mut result| {
+        result.lease_id = lease.lease_id;
+        answered.insert(result.item_id.clone());
+        // Fails only if the stream is gone, in which case the coordinator re-runs the lease.
+        let _ = tx.blocking_send(up(Up::Result(result)));
+    });
+    if let Err(e) = outcome {
+        warn!(
+            "lease {} failed after {:?}: {e}",
+            lease.lease_id,
+            started.elapsed()
+        );
+        for item in lease
+            .items
+            .iter()
+            .filter(|i| !answered.contains(&i.item_id))
+        {
+            let error = pb::ItemError {
+                message: e.to_string(),
+                retryable: true,
+            };
+            let result = pb::ItemResult {
+                lease_id: lease.lease_id,
+                item_id: item.item_id.clone(),
+                outcome: Some(pb::item_result::Outcome::Error(error)),
+            };
+            let _ = tx.blocking_send(up(Up::Result(result)));
+        }
+    }
+}
+
+async fn connect(opts: &WorkerOptions) -> Result<Channel, RpcError> {
+    let bad_url = |message: String| RpcError::BadUrl {
+        url: opts.coordinator.clone(),
+        message,
+    };
+    let endpoint = Endpoint::from_shared(opts.coordinator.clone())
+        .map_err(|e| bad_url(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(source) if started.elapsed() >= opts.connect_timeout => {
+                return Err(RpcError::Unreachable {
+                    url: opts.coordinator.clone(),
+                    waited: started.elapsed(),
+                    source,
+                });
+            }
+            Err(e) => {
+                debug!("coordinator not reachable yet ({e}); retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn heartbeats(
+    tx: mpsc::Sender<pb::WorkerMessage>,
+    active: Arc<Mutex<Vec<u64>>>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let active_leases = active.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if tx
+            .send(up(Up::Heartbeat(pb::Heartbeat { active_leases })))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn set_active(active: &Mutex<Vec<u64>>, lease: Option<u64>) {
+    *active.lock().unwrap_or_else(|e| e.into_inner()) = lease.into_iter().collect();
+}
+
+async fn next(inbound: &mut Streaming<pb::CoordinatorMessage>) -> Result<Down, RpcError> {
+    loop {
+        match inbound.message().await {
+            Ok(Some(pb::CoordinatorMessage { msg: Some(msg) })) => return Ok(msg),
+            Ok(Some(_)) => continue,
+            Ok(None) => return Err(RpcError::Closed),
+            Err(status) => return Err(RpcError::Stream(status)),
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<pb::WorkerMessage>, msg: Up) -> Result<(), RpcError> {
+    tx.send(up(msg)).await.map_err(|_| RpcError::Closed)
+}
+
+fn up(msg: Up) -> pb::WorkerMessage {
+    pb::WorkerMessage { msg: Some(msg) }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A runner that needs no model: each generate item's prediction is its last user message. Used to
+/// test the fleet (sharding, retries, worker loss) without loading a model.
+#[derive(Debug, Default)]
+pub struct EchoRunner;
+
+impl LeaseRunner for EchoRunner {
+    fn run_lease(
+        &mut self,
+        lease: &pb::Lease,
+        emit: &mut dyn FnMut(pb::ItemResult),
+    ) -> crate::Result<()> {
+        for item in &lease.items {
+            let outcome = match &item.payload {
+                Some(pb::work_item::Payload::Generate(g)) => {
+                    let text = g
+                        .messages
+                        .iter()
+                        .rev()
+                        .find(|m| m.role == "user")
+                        .map(|m| m.content.clone());
+                    let label = g
+                        .messages
+                        .last()
+                        .filter(|m| m.role == "assistant")
+                        .map(|m| m.content.clone());
+                    let (text, label) = (text.unwrap_or_default(), label.unwrap_or_default());
+                    pb::item_result::Outcome::Generate(pb::GenerateResult {
+                        label: label.clone(),
+                        predict: text.clone(),
+                        label_for_metrics: label,
+                        predict_for_metrics: text,
+                        finish_reason: "stop".into(),
+                        ..Default::default()
+                    })
+                }
+                None => pb::item_result::Outcome::Error(pb::ItemError {
+                    message: "empty item".into(),
+                    retryable: false,
+                }),
+            };
+            emit(pb::ItemResult {
+                lease_id: lease.lease_id,
+                item_id: item.item_id.clone(),
+                outcome: Some(outcome),
+            });
+        }
+        Ok(())
+    }
+}

@@ -29,6 +29,10 @@ pub struct FleetSetup {
     pub batch_size: Option<u32>,
     /// Spawn CPU workers even when GPUs are visible.
     pub cpu_only: bool,
+    /// The worker binary (default: `$EVALFLEET_WORKER_BIN`, else next to this executable).
+    pub worker_bin: Option<PathBuf>,
+    /// Extra arguments for every spawned worker.
+    pub worker_args: Vec<String>,
     pub options: FleetOptions,
 }
 
@@ -77,7 +81,10 @@ pub async fn run_fleet(
     let mut workers = if devices.is_empty() {
         None
     } else {
-        let bin = local::worker_binary()?;
+        let bin = match &setup.worker_bin {
+            Some(bin) => bin.clone(),
+            None => local::worker_binary()?,
+        };
         info!(
             "starting {} local worker(s) on {} ({url})",
             devices.len(),
@@ -89,6 +96,7 @@ pub async fn run_fleet(
             token,
             devices,
             batch_size: setup.batch_size,
+            extra_args: setup.worker_args.clone(),
         };
         Some(LocalWorkers::spawn(&opts)?)
     };

@@ -114,14 +114,14 @@ impl TextTokenizer {
         Ok(tok)
     }
 
+    /// Looks up (adding when missing) a special token. Like transformers, a special token is
+    /// always registered as an added special token, so that even a plain vocabulary entry is
+    /// then split out of text whole and skipped by `decode(.., skip_special_tokens=true)`.
     fn resolve_special(&mut self, content: Option<String>) -> Result<Option<SpecialToken>> {
         let Some(content) = content else {
             return Ok(None);
         };
-        let id = match self.inner.token_to_id(&content) {
-            Some(id) => id,
-            None => self.add_token(&content, true)?,
-        };
+        let id = self.add_token(&content, true)?;
         Ok(Some(SpecialToken { content, id }))
     }
 

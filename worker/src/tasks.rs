@@ -1,1 +1,389 @@
-//! Turns a lease from the coordinator into one result per item.
+//! Turns a lease from the coordinator into one result per item: loads the lease's model once (and
+//! keeps it for the next leases), builds each prompt with the lease's template and truncation,
+//! generates in batches, and decodes predictions and labels as LLaMA-Factory saves and scores them
+//! (PROTOCOL 1.6/1.7).
+//!
+//! An item that cannot be run (a prompt the template rejects, an empty prompt, ...) gets an
+//! [`pb::ItemError`]; only failures that concern the whole lease (the model does not load, the
+//! decoder fails) fail [`Executor::run_lease`].
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use evalfleet_proto::v1 as pb;
+use pb::item_result::Outcome;
+
+use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
+use crate::models::{DTypeChoice, Decoder, LoadOptions, LoadedModel, load_causal_lm};
+use crate::tokenize::{
+    ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, generation_config_eos_ids, get_template,
+};
+use crate::{Error, Result};
+
+/// How the executor loads models and batches generation.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    pub device: Device,
+    /// Most sequences generated together (the worker's batch size).
+    pub max_batch: usize,
+    /// Most padded prompt tokens in one prefill (0 = no limit); bounds prefill memory.
+    pub max_batch_tokens: usize,
+    /// Loaded models kept for later leases (at least 1); the least recently used goes first.
+    pub keep_models: usize,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        ExecutorOptions {
+            device: Device::Cpu,
+            max_batch: 8,
+            max_batch_tokens: 0,
+            keep_models: 1,
+        }
+    }
+}
+
+/// A loaded model with what prompts and decoding need from its files.
+struct LoadedEntry {
+    key: String,
+    model: LoadedModel,
+    tokenizer: TextTokenizer,
+    /// `eos_token_id` of generation_config.json (HF folders), added to every item's stop ids.
+    config_eos: Vec<u32>,
+    /// Prompt builders by template name ("" = the model's chat template), made on first use.
+    builders: HashMap<String, PromptBuilder>,
+}
+
+/// Runs leases; holds loaded models by [`pb::ModelSpec::key`].
+pub struct Executor {
+    opts: ExecutorOptions,
+    /// Most recently used last.
+    models: Vec<LoadedEntry>,
+}
+
+impl Executor {
+    pub fn new(opts: ExecutorOptions) -> Self {
+        Executor {
+            opts,
+            models: Vec::new(),
+        }
+    }
+
+    pub fn options(&self) -> &ExecutorOptions {
+        &self.opts
+    }
+
+    /// The generation batch size (also what the worker should ask for per lease).
+    pub fn worker_batch_size(&self) -> usize {
+        self.opts.max_batch.max(1)
+    }
+
+    /// Keys of the models currently loaded.
+    pub fn models_held(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.key.clone()).collect()
+    }
+
+    /// Runs every item of `lease`, calling `sink` with each item's result as soon as it is ready.
+    pub fn run_lease(
+        &mut self,
+        lease: &pb::Lease,
+        sink: &mut dyn FnMut(pb::ItemResult),
+    ) -> Result<()> {
+        let started = Instant::now();
+        let spec = lease.model.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!("lease {} names no model", lease.lease_id))
+        })?;
+        let params = lease.generation.ok_or_else(|| {
+            Error::Unsupported(format!(
+                "lease {} has no generation parameters",
+                lease.lease_id
+            ))
+        })?;
+        let prompt_spec = lease.prompt.clone().unwrap_or_default();
+        let opts = GenOptions::from(&self.opts);
+        let entry = self.model(spec)?;
+        if let Err(e) = entry.prepare_builder(&prompt_spec.template) {
+            // A bad template fails every item the same way: say so per item, not retryable.
+            lease
+                .items
+                .iter()
+                .for_each(|item| sink(item_error(lease, &item.item_id, &e)));
+            return Ok(());
+        }
+        let entry = &*entry;
+        let builder = &entry.builders[&prompt_spec.template];
+        let stop_ids: HashSet<u32> = builder
+            .stop_ids()
+            .iter()
+            .chain(&entry.config_eos)
+            .copied()
+            .collect();
+
+        let mut jobs = Vec::with_capacity(lease.items.len());
+        for item in &lease.items {
+            match prepare(
+                item,
+                builder,
+                &prompt_spec,
+                &params,
+                &stop_ids,
+                entry.model.vocab_size(),
+            ) {
+                Ok(job) => jobs.push(job),
+                Err(e) => sink(item_error(lease, &item.item_id, &e)),
+            }
+        }
+        let requests: Vec<GenRequest> = jobs.iter().map(|j| j.request.clone()).collect();
+        let mut new_tokens = 0usize;
+        engine::generate_each(&entry.model, &requests, &opts, &mut |i, out| {
+            new_tokens += out.tokens.len();
+            let job = &jobs[i];
+            let result = match decode(builder.tokenizer(), job, &out) {
+                Ok(result) => ItemResultBody::Generate(result),
+                Err(e) => ItemResultBody::Error(e),
+            };
+            sink(result.into_item(lease, &job.request.item_id));
+        })?;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            lease = lease.lease_id,
+            items = lease.items.len(),
+            new_tokens,
+            secs = format!("{secs:.2}"),
+            tokens_per_s = format!("{:.1}", new_tokens as f64 / secs.max(1e-9)),
+            "lease done"
+        );
+        Ok(())
+    }
+
+    /// The loaded model for `spec`, loading it (and dropping the least recently used beyond
+    /// `keep_models`) when needed.
+    fn model(&mut self, spec: &pb::ModelSpec) -> Result<&mut LoadedEntry> {
+        let key = model_key(spec);
+        if let Some(pos) = self.models.iter().position(|m| m.key == key) {
+            let entry = self.models.remove(pos);
+            self.models.push(entry);
+        } else {
+            // Free memory before loading the next model, not after.
+            while self.models.len() >= self.opts.keep_models.max(1) {
+                let old = self.models.remove(0);
+                tracing::info!(model = old.key, "unloading model");
+            }
+            let entry = LoadedEntry::load(key, spec, &self.opts.device)?;
+            self.models.push(entry);
+        }
+        Ok(self.models.last_mut().expect("a model was just pushed"))
+    }
+}
+
+impl crate::rpc::LeaseRunner for Executor {
+    fn run_lease(&mut self, lease: &pb::Lease, emit: &mut dyn FnMut(pb::ItemResult)) -> Result<()> {
+        Executor::run_lease(self, lease, emit)
+    }
+    fn models_held(&self) -> Vec<String> {
+        Executor::models_held(self)
+    }
+}
+
+impl From<&ExecutorOptions> for GenOptions {
+    fn from(o: &ExecutorOptions) -> Self {
+        GenOptions {
+            max_batch: o.max_batch.max(1),
+            max_batch_tokens: o.max_batch_tokens,
+        }
+    }
+}
+
+/// The spec's key, or one made from its fields when the coordinator left it empty.
+fn model_key(spec: &pb::ModelSpec) -> String {
+    if spec.key.is_empty() {
+        format!(
+            "{}+{}:{}",
+            spec.model_path,
+            spec.adapter_paths.join("+"),
+            spec.dtype
+        )
+    } else {
+        spec.key.clone()
+    }
+}
+
+fn parse_dtype(dtype: &str) -> Result<DTypeChoice> {
+    match dtype.to_ascii_lowercase().as_str() {
+        "" | "auto" => Ok(DTypeChoice::Auto),
+        "f32" | "float32" => Ok(DTypeChoice::F32),
+        "f16" | "float16" | "fp16" => Ok(DTypeChoice::F16),
+        "bf16" | "bfloat16" => Ok(DTypeChoice::BF16),
+        other => Err(Error::Unsupported(format!(
+            "dtype {other:?}: expected auto, f32, f16 or bf16"
+        ))),
+    }
+}
+
+impl LoadedEntry {
+    fn load(key: String, spec: &pb::ModelSpec, device: &Device) -> Result<Self> {
+        let started = Instant::now();
+        let path = Path::new(&spec.model_path);
+        let adapters: Vec<PathBuf> = spec.adapter_paths.iter().map(PathBuf::from).collect();
+        let opts = LoadOptions {
+            device: device.clone(),
+            dtype: parse_dtype(&spec.dtype)?,
+        };
+        let model = load_causal_lm(path, &adapters, &opts)?;
+        // LLaMA-Factory loads the tokenizer from the base model, never from the adapter.
+        let (tokenizer, config_eos) = match model.gguf_content() {
+            Some(content) => (
+                TextTokenizer::from_gguf_content(content, model.path())?,
+                Vec::new(),
+            ),
+            None => (
+                TextTokenizer::from_hf_dir(model.path())?,
+                generation_config_eos_ids(model.path())?,
+            ),
+        };
+        tracing::info!(
+            model = key,
+            path = %model.path().display(),
+            dtype = ?model.dtype(),
+            adapters = adapters.len(),
+            secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+            "model loaded"
+        );
+        Ok(LoadedEntry {
+            key,
+            model,
+            tokenizer,
+            config_eos,
+            builders: HashMap::new(),
+        })
+    }
+
+    /// Makes the prompt builder for a LLaMA-Factory template name, or for the model's chat
+    /// template when `template` is "".
+    fn prepare_builder(&mut self, template: &str) -> Result<()> {
+        if !self.builders.contains_key(template) {
+            let style = if template.is_empty() {
+                PromptStyle::ModelChatTemplate
+            } else {
+                PromptStyle::LlamaFactory(get_template(template)?)
+            };
+            let builder = PromptBuilder::new(style, &self.tokenizer)?;
+            self.builders.insert(template.to_string(), builder);
+        }
+        Ok(())
+    }
+}
+
+/// One runnable item: its generation request and the label ids to decode with the prediction.
+struct Job {
+    request: GenRequest,
+    label_ids: Vec<u32>,
+}
+
+/// Builds the item's prompt and request; any error here is the item's own.
+fn prepare(
+    item: &pb::WorkItem,
+    builder: &PromptBuilder,
+    prompt: &pb::PromptSpec,
+    params: &pb::GenerationParams,
+    stop_ids: &HashSet<u32>,
+    vocab: usize,
+) -> Result<Job> {
+    let fail = |message: String| Error::Item {
+        item: item.item_id.clone(),
+        message,
+    };
+    let Some(pb::work_item::Payload::Generate(generate)) = &item.payload else {
+        return Err(fail("this worker runs only generate items".into()));
+    };
+    let messages: Vec<ChatMessage> = generate
+        .messages
+        .iter()
+        .map(|m| ChatMessage::new(&m.role, &m.content))
+        .collect();
+    // 0 means "no truncation"; LF's arithmetic runs in i64, so stay far below its range.
+    let cutoff_len = if prompt.cutoff_len == 0 {
+        i32::MAX as usize
+    } else {
+        prompt.cutoff_len as usize
+    };
+    let reserved = prompt.reserved_label_len.max(1) as usize;
+    let built = builder.build(&messages, &generate.system, cutoff_len, reserved)?;
+    if built.prompt_ids.is_empty() {
+        return Err(fail(
+            "the prompt is empty after templating and truncation".into(),
+        ));
+    }
+    if let Some(&id) = built.prompt_ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(fail(format!(
+            "prompt token id {id} is outside the model's vocabulary of {vocab} (a template token the \
+             model was not trained with?)"
+        )));
+    }
+    let sampling = SamplingParams {
+        do_sample: params.do_sample,
+        temperature: params.temperature,
+        top_p: params.top_p,
+        top_k: params.top_k as usize,
+        repetition_penalty: params.repetition_penalty,
+    };
+    sampling.validate().map_err(fail)?;
+    let request = GenRequest {
+        item_id: item.item_id.clone(),
+        prompt_ids: built.prompt_ids,
+        stop_ids: stop_ids.clone(),
+        max_new_tokens: params.max_new_tokens as usize,
+        sampling,
+        seed: params.seed,
+    };
+    Ok(Job {
+        request,
+        label_ids: built.label_ids,
+    })
+}
+
+/// Decodes as LLaMA-Factory does: saved predictions with clean-up of spaces, saved labels
+/// without, and both with the tokenizer's default for the metrics; special tokens skipped.
+fn decode(tokenizer: &TextTokenizer, job: &Job, out: &GenOutput) -> Result<pb::GenerateResult> {
+    Ok(pb::GenerateResult {
+        label: tokenizer.decode(&job.label_ids, true, Some(false))?,
+        predict: tokenizer.decode(&out.tokens, true, Some(true))?,
+        label_for_metrics: tokenizer.decode(&job.label_ids, true, None)?,
+        predict_for_metrics: tokenizer.decode(&out.tokens, true, None)?,
+        prompt_tokens: job.request.prompt_ids.len() as u32,
+        new_tokens: out.tokens.len() as u32,
+        finish_reason: out.finish.as_str().to_string(),
+    })
+}
+
+enum ItemResultBody {
+    Generate(pb::GenerateResult),
+    Error(Error),
+}
+
+impl ItemResultBody {
+    fn into_item(self, lease: &pb::Lease, item_id: &str) -> pb::ItemResult {
+        match self {
+            ItemResultBody::Generate(result) => pb::ItemResult {
+                lease_id: lease.lease_id,
+                item_id: item_id.to_string(),
+                outcome: Some(Outcome::Generate(result)),
+            },
+            ItemResultBody::Error(e) => item_error(lease, item_id, &e),
+        }
+    }
+}
+
+/// A non-retryable error result: the item fails the same way on any worker.
+fn item_error(lease: &pb::Lease, item_id: &str, e: &Error) -> pb::ItemResult {
+    pb::ItemResult {
+        lease_id: lease.lease_id,
+        item_id: item_id.to_string(),
+        outcome: Some(Outcome::Error(pb::ItemError {
+            message: e.to_string(),
+            retryable: false,
+        })),
+    }
+}

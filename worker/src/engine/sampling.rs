@@ -45,7 +45,8 @@ impl SamplingParams {
 
     /// Rejects values HF transformers would refuse, naming the parameter.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.repetition_penalty > 0.0) {
+        // Written so that NaN is refused too.
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return Err(format!(
                 "repetition_penalty must be > 0, got {}",
                 self.repetition_penalty

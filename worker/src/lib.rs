@@ -8,9 +8,11 @@
 //! - [`engine`]: batched generation with a KV cache, sampling with a per-item random stream.
 //! - [`tasks`]: turns a lease into results (builds prompts, generates, decodes).
 //! - [`rpc`]: the stream to the coordinator.
+//! - [`embed`]: sentence-transformers embedding models and the cosine similarity (step 2).
 //! - [`device`]: `--device` parsing (`cpu`, `cuda:N`) and the default dtype per device.
 
 pub mod device;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod models;

@@ -105,3 +105,46 @@ fn clean_up_flag_applies_transformers_4_rules() {
         "Hello , world . I do n't know !"
     );
 }
+
+#[test]
+fn sentencepiece_gguf_matches_transformers() {
+    // A tiny "llama"-model vocabulary (scripts/goldens/tokenize_spm_goldens.py): merges derived
+    // from scores, byte fallback, control and user-defined tokens, prefix space on the first piece.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures");
+    let tok =
+        TextTokenizer::from_gguf_file(&dir.join("tokenize_spm_tiny.gguf")).expect("tiny spm gguf");
+    let golden = fixture("tokenize_spm.json");
+    assert_eq!(
+        tok.vocab_size() as u64,
+        golden["vocab_size"].as_u64().unwrap()
+    );
+    assert_eq!(tok.bos_id().map(u64::from), golden["bos_id"].as_u64());
+    assert_eq!(tok.eos_id().map(u64::from), golden["eos_id"].as_u64());
+    assert!(tok.add_bos_token());
+    let rows = golden["rows"].as_array().expect("rows");
+    let mut failures = Vec::new();
+    for row in rows {
+        let text = row["text"].as_str().expect("text");
+        let want = ids(&row["ids"]);
+        let got = tok.encode(text).expect("encode");
+        if got != want {
+            failures.push(format!("encode {text:?}: got {got:?}, want {want:?}"));
+            continue;
+        }
+        for (key, skip) in [("decode_raw", false), ("decode_skip", true)] {
+            let got = tok.decode(&want, skip, Some(false)).expect("decode");
+            if got != row[key].as_str().expect(key) {
+                failures.push(format!("{key} {text:?}: got {got:?}, want {}", row[key]));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows differ:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+}

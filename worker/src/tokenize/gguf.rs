@@ -200,11 +200,9 @@ fn llama_tokenizer_json(vocab: &GgufVocab<'_>) -> Result<Json> {
         Some(v) => v.to_bool().unwrap_or(true),
         None => true,
     };
-    let mut normalizers = Vec::new();
-    if add_prefix {
-        normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
-    }
-    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+    // transformers 5's LlamaTokenizer (legacy=False): Metaspace prepends "▁" to the first piece
+    // of the text only (not after special tokens), as llama.cpp's add_space_prefix does.
+    let scheme = if add_prefix { "first" } else { "never" };
     let mut decoders = vec![
         json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
         json!({"type": "ByteFallback"}),
@@ -218,8 +216,8 @@ fn llama_tokenizer_json(vocab: &GgufVocab<'_>) -> Result<Json> {
         "truncation": null,
         "padding": null,
         "added_tokens": vocab.added_tokens_json(),
-        "normalizer": {"type": "Sequence", "normalizers": normalizers},
-        "pre_tokenizer": null,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme, "split": false},
         "post_processor": null,
         "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {
@@ -231,29 +229,40 @@ fn llama_tokenizer_json(vocab: &GgufVocab<'_>) -> Result<Json> {
     }))
 }
 
-/// Merges for a score-ranked SentencePiece vocabulary: every split of a token into two tokens of
-/// the vocabulary is a merge, ranked by the merged token's score (highest first); splits of one
-/// token are ordered by the scores of their two halves. Equal keys keep vocabulary order.
+/// Merges for a score-ranked SentencePiece vocabulary, as transformers' `generate_merges`
+/// derives them: every split of a token into two tokens of the vocabulary is a merge; the splits
+/// of one token are ordered by the ids of their halves; all merges are then ranked by the merged
+/// token's score, then the lengths (in characters) of the halves, highest first, ties keeping
+/// that order.
 fn spm_merges(tokens: &[String], scores: &[f32]) -> Vec<String> {
+    let mut id_of: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
     let mut score_of: HashMap<&str, f32> = HashMap::with_capacity(tokens.len());
-    for (t, &s) in tokens.iter().zip(scores) {
+    let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
+    for (i, (t, &s)) in tokens.iter().zip(scores).enumerate() {
+        // Python dicts: the last id/score of a duplicated token wins, its first position stays.
+        if id_of.insert(t.as_str(), i).is_none() {
+            order.push(t.as_str());
+        }
         score_of.insert(t.as_str(), s);
     }
     let mut merges: Vec<(&str, &str, f32)> = Vec::new();
-    for (token, &score) in tokens.iter().zip(scores) {
+    for token in order {
+        let score = score_of[token];
         let mut local: Vec<(&str, &str, f32)> = token
             .char_indices()
             .skip(1)
             .map(|(i, _)| token.split_at(i))
-            .filter(|(l, r)| score_of.contains_key(l) && score_of.contains_key(r))
+            .filter(|(l, r)| id_of.contains_key(l) && id_of.contains_key(r))
             .map(|(l, r)| (l, r, score))
             .collect();
-        local.sort_by(|a, b| {
-            (score_of[b.0].total_cmp(&score_of[a.0])).then(score_of[b.1].total_cmp(&score_of[a.1]))
-        });
+        local.sort_by_key(|(l, r, _)| (id_of[l], id_of[r]));
         merges.extend(local);
     }
-    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
+    merges.sort_by(|a, b| {
+        b.2.total_cmp(&a.2)
+            .then(b.0.chars().count().cmp(&a.0.chars().count()))
+            .then(b.1.chars().count().cmp(&a.1.chars().count()))
+    });
     merges
         .into_iter()
         .map(|(l, r, _)| format!("{l} {r}"))

@@ -170,7 +170,7 @@ impl Template {
         cutoff_len: usize,
         reserved_label_len: usize,
     ) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
-        if messages.len() % 2 != 0 {
+        if !messages.len().is_multiple_of(2) {
             return Err(Error::Template(format!(
                 "template {}: messages must alternate user/assistant and end with an assistant turn, got {}",
                 self.name,
@@ -211,7 +211,7 @@ impl Template {
             } else {
                 elements.extend(formatted);
             }
-        } else if i > 0 && i % 2 == 0 {
+        } else if i > 0 && i.is_multiple_of(2) {
             elements.extend(self.format_separator.apply(&[]));
         }
         match message.role.as_str() {

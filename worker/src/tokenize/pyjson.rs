@@ -116,7 +116,7 @@ impl Writer<'_> {
             return Ok(());
         }
         if self.opts.sort_keys {
-            keys.sort_by(|a, b| key_text(a).cmp(&key_text(b)));
+            keys.sort_by_key(key_text);
         }
         out.push('{');
         for (i, key) in keys.iter().enumerate() {

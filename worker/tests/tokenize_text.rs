@@ -148,3 +148,39 @@ fn sentencepiece_gguf_matches_transformers() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn hf_folder_config_forms_and_model_path_dispatch() {
+    let path = smollm2_gguf();
+    let from_dir = TextTokenizer::from_model_path(path.parent().expect("parent"))
+        .expect("folder with one gguf");
+    assert_eq!(
+        from_dir.encode("Hello, world!").unwrap(),
+        vec![19556, 28, 905, 17]
+    );
+
+    let mut file = std::fs::File::open(&path).expect("open gguf");
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).expect("gguf");
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_hf_tokenizer_files(&content, &path, dir.path()).expect("write");
+    std::fs::remove_file(dir.path().join("chat_template.jinja")).unwrap();
+    let config = serde_json::json!({
+        "bos_token": {"content": "<|im_start|>", "lstrip": false, "__type": "AddedToken"},
+        "eos_token": "<|im_end|>",
+        "pad_token": null,
+        "additional_special_tokens": ["<|im_start|>", {"content": "<|im_end|>"}],
+        "added_tokens_decoder": {"49152": {"content": "<extra_new>", "special": true}},
+        "chat_template": [{"name": "rag", "template": "R"}, {"name": "default", "template": "D{{ bos_token }}"}],
+    });
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    let tok = TextTokenizer::from_model_path(dir.path()).expect("load");
+    assert_eq!(tok.bos_id(), Some(1));
+    assert_eq!(tok.pad_id(), None);
+    assert_eq!(tok.additional_special_token_ids(), vec![1, 2]);
+    assert_eq!(tok.chat_template(), Some("D{{ bos_token }}"));
+    // Config without the flag: transformers 4's default (clean up) applies.
+    assert!(tok.clean_up_tokenization_spaces());
+    let ids = tok.encode("a<extra_new>b").unwrap();
+    assert!(ids.contains(&49152), "{ids:?}");
+    assert_eq!(tok.decode(&ids, true, Some(false)).unwrap(), "ab");
+}

@@ -86,6 +86,36 @@ impl TextTokenizer {
         Ok(tok)
     }
 
+    /// The tokenizer of a model given as a GGUF file, an HF folder (tokenizer.json), or a
+    /// folder holding exactly one `.gguf` file.
+    pub fn from_model_path(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            return Self::from_gguf_file(path);
+        }
+        if path.join("tokenizer.json").is_file() {
+            return Self::from_hf_dir(path);
+        }
+        let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+        let ggufs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+            .collect();
+        match ggufs.as_slice() {
+            [one] => Self::from_gguf_file(one),
+            [] => Err(Error::bad_file(
+                path,
+                "no tokenizer.json and no .gguf file in this folder",
+            )),
+            many => Err(Error::bad_file(
+                path,
+                format!(
+                    "no tokenizer.json and {} .gguf files; name the file",
+                    many.len()
+                ),
+            )),
+        }
+    }
+
     /// Builds a tokenizer from a `tokenizers::Tokenizer` and its special-token settings.
     /// Special tokens missing from the vocabulary are appended to it as added special tokens
     /// (transformers does the same when it loads such a folder).
@@ -331,6 +361,13 @@ pub fn generation_config_eos_ids(dir: &Path) -> Result<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<TextTokenizer>();
+        assert_send_sync::<crate::tokenize::PromptBuilder>();
+    }
 
     #[test]
     fn clean_up_matches_transformers_rules() {

@@ -104,3 +104,28 @@ fn model_chat_template_prompt_and_label() {
     assert_eq!(open.prompt_ids, p.prompt_ids);
     assert!(open.label_ids.is_empty());
 }
+
+#[test]
+fn encode_chat_keeps_a_final_assistant_turn() {
+    let tok = smollm2_tokenizer();
+    let builder = PromptBuilder::new(PromptStyle::ModelChatTemplate, &tok).expect("builder");
+    let msgs = [
+        ChatMessage::new("user", "Hi"),
+        ChatMessage::new("assistant", "Hello!"),
+    ];
+    let text = builder.render_chat(&msgs, true).unwrap();
+    assert!(
+        text.ends_with("<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>assistant\n"),
+        "{text}"
+    );
+    assert_eq!(
+        builder.encode_chat(&msgs, true).unwrap(),
+        tok.encode(&text).unwrap()
+    );
+    let lf = PromptBuilder::new(
+        PromptStyle::LlamaFactory(evalfleet_worker::tokenize::get_template("qwen").unwrap()),
+        &tok,
+    )
+    .unwrap();
+    assert!(lf.render_chat(&msgs, true).is_err());
+}

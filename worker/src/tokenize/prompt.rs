@@ -82,6 +82,38 @@ impl PromptBuilder {
         &self.tokenizer
     }
 
+    /// The style this builder was made for.
+    pub fn style(&self) -> &PromptStyle {
+        &self.style
+    }
+
+    /// `apply_chat_template(messages, add_generation_prompt, tokenize=False)` with the model's
+    /// own template, messages passed as they are (no label split; CharacterEval's prompts end
+    /// with an assistant turn followed by the generation prompt). Errors for LLaMA-Factory styles.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        match &self.chat {
+            Some((chat, tokens)) => chat.render(messages, add_generation_prompt, tokens),
+            None => Err(Error::Template(
+                "render_chat needs PromptStyle::ModelChatTemplate".to_string(),
+            )),
+        }
+    }
+
+    /// [`PromptBuilder::render_chat`] then `encode` (what transformers'
+    /// `apply_chat_template(tokenize=True)` gives: no special tokens added beyond the template's).
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode(&self.render_chat(messages, add_generation_prompt)?)
+    }
+
     /// The stop ids every prompt of this builder gets.
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids

@@ -20,8 +20,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use evalfleet_worker::device::{default_dtype, parse_device};
 use evalfleet_worker::engine::{self, GenOptions, GenRequest, SamplingParams};
 use evalfleet_worker::models::{
-    self, DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, LogitsAt, load_causal_lm,
+    self, DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, LogitsAt, SourceKind,
+    load_causal_lm,
 };
+use evalfleet_worker::tokenize::{ChatMessage, PromptBuilder, PromptStyle, TextTokenizer};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::json;
@@ -78,6 +80,18 @@ enum Cmd {
         batch_size: usize,
         #[arg(long)]
         warmup: bool,
+    },
+    /// Renders chat conversations with the model's own chat template and tokenizer into token ids
+    /// (a JSON list of id lists, the --prompt-ids format).
+    Render {
+        /// HF model folder or GGUF file (its tokenizer and chat template are used).
+        #[arg(long)]
+        model: PathBuf,
+        /// JSON list of conversations, each a list of {"role", "content"}.
+        #[arg(long)]
+        prompts: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Converts a GGUF file into an f32 HF folder (model.safetensors, config.json, tokenizer files).
     ConvertGguf {
@@ -153,6 +167,17 @@ fn main() -> anyhow::Result<()> {
             batch_size,
             warmup,
         } => score_prefill(&model, &prompts, batch_size, warmup),
+        Cmd::Render {
+            model,
+            prompts,
+            out,
+        } => {
+            let ids = render_prompts(&model, &prompts)?;
+            std::fs::write(&out, serde_json::to_string(&ids)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", json!({"rendered": ids.len(), "out": out}));
+            Ok(())
+        }
         Cmd::ConvertGguf { gguf, out } => convert_gguf(&gguf, &out),
     }
 }
@@ -453,7 +478,38 @@ fn prefill_batch(model: &LoadedModel, rows: &[Vec<u32>]) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// convert-gguf
+// render / convert-gguf
+
+/// Token ids of each conversation in `prompts` (JSON list of message lists) rendered with the
+/// model's chat template and `add_generation_prompt`, as the worker builds prompts for a job
+/// without a LLaMA-Factory `template`.
+fn render_prompts(model: &Path, prompts: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(prompts)
+        .with_context(|| format!("reading {}", prompts.display()))?;
+    let conversations: Vec<Vec<ChatMessage>> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected a JSON list of [{{\"role\", \"content\"}}] lists",
+            prompts.display()
+        )
+    })?;
+    let tokenizer = match models::resolve_model_path(model)? {
+        (SourceKind::HfFolder, dir) => TextTokenizer::from_hf_dir(&dir)?,
+        (SourceKind::Gguf, file) => TextTokenizer::from_gguf_file(&file)?,
+    };
+    let builder = PromptBuilder::new(PromptStyle::ModelChatTemplate, &tokenizer)?;
+    conversations
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut conv)| {
+            // The builder renders all messages but the last (the reference answer) as the prompt.
+            conv.push(ChatMessage::new("assistant", ""));
+            let prompt = builder
+                .build(&conv, "", usize::MAX / 4, 0)
+                .with_context(|| format!("{}: conversation {i}", prompts.display()))?;
+            Ok(prompt.prompt_ids)
+        })
+        .collect()
+}
 
 fn convert_gguf(gguf: &Path, out: &Path) -> anyhow::Result<()> {
     let cfg = models::convert_gguf_to_hf(gguf, out)

@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# The GPU device check (issue 8), prepared here and run on the lent GPU machine from the repo root
+# with dist/ (from scripts/build-cuda.sh) carried along. That machine has no cargo and no network;
+# its Python venv has torch (cu130) and the NVIDIA wheels; the driver provides libcuda.so.1.
+#
+# It prints what it finds, then:
+#   (a) logits of the tiny random checkpoints (worker/tests/fixtures/tiny-*) by evalfleet-bench on
+#       the GPU vs PyTorch/transformers on the same GPU, f32 and bf16 (max abs diff, argmax
+#       agreement); the first CUDA use (module load + PTX JIT) is timed apart;
+#   (d) generation throughput vs HF transformers on the same GPU: the same random-weight
+#       Qwen2.5-0.5B-shaped bf16 model created here, the same random prompt ids (256 tokens),
+#       128 new tokens, batch 1 and 32: tokens/s of both and the ratio;
+#   (e) prefill throughput (last-position logits only, as multiple-choice scoring does).
+# (b) NCCL at world size 1 and (c) in-process tensor parallelism run when the worker binary offers
+# them (`evalfleet-bench tp-check`), else they are reported as not available in this build.
+#
+# Every part runs under `timeout`; the whole script stays under ~6 minutes. Everything printed is
+# also written to $OUT/device-check.txt (OUT defaults to out/device-check). DRY_RUN=1 runs the
+# same steps on the CPU with tiny shapes (for checking the script without a GPU).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$ROOT/out/device-check}"
+WORK="${DEVICE_CHECK_WORK:-${TMPDIR:-/tmp}/evalfleet-device-check}"
+DRY_RUN="${DRY_RUN:-0}"
+mkdir -p "$OUT" "$WORK"
+exec > >(tee -a "$OUT/device-check.txt") 2>&1
+T0=$SECONDS
+
+say() { printf '\n=== [%4ds] %s\n' "$((SECONDS - T0))" "$*"; }
+# Runs a command under a time limit and reports a timeout or failure without stopping the script.
+guard() {
+  local limit="$1"; shift
+  timeout --kill-after=5 "$limit" "$@"
+  local rc=$?
+  if [[ $rc -eq 124 || $rc -eq 137 ]]; then echo "!!! timed out after ${limit}s: $*"; fi
+  if [[ $rc -ne 0 ]]; then echo "!!! exit $rc: $*"; fi
+  return $rc
+}
+
+# ---------------------------------------------------------------------------------------------
+say "machine"
+date -u; uname -a; nproc; free -g | head -2
+if [[ "$DRY_RUN" == 1 ]]; then
+  DEVICE=cpu; TORCH_DEVICE=cpu
+else
+  DEVICE=cuda:0; TORCH_DEVICE=cuda
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv || echo "!!! nvidia-smi failed"
+  nvidia-smi | head -n 12
+fi
+
+say "python with torch"
+PY=""
+for cand in "${PYTHON:-}" python3 python /opt/venv/bin/python /venv/bin/python /workspace/venv/bin/python \
+  "${HOME:-/root}"/venv/bin/python "${HOME:-/root}"/.venv/bin/python /root/venv/bin/python /opt/conda/bin/python \
+  /opt/*/bin/python3 /opt/*/*/bin/python3 /usr/local/bin/python3 /home/*/venv/bin/python3 /*/venv/bin/python3; do
+  [[ -n "$cand" ]] || continue
+  command -v "$cand" >/dev/null 2>&1 || [[ -x "$cand" ]] || continue
+  if "$cand" -c 'import torch' >/dev/null 2>&1; then PY="$cand"; break; fi
+done
+if [[ -z "$PY" ]]; then
+  echo "!!! no Python with torch found; looked for python3 and common venv paths"
+  exit 1
+fi
+echo "python: $PY"
+"$PY" - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+      "available", torch.cuda.is_available(),
+      "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+try:
+    import transformers
+    print("transformers", transformers.__version__)
+except Exception as e:
+    print("transformers MISSING:", e)
+EOF
+HAVE_TRANSFORMERS=0
+"$PY" -c 'import transformers' >/dev/null 2>&1 && HAVE_TRANSFORMERS=1
+
+say "unpack binaries"
+BIN="$WORK/bin"
+mkdir -p "$BIN"
+"$PY" - "$ROOT/dist" "$BIN" <<'EOF'
+import lzma, os, sys, time
+src, dst = sys.argv[1:]
+for name in sorted(os.listdir(src)):
+    if not name.endswith(".xz"):
+        continue
+    t = time.perf_counter()
+    out = os.path.join(dst, name[:-3])
+    with lzma.open(os.path.join(src, name)) as f, open(out, "wb") as g:
+        g.write(f.read())
+    os.chmod(out, 0o755)
+    print(f"{name} -> {out} ({os.path.getsize(out) / 2**20:.1f} MiB, {time.perf_counter() - t:.1f}s)")
+EOF
+EF="$BIN/evalfleet-bench"
+[[ -x "$EF" ]] || { echo "!!! $EF missing: carry dist/ (scripts/build-cuda.sh)"; exit 1; }
+
+# The CUDA libraries come from the venv's NVIDIA wheels (site-packages/nvidia/*/lib).
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+LIBDIRS="$(find "$SITE/nvidia" -maxdepth 3 -type d -name lib 2>/dev/null | sort | tr '\n' ':')"
+export LD_LIBRARY_PATH="${LIBDIRS%:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[[ "$DRY_RUN" == 1 && -n "${DRY_RUN_LIBS:-}" ]] && export LD_LIBRARY_PATH="$DRY_RUN_LIBS:$LD_LIBRARY_PATH"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+ldd "$EF" | grep -E 'not found|cuda|cublas|curand|nccl|nvrtc' || true
+guard 20 "$EF" --version
+
+FIX="$ROOT/worker/tests/fixtures"
+SUMMARY="$OUT/summary.jsonl"
+: >"$SUMMARY"
+
+# ---------------------------------------------------------------------------------------------
+say "(a) first CUDA use (module load + PTX JIT), timed apart"
+# Each tiny checkpoint's own inputs (reference.json) in the --tokens format of evalfleet-bench.
+"$PY" - "$FIX" "$WORK" <<'EOF'
+import json, os, sys
+fix, work = sys.argv[1:]
+for arch in ["llama", "qwen2", "mistral"]:
+    r = json.load(open(os.path.join(fix, f"tiny-{arch}", "reference.json")))
+    batch = {"ids": r["batch_ids"], "mask": r["batch_mask"], "positions": r["batch_positions"]}
+    json.dump({"single": r["single"], "batch": batch}, open(os.path.join(work, f"tokens-{arch}.json"), "w"))
+EOF
+for i in 1 2; do
+  start=$SECONDS
+  guard 150 "$EF" logits --model "$FIX/tiny-qwen2/model" --tokens "$WORK/tokens-qwen2.json" \
+    --out "$WORK/warm.safetensors" --device "$DEVICE" --dtype bf16
+  echo "call $i (tiny-qwen2 bf16 logits, process start to exit): $((SECONDS - start)) s"
+done
+
+say "(a) logits parity: evalfleet on $DEVICE vs PyTorch on $TORCH_DEVICE"
+for arch in llama qwen2 mistral; do
+  for dt in f32 bf16; do
+    guard 60 "$EF" logits --model "$FIX/tiny-$arch/model" --tokens "$WORK/tokens-$arch.json" \
+      --out "$WORK/ef-$arch-$dt.safetensors" --device "$DEVICE" --dtype "$dt"
+  done
+done
+if [[ $HAVE_TRANSFORMERS == 1 ]]; then
+  # One Python process for all six comparisons (torch + CUDA start-up once).
+  guard 150 "$PY" - "$ROOT/scripts/bench" "$FIX" "$WORK" "$TORCH_DEVICE" <<'EOF' 2>&1 | grep -v -i -E 'warn|loading weights' | tee -a "$SUMMARY"
+import json, os, sys
+bench, fix, work, device = sys.argv[1:]
+sys.path.insert(0, bench)
+from torch_logits import compare, torch_logits
+for arch in ["llama", "qwen2", "mistral"]:
+    tokens = json.load(open(os.path.join(work, f"tokens-{arch}.json")))
+    for dtype in ["f32", "bf16"]:
+        ours = os.path.join(work, f"ef-{arch}-{dtype}.safetensors")
+        print(f"--- tiny-{arch} {dtype}: evalfleet vs torch {device}")
+        if not os.path.exists(ours):
+            print("  no evalfleet output")
+            continue
+        theirs = torch_logits(os.path.join(fix, f"tiny-{arch}", "model"), tokens, device, dtype)
+        worst = compare(tokens, ours, theirs)
+        print(json.dumps({"check": "logits", "model": f"tiny-{arch}", "dtype": dtype, "max_abs_diff": worst}))
+EOF
+fi
+
+# Also against the committed CPU transformers reference (f32), which needs no transformers here.
+"$PY" - "$FIX" "$WORK" <<'EOF'
+import json, os, sys
+import torch
+from safetensors.torch import load_file
+fix, work = sys.argv[1:]
+for arch in ["llama", "qwen2", "mistral"]:
+    ref = load_file(os.path.join(fix, f"tiny-{arch}", "reference.safetensors"))
+    r = json.load(open(os.path.join(fix, f"tiny-{arch}", "reference.json")))
+    path = os.path.join(work, f"ef-{arch}-f32.safetensors")
+    if not os.path.exists(path):
+        print(f"tiny-{arch}: no evalfleet output"); continue
+    ours = load_file(path)
+    mask = torch.tensor(r["batch_mask"]).bool()
+    d1 = (ours["single"] - ref["single.base"]).abs().max().item()
+    d2 = (ours["batch"] - ref["batch.base"]).abs()[mask].max().item()
+    print(f"tiny-{arch} f32 vs committed CPU transformers reference: max|diff| single {d1:.3e}, batch {d2:.3e}")
+EOF
+
+# ---------------------------------------------------------------------------------------------
+say "(d) generation throughput: random Qwen2.5-0.5B-shaped bf16 model, prompt 256, 128 new tokens"
+if [[ "$DRY_RUN" == 1 ]]; then PRESET=tiny; VOCAB=1000; NEW=8; else PRESET=qwen2.5-0.5b; VOCAB=151936; NEW=128; fi
+MODEL="$WORK/qwen2-0.5b-random"
+GEN_OK=0
+if [[ $HAVE_TRANSFORMERS == 1 ]]; then
+  guard 120 "$PY" "$ROOT/scripts/bench/make_random_model.py" --out "$MODEL" --preset "$PRESET" --vocab "$VOCAB" \
+    --device "$TORCH_DEVICE" --dtype bf16 --prompt-ids "$WORK/ids32.json" --prompts 32 --prompt-len 256 \
+    2>/dev/null && GEN_OK=1
+  # Batch 1 runs 4 prompts (each side's time per prompt is what matters there).
+  "$PY" -c "import json; json.dump(json.load(open('$WORK/ids32.json'))[:4], open('$WORK/ids4.json', 'w'))" || GEN_OK=0
+else
+  echo "!!! transformers is not installed here: no HF model and no comparison for (d)/(e)"
+fi
+if [[ $GEN_OK == 1 ]]; then
+  for bs in 1 32; do
+    ids="$WORK/ids32.json"; [[ $bs == 1 ]] && ids="$WORK/ids4.json"
+    echo "--- batch $bs"
+    guard 100 "$EF" generate --model "$MODEL" --prompt-ids "$ids" --batch-size "$bs" --new-tokens "$NEW" \
+      --device "$DEVICE" --dtype bf16 --warmup --save-ids "$WORK/ef-gen-$bs.json" | tee -a "$SUMMARY"
+    guard 100 "$PY" "$ROOT/scripts/bench/hf_generate.py" --model "$MODEL" --prompt-ids "$ids" --batch-size "$bs" \
+      --new-tokens "$NEW" --device "$TORCH_DEVICE" --dtype bf16 --warmup --save-ids "$WORK/hf-gen-$bs.json" \
+      2>/dev/null | tee -a "$SUMMARY"
+  done
+  "$PY" - "$WORK" <<'EOF'
+import json, os, sys
+w = sys.argv[1]
+for bs in (1, 32):
+    a, b = (os.path.join(w, f"{s}-gen-{bs}.json") for s in ("ef", "hf"))
+    if os.path.exists(a) and os.path.exists(b):
+        x, y = json.load(open(a)), json.load(open(b))
+        same = sum(p == q for r, s in zip(x, y) for p, q in zip(r, s))
+        first = sum(r[:16] == s[:16] for r, s in zip(x, y))
+        print(f"batch {bs}: generated ids equal at {same}/{sum(map(len, y))} positions; "
+              f"first 16 tokens identical in {first}/{len(y)} rows (bf16 random weights: near-ties diverge)")
+EOF
+
+  say "(e) prefill throughput (last-position logits), 32 prompts x 256 tokens"
+  for bs in 8 32; do
+    guard 60 "$EF" score-prefill --model "$MODEL" --prompt-ids "$WORK/ids32.json" --batch-size "$bs" \
+      --device "$DEVICE" --dtype bf16 --warmup | sed 's/^{/{"label":"evalfleet-prefill",/' | tee -a "$SUMMARY"
+    guard 60 "$PY" "$ROOT/scripts/bench/hf_generate.py" --model "$MODEL" --prompt-ids "$WORK/ids32.json" \
+      --batch-size "$bs" --prefill --device "$TORCH_DEVICE" --dtype bf16 --warmup 2>/dev/null \
+      | sed 's/^{/{"label":"transformers-prefill",/' | tee -a "$SUMMARY"
+  done
+fi
+
+# ---------------------------------------------------------------------------------------------
+say "(b)/(c) NCCL world size 1, in-process tensor parallel"
+if "$EF" --help 2>/dev/null | grep -q tp-check; then
+  guard 90 "$EF" tp-check --model "$FIX/tiny-qwen2/model" --device "$DEVICE" | tee -a "$SUMMARY"
+else
+  echo "not in this build (no tp-check subcommand)"
+fi
+
+say "summary"
+"$PY" - "$SUMMARY" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+for r in rows:
+    if r.get("check") == "logits":
+        print(f"logits {r['model']} {r['dtype']}: max|diff| {r['max_abs_diff']:.3e}")
+def tps(side, mode, bs):
+    for r in rows:
+        if r.get("side") == side and r.get("batch_size") == bs and (r.get("mode") == "prefill") == (mode == "prefill"):
+            return r["tokens_per_second"]
+for mode, sizes in (("generate", (1, 32)), ("prefill", (8, 32))):
+    for bs in sizes:
+        a, b = tps("evalfleet", mode, bs), tps("transformers", mode, bs)
+        if a and b:
+            print(f"{mode} batch {bs}: evalfleet {a:.1f} tok/s, transformers {b:.1f} tok/s, ratio {a / b:.2f}x")
+        else:
+            print(f"{mode} batch {bs}: evalfleet {a}, transformers {b} (missing)")
+EOF
+echo "total $((SECONDS - T0)) s"
+sleep 1 # let tee flush the log file

@@ -314,7 +314,7 @@ impl TextTokenizer {
 }
 
 /// Writes `tokenizer.json`, `tokenizer_config.json` and (when the GGUF has one)
-/// `chat_template.jinja` into `out_dir`, so that a folder converted from a GGUF file loads with
+/// `chat_template.jinja` (the template is in the config too) into `out_dir`, so that a folder converted from a GGUF file loads with
 /// [`TextTokenizer::from_hf_dir`] (and transformers) to the same tokenizer.
 pub fn write_hf_tokenizer_files(content: &Content, gguf_path: &Path, out_dir: &Path) -> Result<()> {
     let json = tokenizer_json_from_gguf(content, gguf_path)?;
@@ -323,9 +323,16 @@ pub fn write_hf_tokenizer_files(content: &Content, gguf_path: &Path, out_dir: &P
         .as_array()
         .into_iter()
         .flatten()
-        .map(|t| (t["id"].to_string(), t.clone()))
+        .map(|t| {
+            let mut entry = t.clone();
+            // tokenizer_config.json keys entries by id; the entry itself has no "id" field.
+            if let Some(o) = entry.as_object_mut() {
+                o.remove("id");
+            }
+            (t["id"].to_string(), entry)
+        })
         .collect();
-    let config = json!({
+    let mut config = json!({
         "added_tokens_decoder": added_decoder,
         "bos_token": spec.bos,
         "eos_token": spec.eos,
@@ -335,6 +342,10 @@ pub fn write_hf_tokenizer_files(content: &Content, gguf_path: &Path, out_dir: &P
         "clean_up_tokenization_spaces": spec.clean_up_tokenization_spaces,
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
+    if let (Some(template), Some(o)) = (&spec.chat_template, config.as_object_mut()) {
+        // Also in the config: transformers before 4.43 does not read chat_template.jinja.
+        o.insert("chat_template".into(), Json::String(template.clone()));
+    }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     write_json(&out_dir.join("tokenizer.json"), &json)?;
     write_json(&out_dir.join("tokenizer_config.json"), &config)?;

@@ -290,7 +290,7 @@ pub fn infer_max_len(
     };
     let max_target = ((max_len as f64) * share).trunc() as usize;
     let max_target = max_target.max(reserved_label_len);
-    let max_source = max_len as i64 - max_target.min(target_len) as i64;
+    let max_source = i64::try_from(max_len).unwrap_or(i64::MAX) - max_target.min(target_len) as i64;
     (max_source, max_target)
 }
 

@@ -130,11 +130,25 @@ FEATURES = """{%- set ns = namespace(count=0, chars=0) -%}
     {% if m.content.startswith('Hi') %}
   starts-with-hi {{ m.content.lower().replace('hi', 'HEY') }}
     {% endif %}
+{% for k, v in m.items() %}{{ k }}={{ v | length }};{% endfor %} {{ m.get('missing', 'dflt') }} {{ m.get('role') }} {{ loop.previtem.role if loop.previtem is defined else 'first' }}
 {% endfor %}
 total={{ ns.count }} chars={{ ns.chars }} {{ messages | map(attribute='role') | join('+') }} tools={{ tools | tojson }}
 {{ messages[0] | tojson(indent=2) }}
 {{ eos_token if add_generation_prompt else pad_token }} {{ unk_token }}
 """
+
+# transformers' AssistantTracker `{% generation %}` blocks (they render their body unchanged).
+TRACKER = """{%- for message in messages %}
+{%- if message.role == 'assistant' %}
+{{- '<|assistant|>\n' }}
+{%- generation %}
+{{- message.content + eos_token }}
+{%- endgeneration %}
+{%- else %}
+{{- '<|' + message.role + '|>\n' + message.content + '\n' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"""
 
 CONVERSATIONS = {
     "user": [("user", "Hi there!")],
@@ -163,6 +177,7 @@ def main():
         "gemma": GEMMA,
         "zephyr": ZEPHYR,
         "features": FEATURES,
+        "tracker": TRACKER,
     }
     cases = []
     for tname, source in templates.items():

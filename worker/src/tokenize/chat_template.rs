@@ -66,7 +66,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_blocks(source))
             .map_err(|e| {
                 Error::Template(format!("chat template does not compile: {}", describe(&e)))
             })?;
@@ -112,6 +112,40 @@ impl ChatTemplate {
         let rendered = template.render(from_json(&serde_json::Value::Object(ctx)));
         rendered.map_err(|e| Error::Template(format!("chat template: {}", describe(&e))))
     }
+}
+
+/// transformers' `{% generation %}...{% endgeneration %}` (AssistantTracker) renders its body
+/// unchanged; minijinja has no such tag, so it becomes `{% if true %}...{% endif %}`, keeping
+/// the tags' whitespace-control markers.
+fn rewrite_generation_blocks(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return out;
+        };
+        let inner = &tag[2..end];
+        let word = inner.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let replacement = match word {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => {
+                out.push_str("{%");
+                out.push_str(&inner.replacen(word, r, 1));
+                out.push_str("%}");
+            }
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An error with its template line, and the message of `raise_exception` as is.
@@ -206,6 +240,15 @@ mod tests {
             .unwrap();
         // Same as Jinja2 with these settings (checked): lstrip only applies before block tags.
         assert_eq!(out, "  user: hi\nA:");
+    }
+
+    #[test]
+    fn generation_tags_become_plain_blocks() {
+        let src = "a{%- generation +%}b{% endgeneration -%} {{ x }}{% if y %}z{% endif %}";
+        assert_eq!(
+            rewrite_generation_blocks(src),
+            "a{%- if true +%}b{% endif -%} {{ x }}{% if y %}z{% endif %}"
+        );
     }
 
     #[test]

@@ -14,9 +14,11 @@ Only `llmtuner.data.template` (and its formatter/utils) is imported; the package
 (imported by data/utils.py for functions the templates do not use) is stubbed.
 
 Writes worker/tests/fixtures/tokenize_lf_goldens.json:
-- "cases": for each template and conversation and cutoff_len, LF's `encode_oneturn` output
-  (after `get_template_and_fix_tokenizer`), the label with efficient_eos' extra eos (LF's
-  unsupervised preprocessing), the stop ids `[eos] + additional_special_tokens_ids`, the pad id;
+- "templates": per template, after `get_template_and_fix_tokenizer`: the stop ids
+  `[eos] + additional_special_tokens_ids`, eos and pad ids, and efficient_eos (LF's unsupervised
+  preprocessing appends eos to the label when it is set);
+- "cases": for each template, conversation, cutoff_len and reserved_label_len, LF's
+  `encode_oneturn` output;
 - "decode_clean": `decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)` of
   the tokenize_texts.py texts under transformers 4.41 (the clean-up LF's predictions get).
 """
@@ -98,6 +100,9 @@ TRUNCATION_TEMPLATES = [
 ]
 CUTOFFS = [1024, 100, 40, 16, 5]
 BASIC_CONVERSATIONS = ["single", "system", "multiturn"]
+# reserved_label_len above what is left makes LF's source budget negative (Python slices from the end).
+RESERVED_TEMPLATES = ["qwen", "llama2", "baichuan2"]
+RESERVED_CUTOFFS = [40, 16, 5]
 
 
 def main():
@@ -107,20 +112,26 @@ def main():
     tok_dir = sys.argv[1]
     T = import_lf_templates()
     cases = []
+    tokenizers = {}
     for name in sorted(T.templates):
         truncation = name in TRUNCATION_TEMPLATES
         conv_names = list(CONVERSATIONS) if truncation else BASIC_CONVERSATIONS
-        cutoffs = CUTOFFS if truncation else [1024]
+        settings = [(c, 1) for c in (CUTOFFS if truncation else [1024])]
+        if name in RESERVED_TEMPLATES:
+            settings += [(c, 8) for c in RESERVED_CUTOFFS]
         tok = AutoTokenizer.from_pretrained(tok_dir)
         template = T.get_template_and_fix_tokenizer(tok, name)
-        stop_ids = [tok.eos_token_id] + tok.additional_special_tokens_ids
+        tokenizers[name] = {
+            "stop_ids": [tok.eos_token_id] + tok.additional_special_tokens_ids,
+            "eos_id": tok.eos_token_id,
+            "pad_id": tok.pad_token_id,
+            "efficient_eos": template.efficient_eos,
+        }
         for conv_name in conv_names:
             turns, system = CONVERSATIONS[conv_name]
             messages = [{"role": r, "content": c} for r, c in turns]
-            for cutoff in cutoffs:
-                reserved = 1
+            for cutoff, reserved in settings:
                 prompt, label = template.encode_oneturn(tok, messages, system, None, cutoff, reserved)
-                final_label = list(label) + ([tok.eos_token_id] if template.efficient_eos else [])
                 cases.append(
                     {
                         "template": name,
@@ -129,10 +140,6 @@ def main():
                         "reserved_label_len": reserved,
                         "prompt_ids": prompt,
                         "label_ids": label,
-                        "preprocessed_label_ids": final_label,
-                        "stop_ids": stop_ids,
-                        "eos_id": tok.eos_token_id,
-                        "pad_id": tok.pad_token_id,
                     }
                 )
     tok = AutoTokenizer.from_pretrained(tok_dir)
@@ -145,6 +152,7 @@ def main():
     out = {
         "generator": f"llmtuner 0.7.1 data/template.py, transformers {transformers.__version__}",
         "conversations": {k: {"messages": v[0], "system": v[1]} for k, v in CONVERSATIONS.items()},
+        "templates": tokenizers,
         "cases": cases,
         "decode_clean": decode_clean,
     }

@@ -9,6 +9,7 @@
 //! - [`rpc`]: the `Fleet.Connect` gRPC stream, bearer-token auth, the version handshake.
 //! - [`local`]: local mode: tokens, finding and spawning worker processes, watching them.
 //! - [`run`]: the step drivers (step 1: plan items, run the fleet, score, write the files).
+//! - [`step2`]: step 2's files: scores into the step-1 files, the score distribution and plot.
 //! - [`progress`]: the progress bar and a log writer that does not tear it.
 //! - [`cli`]: the `evalfleet` command line.
 
@@ -22,3 +23,4 @@ pub mod progress;
 pub mod rpc;
 pub mod run;
 pub mod sched;
+pub mod step2;

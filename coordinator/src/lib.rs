@@ -13,14 +13,15 @@
 //! - [`progress`]: the progress bar and a log writer that does not tear it.
 //! - [`cli`]: the `evalfleet` command line.
 
+pub mod cli;
 pub mod config;
 pub mod datasets;
+pub mod local;
 pub mod metrics;
 pub mod output;
-pub mod cli;
-pub mod local;
 pub mod progress;
 pub mod rpc;
 pub mod run;
 pub mod sched;
 pub mod step2;
+pub mod step3;

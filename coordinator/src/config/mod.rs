@@ -20,6 +20,9 @@
 //!
 //! Only `step1` runs for now; naming another step is an error saying so.
 //!
+//! **Step-2 file** (`evalfleet step2 yamls/step2.yaml`): the seed's `model_path` and `output_dir`
+//! ([`Step2Config`], read by [`load_step2`]).
+//!
 //! Rules for both forms:
 //! - A LLaMA-Factory/HF key with no effect here (caching, training, quantisation, ...;
 //!   [`keys::IGNORED_KEYS`]) is accepted and listed in [`JobConfig::ignored_keys`] for the caller
@@ -33,6 +36,7 @@
 mod fields;
 pub mod keys;
 mod step1;
+mod step2;
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +44,7 @@ use serde_yaml::{Mapping, Value};
 
 use fields::{Entry, Fields, describe, split_commas};
 pub use step1::{DataConfig, Dtype, FinetuningType, GenerationConfig, ModelConfig, Step1Config};
+pub use step2::{STEP2_KEYS, Step2Config, load_step2, parse_step2};
 
 /// The step names a run file may list; only [`SUPPORTED_STEPS`] run today.
 pub const KNOWN_STEPS: &[&str] = &["step1", "step2", "step3", "step4"];

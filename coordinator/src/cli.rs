@@ -32,9 +32,10 @@ pub enum Command {
     /// in place). Starts a coordinator on loopback and one worker per visible GPU (else one CPU
     /// worker) unless --workers / --listen say otherwise.
     Step1(StepArgs),
-    /// Runs a job YAML (currently the step-1 keys, as `step1` does).
+    /// Runs a job YAML listing its steps (`steps: [step1]`) with shared keys and per-step sections.
     ///
-    /// Same inputs, outputs and fleet options as `step1`.
+    /// Each step reads and writes what its own subcommand does (today: step1). Same fleet options
+    /// as `step1`.
     Run(StepArgs),
     /// Recomputes metrics from existing output files, without a model.
     #[command(subcommand)]
@@ -127,8 +128,17 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Step1(args) | Command::Run(args) => {
-            let files = crate::run::step1::run_step1(&args.yaml, &args.fleet.setup()).await?;
+        Command::Step1(args) => {
+            let job = crate::config::load_step1(&args.yaml)?;
+            let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
+            for path in files {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Run(args) => {
+            let job = crate::config::load_job(&args.yaml)?;
+            let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
             for path in files {
                 println!("wrote {}", path.display());
             }

@@ -9,11 +9,52 @@ pub mod score;
 pub mod step1;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 pub use fleet::{FleetRun, FleetSetup, run_fleet};
+pub use step1::{Step1Report, run_step1};
+use tracing::info;
 
+use crate::config::{ConfigError, JobConfig, StepConfig};
+use crate::datasets::DatasetError;
 use crate::local::LocalError;
+use crate::output::OutputError;
 use crate::sched::SchedError;
+
+/// Runs every step of `job` in order; returns the files written.
+pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>, RunError> {
+    if !job.ignored_keys.is_empty() {
+        info!(
+            "{}: ignoring keys that have no effect here: {}",
+            job.file.display(),
+            job.ignored_keys.join(", ")
+        );
+    }
+    let mut files = Vec::new();
+    for step in &job.steps {
+        match step {
+            StepConfig::Step1(cfg) => {
+                let report = run_step1(cfg, setup).await?;
+                let f = report.summary.rouge1.f;
+                info!(
+                    "step1: {} samples in {:.1} s; rouge-1 {f:.4}, rouge-2 {:.4}, rouge-l {:.4}, bleu-4 {:.4}",
+                    report.samples,
+                    report.runtime,
+                    report.summary.rouge2.f,
+                    report.summary.rougel.f,
+                    report.summary.bleu4
+                );
+                let written = report.files;
+                files.extend([
+                    written.predictions,
+                    written.predict_results,
+                    written.all_results,
+                ]);
+            }
+        }
+    }
+    Ok(files)
+}
 
 /// Why a step could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -33,4 +74,14 @@ pub enum RunError {
     AllWorkersDied(String),
     #[error("interrupted")]
     Interrupted,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("scoring: {0}")]
+    Scoring(String),
+    #[error("{count} items failed:\n  {}", first.join("\n  "))]
+    ItemsFailed { count: usize, first: Vec<String> },
 }

@@ -199,7 +199,7 @@ mod tests {
     /// range=(-1, 1))` on `np.float32` scores widened to float64).
     #[test]
     fn matches_numpy() {
-        let d = Distribution::new(&[0.99999988, 0.55385977, 1.0]);
+        let d = Distribution::new(&[0.999_999_9, 0.553_859_8, 1.0]);
         let q: Vec<f64> = d.quantiles.iter().map(|(_, v)| *v).collect();
         assert_eq!(
             q,

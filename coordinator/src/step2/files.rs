@@ -155,7 +155,7 @@ mod tests {
             predict: "p\n".into(),
         }];
         assert_eq!(
-            scored_predictions_jsonl(&rows, &[0.55385977]),
+            scored_predictions_jsonl(&rows, &[0.553_859_8]),
             "{\"label\": \"标签\", \"predict\": \"p\\n\", \"score\": 0.5538597702980042}\n"
         );
     }

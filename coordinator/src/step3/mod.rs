@@ -59,3 +59,6 @@ pub enum Step3Error {
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
 }
+
+#[cfg(test)]
+mod tests;

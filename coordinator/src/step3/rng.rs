@@ -7,8 +7,8 @@
 //! `np.random.default_rng(seed).permutation(n)`: `SeedSequence(seed)` → `PCG64` →
 //! `Generator.shuffle` (Fisher–Yates from the back, masked-rejection `random_interval`).
 //!
-//! - [`ShuffleSeeds`]: the seed stream after `np.random.seed(s)` (MT19937 with `init_genrand`).
-//! - [`permutation`]: `np.random.default_rng(seed).permutation(n)`.
+//! - [`ShuffleSeeds`] gives the seeds after `np.random.seed(s)` (MT19937, `init_genrand`).
+//! - [`permutation`] is `np.random.default_rng(seed).permutation(n)`.
 
 /// MT19937 state size in 32-bit words.
 const MT_N: usize = 624;

@@ -275,12 +275,10 @@ impl FleetRpc for FleetService {
         };
         check_version(hello.protocol_version)?;
         let key = shared.next_worker.fetch_add(1, Ordering::Relaxed);
+        let from = peer.map_or_else(|| "?".into(), |a| a.to_string());
         info!(
-            "worker {:?} connected from {} (device {}, {} MiB)",
-            hello.worker_id,
-            peer.map_or_else(|| "?".into(), |a| a.to_string()),
-            hello.device,
-            hello.memory_bytes >> 20
+            "worker {:?} connected from {from} (device {})",
+            hello.worker_id, hello.device
         );
         let (tx, rx) = mpsc::channel(64);
         let welcome = pb::Welcome {

@@ -298,6 +298,7 @@ impl Scheduler {
     }
 
     /// A worker's connection closed: its leases are reclaimed at once instead of at expiry.
+    /// Returns the ids of the leases that still had unfinished items (now requeued).
     pub fn worker_left(&mut self, worker: WorkerKey) -> Vec<u64> {
         let mut ids: Vec<u64> = self
             .leases
@@ -306,9 +307,7 @@ impl Scheduler {
             .map(|(&id, _)| id)
             .collect();
         ids.sort_unstable();
-        for &id in &ids {
-            self.release(id, "its worker disconnected before sending a result");
-        }
+        ids.retain(|&id| self.release(id, "its worker disconnected before sending a result") > 0);
         ids
     }
 
@@ -597,6 +596,16 @@ mod tests {
         let c = lease(&mut s, 2, 4, now);
         assert_eq!(ids(&c), vec!["0", "1"]);
         assert_eq!(s.record(ok(&b, "2", "")), Recorded::Accepted);
+    }
+
+    #[test]
+    fn worker_left_after_all_results_reports_nothing() {
+        let now = Instant::now();
+        let mut s = sched(1);
+        let a = lease(&mut s, 1, 1, now);
+        assert_eq!(s.record(ok(&a, "0", "")), Recorded::Accepted);
+        assert!(s.worker_left(1).is_empty());
+        assert_eq!(s.active_leases(), 0);
     }
 
     #[test]

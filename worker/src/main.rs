@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use evalfleet_proto::v1 as pb;
+use evalfleet_worker::device::parse_device;
 use evalfleet_worker::rpc::{self, EchoRunner, LeaseRunner, WorkerOptions};
+use evalfleet_worker::tasks::{Executor, ExecutorOptions};
 
 /// Environment variable carrying the bearer token (the coordinator sets it for local workers).
 const TOKEN_ENV: &str = "EVALFLEET_TOKEN";
@@ -27,7 +29,7 @@ struct Args {
     /// File whose first line is the bearer token (default: $EVALFLEET_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// Device to run on: `cpu` or `cuda:N`.
+    /// Device to run on: `cpu` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Items per lease, i.e. the generation batch size.
@@ -68,7 +70,7 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    check_device(&args.device)?;
+    let device = parse_device(&args.device)?;
     let token = read_token(&args)?;
     let opts = WorkerOptions {
         coordinator: args.coordinator.clone(),
@@ -84,9 +86,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             Some(spec) => runtime.block_on(rpc::run(opts, CrashOnce::new(EchoRunner, spec)?))?,
             None => runtime.block_on(rpc::run(opts, EchoRunner))?,
         },
-        None => bail!(
-            "this worker build has no model executor yet; run with --fake-executor echo to test the fleet"
-        ),
+        None => {
+            let executor = Executor::new(ExecutorOptions {
+                device,
+                max_batch: args.batch_size.max(1) as usize,
+                ..Default::default()
+            });
+            runtime.block_on(rpc::run(opts, executor))?
+        }
     };
     tracing::info!(
         "done after {} leases ({})",
@@ -136,21 +143,6 @@ impl<R: LeaseRunner> LeaseRunner for CrashOnce<R> {
             }
             emit(result)
         })
-    }
-}
-
-fn check_device(device: &str) -> anyhow::Result<()> {
-    match device {
-        "cpu" => Ok(()),
-        d if d
-            .strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok()) =>
-        {
-            bail!(
-                "--device {d}: this evalfleet-worker was built without CUDA support; use --device cpu"
-            )
-        }
-        d => bail!("--device {d:?}: expected `cpu` or `cuda:N`"),
     }
 }
 

@@ -55,7 +55,11 @@ pub async fn run_fleet(
         sched.add_task(task)?;
     }
     let total = sched.progress().total;
-    let fleet = Fleet::new(setup.options.clone(), sched);
+    let mut options = setup.options.clone();
+    if options.job_id.is_empty() {
+        options.job_id = format!("{label}-{}", std::process::id());
+    }
+    let fleet = Fleet::new(options, sched);
     let token = match setup.listen {
         Some(_) => local::read_token(setup.token_file.as_deref())?,
         None => local::random_token()?,

@@ -33,7 +33,9 @@ for ((rank = 0; rank < size; rank++)); do
   pids+=("$!")
 done
 
-# The first rank to exit decides the group's fate.
+# The first rank to exit decides the group's fate. A SIGTERM interrupts this wait with status 143
+# and the script exits 143 after every rank has stopped: a stopped group has not finished the job, and
+# exiting 0 would count as a success of the Indexed Job (whose successPolicy ends on the first one).
 status=0
 wait -n "${pids[@]}" || status=$?
 stop_all

@@ -51,18 +51,33 @@ MERGE_KEYS = {
     "imagePullSecrets": "name",
 }
 
-# Order of kinds in the output, like `kustomize build`: what others refer to comes first.
-KIND_ORDER = [
+# Order of kinds in the output, as `kustomize build` sorts them (its legacy order): what others refer
+# to comes first; kinds not listed go between the two lists, by kind; then by name.
+KIND_ORDER_FIRST = [
     "Namespace",
+    "ResourceQuota",
+    "StorageClass",
+    "CustomResourceDefinition",
     "ServiceAccount",
-    "Secret",
+    "PodSecurityPolicy",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
     "ConfigMap",
-    "PersistentVolumeClaim",
+    "Secret",
+    "Endpoints",
     "Service",
+    "LimitRange",
+    "PriorityClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
     "Deployment",
     "StatefulSet",
-    "Job",
+    "CronJob",
+    "PodDisruptionBudget",
 ]
+KIND_ORDER_LAST = ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
 
 
 class KustomizeError(Exception):
@@ -80,9 +95,14 @@ def resource_id(res: dict[str, Any]) -> str:
     return f"{res.get('kind')}/{res.get('metadata', {}).get('name')}"
 
 
-def _kind_rank(res: dict[str, Any]) -> int:
-    kind = res.get("kind")
-    return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+def _kind_rank(res: dict[str, Any]) -> tuple[int, str, str]:
+    kind = res.get("kind") or ""
+    name = res.get("metadata", {}).get("name") or ""
+    if kind in KIND_ORDER_FIRST:
+        return (KIND_ORDER_FIRST.index(kind), "", name)
+    if kind in KIND_ORDER_LAST:
+        return (len(KIND_ORDER_FIRST) + 1 + KIND_ORDER_LAST.index(kind), "", name)
+    return (len(KIND_ORDER_FIRST), kind, name)
 
 
 def _kustomization_file(folder: Path) -> Path:
@@ -237,6 +257,7 @@ def strategic_merge(base: Any, patch: Any, where: str = "patch", field: str = ""
         if key is None:
             return copy.deepcopy(patch)
         out = copy.deepcopy(base)
+        new = []
         for item in patch:
             if not isinstance(item, dict) or key not in item:
                 raise KustomizeError(f"{where}: every `{field}` element needs `{key}`")
@@ -245,8 +266,9 @@ def strategic_merge(base: Any, patch: Any, where: str = "patch", field: str = ""
                     out[i] = strategic_merge(existing, item, where, field)
                     break
             else:
-                out.append(_without_nulls(item))
-        return out
+                new.append(_without_nulls(item))
+        # kustomize (kyaml) puts the elements only the patch has first, in the patch's order.
+        return new + out
     return copy.deepcopy(patch)
 
 

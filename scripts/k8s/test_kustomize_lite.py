@@ -51,7 +51,8 @@ class StrategicMergeTest(unittest.TestCase):
         patch = {"containers": [{"name": "a", "args": ["3"], "env": [{"name": "Y", "value": "2"}]}]}
         out = kl.strategic_merge(base, patch)
         self.assertEqual(out["containers"][0]["args"], ["3"])
-        self.assertEqual([e["name"] for e in out["containers"][0]["env"]], ["X", "Y"])
+        # New elements first, as kustomize writes them.
+        self.assertEqual([e["name"] for e in out["containers"][0]["env"]], ["Y", "X"])
         self.assertEqual(out["containers"][1], {"name": "b"})
         # The inputs are left alone.
         self.assertEqual(base["containers"][0]["args"], ["1", "2"])
@@ -125,6 +126,7 @@ class RenderTest(unittest.TestCase):
         worker, sidecar = job["spec"]["template"]["spec"]["containers"]
         self.assertEqual(worker["args"], ["--y"])
         self.assertEqual(worker["env"], [{"name": "A", "value": "1"}, {"name": "B", "value": "3"}])
+        self.assertEqual(worker["volumeMounts"], [{"name": "tmp", "mountPath": "/tmp"}])
         self.assertEqual(worker["image"], "registry.example:5000/team/evalfleet-worker:2")
         self.assertEqual(sidecar["image"], "busybox")
         self.assertEqual(job["metadata"]["labels"], {"a": "1", "part-of": "x", "inst": "ov"})

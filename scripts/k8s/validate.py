@@ -20,6 +20,8 @@ Usage: validate.py REPO_ROOT KUBE_VERSION [KUBE_VERSION...]
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -239,6 +241,27 @@ def check_command_lines(rep: Report, where: str, res: dict[str, Any], clis: dict
                     rep.fail(cw, f"{program} has no {'flag' if w.startswith('--') else 'command'} {w}")
 
 
+def compare_with_kubectl(rep: Report, root: Path, folder: str, mine: list[dict[str, Any]]) -> None:
+    """Where kubectl is installed, its built-in kustomize must render exactly what kustomize_lite does
+    (same resources, same order, same content): this keeps the renderer honest. Needs no cluster."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        return
+    run = subprocess.run(
+        [kubectl, "kustomize", str(root / folder)], capture_output=True, text=True, check=False
+    )
+    if run.returncode != 0:
+        rep.fail(folder, f"kubectl kustomize failed: {run.stderr.strip()}")
+        return
+    theirs = [d for d in yaml.safe_load_all(run.stdout) if d]
+    if theirs != mine:
+        ids = [kustomize_lite.resource_id(r) for r in theirs]
+        differ = [
+            kustomize_lite.resource_id(a) for a, b in zip(theirs, mine) if a != b
+        ] or ["the list of resources"]
+        rep.fail(folder, f"kubectl kustomize renders differently ({ids}); differs: {differ}")
+
+
 def layouts(root: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     k8s = root / "k8s"
     folders = [k8s] + sorted(p for p in (k8s / "overlays").iterdir() if p.is_dir())
@@ -261,8 +284,14 @@ def main(argv: list[str]) -> int:
     }
     rep = Report()
     total = 0
+    kubectl = shutil.which("kubectl")
+    print(
+        f"renderer cross-check: {'kubectl kustomize (' + kubectl + ')' if kubectl else 'skipped: no kubectl on PATH'}"
+    )
     for name, resources in layouts(root):
         names = {kustomize_lite.resource_id(r) for r in resources}
+        if not name.startswith("k8s/extras"):
+            compare_with_kubectl(rep, root, name, resources)
         print(f"{name}: {len(resources)} resources ({', '.join(sorted(names))})")
         for res in resources:
             where = f"{name} {kustomize_lite.resource_id(res)}"

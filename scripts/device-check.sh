@@ -76,6 +76,7 @@ except Exception as e:
 EOF
 HAVE_TRANSFORMERS=0
 "$PY" -c 'import transformers' >/dev/null 2>&1 && HAVE_TRANSFORMERS=1
+[[ "${FORCE_TORCH_REF:-0}" == 1 ]] && HAVE_TRANSFORMERS=0  # test the transformers-free path
 
 say "unpack binaries"
 BIN="$WORK/bin"
@@ -145,33 +146,54 @@ for arch in ["llama", "qwen2", "mistral"]:
     tokens = json.load(open(os.path.join(work, f"tokens-{arch}.json")))
     for dtype in ["f32", "bf16"]:
         ours = os.path.join(work, f"ef-{arch}-{dtype}.safetensors")
-        print(f"--- tiny-{arch} {dtype}: evalfleet vs torch {device}")
+        print(f"--- tiny-{arch} {dtype}: evalfleet vs transformers {device}")
         if not os.path.exists(ours):
             print("  no evalfleet output")
             continue
         theirs = torch_logits(os.path.join(fix, f"tiny-{arch}", "model"), tokens, device, dtype)
         worst = compare(tokens, ours, theirs)
         print(json.dumps({"check": "logits", "model": f"tiny-{arch}", "dtype": dtype, "max_abs_diff": worst}))
+        if dtype == "f32":
+            f32_ref = theirs
+        else:
+            # The scale of bf16 rounding: transformers' own bf16 logits against its f32 ones.
+            from safetensors.torch import save_file
+            own = os.path.join(work, f"pt-{arch}-bf16.safetensors")
+            save_file(theirs, own)
+            print(f"  (transformers bf16 vs transformers f32, for scale:)")
+            compare(tokens, own, f32_ref)
 EOF
+else
+  echo "(transformers missing: reference = scripts/bench/torch_ref.py, plain eager PyTorch)"
+  for arch in llama qwen2 mistral; do
+    for dt in f32 bf16; do
+      echo "--- tiny-$arch $dt: evalfleet vs torch-eager $TORCH_DEVICE"
+      guard 60 "$PY" "$ROOT/scripts/bench/torch_ref.py" logits --model "$FIX/tiny-$arch/model" \
+        --tokens "$WORK/tokens-$arch.json" --compare "$WORK/ef-$arch-$dt.safetensors" --device "$TORCH_DEVICE" \
+        --dtype "$dt" | tee -a "$SUMMARY"
+    done
+  done
 fi
 
-# Also against the committed CPU transformers reference (f32), which needs no transformers here.
-"$PY" - "$FIX" "$WORK" <<'EOF'
+# Also against the committed CPU transformers reference (f32); needs nothing but torch.
+"$PY" - "$ROOT/scripts/bench" "$FIX" "$WORK" "$DEVICE" <<'EOF'
 import json, os, sys
 import torch
-from safetensors.torch import load_file
-fix, work = sys.argv[1:]
+bench, fix, work, device = sys.argv[1:]
+sys.path.insert(0, bench)
+from torch_ref import load_safetensors
 for arch in ["llama", "qwen2", "mistral"]:
-    ref = load_file(os.path.join(fix, f"tiny-{arch}", "reference.safetensors"))
+    ref = load_safetensors(os.path.join(fix, f"tiny-{arch}", "reference.safetensors"))
     r = json.load(open(os.path.join(fix, f"tiny-{arch}", "reference.json")))
     path = os.path.join(work, f"ef-{arch}-f32.safetensors")
     if not os.path.exists(path):
         print(f"tiny-{arch}: no evalfleet output"); continue
-    ours = load_file(path)
+    ours = load_safetensors(path)
     mask = torch.tensor(r["batch_mask"]).bool()
     d1 = (ours["single"] - ref["single.base"]).abs().max().item()
     d2 = (ours["batch"] - ref["batch.base"]).abs()[mask].max().item()
-    print(f"tiny-{arch} f32 vs committed CPU transformers reference: max|diff| single {d1:.3e}, batch {d2:.3e}")
+    print(f"tiny-{arch} f32 on {device} vs committed CPU "
+          f"transformers reference: max|diff| single {d1:.3e}, batch {d2:.3e}")
 EOF
 
 # ---------------------------------------------------------------------------------------------
@@ -180,23 +202,34 @@ if [[ "$DRY_RUN" == 1 ]]; then PRESET=tiny; VOCAB=1000; NEW=8; else PRESET=qwen2
 MODEL="$WORK/qwen2-0.5b-random"
 GEN_OK=0
 if [[ $HAVE_TRANSFORMERS == 1 ]]; then
+  REF=transformers
   guard 120 "$PY" "$ROOT/scripts/bench/make_random_model.py" --out "$MODEL" --preset "$PRESET" --vocab "$VOCAB" \
     --device "$TORCH_DEVICE" --dtype bf16 --prompt-ids "$WORK/ids32.json" --prompts 32 --prompt-len 256 \
     2>/dev/null && GEN_OK=1
-  # Batch 1 runs 4 prompts (each side's time per prompt is what matters there).
-  "$PY" -c "import json; json.dump(json.load(open('$WORK/ids32.json'))[:4], open('$WORK/ids4.json', 'w'))" || GEN_OK=0
 else
-  echo "!!! transformers is not installed here: no HF model and no comparison for (d)/(e)"
+  REF=torch-eager
+  echo "(transformers missing: comparing with scripts/bench/torch_ref.py, plain eager PyTorch with a static KV cache)"
+  guard 120 "$PY" "$ROOT/scripts/bench/torch_ref.py" make-model --out "$MODEL" --preset "$PRESET" --vocab "$VOCAB" \
+    --device "$TORCH_DEVICE" --prompt-ids "$WORK/ids32.json" --prompts 32 --prompt-len 256 && GEN_OK=1
+fi
+# The reference side (transformers or torch-eager); its stderr (progress bars, tracebacks) goes to
+# $OUT/reference-stderr.txt.
+if [[ $REF == transformers ]]; then
+  REF_CMD=("$PY" "$ROOT/scripts/bench/hf_generate.py" --model "$MODEL" --device "$TORCH_DEVICE" --dtype bf16 --warmup)
+else
+  REF_CMD=("$PY" "$ROOT/scripts/bench/torch_ref.py" generate --model "$MODEL" --device "$TORCH_DEVICE" --dtype bf16 --warmup)
 fi
 if [[ $GEN_OK == 1 ]]; then
+  # Batch 1 runs 4 prompts (each side's time per prompt is what matters there).
+  "$PY" -c "import json; json.dump(json.load(open('$WORK/ids32.json'))[:4], open('$WORK/ids4.json', 'w'))"
   for bs in 1 32; do
     ids="$WORK/ids32.json"; [[ $bs == 1 ]] && ids="$WORK/ids4.json"
     echo "--- batch $bs"
     guard 100 "$EF" generate --model "$MODEL" --prompt-ids "$ids" --batch-size "$bs" --new-tokens "$NEW" \
       --device "$DEVICE" --dtype bf16 --warmup --save-ids "$WORK/ef-gen-$bs.json" | tee -a "$SUMMARY"
-    guard 100 "$PY" "$ROOT/scripts/bench/hf_generate.py" --model "$MODEL" --prompt-ids "$ids" --batch-size "$bs" \
-      --new-tokens "$NEW" --device "$TORCH_DEVICE" --dtype bf16 --warmup --save-ids "$WORK/hf-gen-$bs.json" \
-      2>/dev/null | tee -a "$SUMMARY"
+    extra=(); [[ $REF == transformers ]] && extra=(--save-ids "$WORK/hf-gen-$bs.json")
+    guard 100 "${REF_CMD[@]}" --prompt-ids "$ids" --batch-size "$bs" --new-tokens "$NEW" "${extra[@]}" \
+      2>>"$OUT/reference-stderr.txt" | tee -a "$SUMMARY"
   done
   "$PY" - "$WORK" <<'EOF'
 import json, os, sys
@@ -214,10 +247,9 @@ EOF
   say "(e) prefill throughput (last-position logits), 32 prompts x 256 tokens"
   for bs in 8 32; do
     guard 60 "$EF" score-prefill --model "$MODEL" --prompt-ids "$WORK/ids32.json" --batch-size "$bs" \
-      --device "$DEVICE" --dtype bf16 --warmup | sed 's/^{/{"label":"evalfleet-prefill",/' | tee -a "$SUMMARY"
-    guard 60 "$PY" "$ROOT/scripts/bench/hf_generate.py" --model "$MODEL" --prompt-ids "$WORK/ids32.json" \
-      --batch-size "$bs" --prefill --device "$TORCH_DEVICE" --dtype bf16 --warmup 2>/dev/null \
-      | sed 's/^{/{"label":"transformers-prefill",/' | tee -a "$SUMMARY"
+      --device "$DEVICE" --dtype bf16 --warmup | tee -a "$SUMMARY"
+    guard 60 "${REF_CMD[@]}" --prompt-ids "$WORK/ids32.json" --batch-size "$bs" --prefill \
+      2>>"$OUT/reference-stderr.txt" | tee -a "$SUMMARY"
   done
 fi
 
@@ -229,24 +261,25 @@ else
   echo "not in this build (no tp-check subcommand)"
 fi
 
-say "summary"
-"$PY" - "$SUMMARY" <<'EOF'
+say "summary (card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo none))"
+"$PY" - "$SUMMARY" "${REF:-transformers}" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+ref = sys.argv[2]
 for r in rows:
     if r.get("check") == "logits":
-        print(f"logits {r['model']} {r['dtype']}: max|diff| {r['max_abs_diff']:.3e}")
+        print(f"logits {r['model']} {r['dtype']}: max|diff| {r['max_abs_diff']:.3e} vs {r.get('reference', 'transformers')}")
 def tps(side, mode, bs):
     for r in rows:
         if r.get("side") == side and r.get("batch_size") == bs and (r.get("mode") == "prefill") == (mode == "prefill"):
             return r["tokens_per_second"]
 for mode, sizes in (("generate", (1, 32)), ("prefill", (8, 32))):
     for bs in sizes:
-        a, b = tps("evalfleet", mode, bs), tps("transformers", mode, bs)
+        a, b = tps("evalfleet", mode, bs), tps(ref, mode, bs)
         if a and b:
-            print(f"{mode} batch {bs}: evalfleet {a:.1f} tok/s, transformers {b:.1f} tok/s, ratio {a / b:.2f}x")
+            print(f"{mode} batch {bs}: evalfleet {a:.1f} tok/s, {ref} {b:.1f} tok/s, ratio {a / b:.2f}x")
         else:
-            print(f"{mode} batch {bs}: evalfleet {a}, transformers {b} (missing)")
+            print(f"{mode} batch {bs}: evalfleet {a}, {ref} {b} (missing)")
 EOF
 echo "total $((SECONDS - T0)) s"
 sleep 1 # let tee flush the log file

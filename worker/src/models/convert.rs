@@ -16,7 +16,7 @@ use crate::{Error, Result};
 /// Writes `out_dir/model.safetensors` and `out_dir/config.json` for the GGUF file `gguf`, and
 /// returns the configuration. `out_dir` is created if needed; existing files are replaced.
 pub fn convert_gguf_to_hf(gguf: &Path, out_dir: &Path) -> Result<DecoderConfig> {
-    let mut w = GgufWeights::open(gguf, &Device::Cpu)?;
+    let mut w = GgufWeights::open(gguf, &Device::Cpu, false)?;
     let cfg = w.config()?;
     if w.has("rope_freqs.weight") {
         return Err(Error::Unsupported(format!(

@@ -40,14 +40,72 @@ fn linear(
     } else {
         None
     };
-    Ok(Linear::new(w, b, name))
+    Linear::new(w, b, name)
+}
+
+/// Projections that read the same input: fused into one matmul when the weights allow it.
+#[derive(Debug, Clone)]
+enum Proj {
+    Fused(Linear),
+    Separate(Vec<Linear>),
+}
+
+impl Proj {
+    fn load(
+        ws: &mut dyn WeightSource,
+        prefixes: &[String],
+        bias: bool,
+        names: &[&'static str],
+        fused_name: &'static str,
+    ) -> Result<Self> {
+        let mut parts = Vec::with_capacity(prefixes.len());
+        for p in prefixes {
+            let b = if bias {
+                Some(ws.tensor(&format!("{p}.bias"))?)
+            } else {
+                None
+            };
+            parts.push((ws.linear_weight(p)?, b));
+        }
+        if let Some(f) = Linear::fused(parts.clone(), fused_name)? {
+            return Ok(Proj::Fused(f));
+        }
+        let layers = parts
+            .into_iter()
+            .zip(names)
+            .map(|((w, b), n)| Linear::new(w, b, n))
+            .collect::<Result<_>>()?;
+        Ok(Proj::Separate(layers))
+    }
+
+    /// The outputs of every part, each `(b, s, n_i, unit)` (a view into the fused output);
+    /// `widths` are the parts' output sizes in units.
+    fn forward(&self, x: &Tensor, widths: &[usize], unit: usize) -> Result<Vec<Tensor>> {
+        let (b, s, _) = x.dims3()?;
+        match self {
+            Proj::Fused(l) => {
+                let total: usize = widths.iter().sum();
+                let y = l.forward(x)?.reshape((b, s, total, unit))?;
+                let mut off = 0;
+                let mut out = Vec::with_capacity(widths.len());
+                for &w in widths {
+                    out.push(y.narrow(2, off, w)?);
+                    off += w;
+                }
+                Ok(out)
+            }
+            Proj::Separate(ls) => ls
+                .iter()
+                .zip(widths)
+                .map(|(l, &w)| Ok(l.forward(x)?.reshape((b, s, w, unit))?))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Proj,
     o: Linear,
     heads: usize,
     kv_heads: usize,
@@ -57,10 +115,15 @@ struct Attention {
 
 impl Attention {
     fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, p: &str) -> Result<Self> {
+        let prefixes = ["q_proj", "k_proj", "v_proj"].map(|n| format!("{p}.{n}"));
         Ok(Self {
-            q: linear(ws, &format!("{p}.q_proj"), cfg.qkv_bias, "q_proj")?,
-            k: linear(ws, &format!("{p}.k_proj"), cfg.qkv_bias, "k_proj")?,
-            v: linear(ws, &format!("{p}.v_proj"), cfg.qkv_bias, "v_proj")?,
+            qkv: Proj::load(
+                ws,
+                &prefixes,
+                cfg.qkv_bias,
+                &["q_proj", "k_proj", "v_proj"],
+                "qkv_proj",
+            )?,
             o: linear(ws, &format!("{p}.o_proj"), cfg.o_bias, "o_proj")?,
             heads: cfg.heads,
             kv_heads: cfg.kv_heads,
@@ -81,12 +144,12 @@ impl Attention {
         let _enter = self.span.enter();
         let (b, s, _) = x.dims3()?;
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
-        let heads_first = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = rope.apply(&heads_first(self.q.forward(x)?, h)?, &cs.0, &cs.1)?;
-        let k = rope.apply(&heads_first(self.k.forward(x)?, kvh)?, &cs.0, &cs.1)?;
-        let v = heads_first(self.v.forward(x)?, kvh)?;
+        let parts = self.qkv.forward(x, &[h, kvh, kvh], d)?;
+        // (b, s, n, d) views → (b, n, s, d) contiguous: the one copy each of q, k, v needs.
+        let heads_first = |t: &Tensor| -> Result<Tensor> { Ok(t.transpose(1, 2)?.contiguous()?) };
+        let q = rope.apply(&heads_first(&parts[0])?, &cs.0, &cs.1)?;
+        let k = rope.apply(&heads_first(&parts[1])?, &cs.0, &cs.1)?;
+        let v = heads_first(&parts[2])?;
         let (k, v) = cache.append(&k, &v)?;
         let t = k.dim(2)?;
         // Grouped-query attention without repeating K/V: the query heads that share a KV head
@@ -113,26 +176,37 @@ impl Attention {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate: Linear,
-    up: Linear,
+    gate_up: Proj,
     down: Linear,
+    intermediate: usize,
     span: tracing::Span,
 }
 
 impl Mlp {
     fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, p: &str) -> Result<Self> {
+        let prefixes = ["gate_proj", "up_proj"].map(|n| format!("{p}.{n}"));
         Ok(Self {
-            gate: linear(ws, &format!("{p}.gate_proj"), cfg.mlp_bias, "gate_proj")?,
-            up: linear(ws, &format!("{p}.up_proj"), cfg.mlp_bias, "up_proj")?,
+            gate_up: Proj::load(
+                ws,
+                &prefixes,
+                cfg.mlp_bias,
+                &["gate_proj", "up_proj"],
+                "gate_up_proj",
+            )?,
             down: linear(ws, &format!("{p}.down_proj"), cfg.mlp_bias, "down_proj")?,
+            intermediate: cfg.intermediate,
             span: tracing::trace_span!("mlp"),
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        let (b, s, _) = x.dims3()?;
+        let i = self.intermediate;
+        let parts = self.gate_up.forward(x, &[i, i], 1)?;
+        let g = candle_nn::ops::silu(&parts[0])?;
+        let h = (g * &parts[1])?.reshape((b, s, i))?;
+        self.down.forward(&h)
     }
 }
 
@@ -215,7 +289,9 @@ impl DecoderModel {
             .map(|i| Layer::new(&cfg, ws, i))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(ws, "model.norm.weight", cfg.rms_norm_eps)?;
-        let head = Linear::new(ws.lm_head(cfg.tie_word_embeddings)?, None, "lm_head");
+        // The head stays `(vocab, hidden)`: a transposed view is the faster layout for so wide a
+        // matmul, and a tied head shares the embedding's memory.
+        let head = Linear::new_as_stored(ws.lm_head(cfg.tie_word_embeddings)?, "lm_head");
         let rope = Rope::new(&cfg, ws.dtype(), ws.device())?;
         Ok(Self {
             embed,

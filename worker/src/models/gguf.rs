@@ -37,6 +37,16 @@ const SUPPORTED_QUANTS: &[GgmlDType] = &[
     GgmlDType::Q6K,
 ];
 
+/// Quant types whose CPU matmul in candle is scalar code (about 6x slower than f32 here). They
+/// are requantized to Q8_0 at load, which has SIMD kernels: 1.7x the bytes of Q4_1 but still a
+/// quarter of f32, and its rounding step (max/127 per 32 values) is far below the original 4- or
+/// 5-bit step, so the model's outputs barely move (see tests/models_smollm2.rs).
+const NO_CPU_SIMD: &[GgmlDType] = &[GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+
+fn requantize_q8_0(q: &QTensor, device: &Device) -> Result<QTensor> {
+    Ok(QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?)
+}
+
 /// (HF name part, GGUF name part) for the tensors of one block and the top level.
 const LAYER_NAMES: &[(&str, &str)] = &[
     ("input_layernorm", "attn_norm"),
@@ -102,10 +112,12 @@ pub(crate) struct GgufWeights {
     content: Content,
     reader: BufReader<File>,
     device: Device,
+    /// Hand out dense f32 weights instead of quantized ones.
+    dequantize: bool,
 }
 
 impl GgufWeights {
-    pub fn open(path: &Path, device: &Device) -> Result<Self> {
+    pub fn open(path: &Path, device: &Device, dequantize: bool) -> Result<Self> {
         let content = read_gguf_content(path)?;
         for (name, info) in &content.tensor_infos {
             if !SUPPORTED_QUANTS.contains(&info.ggml_dtype) {
@@ -123,6 +135,7 @@ impl GgufWeights {
             content,
             reader: BufReader::new(file),
             device: device.clone(),
+            dequantize,
         })
     }
 
@@ -259,7 +272,19 @@ impl WeightSource for GgufWeights {
 
     fn linear_weight(&mut self, prefix: &str) -> Result<Weight> {
         let q = self.qtensor_hf(&format!("{prefix}.weight"))?;
-        Ok(Weight::Quantized(QMatMul::from_qtensor(q)?))
+        if self.dequantize {
+            return Ok(Weight::Dense(q.dequantize(&self.device)?));
+        }
+        Ok(match q.dtype() {
+            // Unquantized tensors are plain matmuls (and can then fuse with other dense ones).
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                Weight::Dense(q.dequantize(&self.device)?)
+            }
+            t if self.device.is_cpu() && NO_CPU_SIMD.contains(&t) => {
+                Weight::Quantized(QMatMul::from_qtensor(requantize_q8_0(&q, &self.device)?)?)
+            }
+            _ => Weight::Quantized(QMatMul::from_qtensor(q)?),
+        })
     }
 
     fn lm_head(&mut self, _tied: bool) -> Result<Weight> {
@@ -270,6 +295,9 @@ impl WeightSource for GgufWeights {
             "token_embd.weight"
         };
         let q = self.qtensor(name)?;
+        if self.dequantize {
+            return Ok(Weight::Dense(q.dequantize(&self.device)?));
+        }
         Ok(Weight::Quantized(QMatMul::from_qtensor(q)?))
     }
 

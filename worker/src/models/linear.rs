@@ -1,55 +1,159 @@
 //! Linear layers shared by both weight formats: dense (safetensors, a plain matmul) or quantized
-//! (GGUF, candle's `QMatMul`), so the decoder is written once for both.
+//! (GGUF, candle's `QMatMul`), so the decoder is written once for both. Projections that read
+//! the same input (q/k/v, gate/up) can be fused into one layer: one larger matmul instead of
+//! several small ones, which is what makes small-batch CPU decoding efficient.
 
-use candle_core::quantized::QMatMul;
+use std::borrow::Cow;
+
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{Module, Tensor};
 
 use crate::Result;
 
-/// The weight of a linear layer, `(out, in)` as HF and GGUF store it.
+/// The weight of a linear layer as the loader hands it over, `(out, in)` as HF and GGUF store it.
 #[derive(Debug, Clone)]
 pub enum Weight {
     Dense(Tensor),
     Quantized(QMatMul),
 }
 
+/// How a dense weight is kept for the matmul.
+#[derive(Debug, Clone)]
+enum Stored {
+    /// `(in, out)` contiguous: measured about 1.6x faster than a transposed view for the
+    /// `(rows, 576) x (576, 1536)` shapes of small models on the CPU gemm.
+    InOut(Tensor),
+    /// `(out, in)`, used through a transposed view (better for very wide layers such as the LM
+    /// head, and shared with the embedding when tied).
+    OutIn(Tensor),
+    Quantized(QMatMul),
+}
+
 /// `y = x W^T (+ b)`, with a tracing span per call.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Weight,
+    weight: Stored,
     bias: Option<Tensor>,
     span: tracing::Span,
 }
 
 impl Linear {
-    pub fn new(weight: Weight, bias: Option<Tensor>, name: &'static str) -> Self {
-        Self {
+    /// A layer whose dense weight is re-laid out as `(in, out)` on the CPU.
+    pub fn new(weight: Weight, bias: Option<Tensor>, name: &'static str) -> Result<Self> {
+        let weight = match weight {
+            Weight::Dense(w) if w.device().is_cpu() => Stored::InOut(w.t()?.contiguous()?),
+            Weight::Dense(w) => Stored::OutIn(w),
+            Weight::Quantized(q) => Stored::Quantized(q),
+        };
+        Ok(Self {
             weight,
             bias,
             span: tracing::trace_span!("linear", name),
+        })
+    }
+
+    /// A layer that keeps a dense weight as stored (no copy), e.g. an LM head tied to the
+    /// embedding matrix.
+    pub fn new_as_stored(weight: Weight, name: &'static str) -> Self {
+        let weight = match weight {
+            Weight::Dense(w) => Stored::OutIn(w),
+            Weight::Quantized(q) => Stored::Quantized(q),
+        };
+        Self {
+            weight,
+            bias: None,
+            span: tracing::trace_span!("linear", name),
         }
+    }
+
+    /// One layer computing all of `parts` side by side (outputs concatenated in order), or
+    /// `None` when they cannot share one matmul (different quant types, mixed formats).
+    pub fn fused(parts: Vec<(Weight, Option<Tensor>)>, name: &'static str) -> Result<Option<Self>> {
+        let has_bias = parts.iter().all(|(_, b)| b.is_some());
+        if !has_bias && parts.iter().any(|(_, b)| b.is_some()) {
+            return Ok(None);
+        }
+        let bias = if has_bias {
+            let bs: Vec<&Tensor> = parts.iter().filter_map(|(_, b)| b.as_ref()).collect();
+            Some(Tensor::cat(&bs, 0)?)
+        } else {
+            None
+        };
+        let weights: Vec<Weight> = parts.into_iter().map(|(w, _)| w).collect();
+        let weight = if weights.iter().all(|w| matches!(w, Weight::Dense(_))) {
+            let ws: Vec<&Tensor> = weights
+                .iter()
+                .filter_map(|w| {
+                    if let Weight::Dense(t) = w {
+                        Some(t)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            Weight::Dense(Tensor::cat(&ws, 0)?)
+        } else {
+            match concat_quantized(&weights)? {
+                Some(q) => q,
+                None => return Ok(None),
+            }
+        };
+        Self::new(weight, bias, name).map(Some)
     }
 
     /// Applies the layer to `x` `(..., in)`; `x` must be contiguous.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         let y = match &self.weight {
-            Weight::Dense(w) => {
-                // Fold every leading dimension into the rows of one 2-D matmul: one gemm call
-                // instead of a batched one, and no broadcast copy of the weight.
-                let dims = x.dims();
-                let rows: usize = dims[..dims.len() - 1].iter().product();
-                let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
-                let mut out = dims.to_vec();
-                *out.last_mut()
-                    .expect("linear input has at least one dimension") = w.dim(0)?;
-                y.reshape(out)?
-            }
-            Weight::Quantized(q) => q.forward(x)?,
+            Stored::InOut(w) => matmul_rows(x, w, w.dim(1)?)?,
+            Stored::OutIn(w) => matmul_rows(x, &w.t()?, w.dim(0)?)?,
+            Stored::Quantized(q) => q.forward(x)?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
+}
+
+/// `x (..., in) @ w (in, out)`, folding every leading dimension into the rows of one 2-D matmul:
+/// one gemm call instead of a batched one, and no broadcast of the weight.
+fn matmul_rows(x: &Tensor, w: &Tensor, out: usize) -> Result<Tensor> {
+    let dims = x.dims();
+    let (lead, inp) = dims.split_at(dims.len() - 1);
+    let rows: usize = lead.iter().product();
+    let y = x.reshape((rows, inp[0]))?.matmul(w)?;
+    let mut shape = lead.to_vec();
+    shape.push(out);
+    Ok(y.reshape(shape)?)
+}
+
+/// Concatenates quantized weights along the output rows. Every row of a GGML tensor is
+/// quantized on its own, so stacking rows is stacking their bytes.
+fn concat_quantized(weights: &[Weight]) -> Result<Option<Weight>> {
+    let mut qs: Vec<&QTensor> = Vec::new();
+    for w in weights {
+        match w {
+            Weight::Quantized(QMatMul::QTensor(q)) => qs.push(q),
+            _ => return Ok(None),
+        }
+    }
+    let Some(first) = qs.first() else {
+        return Ok(None);
+    };
+    let (dtype, device) = (first.dtype(), first.device());
+    let inp = first.shape().dims2()?.1;
+    let mut rows = 0;
+    let mut bytes = Vec::new();
+    for q in &qs {
+        let (r, i) = q.shape().dims2()?;
+        if q.dtype() != dtype || i != inp {
+            return Ok(None);
+        }
+        rows += r;
+        bytes.extend_from_slice(&q.data()?);
+    }
+    let storage = QStorage::from_data(Cow::Owned(bytes), &device, dtype)?;
+    let q = QTensor::new(storage, (rows, inp))?;
+    Ok(Some(Weight::Quantized(QMatMul::from_qtensor(q)?)))
 }

@@ -188,7 +188,18 @@ pub fn load_causal_lm(
                     path.display()
                 )));
             }
-            let mut ws = GgufWeights::open(&path, &opts.device)?;
+            let dequantize = match opts.dtype {
+                DTypeChoice::Auto => false,
+                DTypeChoice::F32 => true,
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "dtype {other:?} for the GGUF model {} (GGUF models compute in f32; use auto \
+                         to keep the weights quantized or f32 to dequantize them)",
+                        path.display()
+                    )));
+                }
+            };
+            let mut ws = GgufWeights::open(&path, &opts.device, dequantize)?;
             let mut cfg = ws.config()?;
             if let Some(ff) = rope_freq_factors(&mut ws)? {
                 cfg.rope_scaling = Some(RopeScaling::FreqFactors(ff));

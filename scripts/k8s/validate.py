@@ -262,6 +262,17 @@ def compare_with_kubectl(rep: Report, root: Path, folder: str, mine: list[dict[s
         rep.fail(folder, f"kubectl kustomize renders differently ({ids}); differs: {differ}")
 
 
+def check_rendered_copy(rep: Report, root: Path, folder: str) -> None:
+    """k8s/rendered/<overlay>.yaml (committed, read by the Rust rehearsal test) must be current."""
+    overlay = root / folder
+    if overlay.parent.name != "overlays":
+        return
+    copy = root / "k8s" / "rendered" / f"{overlay.name}.yaml"
+    want = kustomize_lite.rendered_file(overlay.resolve())
+    if not copy.is_file() or copy.read_text(encoding="utf-8") != want:
+        rep.fail(folder, f"{copy.relative_to(root)} is stale: run scripts/k8s-render.sh --update")
+
+
 def layouts(root: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     k8s = root / "k8s"
     folders = [k8s] + sorted(p for p in (k8s / "overlays").iterdir() if p.is_dir())
@@ -292,6 +303,7 @@ def main(argv: list[str]) -> int:
         names = {kustomize_lite.resource_id(r) for r in resources}
         if not name.startswith("k8s/extras"):
             compare_with_kubectl(rep, root, name, resources)
+            check_rendered_copy(rep, root, name)
         print(f"{name}: {len(resources)} resources ({', '.join(sorted(names))})")
         for res in resources:
             where = f"{name} {kustomize_lite.resource_id(res)}"

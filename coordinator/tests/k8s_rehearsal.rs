@@ -1,0 +1,351 @@
+//! Rehearsal of the one-shot Kubernetes layout, without a cluster: reads the rendered manifests
+//! (k8s/rendered/oneshot.yaml, kept current by scripts/k8s-validate.sh) and starts the coordinator
+//! and worker containers' `command`/`args`/`env` as local processes on loopback, with every volume a
+//! temporary folder in the pod's layout (the token in the Secret's key path, the job YAML in the
+//! ConfigMap's, the PVCs shared between the "pods"). A worker "pod" is killed in the middle of the
+//! job and "rescheduled" (started again with the same command line); the job must still finish with
+//! every prediction. So a flag, env var or path renamed in the code breaks this test, not a cluster.
+//!
+//! What the rehearsal changes, and only this: the binaries' paths (the image's /usr/local/bin → the
+//! build), `--listen` (0.0.0.0:PORT → 127.0.0.1:0), the Service URL (→ the coordinator's real
+//! address), `--device cuda:N` (→ cpu), and the workers answer with the model-free echo executor.
+
+mod fleet_common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fleet_common::{evalfleet_bin, worker_bin};
+use serde::Deserialize;
+use serde_yaml::Value;
+
+const TOKEN: &str = "rehearsal-token-7f3a";
+/// Demo rows the rehearsal job evaluates, and the item at which the first worker "pod" dies.
+const SAMPLES: usize = 8;
+const CRASH_ITEM: usize = 5;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn load_manifests() -> Vec<Value> {
+    let path = repo().join("k8s/rendered/oneshot.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run scripts/k8s-render.sh --update)",
+            path.display()
+        )
+    });
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
+        .collect()
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{key}` is not a string in {v:?}"))
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| s(d, "kind") == kind && s(&d["metadata"], "name") == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} is not in k8s/rendered/oneshot.yaml"))
+}
+
+fn seq(v: &Value) -> &[Value] {
+    v.as_sequence().map_or(&[], |s| s.as_slice())
+}
+
+/// A container of a Job, "scheduled" on this machine: each volume it mounts is a folder under
+/// `root` (PVCs, Secrets and ConfigMaps by their own name, so pods share them; emptyDirs per pod).
+struct Pod {
+    name: String,
+    container: Value,
+    /// (mountPath, host folder), longest mountPath first.
+    mounts: Vec<(String, PathBuf)>,
+}
+
+impl Pod {
+    /// The pod `name` of Job `job`.
+    fn schedule(docs: &[Value], job: &str, name: &str, root: &Path) -> Pod {
+        let spec = &find(docs, "Job", job)["spec"]["template"]["spec"];
+        let container = seq(&spec["containers"])[0].clone();
+        let volumes: BTreeMap<&str, &Value> = seq(&spec["volumes"])
+            .iter()
+            .map(|v| (s(v, "name"), v))
+            .collect();
+        let mut mounts = Vec::new();
+        for m in seq(&container["volumeMounts"]) {
+            let vol = volumes[s(m, "name")];
+            let host = if let Some(pvc) = vol.get("persistentVolumeClaim") {
+                root.join("pvc").join(s(pvc, "claimName"))
+            } else if let Some(secret) = vol.get("secret") {
+                let dir = root.join("secret").join(s(secret, "secretName"));
+                // The Secret is created by hand with key `token`; the volume maps keys to paths.
+                for item in seq(&secret["items"]) {
+                    assert_eq!(s(item, "key"), "token", "the Secret's key is `token`");
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::fs::write(dir.join(s(item, "path")), format!("{TOKEN}\n")).unwrap();
+                }
+                dir
+            } else if let Some(cm) = vol.get("configMap") {
+                root.join("configmap").join(s(cm, "name"))
+            } else {
+                assert!(vol.get("emptyDir").is_some(), "unexpected volume {vol:?}");
+                root.join("pods").join(name).join(s(vol, "name"))
+            };
+            std::fs::create_dir_all(&host).unwrap();
+            mounts.push((s(m, "mountPath").to_string(), host));
+        }
+        mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        Pod {
+            name: name.into(),
+            container,
+            mounts,
+        }
+    }
+
+    /// The host path of a path as the pod sees it (unchanged when no volume holds it).
+    fn host(&self, path: &str) -> String {
+        for (mount, host) in &self.mounts {
+            if let Some(rest) = path.strip_prefix(mount.as_str())
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                return format!("{}{rest}", host.display());
+            }
+        }
+        path.to_string()
+    }
+
+    /// The container's environment, as the kubelet builds it (literal values, the pod's name).
+    fn env(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for e in seq(&self.container["env"]) {
+            let value = match e.get("value") {
+                Some(v) => self.host(v.as_str().unwrap()),
+                None => {
+                    let field = s(&e["valueFrom"]["fieldRef"], "fieldPath");
+                    assert_eq!(field, "metadata.name", "unexpected fieldRef in {e:?}");
+                    self.name.clone()
+                }
+            };
+            env.insert(s(e, "name").to_string(), value);
+        }
+        env
+    }
+
+    /// `command` + `args` with `$(VAR)` expanded and paths mapped to the host; the program is
+    /// returned apart, by its file name.
+    fn command_line(&self) -> (String, Vec<String>) {
+        let env = self.env();
+        let expand = |a: &str| {
+            env.iter().fold(a.to_string(), |acc, (k, v)| {
+                acc.replace(&format!("$({k})"), v)
+            })
+        };
+        let mut words: Vec<String> = seq(&self.container["command"])
+            .iter()
+            .chain(seq(&self.container["args"]))
+            .map(|w| self.host(&expand(w.as_str().expect("a string argument"))))
+            .collect();
+        let program = words.remove(0);
+        let name = Path::new(&program)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        (name, words)
+    }
+
+    fn command(&self, program: PathBuf, args: &[String]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(self.env())
+            // The token must come from the Secret's file, as in the cluster.
+            .env_remove("EVALFLEET_TOKEN")
+            .env_remove("EVALFLEET_FAKE_EXECUTOR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+}
+
+/// Replaces the value after `flag`, returning the old one.
+fn set_flag(args: &mut [String], flag: &str, value: &str) -> String {
+    let i = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    std::mem::replace(&mut args[i + 1], value.to_string())
+}
+
+fn wait(mut child: Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!(
+                "still running after {limit:?}: {:?}",
+                child.wait_with_output().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The small job the rehearsal runs instead of the layout's example (`models`, `outputs`: where the
+/// pod's /models and /outputs are on this machine).
+fn rehearsal_job(models: &str, outputs: &str) -> String {
+    format!(
+        "steps: [step1]\nmodel_name_or_path: {models}/rehearsal-model\ntemplate: chatml\n\
+         dataset_dir: {models}/data\ndataset: demo_alpaca\nmax_samples: {SAMPLES}\ncutoff_len: 256\n\
+         output_dir: {outputs}/rehearsal\noverwrite_output_dir: true\n\
+         per_device_eval_batch_size: 2\npredict_with_generate: true\nmax_new_tokens: 8\n"
+    )
+}
+
+#[test]
+fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
+    let docs = load_manifests();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+
+    // The coordinator pod: the job YAML at the ConfigMap's key path, the demo data on the models PVC.
+    let coord = Pod::schedule(
+        &docs,
+        "evalfleet-coordinator",
+        "evalfleet-coordinator-xxxxx",
+        root,
+    );
+    let (program, mut args) = coord.command_line();
+    assert_eq!(
+        program, "evalfleet",
+        "the coordinator container runs `evalfleet`"
+    );
+    assert_eq!(args[0], "run", "one-shot: `evalfleet run <job>`");
+    let cm = find(&docs, "ConfigMap", "evalfleet-job");
+    let keys: Vec<&str> = cm["data"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["job.yaml"], "the ConfigMap holds the job YAML");
+    let job_path = PathBuf::from(&args[1]);
+    assert!(
+        job_path.starts_with(root.join("configmap/evalfleet-job"))
+            && job_path.ends_with("job.yaml"),
+        "`run` must read the ConfigMap's job.yaml, got {}",
+        job_path.display()
+    );
+    let (models, outputs) = (coord.host("/models"), coord.host("/outputs"));
+    std::fs::write(&job_path, rehearsal_job(&models, &outputs)).unwrap();
+    let data = PathBuf::from(&models).join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["dataset_info.json", "demo_alpaca.json"] {
+        std::fs::copy(repo().join("yamls/demo").join(f), data.join(f)).unwrap();
+    }
+
+    let port = seq(&coord.container["ports"])
+        .iter()
+        .find(|p| s(p, "name") == "grpc")
+        .expect("a port named grpc")["containerPort"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        set_flag(&mut args, "--listen", "127.0.0.1:0"),
+        format!("0.0.0.0:{port}")
+    );
+    let mut coordinator = coord
+        .command(evalfleet_bin(), &args)
+        .spawn()
+        .expect("starting the coordinator");
+    let mut stdout = BufReader::new(coordinator.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let Some(url) = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_string)
+    else {
+        let out = wait(coordinator, Duration::from_secs(30));
+        panic!(
+            "the coordinator did not start listening (first line {line:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+
+    // The worker pods dial the Service that selects the coordinator pod.
+    let svc = find(&docs, "Service", "evalfleet-coordinator");
+    let svc_port = seq(&svc["spec"]["ports"])[0]["port"].as_u64().unwrap();
+    let worker_pod = |name: &str| Pod::schedule(&docs, "evalfleet-worker", name, root);
+    let start_worker = |pod: &Pod, crash: Option<&Path>| {
+        let (program, mut args) = pod.command_line();
+        assert_eq!(program, "evalfleet-worker");
+        assert_eq!(
+            set_flag(&mut args, "--coordinator", &url),
+            format!("http://evalfleet-coordinator:{svc_port}")
+        );
+        assert!(set_flag(&mut args, "--device", "cpu").starts_with("cuda:"));
+        assert_eq!(
+            args[args.iter().position(|a| a == "--worker-id").unwrap() + 1],
+            pod.name
+        );
+        if let Some(marker) = crash {
+            args.extend([
+                "--fake-crash-once".into(),
+                format!("{}:{CRASH_ITEM}", marker.display()),
+            ]);
+        }
+        pod.command(worker_bin(), &args)
+            .env("EVALFLEET_FAKE_EXECUTOR", "echo")
+            .spawn()
+            .expect("starting a worker")
+    };
+
+    // One worker pod, killed mid-run: no other worker can finish the job for it.
+    let marker = root.join("crashed");
+    let first = worker_pod("evalfleet-worker-0-aaaaa");
+    let died = wait(
+        start_worker(&first, Some(&marker)),
+        Duration::from_secs(120),
+    );
+    assert!(
+        marker.exists(),
+        "the worker never reached item {CRASH_ITEM}: the kill proved nothing"
+    );
+    assert_eq!(
+        died.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&died.stderr)
+    );
+
+    // The Job "reschedules" it: a new pod, the same command line.
+    let second = worker_pod("evalfleet-worker-0-bbbbb");
+    let finished = wait(start_worker(&second, None), Duration::from_secs(180));
+    assert!(
+        finished.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
+    let done = wait(coordinator, Duration::from_secs(120));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+
+    // Every demo row has its prediction on the outputs PVC; the echo executor predicts the prompt.
+    let out = PathBuf::from(&outputs).join("rehearsal");
+    let jsonl = std::fs::read_to_string(out.join("generated_predictions.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), SAMPLES, "{jsonl}");
+    assert!(out.join("all_results.json").is_file());
+}

@@ -21,6 +21,8 @@ Needs a venv with the packages of that era:
         /tmp/lf/llmtuner-0.7.1-py3-none-any.whl <seed evaluation dir>
 
 Writes coordinator/tests/fixtures/step3_{cells,shuffles,prompts}.json (see each writer below).
+The same three files (versions aside) come out of datasets 2.19.2 + pandas 2.2.3 + pyarrow 16.1.0,
+the stack PyPI's llmtuner 0.7.1 installs with.
 """
 import csv
 import hashlib

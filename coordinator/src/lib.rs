@@ -20,6 +20,7 @@ pub mod local;
 pub mod metrics;
 pub mod output;
 pub mod progress;
+pub mod report;
 pub mod rpc;
 pub mod run;
 pub mod sched;

@@ -184,6 +184,22 @@ fn smollm2_converted_folder_matches_transformers_and_gguf_mostly_agrees() {
     }
     drop(hf);
 
+    // The GGUF dequantized to f32 runs the interleaved-RoPE path on llama.cpp's permuted q/k:
+    // the same numbers as the converted folder, so it must match the reference exactly too.
+    let f32_opts = LoadOptions {
+        dtype: evalfleet_worker::models::DTypeChoice::F32,
+        ..LoadOptions::default()
+    };
+    let deq = load_causal_lm(&gguf, &[], &f32_opts).unwrap();
+    for (i, case) in cases.iter().enumerate() {
+        let got = greedy(&deq, &case.prompt, steps);
+        assert_eq!(
+            got, case.reference,
+            "case {i}: dequantized GGUF (interleaved RoPE) differs from transformers"
+        );
+    }
+    drop(deq);
+
     let q = load_causal_lm(&gguf, &[], &opts).unwrap();
     assert_eq!(q.source_kind(), SourceKind::Gguf);
     let md = &q.gguf_content().expect("GGUF metadata is exposed").metadata;

@@ -64,7 +64,7 @@ pub enum RpcError {
     },
     #[error("the token cannot be sent as an HTTP header (it must be printable ASCII)")]
     BadToken,
-    #[error("the coordinator refused this worker: {}: {}", .0.code(), .0.message())]
+    #[error("the coordinator refused this worker ({:?}): {}", .0.code(), .0.message())]
     Refused(Status),
     #[error("the stream to the coordinator failed: {0}")]
     Stream(Status),

@@ -1,0 +1,329 @@
+//! End to end: the `evalfleet` binary runs step 1 from a YAML with the seed's step1.yaml keys,
+//! spawning real `evalfleet-worker` processes that run the real SmolLM2-135M-Instruct (GGUF) on
+//! the repo's demo data; every output file is checked for its keys and format, and predictions
+//! must not depend on the number of workers (greedy and seeded sampling). Also: external workers
+//! joining a `--listen` coordinator, and one with a wrong token being refused.
+//!
+//! Needs the demo model: run scripts/fetch-models.sh (or point EVALFLEET_MODELS at a copy).
+
+mod fleet_common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fleet_common::{evalfleet_bin, worker_bin};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn smollm2_gguf() -> PathBuf {
+    let models =
+        std::env::var_os("EVALFLEET_MODELS").map_or_else(|| repo().join(".models"), PathBuf::from);
+    let path = models.join("smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-models.sh first",
+        path.display()
+    );
+    path
+}
+
+/// A step-1 YAML with the seed's keys (no adapter: the demo model has none).
+fn write_yaml(dir: &Path, out: &Path, sampling: bool) -> PathBuf {
+    let yaml = format!(
+        "### model\nmodel_name_or_path: {model}\n\n### method\nstage: sft\ndo_predict: true\nfinetuning_type: lora\n\n\
+         ### dataset\ndataset_dir: {data}\ndataset: demo_alpaca,demo_sharegpt\ntemplate: chatml\ncutoff_len: 1024\n\
+         max_samples: 2\noverwrite_cache: True\npreprocessing_num_workers: 16\n\n\
+         ### output\noutput_dir: {out}\noverwrite_output_dir: True\n\n\
+         ### eval\nper_device_eval_batch_size: 1\npredict_with_generate: True\n\n\
+         max_new_tokens: 8\ndo_sample: {sampling}\n",
+        model = smollm2_gguf().display(),
+        data = repo().join("yamls/demo").display(),
+        out = out.display(),
+    );
+    let path = dir.join(format!("step1-{sampling}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Waits for `child` (killing it after `limit`, a guard against hangs only) and returns its output.
+fn wait(mut child: Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!(
+                "process still running after {limit:?}: {:?}",
+                child.wait_with_output().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn evalfleet(args: &[&str]) -> Command {
+    let mut cmd = Command::new(evalfleet_bin());
+    cmd.args(args)
+        .env("EVALFLEET_WORKER_BIN", worker_bin())
+        .env_remove("EVALFLEET_FAKE_EXECUTOR");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run_step1(yaml: &Path, workers: usize, batch: usize) -> Output {
+    let (w, b) = (workers.to_string(), batch.to_string());
+    let child = evalfleet(&[
+        "step1",
+        yaml.to_str().unwrap(),
+        "--workers",
+        &w,
+        "--batch-size",
+        &b,
+    ])
+    .spawn()
+    .unwrap();
+    let out = wait(child, Duration::from_secs(1200));
+    assert!(
+        out.status.success(),
+        "evalfleet step1 failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+const METRIC_KEYS: [&str; 10] = [
+    "predict_bleu-4",
+    "predict_rouge-1",
+    "predict_rouge-1-precision",
+    "predict_rouge-1-recall",
+    "predict_rouge-2",
+    "predict_rouge-2-precision",
+    "predict_rouge-2-recall",
+    "predict_rouge-l",
+    "predict_rouge-l-precision",
+    "predict_rouge-l-recall",
+];
+const SPEED_KEYS: [&str; 3] = [
+    "predict_runtime",
+    "predict_samples_per_second",
+    "predict_steps_per_second",
+];
+
+/// A predict_results.json-style file: indent 4, sorted keys, no trailing newline, the given keys.
+fn check_metrics_file(path: &Path, keys: &[&str]) -> serde_json::Map<String, Value> {
+    let text = read(path);
+    assert!(
+        text.starts_with("{\n    \"predict_") && text.ends_with("\n}"),
+        "{}: layout\n{text}",
+        path.display()
+    );
+    let map: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+    let got: Vec<&str> = map.keys().map(String::as_str).collect();
+    let mut want = keys.to_vec();
+    want.sort_unstable();
+    assert_eq!(
+        got,
+        want,
+        "{}: keys (in file order, which must be sorted)",
+        path.display()
+    );
+    for (k, v) in &map {
+        let x = v.as_f64().unwrap_or_else(|| panic!("{k} is not a number"));
+        assert!(x.is_finite() && x >= 0.0, "{k} = {x}");
+        if k.contains("rouge") || k.contains("bleu") {
+            assert!(x <= 100.0, "{k} = {x}");
+        }
+    }
+    map
+}
+
+#[test]
+fn step1_with_two_workers_writes_every_file_in_the_original_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let yaml = write_yaml(dir.path(), &out, false);
+    let run = run_step1(&yaml, 2, 1);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("generated_predictions.jsonl"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("overwrite_cache"),
+        "ignored keys are not logged:\n{stderr}"
+    );
+
+    // generated_predictions.jsonl: one compact object per sample, "label" then "predict",
+    // joined by "\n" without a trailing newline; labels are the datasets' responses.
+    let jsonl = read(&out.join("generated_predictions.jsonl"));
+    assert!(!jsonl.ends_with('\n'));
+    let lines: Vec<&str> = jsonl.split('\n').collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "2 samples from each of the 2 demo datasets:\n{jsonl}"
+    );
+    for line in &lines {
+        assert!(
+            line.starts_with("{\"label\": \"") && line.contains("\", \"predict\": \""),
+            "{line}"
+        );
+        let row: serde_json::Map<String, Value> = serde_json::from_str(line).unwrap();
+        assert_eq!(row.keys().collect::<Vec<_>>(), ["label", "predict"]);
+        assert!(row["label"].as_str().is_some_and(|l| !l.is_empty()) && row["predict"].is_string());
+    }
+    let all_keys: Vec<&str> = METRIC_KEYS.iter().chain(&SPEED_KEYS).copied().collect();
+    let predict = check_metrics_file(&out.join("predict_results.json"), &all_keys);
+    let all = check_metrics_file(&out.join("all_results.json"), &all_keys);
+    assert_eq!(predict, all);
+
+    // `score text` recomputes the metrics from the saved strings, without a model.
+    let scored = dir.path().join("scored.json");
+    let jsonl_path = out.join("generated_predictions.jsonl");
+    let child = evalfleet(&[
+        "score",
+        "text",
+        jsonl_path.to_str().unwrap(),
+        "--write",
+        scored.to_str().unwrap(),
+    ])
+    .spawn()
+    .unwrap();
+    let score = wait(child, Duration::from_secs(300));
+    assert!(
+        score.status.success(),
+        "{}",
+        String::from_utf8_lossy(&score.stderr)
+    );
+    let printed: serde_json::Map<String, Value> = serde_json::from_slice(&score.stdout).unwrap();
+    let written = check_metrics_file(&scored, &METRIC_KEYS);
+    assert_eq!(printed, written);
+    for key in METRIC_KEYS {
+        let (a, b) = (
+            written[key].as_f64().unwrap(),
+            predict[key].as_f64().unwrap(),
+        );
+        // Equal unless the tokenizer's clean-up changed a saved prediction's spacing.
+        assert!((a - b).abs() < 5.0, "{key}: score text {a} vs step1 {b}");
+    }
+}
+
+/// One worker vs three at the same batch size (1, so every lease holds one item and the batches
+/// are the same): the fleet must not change predictions, greedy or seeded sampling. (Batch-size
+/// invariance is the engine's property and is tested in the worker crate.)
+#[test]
+fn predictions_do_not_depend_on_the_number_of_workers() {
+    for sampling in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, three) = (dir.path().join("one"), dir.path().join("three"));
+        run_step1(&write_yaml(dir.path(), &one, sampling), 1, 1);
+        run_step1(&write_yaml(dir.path(), &three, sampling), 3, 1);
+        let a = read(&one.join("generated_predictions.jsonl"));
+        let b = read(&three.join("generated_predictions.jsonl"));
+        assert_eq!(a, b, "do_sample={sampling}: 1 worker vs 3 workers");
+        assert_eq!(a.lines().count(), 4);
+    }
+}
+
+/// Starts `evalfleet step1 --listen 127.0.0.1:0 --workers 0` and returns it with its URL.
+fn listening_coordinator(yaml: &Path, token: &str) -> (Child, String) {
+    let mut child = evalfleet(&[
+        "step1",
+        yaml.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "0",
+    ])
+    .env("EVALFLEET_TOKEN", token)
+    .spawn()
+    .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .to_string();
+    // Keep reading, so the coordinator's later output never meets a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (child, url)
+}
+
+fn external_worker(url: &str, token: &str) -> Command {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args(["--coordinator", url, "--fake-executor", "echo"])
+        .env("EVALFLEET_TOKEN", token);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn external_workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let yaml = write_yaml(dir.path(), &out, false);
+    let (coordinator, url) = listening_coordinator(&yaml, "right-token");
+
+    let intruder = wait(
+        external_worker(&url, "wrong-token").spawn().unwrap(),
+        Duration::from_secs(120),
+    );
+    let said = String::from_utf8_lossy(&intruder.stderr);
+    assert!(!intruder.status.success());
+    assert!(
+        said.contains("refused") && said.contains("Unauthenticated"),
+        "{said}"
+    );
+
+    let worker = wait(
+        external_worker(&url, "right-token").spawn().unwrap(),
+        Duration::from_secs(300),
+    );
+    assert!(
+        worker.status.success(),
+        "{}",
+        String::from_utf8_lossy(&worker.stderr)
+    );
+    let done = wait(coordinator, Duration::from_secs(300));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    // The echo executor predicts each prompt's last user turn.
+    let jsonl = read(&out.join("generated_predictions.jsonl"));
+    assert_eq!(jsonl.lines().count(), 4);
+}
+
+#[test]
+fn listen_without_a_token_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = write_yaml(dir.path(), &dir.path().join("out"), false);
+    let child = evalfleet(&[
+        "step1",
+        yaml.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "0",
+    ])
+    .env_remove("EVALFLEET_TOKEN")
+    .spawn()
+    .unwrap();
+    let out = wait(child, Duration::from_secs(60));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no bearer token"));
+}

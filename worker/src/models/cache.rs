@@ -102,7 +102,8 @@ impl KvCache {
         self.layers.iter_mut()
     }
 
-    /// Keeps only `rows` (in that order) of every layer.
+    /// Keeps only `rows` (in that order) of every layer. A row may be named several times: a
+    /// one-row cache of a shared prompt prefix becomes an n-row batch with `&[0; n]`.
     pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
         let Some(device) = self
             .layers

@@ -4,6 +4,12 @@
 //!
 //! The engine drives models only through [`Decoder`], so batching, caching and sampling code never
 //! depends on which architecture or weight format is behind it.
+//!
+//! - `config`: [`DecoderConfig`] and the registry from HF `architectures` to it.
+//! - `decoder`: the transformer itself; `linear` (dense or quantized, fusable), `rope`, `mask`,
+//!   `cache` ([`KvCache`]) are its parts.
+//! - `hf` (safetensors folders), `gguf` (GGUF files), `lora` (PEFT adapters): weight sources.
+//! - `loader`: [`load_causal_lm`] and [`LoadedModel`]; `convert`: [`convert_gguf_to_hf`].
 
 use candle_core::{Device, Tensor};
 
@@ -69,7 +75,8 @@ pub trait Decoder {
         cache: &mut Self::Cache,
         at: LogitsAt,
     ) -> Result<Tensor>;
-    /// Keeps only the given batch rows of the cache (finished sequences leave the batch).
+    /// Keeps only the given batch rows of the cache, in that order (finished sequences leave the
+    /// batch). A row may be repeated, which expands a shared-prefix cache into a batch.
     fn retain_rows(&self, cache: &mut Self::Cache, rows: &[usize]) -> Result<()>;
     fn device(&self) -> &Device;
     fn vocab_size(&self) -> usize;

@@ -249,3 +249,43 @@ fn bf16_weights_stay_close_to_f32() {
         "bf16 logits are far from the f32 reference: {d}"
     );
 }
+
+#[test]
+fn retain_rows_can_expand_a_shared_prefix_into_a_batch() {
+    let fx = fixture("llama");
+    let model = load(&fx, &[]);
+    let n = fx.single.len();
+    let dev = Device::Cpu;
+    let input = |toks: &[u32], pos0: u32, rows: usize| ForwardInput {
+        tokens: Tensor::from_vec(toks.repeat(rows), (rows, toks.len()), &dev).unwrap(),
+        positions: Tensor::arange(pos0, pos0 + toks.len() as u32, &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+            .repeat((rows, 1))
+            .unwrap(),
+        key_mask: None,
+    };
+    let mut cache = model.new_cache();
+    model
+        .forward(
+            &input(&fx.single[..n - 1], 0, 1),
+            &mut cache,
+            LogitsAt::Last,
+        )
+        .unwrap();
+    model.retain_rows(&mut cache, &[0, 0, 0]).unwrap();
+    assert_eq!(cache.batch(), Some(3));
+    let got = model
+        .forward(
+            &input(&fx.single[n - 1..], (n - 1) as u32, 3),
+            &mut cache,
+            LogitsAt::Last,
+        )
+        .unwrap();
+    let want = fx.logits["single.base"].i(n - 1).unwrap();
+    for r in 0..3 {
+        let d = max_diff(&got.i((r, 0)).unwrap(), &want);
+        assert!(d < TOL, "row {r} of the expanded prefix differs by {d}");
+    }
+}

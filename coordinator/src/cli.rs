@@ -81,8 +81,9 @@ pub struct FleetArgs {
     /// File whose first line is the bearer token (with --listen; default: $EVALFLEET_TOKEN).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// Items per lease = generation batch size of each worker (default: the YAML's
-    /// per_device_eval_batch_size; predictions do not depend on it).
+    /// Items per lease = generation batch size of each worker (default: the YAML's evalfleet key
+    /// `batch_size`, else the worker's default of 8). Not `per_device_eval_batch_size`, which only
+    /// enters `predict_steps_per_second`, as in the original tool.
     #[arg(long)]
     pub batch_size: Option<u32>,
     /// Start CPU workers even when GPUs are visible.

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use evalfleet_proto::PROTOCOL_VERSION;
@@ -68,6 +68,8 @@ struct Shared {
     /// Number of open worker streams.
     connected: watch::Sender<usize>,
     next_worker: AtomicU64,
+    /// When the first lease was handed out: the start of the generation phase.
+    first_lease: OnceLock<Instant>,
 }
 
 impl Fleet {
@@ -82,6 +84,7 @@ impl Fleet {
                 shutdown: watch::Sender::new(None),
                 connected: watch::Sender::new(0),
                 next_worker: AtomicU64::new(1),
+                first_lease: OnceLock::new(),
             }),
         }
     }
@@ -112,6 +115,12 @@ impl Fleet {
             // The sender lives in `self`, so it cannot be dropped while we wait.
             Err(_) => unreachable!("progress sender dropped while the fleet is alive"),
         }
+    }
+
+    /// When the first lease was handed out (`None` before that): where the generation phase
+    /// starts, after worker start-up and connection.
+    pub fn first_lease_at(&self) -> Option<Instant> {
+        self.inner.first_lease.get().copied()
     }
 
     /// Tells every connected worker (and any that connects later) to exit.
@@ -381,6 +390,7 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
         Up::LeaseRequest(req) => {
             match fleet.with_sched(|s| s.request_lease(key, req.max_items, now)) {
                 Assignment::Lease(lease) => {
+                    fleet.inner.first_lease.get_or_init(|| now);
                     debug!(
                         "lease {} ({} items of {}) → worker {name:?}",
                         lease.lease_id,

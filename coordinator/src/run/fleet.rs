@@ -40,7 +40,7 @@ pub struct FleetSetup {
 #[derive(Debug)]
 pub struct FleetRun {
     pub outcomes: Vec<Vec<ItemOutcome>>,
-    /// From serving until the last result.
+    /// From the first lease handed out until the last result.
     pub elapsed: Duration,
 }
 
@@ -113,7 +113,9 @@ pub async fn run_fleet(
         total,
     )
     .await;
-    let elapsed = started.elapsed();
+    // The generation phase: from the first lease (workers started and connected) to the last
+    // result. It includes loading the model on first use, which HF's predict_runtime does not.
+    let elapsed = fleet.first_lease_at().unwrap_or(started).elapsed();
     fleet.shutdown_workers(if result.is_ok() {
         "job finished"
     } else {

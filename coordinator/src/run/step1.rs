@@ -22,7 +22,7 @@ pub struct Step1Report {
     pub files: Step1Files,
     pub summary: Summary,
     pub samples: usize,
-    /// Seconds from starting the fleet to the last result (`predict_runtime`).
+    /// Seconds from the first lease to the last result (`predict_runtime`).
     pub runtime: f64,
 }
 

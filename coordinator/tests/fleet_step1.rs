@@ -327,3 +327,35 @@ fn listen_without_a_token_is_an_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no bearer token"));
 }
+
+/// `score text` on the original tool's own three rows (with step 2's extra `score` key) gives the
+/// means it stored in its predict_results.json, to the last digit.
+#[test]
+fn score_text_reproduces_the_seed_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("generated_predictions.jsonl");
+    let rows = [
+        r#"{"label": "我工作一年。你看我现在有工作吗？", "predict": "我工作一年。你看我现在有工作吗？", "score": 0.9999998807907104}"#,
+        r#"{"label": "那现在我上哪去找工作嘞？公司都没有了。", "predict": "我被公司开除了。", "score": 0.5538597702980042}"#,
+        r#"{"label": "我自己在想办法解决。你是做什么的？你们是哪个公司啊？", "predict": "我自己在想办法解决。你是做什么的？你们是哪个公司啊？", "score": 1.0}"#,
+    ];
+    std::fs::write(&jsonl, rows.join("\n")).unwrap();
+    let child = evalfleet(&["score", "text", jsonl.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let out = wait(child, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "\"predict_bleu-4\": 68.05863333333333,",
+        "\"predict_rouge-1\": 79.36506666666666,",
+        "\"predict_rouge-2\": 70.17543333333333,",
+        "\"predict_rouge-l\": 79.36506666666666,",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}

@@ -11,6 +11,7 @@ full embeddings of a few texts. Two models:
   so the other pooling path and a second config are covered too.
 
 Usage: /work/pyenv/bin/python scripts/goldens/embed_goldens.py  (from the repo root)
+       ... embed_goldens.py --bench   (throughput of sentence-transformers on the same pairs)
 Writes worker/tests/fixtures/embed_pairs.json (the pairs), embed_minilm_goldens.json and embed_tiny_cls_goldens.json (scores
 stored as the float32 value widened to a Python float, so they read back exactly).
 """
@@ -254,19 +255,44 @@ def build_tiny_bert(dir_, pairs):
             (dir_ / extra).unlink()
 
 
+def bench(model, pairs):
+    """Pairs per second of sentence-transformers on this CPU, as worker/tests/embed_bench.rs."""
+    import time
+
+    texts = [t for pair in pairs for t in pair]
+    model.encode(texts[:64])  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        embs = model.encode(texts, batch_size=32)
+        s = sum(float(cos_sim(embs[i], embs[i + 1])[0][0]) for i in range(0, len(texts), 2))
+        best = min(best, time.perf_counter() - t0)
+        assert s == s
+    t0 = time.perf_counter()
+    encode_pair_scores(model, pairs)
+    per_pair = time.perf_counter() - t0
+    print(
+        f"sentence-transformers, all-MiniLM-L6-v2, CPU ({torch.get_num_threads()} threads), {len(pairs)} pairs: "
+        f"batched (32) {len(pairs) / best:.1f} pairs/s; SEED-style one encode per pair {len(pairs) / per_pair:.1f} pairs/s"
+    )
+
+
 def main():
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("EMBED_THREADS", os.cpu_count() or 1)))
     pairs = make_pairs()
     assert len(pairs) >= 500, len(pairs)
+    models_dir = Path(os.environ.get("EVALFLEET_MODELS", REPO / ".models"))
+    minilm_dir = models_dir / "all-minilm-l6-v2"
+    if not (minilm_dir / "modules.json").exists():
+        sys.exit(f"{minilm_dir} missing: run scripts/fetch-models.sh")
+    if "--bench" in sys.argv:
+        bench(SentenceTransformer(str(minilm_dir), device="cpu"), pairs)
+        return
     pairs_path = FIXTURES / "embed_pairs.json"
     pairs_path.write_text(
         json.dumps({"pairs": [[a, b] for a, b in pairs]}, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     print(f"wrote {pairs_path} ({len(pairs)} pairs)")
-    models_dir = Path(os.environ.get("EVALFLEET_MODELS", REPO / ".models"))
-    minilm_dir = models_dir / "all-minilm-l6-v2"
-    if not (minilm_dir / "modules.json").exists():
-        sys.exit(f"{minilm_dir} missing: run scripts/fetch-models.sh")
     if "--tiny-only" not in sys.argv:
         minilm = SentenceTransformer(str(minilm_dir), device="cpu", similarity_fn_name="cosine")
         write_golden("embed_minilm_goldens.json", "all-minilm-l6-v2", minilm, pairs)

@@ -63,12 +63,11 @@ fn floats(v: &Value) -> Vec<f32> {
 /// Scores of every pair: all texts embedded in one call (sorted, batched by 32, padded), as
 /// a worker does with a shard, then the SEED's cosine per pair.
 fn scores(embedder: &Embedder, pairs: &[(String, String)]) -> Vec<f32> {
-    let texts: Vec<&str> = pairs
+    let pairs: Vec<(&str, &str)> = pairs
         .iter()
-        .flat_map(|(a, b)| [a.as_str(), b.as_str()])
+        .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let embs = embedder.embed(&texts).unwrap();
-    embs.chunks(2).map(|ab| cosine(&ab[0], &ab[1])).collect()
+    embedder.score_pairs(&pairs).unwrap()
 }
 
 fn max_deviation(got: &[f32], want: &[f32]) -> (f32, usize) {

@@ -102,6 +102,20 @@ impl Embedder {
         Ok(out)
     }
 
+    /// The SEED's score of each `(label, predict)` pair: both texts embedded (all texts of all
+    /// pairs batched together, which changes nothing but float rounding), then [`cosine`].
+    pub fn score_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>> {
+        let texts: Vec<&str> = pairs
+            .iter()
+            .flat_map(|&(label, predict)| [label, predict])
+            .collect();
+        let embeddings = self.embed(&texts)?;
+        Ok(embeddings
+            .chunks(2)
+            .map(|ab| cosine(&ab[0], &ab[1]))
+            .collect())
+    }
+
     /// Pads `batch` to its longest sequence, runs the encoder and pooling.
     fn embed_batch(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();

@@ -10,11 +10,15 @@
 //! - `sem_sim_distribution.json` and `sem_sim_histogram.svg` ([`distribution`], [`svg`]), and a
 //!   one-line summary for the terminal.
 //!
+//! [`plan`] orders the rows for queueing (longest first) and puts the workers' scores back in
+//! row order.
+//!
 //! Every file is replaced atomically, so an interrupted step 2 leaves each file either as step 1
 //! wrote it or complete.
 
 pub mod distribution;
 pub mod files;
+pub mod plan;
 pub mod svg;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +49,9 @@ pub enum Step2Error {
         rows: usize,
         scores: usize,
     },
+    /// The workers' results do not give exactly one score per row.
+    #[error("{}: {message}", path.display())]
+    Results { path: PathBuf, message: String },
 }
 
 /// What [`write_step2`] wrote, and the summary.

@@ -40,6 +40,13 @@ pub enum Command {
     /// Recomputes metrics from existing output files, without a model.
     #[command(subcommand)]
     Score(ScoreCommand),
+    /// Writes summary.md, summary.csv and report.html (the Result table, trend charts, step-3
+    /// category bars, step-2 histograms) into an output directory, or into a sweep directory
+    /// holding one output directory per checkpoint (checkpoint-* folders, ordered by step).
+    Report {
+        /// An output directory (original layout) or a sweep directory of checkpoint folders.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +148,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let job = crate::config::load_job(&args.yaml)?;
             let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
             for path in files {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Report { dir } => {
+            let files = crate::report::build_report(&dir)?;
+            for path in [&files.summary_md, &files.summary_csv, &files.report_html] {
                 println!("wrote {}", path.display());
             }
             Ok(())

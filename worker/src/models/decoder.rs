@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::attention;
 use super::cache::{KvCache, LayerCache};
 use super::config::DecoderConfig;
 use super::linear::{Linear, Weight};
@@ -151,11 +152,17 @@ impl Attention {
         let k = rope.apply(&heads_first(&parts[1])?, &cs.0, &cs.1)?;
         let v = heads_first(&parts[2])?;
         let (k, v) = cache.append(&k, &v)?;
+        let q = (q * (1.0 / (d as f64).sqrt()))?;
+        // On the CPU, reductions over visible keys only: padding must not change a row's bits
+        // (see attention.rs).
+        if attention::supported(&q, &k, &v) {
+            return self.o.forward(&attention::attend(&q, &k, &v, mask)?);
+        }
         let t = k.dim(2)?;
         // Grouped-query attention without repeating K/V: the query heads that share a KV head
         // are consecutive, so they fold into the row dimension of one matmul per KV head.
         let rep = h / kvh;
-        let q = (q.reshape((b, kvh, rep * s, d))? * (1.0 / (d as f64).sqrt()))?;
+        let q = q.reshape((b, kvh, rep * s, d))?;
         let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
         let scores = match mask {
             Some(m) => scores

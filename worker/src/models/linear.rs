@@ -157,3 +157,60 @@ fn concat_quantized(weights: &[Weight]) -> Result<Option<Weight>> {
     let q = QTensor::new(storage, (rows, inp))?;
     Ok(Some(Weight::Quantized(QMatMul::from_qtensor(q)?)))
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::GgmlDType;
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+            })
+            .collect()
+    }
+
+    fn quantized(out: usize, inp: usize, dtype: GgmlDType) -> Linear {
+        let w = Tensor::from_vec(pseudo(out * inp, out as u64), (out, inp), &Device::Cpu).unwrap();
+        let q = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
+        Linear::new(Weight::Quantized(q), None, "test").unwrap()
+    }
+
+    /// Batch invariance of quantized models rests on this: candle picks kernels by row count
+    /// (m == 1 vs tiles of rows, repacked x86 tiles when `in` is a multiple of 256), and each
+    /// must give a row the same bits whatever rows surround it.
+    #[test]
+    fn quantized_rows_do_not_depend_on_the_row_count() {
+        // SmolLM2-135M's fused qkv (in 576, not repacked) and down projection (in 1536, repacked).
+        for (out, inp, dtype) in [
+            (960, 576, GgmlDType::Q8_0),
+            (576, 1536, GgmlDType::Q8_0),
+            (576, 1536, GgmlDType::Q4_1),
+        ] {
+            let layer = quantized(out, inp, dtype);
+            let x = Tensor::from_vec(pseudo(40 * inp, 7), (40, inp), &Device::Cpu).unwrap();
+            let all: Vec<Vec<f32>> = layer.forward(&x).unwrap().to_vec2().unwrap();
+            for m in 1..=40 {
+                let part: Vec<Vec<f32>> = layer
+                    .forward(&x.narrow(0, 40 - m, m).unwrap())
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                for (r, row) in part.iter().enumerate() {
+                    let same = row
+                        .iter()
+                        .zip(&all[40 - m + r])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{dtype:?} {out}x{inp}: row {r} of {m} differs");
+                }
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 
 use crate::Result;
 
+mod attention;
 mod cache;
 mod config;
 mod convert;

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -68,8 +68,13 @@ struct Shared {
     /// Number of open worker streams.
     connected: watch::Sender<usize>,
     next_worker: AtomicU64,
-    /// When the first lease was handed out: the start of the generation phase.
+    /// When the first lease was handed out.
     first_lease: OnceLock<Instant>,
+    /// When a worker first reported a lease's model loaded: the start of the generation phase.
+    first_ready: OnceLock<Instant>,
+    /// Workers expected to connect (the local ones spawned); leases are sized to share the queue
+    /// among at least this many, so the first to connect does not take everything.
+    expected_workers: AtomicUsize,
 }
 
 impl Fleet {
@@ -85,6 +90,8 @@ impl Fleet {
                 connected: watch::Sender::new(0),
                 next_worker: AtomicU64::new(1),
                 first_lease: OnceLock::new(),
+                first_ready: OnceLock::new(),
+                expected_workers: AtomicUsize::new(0),
             }),
         }
     }
@@ -121,6 +128,24 @@ impl Fleet {
     /// starts, after worker start-up and connection.
     pub fn first_lease_at(&self) -> Option<Instant> {
         self.inner.first_lease.get().copied()
+    }
+
+    /// When a worker first said its model was loaded and generation starts (`ModelReady`);
+    /// `None` before that, or with workers that never send it.
+    pub fn model_ready_at(&self) -> Option<Instant> {
+        self.inner.first_ready.get().copied()
+    }
+
+    /// Declares how many workers are expected to join (the local ones spawned): lease sizes
+    /// share the queue among `max(connected, expected)` workers.
+    pub fn expect_workers(&self, n: usize) {
+        self.inner.expected_workers.store(n, Ordering::Relaxed);
+    }
+
+    /// Workers to share the queue among: connected now, or expected if more.
+    fn sharing_workers(&self) -> usize {
+        let connected = *self.inner.connected.borrow();
+        connected.max(self.inner.expected_workers.load(Ordering::Relaxed))
     }
 
     /// Tells every connected worker (and any that connects later) to exit.
@@ -388,7 +413,8 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
             None
         }
         Up::LeaseRequest(req) => {
-            match fleet.with_sched(|s| s.request_lease(key, req.max_items, now)) {
+            let workers = fleet.sharing_workers();
+            match fleet.with_sched(|s| s.request_lease(key, req.max_items, workers, now)) {
                 Assignment::Lease(lease) => {
                     fleet.inner.first_lease.get_or_init(|| now);
                     debug!(
@@ -423,6 +449,11 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
                 }
                 other => debug!("result for item {item} from worker {name:?}: {other:?}"),
             }
+            None
+        }
+        Up::ModelReady(ready) => {
+            fleet.inner.first_ready.get_or_init(|| now);
+            debug!("worker {name:?}: model ready for lease {}", ready.lease_id);
             None
         }
         Up::LeaseDone(done) => {

@@ -1,7 +1,8 @@
 //! The lease scheduler: a pure state machine with no network and no clock of its own.
 //!
-//! Every task is a list of work items. Workers ask for leases (shards of up to `max_items` items of
-//! one task); a lease lives until its deadline, which heartbeats push forward. A lease that expires,
+//! Every task is a list of work items. Workers ask for leases (shards of one task's items: the
+//! worker's batch capacity, but no more than an even share of the queue among the connected
+//! workers); a lease lives until its deadline, which heartbeats push forward. A lease that expires,
 //! or whose worker disconnects, returns its unfinished items to the queue, so a worker may die at any
 //! moment and the job still completes. Results are keyed by (task, item id): the first one wins and a
 //! duplicate from a re-run shard is dropped. An item that reports an error, or loses its lease, is
@@ -191,11 +192,21 @@ impl Scheduler {
         Ok(self.tasks.len() - 1)
     }
 
-    /// Leases up to `max_items` queued items of the first task that has any.
-    pub fn request_lease(&mut self, worker: WorkerKey, max_items: u32, now: Instant) -> Assignment {
-        let want = max_items.clamp(1, self.cfg.max_lease_items.max(1)) as usize;
+    /// Leases queued items of the first task that has any: as many as the worker's batch holds
+    /// (`max_items`, capped by [`SchedConfig::max_lease_items`]), but no more than an even share of
+    /// that task's queue among the `workers` connected, so that on a small job one worker does not
+    /// take everything while the others idle. Always at least one item.
+    pub fn request_lease(
+        &mut self,
+        worker: WorkerKey,
+        max_items: u32,
+        workers: usize,
+        now: Instant,
+    ) -> Assignment {
+        let capacity = max_items.clamp(1, self.cfg.max_lease_items.max(1)) as usize;
         let lease_id = self.next_lease;
         let Some((task_idx, items)) = self.tasks.iter_mut().enumerate().find_map(|(ti, task)| {
+            let want = lease_size(capacity, task.queue.len(), workers);
             let items = task.pop_queued(want, lease_id);
             (!items.is_empty()).then_some((ti, items))
         }) else {
@@ -359,6 +370,12 @@ impl Scheduler {
     }
 }
 
+/// Items for one lease: the worker's `capacity`, capped at `ceil(queued / workers)`, at least 1.
+/// `queued` may count a few stale queue entries; that only makes the share slightly larger.
+fn lease_size(capacity: usize, queued: usize, workers: usize) -> usize {
+    capacity.min(queued.div_ceil(workers.max(1))).max(1)
+}
+
 impl TaskState {
     fn pop_queued(&mut self, want: usize, lease_id: u64) -> Vec<usize> {
         let mut items = Vec::with_capacity(want.min(self.queue.len()));
@@ -432,7 +449,7 @@ mod tests {
     }
 
     fn lease(s: &mut Scheduler, worker: WorkerKey, max: u32, now: Instant) -> pb::Lease {
-        match s.request_lease(worker, max, now) {
+        match s.request_lease(worker, max, 1, now) {
             Assignment::Lease(l) => *l,
             other => panic!("expected a lease, got {other:?}"),
         }
@@ -484,7 +501,7 @@ mod tests {
         );
         assert_eq!(a.task, "t");
         assert_eq!(a.ttl_ms, 10_000);
-        assert_eq!(s.request_lease(3, 4, now), Assignment::NoWork);
+        assert_eq!(s.request_lease(3, 4, 1, now), Assignment::NoWork);
         for (l, i) in [(&a, "0"), (&a, "1"), (&b, "2"), (&b, "3"), (&c, "4")] {
             assert_eq!(s.record(ok(l, i, i)), Recorded::Accepted);
         }
@@ -496,8 +513,26 @@ mod tests {
                 total: 5
             }
         );
-        assert_eq!(s.request_lease(3, 4, now), Assignment::Finished);
+        assert_eq!(s.request_lease(3, 4, 1, now), Assignment::Finished);
         assert_eq!(predict(&s, 3).as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn leases_spread_a_small_queue_over_the_connected_workers() {
+        let now = Instant::now();
+        let mut s = sched(10);
+        let sizes: Vec<usize> = (1..=4)
+            .map(|w| match s.request_lease(w, 8, 3, now) {
+                Assignment::Lease(l) => l.items.len(),
+                other => panic!("expected a lease, got {other:?}"),
+            })
+            .collect();
+        // ceil(10/3) = 4, then ceil(6/3) = 2, ceil(4/3) = 2, ceil(2/3) = 1: nobody takes all 8.
+        assert_eq!(sizes, [4, 2, 2, 1]);
+        // A large queue: the batch capacity is the limit; a near-empty one still gives 1 item.
+        assert_eq!(lease_size(8, 1000, 3), 8);
+        assert_eq!(lease_size(8, 1, 5), 1);
+        assert_eq!(lease_size(8, 10, 0), 8);
     }
 
     #[test]
@@ -573,7 +608,7 @@ mod tests {
                 attempts: 3
             })
         );
-        assert_eq!(s.request_lease(1, 2, now), Assignment::Finished);
+        assert_eq!(s.request_lease(1, 2, 1, now), Assignment::Finished);
     }
 
     #[test]

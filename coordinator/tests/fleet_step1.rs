@@ -1,10 +1,9 @@
 //! End to end: the `evalfleet` binary runs step 1 from a YAML with the seed's step1.yaml keys,
-//! spawning real `evalfleet-worker` processes that run the real SmolLM2-135M-Instruct (GGUF) on
-//! the repo's demo data; every output file is checked for its keys and format, and predictions
-//! must not depend on the number of workers (greedy and seeded sampling). Also: external workers
-//! joining a `--listen` coordinator, and one with a wrong token being refused.
-//!
-//! Needs the demo model: run scripts/fetch-models.sh (or point EVALFLEET_MODELS at a copy).
+//! spawning real `evalfleet-worker` processes that run a real (tiny, random-weight, f32) llama
+//! checkpoint on the repo's demo data; every output file is checked for its keys and format, and
+//! predictions must be byte-identical whatever the number of workers and the batch size (greedy
+//! and seeded sampling). Also: external workers joining a `--listen` coordinator, and one with a
+//! wrong token being refused.
 
 mod fleet_common;
 
@@ -14,34 +13,31 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet_common::{evalfleet_bin, worker_bin};
+
+/// Samples per demo dataset (two datasets).
+const SAMPLES: usize = 4;
 use serde_json::Value;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn smollm2_gguf() -> PathBuf {
-    let models =
-        std::env::var_os("EVALFLEET_MODELS").map_or_else(|| repo().join(".models"), PathBuf::from);
-    let path = models.join("smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-models.sh first",
-        path.display()
-    );
-    path
-}
-
-/// A step-1 YAML with the seed's keys (no adapter: the demo model has none).
+/// A step-1 YAML with the seed's keys (no adapter: the tiny model has none), for the tiny model
+/// built under `dir`. Its 64 positions bound the prompt (`cutoff_len`) plus the new tokens.
 fn write_yaml(dir: &Path, out: &Path, sampling: bool) -> PathBuf {
+    let model = dir.join("tiny-llama-chat");
+    if !model.is_dir() {
+        fleet_common::tiny_chat_model(dir);
+    }
     let yaml = format!(
         "### model\nmodel_name_or_path: {model}\n\n### method\nstage: sft\ndo_predict: true\nfinetuning_type: lora\n\n\
-         ### dataset\ndataset_dir: {data}\ndataset: demo_alpaca,demo_sharegpt\ntemplate: chatml\ncutoff_len: 1024\n\
-         max_samples: 2\noverwrite_cache: True\npreprocessing_num_workers: 16\n\n\
+         ### dataset\ndataset_dir: {data}\ndataset: demo_alpaca,demo_sharegpt\ntemplate: default\ncutoff_len: 40\n\
+         max_samples: {samples}\noverwrite_cache: True\npreprocessing_num_workers: 16\n\n\
          ### output\noutput_dir: {out}\noverwrite_output_dir: True\n\n\
          ### eval\nper_device_eval_batch_size: 1\npredict_with_generate: True\n\n\
          max_new_tokens: 8\ndo_sample: {sampling}\n",
-        model = smollm2_gguf().display(),
+        model = model.display(),
+        samples = SAMPLES,
         data = repo().join("yamls/demo").display(),
         out = out.display(),
     );
@@ -70,7 +66,7 @@ fn evalfleet(args: &[&str]) -> Command {
     let mut cmd = Command::new(evalfleet_bin());
     cmd.args(args)
         .env("EVALFLEET_WORKER_BIN", worker_bin())
-        .env_remove("EVALFLEET_FAKE_EXECUTOR");
+        .env_remove("EVALFLEET_TEST_CRASH_ONCE");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -169,8 +165,8 @@ fn step1_with_two_workers_writes_every_file_in_the_original_format() {
     let lines: Vec<&str> = jsonl.split('\n').collect();
     assert_eq!(
         lines.len(),
-        4,
-        "2 samples from each of the 2 demo datasets:\n{jsonl}"
+        2 * SAMPLES,
+        "{SAMPLES} samples from each of the 2 demo datasets:\n{jsonl}"
     );
     for line in &lines {
         assert!(
@@ -217,20 +213,27 @@ fn step1_with_two_workers_writes_every_file_in_the_original_format() {
     }
 }
 
-/// One worker vs three at the same batch size (1, so every lease holds one item and the batches
-/// are the same): the fleet must not change predictions, greedy or seeded sampling. (Batch-size
-/// invariance is the engine's property and is tested in the worker crate.)
+/// One worker with batch size 1 vs three workers and/or batch size 8: neither the fleet nor the
+/// batching may change a prediction, greedy or seeded sampling. The model is f32, where batched
+/// and single-row arithmetic agree exactly, so the files must be byte-identical.
 #[test]
-fn predictions_do_not_depend_on_the_number_of_workers() {
+fn predictions_do_not_depend_on_workers_or_batch_size() {
     for sampling in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let (one, three) = (dir.path().join("one"), dir.path().join("three"));
-        run_step1(&write_yaml(dir.path(), &one, sampling), 1, 1);
-        run_step1(&write_yaml(dir.path(), &three, sampling), 3, 1);
-        let a = read(&one.join("generated_predictions.jsonl"));
-        let b = read(&three.join("generated_predictions.jsonl"));
-        assert_eq!(a, b, "do_sample={sampling}: 1 worker vs 3 workers");
-        assert_eq!(a.lines().count(), 4);
+        let run = |workers: usize, batch: usize| {
+            let out = dir.path().join(format!("w{workers}-b{batch}"));
+            run_step1(&write_yaml(dir.path(), &out, sampling), workers, batch);
+            read(&out.join("generated_predictions.jsonl"))
+        };
+        let base = run(1, 1);
+        assert_eq!(base.lines().count(), 2 * SAMPLES);
+        for (workers, batch) in [(3, 1), (1, 8), (3, 8)] {
+            assert_eq!(
+                run(workers, batch),
+                base,
+                "do_sample={sampling}: {workers} workers with batch {batch} vs 1 worker with batch 1"
+            );
+        }
     }
 }
 
@@ -262,7 +265,7 @@ fn listening_coordinator(yaml: &Path, token: &str) -> (Child, String) {
 
 fn external_worker(url: &str, token: &str) -> Command {
     let mut cmd = Command::new(worker_bin());
-    cmd.args(["--coordinator", url, "--fake-executor", "echo"])
+    cmd.args(["--coordinator", url])
         .env("EVALFLEET_TOKEN", token);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -303,9 +306,8 @@ fn external_workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() 
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    // The echo executor predicts each prompt's last user turn.
     let jsonl = read(&out.join("generated_predictions.jsonl"));
-    assert_eq!(jsonl.lines().count(), 4);
+    assert_eq!(jsonl.lines().count(), 2 * SAMPLES);
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //!
 //! What the rehearsal changes, and only this: the binaries' paths (the image's /usr/local/bin → the
 //! build), `--listen` (0.0.0.0:PORT → 127.0.0.1:0), the Service URL (→ the coordinator's real
-//! address), `--device cuda:N` (→ cpu), and the workers answer with the model-free echo executor.
+//! address), `--device cuda:N` (→ cpu), and the job runs the worker crate's tiny random-weight
+//! llama (`fleet_common::tiny_chat_model`) on the models PVC.
 
 mod fleet_common;
 
@@ -167,7 +168,7 @@ impl Pod {
             .envs(self.env())
             // The token must come from the Secret's file, as in the cluster.
             .env_remove("EVALFLEET_TOKEN")
-            .env_remove("EVALFLEET_FAKE_EXECUTOR")
+            .env_remove("EVALFLEET_TEST_CRASH_ONCE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -203,8 +204,8 @@ fn wait(mut child: Child, limit: Duration) -> Output {
 /// pod's /models and /outputs are on this machine).
 fn rehearsal_job(models: &str, outputs: &str) -> String {
     format!(
-        "steps: [step1]\nmodel_name_or_path: {models}/rehearsal-model\ntemplate: chatml\n\
-         dataset_dir: {models}/data\ndataset: demo_alpaca\nmax_samples: {SAMPLES}\ncutoff_len: 256\n\
+        "steps: [step1]\nmodel_name_or_path: {models}/tiny-llama-chat\ntemplate: default\n\
+         dataset_dir: {models}/data\ndataset: demo_alpaca\nmax_samples: {SAMPLES}\ncutoff_len: 40\n\
          output_dir: {outputs}/rehearsal\noverwrite_output_dir: true\n\
          per_device_eval_batch_size: 2\npredict_with_generate: true\nmax_new_tokens: 8\n"
     )
@@ -251,6 +252,7 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
     for f in ["dataset_info.json", "demo_alpaca.json"] {
         std::fs::copy(repo().join("yamls/demo").join(f), data.join(f)).unwrap();
     }
+    fleet_common::tiny_chat_model(Path::new(&models));
 
     let port = seq(&coord.container["ports"])
         .iter()
@@ -298,16 +300,13 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
             args[args.iter().position(|a| a == "--worker-id").unwrap() + 1],
             pod.name
         );
+        let mut cmd = pod.command(worker_bin(), &args);
         if let Some(marker) = crash {
-            args.extend([
-                "--fake-crash-once".into(),
-                format!("{}:{CRASH_ITEM}", marker.display()),
-            ]);
+            // The worker's fault-injection test hook.
+            let spec = format!("{}:{CRASH_ITEM}", marker.display());
+            cmd.env("EVALFLEET_TEST_CRASH_ONCE", spec);
         }
-        pod.command(worker_bin(), &args)
-            .env("EVALFLEET_FAKE_EXECUTOR", "echo")
-            .spawn()
-            .expect("starting a worker")
+        cmd.spawn().expect("starting a worker")
     };
 
     // One worker pod, killed mid-run: no other worker can finish the job for it.
@@ -343,7 +342,7 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
         String::from_utf8_lossy(&done.stderr)
     );
 
-    // Every demo row has its prediction on the outputs PVC; the echo executor predicts the prompt.
+    // Every demo row has its prediction on the outputs PVC.
     let out = PathBuf::from(&outputs).join("rehearsal");
     let jsonl = std::fs::read_to_string(out.join("generated_predictions.jsonl")).unwrap();
     assert_eq!(jsonl.lines().count(), SAMPLES, "{jsonl}");

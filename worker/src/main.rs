@@ -7,14 +7,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use evalfleet_proto::v1 as pb;
 use evalfleet_worker::device::parse_device;
-use evalfleet_worker::rpc::{self, EchoRunner, LeaseRunner, WorkerOptions};
+use evalfleet_worker::rpc::{self, LeaseRunner, WorkerOptions};
 use evalfleet_worker::tasks::{Executor, ExecutorOptions};
 
 /// Environment variable carrying the bearer token (the coordinator sets it for local workers).
 const TOKEN_ENV: &str = "EVALFLEET_TOKEN";
+
+/// Test hook (fault injection for the fleet's own tests, not a user option, so it is neither a
+/// flag nor in --help): `MARKER:ITEM` makes the first worker (of all sharing the MARKER file) that
+/// produces the result of item ITEM exit abruptly with status 3, in the middle of its lease, so
+/// tests can check that the fleet recovers from a worker dying.
+const TEST_CRASH_ENV: &str = "EVALFLEET_TEST_CRASH_ONCE";
 
 /// An evalfleet worker: dials the coordinator, runs the work it leases, streams one result per item.
 ///
@@ -41,19 +47,6 @@ struct Args {
     /// Keep retrying to reach the coordinator for this many seconds.
     #[arg(long, default_value_t = 60)]
     connect_timeout_s: u64,
-    /// Testing aid for the fleet itself: answer every item without a model (`echo` predicts the
-    /// prompt's last user message).
-    #[arg(long, env = "EVALFLEET_FAKE_EXECUTOR", hide = true)]
-    fake_executor: Option<FakeExecutor>,
-    /// Testing aid: `MARKER:ITEM` makes the first worker (of all sharing MARKER) that reaches item
-    /// ITEM exit abruptly in the middle of its lease, to test that the fleet recovers.
-    #[arg(long, hide = true, value_name = "MARKER:ITEM")]
-    fake_crash_once: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FakeExecutor {
-    Echo,
 }
 
 fn main() {
@@ -81,19 +74,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(args.connect_timeout_s),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let stopped = match args.fake_executor {
-        Some(FakeExecutor::Echo) => match &args.fake_crash_once {
-            Some(spec) => runtime.block_on(rpc::run(opts, CrashOnce::new(EchoRunner, spec)?))?,
-            None => runtime.block_on(rpc::run(opts, EchoRunner))?,
-        },
-        None => {
-            let executor = Executor::new(ExecutorOptions {
-                device,
-                max_batch: args.batch_size.max(1) as usize,
-                ..Default::default()
-            });
-            runtime.block_on(rpc::run(opts, executor))?
+    let executor = Executor::new(ExecutorOptions {
+        device,
+        max_batch: args.batch_size.max(1) as usize,
+        ..Default::default()
+    });
+    let stopped = match std::env::var(TEST_CRASH_ENV) {
+        Ok(spec) if !spec.is_empty() => {
+            runtime.block_on(rpc::run(opts, CrashOnce::new(executor, &spec)?))?
         }
+        _ => runtime.block_on(rpc::run(opts, executor))?,
     };
     tracing::info!(
         "done after {} leases ({})",
@@ -103,7 +93,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Wraps a runner; exits the process at the first result for `item` if it can create `marker`.
+/// The [`TEST_CRASH_ENV`] hook: wraps a runner; exits the process at the first result for `item`
+/// if it can create `marker` (so exactly one worker of a fleet crashes).
 struct CrashOnce<R> {
     inner: R,
     marker: PathBuf,
@@ -114,7 +105,7 @@ impl<R> CrashOnce<R> {
     fn new(inner: R, spec: &str) -> anyhow::Result<Self> {
         let (marker, item) = spec
             .rsplit_once(':')
-            .context("--fake-crash-once expects MARKER:ITEM")?;
+            .with_context(|| format!("{TEST_CRASH_ENV} expects MARKER:ITEM, got {spec:?}"))?;
         Ok(CrashOnce {
             inner,
             marker: marker.into(),
@@ -124,6 +115,14 @@ impl<R> CrashOnce<R> {
 }
 
 impl<R: LeaseRunner> LeaseRunner for CrashOnce<R> {
+    fn prepare_lease(&mut self, lease: &pb::Lease) -> evalfleet_worker::Result<()> {
+        self.inner.prepare_lease(lease)
+    }
+
+    fn models_held(&self) -> Vec<String> {
+        self.inner.models_held()
+    }
+
     fn run_lease(
         &mut self,
         lease: &pb::Lease,

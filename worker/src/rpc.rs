@@ -4,7 +4,10 @@
 //! told to shut down.
 //!
 //! What a lease *does* is behind [`LeaseRunner`], so this module knows nothing about models; the
-//! binary plugs in the real executor (or the [`EchoRunner`] used to test the fleet itself).
+//! binary plugs in the real executor.
+//!
+//! Before running a lease the worker prepares it (loads its model if needed) and then sends
+//! `ModelReady`, so the coordinator can time generation apart from model loading.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,12 @@ pub trait LeaseRunner: Send + 'static {
         lease: &pb::Lease,
         emit: &mut dyn FnMut(pb::ItemResult),
     ) -> crate::Result<()>;
+    /// Makes the lease ready to run (loads its model if it is not loaded yet). Called before
+    /// [`LeaseRunner::run_lease`]; when it returns, the worker tells the coordinator its model is
+    /// ready, which is where the step's `predict_runtime` may start. The default does nothing.
+    fn prepare_lease(&mut self, _lease: &pb::Lease) -> crate::Result<()> {
+        Ok(())
+    }
     /// Model keys currently loaded (reported in Hello).
     fn models_held(&self) -> Vec<String> {
         Vec::new()
@@ -260,11 +269,18 @@ fn run_and_stream(
 ) {
     let mut answered = HashSet::new();
     let started = Instant::now();
-    let outcome = runner.run_lease(lease, &mut |mut result| {
-        result.lease_id = lease.lease_id;
-        answered.insert(result.item_id.clone());
-        // Fails only if the stream is gone, in which case the coordinator re-runs the lease.
-        let _ = tx.blocking_send(up(Up::Result(result)));
+    let outcome = runner.prepare_lease(lease).and_then(|()| {
+        let ready = pb::ModelReady {
+            lease_id: lease.lease_id,
+        };
+        // Sends here and below fail only if the stream is gone, in which case the coordinator
+        // re-runs the lease elsewhere.
+        let _ = tx.blocking_send(up(Up::ModelReady(ready)));
+        runner.run_lease(lease, &mut |mut result| {
+            result.lease_id = lease.lease_id;
+            answered.insert(result.item_id.clone());
+            let _ = tx.blocking_send(up(Up::Result(result)));
+        })
     });
     if let Err(e) = outcome {
         warn!(
@@ -371,54 +387,4 @@ fn hostname() -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
-}
-
-/// A runner that needs no model: each generate item's prediction is its last user message. Used to
-/// test the fleet (sharding, retries, worker loss) without loading a model.
-#[derive(Debug, Default)]
-pub struct EchoRunner;
-
-impl LeaseRunner for EchoRunner {
-    fn run_lease(
-        &mut self,
-        lease: &pb::Lease,
-        emit: &mut dyn FnMut(pb::ItemResult),
-    ) -> crate::Result<()> {
-        for item in &lease.items {
-            let outcome = match &item.payload {
-                Some(pb::work_item::Payload::Generate(g)) => {
-                    let text = g
-                        .messages
-                        .iter()
-                        .rev()
-                        .find(|m| m.role == "user")
-                        .map(|m| m.content.clone());
-                    let label = g
-                        .messages
-                        .last()
-                        .filter(|m| m.role == "assistant")
-                        .map(|m| m.content.clone());
-                    let (text, label) = (text.unwrap_or_default(), label.unwrap_or_default());
-                    pb::item_result::Outcome::Generate(pb::GenerateResult {
-                        label: label.clone(),
-                        predict: text.clone(),
-                        label_for_metrics: label,
-                        predict_for_metrics: text,
-                        finish_reason: "stop".into(),
-                        ..Default::default()
-                    })
-                }
-                None => pb::item_result::Outcome::Error(pb::ItemError {
-                    message: "empty item".into(),
-                    retryable: false,
-                }),
-            };
-            emit(pb::ItemResult {
-                lease_id: lease.lease_id,
-                item_id: item.item_id.clone(),
-                outcome: Some(outcome),
-            });
-        }
-        Ok(())
-    }
 }

@@ -3,6 +3,10 @@
 //! generates in batches, and decodes predictions and labels as LLaMA-Factory saves and scores them
 //! (PROTOCOL 1.6/1.7).
 //!
+//! Step-2 leases (embed items, PROTOCOL 2) load a sentence-transformers folder instead, kept in
+//! its own cache so that a worker can hold an embedder and a decoder at once, and score each
+//! (label, predict) pair with [`Embedder::score_pairs`].
+//!
 //! An item that cannot be run (a prompt the template rejects, an empty prompt, ...) gets an
 //! [`pb::ItemError`]; only failures that concern the whole lease (the model does not load, the
 //! decoder fails) fail [`Executor::run_lease`].
@@ -15,6 +19,7 @@ use candle_core::Device;
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
 
+use crate::embed::Embedder;
 use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
 use crate::models::{DTypeChoice, Decoder, LoadOptions, LoadedModel, load_causal_lm};
 use crate::tokenize::{
@@ -61,6 +66,9 @@ pub struct Executor {
     opts: ExecutorOptions,
     /// Most recently used last.
     models: Vec<LoadedEntry>,
+    /// Embedding models by [`pb::ModelSpec::key`], most recently used last; bounded by
+    /// `keep_models` like the decoders but counted apart from them.
+    embedders: Vec<(String, Embedder)>,
 }
 
 impl Executor {
@@ -68,6 +76,7 @@ impl Executor {
         Executor {
             opts,
             models: Vec::new(),
+            embedders: Vec::new(),
         }
     }
 
@@ -82,7 +91,12 @@ impl Executor {
 
     /// Keys of the models currently loaded.
     pub fn models_held(&self) -> Vec<String> {
-        self.models.iter().map(|m| m.key.clone()).collect()
+        let embedders = self.embedders.iter().map(|(key, _)| key.clone());
+        self.models
+            .iter()
+            .map(|m| m.key.clone())
+            .chain(embedders)
+            .collect()
     }
 
     /// Runs every item of `lease`, calling `sink` with each item's result as soon as it is ready.
@@ -95,6 +109,10 @@ impl Executor {
         let spec = lease.model.as_ref().ok_or_else(|| {
             Error::Unsupported(format!("lease {} names no model", lease.lease_id))
         })?;
+        // Step-2 leases carry no generation parameters: look at the payload kind first.
+        if is_embed_lease(lease) {
+            return self.run_embed_lease(lease, spec, sink);
+        }
         let params = lease.generation.ok_or_else(|| {
             Error::Unsupported(format!(
                 "lease {} has no generation parameters",
@@ -158,6 +176,87 @@ impl Executor {
         Ok(())
     }
 
+    /// Scores every embed item of `lease`, one batch of `max_batch` pairs at a time, sending
+    /// each batch's results as soon as it is scored. A failed batch fails its items only.
+    fn run_embed_lease(
+        &mut self,
+        lease: &pb::Lease,
+        spec: &pb::ModelSpec,
+        sink: &mut dyn FnMut(pb::ItemResult),
+    ) -> Result<()> {
+        let started = Instant::now();
+        let chunk = self.worker_batch_size();
+        let embedder = self.embedder(spec)?;
+        let mut pairs = Vec::with_capacity(lease.items.len());
+        for item in &lease.items {
+            match &item.payload {
+                Some(pb::work_item::Payload::Embed(e)) => pairs.push((item, e)),
+                _ => {
+                    let e = Error::Item {
+                        item: item.item_id.clone(),
+                        message: "a step-2 lease holds only embed items".into(),
+                    };
+                    sink(item_error(lease, &item.item_id, &e));
+                }
+            }
+        }
+        for batch in pairs.chunks(chunk) {
+            let texts: Vec<(&str, &str)> = batch
+                .iter()
+                .map(|(_, e)| (e.label.as_str(), e.predict.as_str()))
+                .collect();
+            match embedder.score_pairs(&texts) {
+                Ok(scores) => {
+                    for ((item, _), score) in batch.iter().zip(scores) {
+                        sink(pb::ItemResult {
+                            lease_id: lease.lease_id,
+                            item_id: item.item_id.clone(),
+                            outcome: Some(Outcome::Embed(pb::EmbedResult { score })),
+                        });
+                    }
+                }
+                Err(e) => batch
+                    .iter()
+                    .for_each(|(item, _)| sink(item_error(lease, &item.item_id, &e))),
+            }
+        }
+        tracing::info!(
+            lease = lease.lease_id,
+            pairs = pairs.len(),
+            secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+            "embed lease done"
+        );
+        Ok(())
+    }
+
+    /// The embedder for `spec`, loading it (with the worker's batch size) when needed and
+    /// dropping the least recently used embedder beyond `keep_models`.
+    fn embedder(&mut self, spec: &pb::ModelSpec) -> Result<&Embedder> {
+        let key = model_key(spec);
+        if let Some(pos) = self.embedders.iter().position(|(k, _)| *k == key) {
+            let entry = self.embedders.remove(pos);
+            self.embedders.push(entry);
+        } else {
+            while self.embedders.len() >= self.opts.keep_models.max(1) {
+                let (old, _) = self.embedders.remove(0);
+                tracing::info!(model = old, "unloading embedding model");
+            }
+            let started = Instant::now();
+            let embedder = Embedder::load(Path::new(&spec.model_path), &self.opts.device)?
+                .with_batch_size(self.worker_batch_size());
+            tracing::info!(
+                model = key,
+                dim = embedder.dim(),
+                max_seq_length = embedder.max_seq_length(),
+                secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+                "embedding model loaded"
+            );
+            self.embedders.push((key, embedder));
+        }
+        let (_, embedder) = self.embedders.last().expect("an embedder was just pushed");
+        Ok(embedder)
+    }
+
     /// The loaded model for `spec`, loading it (and dropping the least recently used beyond
     /// `keep_models`) when needed.
     fn model(&mut self, spec: &pb::ModelSpec) -> Result<&mut LoadedEntry> {
@@ -179,6 +278,14 @@ impl Executor {
 }
 
 impl crate::rpc::LeaseRunner for Executor {
+    /// Loads the lease's model now, so that the worker can report it ready before generating.
+    fn prepare_lease(&mut self, lease: &pb::Lease) -> Result<()> {
+        match &lease.model {
+            Some(spec) if is_embed_lease(lease) => self.embedder(spec).map(|_| ()),
+            Some(spec) => self.model(spec).map(|_| ()),
+            None => Ok(()),
+        }
+    }
     fn run_lease(&mut self, lease: &pb::Lease, emit: &mut dyn FnMut(pb::ItemResult)) -> Result<()> {
         Executor::run_lease(self, lease, emit)
     }
@@ -194,6 +301,14 @@ impl From<&ExecutorOptions> for GenOptions {
             max_batch_tokens: o.max_batch_tokens,
         }
     }
+}
+
+/// Whether `lease` is step 2's: its first item is an embed item (a lease holds one task's items).
+fn is_embed_lease(lease: &pb::Lease) -> bool {
+    matches!(
+        lease.items.first().and_then(|i| i.payload.as_ref()),
+        Some(pb::work_item::Payload::Embed(_))
+    )
 }
 
 /// The spec's key, or one made from its fields when the coordinator left it empty.

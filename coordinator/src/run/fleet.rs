@@ -40,7 +40,8 @@ pub struct FleetSetup {
 #[derive(Debug)]
 pub struct FleetRun {
     pub outcomes: Vec<Vec<ItemOutcome>>,
-    /// From the first lease handed out until the last result.
+    /// The generation phase: from the first worker with its model loaded until the last result
+    /// (see the [`super`] module docs).
     pub elapsed: Duration,
 }
 
@@ -82,6 +83,7 @@ pub async fn run_fleet(
     if devices.is_empty() && setup.listen.is_none() {
         return Err(RunError::NoWorkers);
     }
+    fleet.expect_workers(devices.len());
     let mut workers = if devices.is_empty() {
         None
     } else {
@@ -113,9 +115,14 @@ pub async fn run_fleet(
         total,
     )
     .await;
-    // The generation phase: from the first lease (workers started and connected) to the last
-    // result. It includes loading the model on first use, which HF's predict_runtime does not.
-    let elapsed = fleet.first_lease_at().unwrap_or(started).elapsed();
+    // The generation phase, as HF's predict_runtime (model already loaded): from the first
+    // moment a worker has its model loaded (`ModelReady`) to the last result. Falls back to the
+    // first lease for workers that never report it.
+    let elapsed = fleet
+        .model_ready_at()
+        .or_else(|| fleet.first_lease_at())
+        .unwrap_or(started)
+        .elapsed();
     fleet.shutdown_workers(if result.is_ok() {
         "job finished"
     } else {

@@ -3,6 +3,15 @@
 //! - [`fleet`]: runs tasks on local and/or external workers and waits for every outcome.
 //! - [`step1`]: SFT predict: samples → generate items → metrics → the three step-1 files.
 //! - [`score`]: `evalfleet score text`, the metrics of an existing predictions file.
+//!
+//! ## `predict_runtime`
+//!
+//! HF's `predict_runtime` times the predict loop with the model already loaded. Here a worker
+//! loads a lease's model (once; later leases reuse it) and then sends `ModelReady` before it
+//! generates; the runtime runs from the first `ModelReady` of any worker to the last item's
+//! result. Worker start-up, connection and the first model load are not counted (a worker that
+//! loads its model later does so while another already generates, so that time does count).
+//! Samples and steps per second divide by this runtime.
 
 pub mod fleet;
 pub mod score;

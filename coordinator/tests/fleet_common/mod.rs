@@ -1,4 +1,4 @@
-//! Helpers shared by the fleet tests: finding the binaries.
+//! Helpers shared by the fleet tests: finding the binaries, a tiny real model, a small job.
 //!
 //! The worker binary belongs to another crate, so cargo does not build it for these tests. It is
 //! taken from `$EVALFLEET_WORKER_BIN`, else from next to the `evalfleet` binary (the same target
@@ -8,6 +8,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+use evalfleet::run::{FleetSetup, run_fleet};
+use evalfleet::sched::{ItemOutcome, TaskSpec};
+use evalfleet_proto::v1 as pb;
 
 /// The `evalfleet` binary under test.
 pub fn evalfleet_bin() -> PathBuf {
@@ -28,4 +32,165 @@ pub fn worker_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The worker crate's tiny random-weight llama (f32, 256-token vocabulary, 64 positions).
+fn tiny_llama_weights() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures/tiny-llama/model")
+}
+
+/// Builds, under `dir`, an HF model folder that the real worker can serve in milliseconds: the
+/// tiny llama's weights plus a byte-level tokenizer that fits its 256-token vocabulary (ids 0-2
+/// are `<unk>`, `<s>`, `</s>`, as its config says; 3.. are bytes, all but three that never occur
+/// in UTF-8 text). Returns the folder. Predictions are random text, but deterministic: greedy and
+/// seeded sampling give the same bytes on every run.
+pub fn tiny_chat_model(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny-llama-chat");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(tiny_llama_weights()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let specials = ["<unk>", "<s>", "</s>"];
+    let mut vocab = serde_json::Map::new();
+    for (id, token) in specials.iter().enumerate() {
+        vocab.insert(token.to_string(), id.into());
+    }
+    let bytes = (0u8..=255).filter(|b| !(0xF5..=0xF7).contains(b));
+    for (byte, id) in bytes.zip(specials.len()..) {
+        vocab.insert(byte_char(byte).to_string(), id.into());
+    }
+    assert_eq!(vocab.len(), 256, "the model's vocabulary size");
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(id, content)| {
+            serde_json::json!({"id": id, "content": content, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+        "trim_offsets": true, "use_regex": true});
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "vocab": vocab, "merges": []},
+    });
+    let config = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": false, "clean_up_tokenization_spaces": false});
+    for (name, value) in [
+        ("tokenizer.json", tokenizer),
+        ("tokenizer_config.json", config),
+    ] {
+        std::fs::write(
+            model.join(name),
+            serde_json::to_string_pretty(&value).unwrap(),
+        )
+        .unwrap();
+    }
+    model
+}
+
+/// The printable character byte-level BPE uses for `byte` (the GPT-2 convention): printable
+/// Latin-1 bytes stand for themselves, the others take code points from 256 on, in byte order.
+fn byte_char(byte: u8) -> char {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    if printable(byte) {
+        return char::from(byte);
+    }
+    let rank = (0..byte).filter(|&b| !printable(b)).count() as u32;
+    char::from_u32(256 + rank).unwrap()
+}
+
+/// `n` generate items ("question i" → "answer i") for the tiny model at `model`.
+pub fn task(model: &Path, n: usize) -> TaskSpec {
+    let item = |i: usize| pb::WorkItem {
+        item_id: i.to_string(),
+        payload: Some(pb::work_item::Payload::Generate(pb::GenerateItem {
+            messages: vec![
+                pb::ChatMessage {
+                    role: "user".into(),
+                    content: format!("question {i}"),
+                },
+                pb::ChatMessage {
+                    role: "assistant".into(),
+                    content: format!("answer {i}"),
+                },
+            ],
+            system: String::new(),
+        })),
+    };
+    TaskSpec {
+        name: "step1".into(),
+        template: lease_template(model),
+        items: (0..n).map(item).collect(),
+    }
+}
+
+/// What every lease shares: the model, the LLaMA-Factory `default` template, greedy decoding.
+pub fn lease_template(model: &Path) -> pb::Lease {
+    pb::Lease {
+        model: Some(pb::ModelSpec {
+            key: "tiny".into(),
+            model_path: model.display().to_string(),
+            adapter_paths: Vec::new(),
+            dtype: "f32".into(),
+        }),
+        prompt: Some(pb::PromptSpec {
+            template: "default".into(),
+            cutoff_len: 40,
+            reserved_label_len: 0,
+        }),
+        generation: Some(pb::GenerationParams {
+            do_sample: false,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            repetition_penalty: 1.0,
+            max_new_tokens: 6,
+            seed: 42,
+        }),
+        ..Default::default()
+    }
+}
+
+/// `workers` local CPU workers with batch size 3, plus `extra` worker arguments.
+pub fn setup(workers: usize, extra: &[&str]) -> FleetSetup {
+    FleetSetup {
+        workers: Some(workers),
+        batch_size: Some(3),
+        cpu_only: true,
+        worker_bin: Some(worker_bin()),
+        worker_args: extra.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// `predict|label` of every item (panics on a failed item).
+pub fn predictions(outcomes: &[ItemOutcome]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            ItemOutcome::Done(pb::item_result::Outcome::Generate(g)) => {
+                format!("{}|{}", g.predict, g.label)
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        })
+        .collect()
+}
+
+/// The labels of [`task`]'s items, in order.
+pub fn labels(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("answer {i}")).collect()
+}
+
+/// Predictions of one worker running everything: the reference the fleets must reproduce.
+pub async fn reference(model: &Path, n: usize) -> Vec<String> {
+    let run = run_fleet(vec![task(model, n)], &setup(1, &[]), "reference")
+        .await
+        .unwrap();
+    predictions(&run.outcomes[0])
 }

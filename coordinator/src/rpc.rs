@@ -124,8 +124,8 @@ impl Fleet {
         }
     }
 
-    /// When the first lease was handed out (`None` before that): where the generation phase
-    /// starts, after worker start-up and connection.
+    /// When the first lease was handed out (`None` before that): after worker start-up and
+    /// connection, but before the model is loaded (see [`Fleet::model_ready_at`]).
     pub fn first_lease_at(&self) -> Option<Instant> {
         self.inner.first_lease.get().copied()
     }

@@ -22,7 +22,8 @@ pub struct Step1Report {
     pub files: Step1Files,
     pub summary: Summary,
     pub samples: usize,
-    /// Seconds from the first lease to the last result (`predict_runtime`).
+    /// Seconds from the first worker with its model loaded to the last result (`predict_runtime`;
+    /// see the module docs of [`super`]).
     pub runtime: f64,
 }
 

@@ -5,6 +5,7 @@
 //! - [`pyjson`] holds a JSON value and Python's `json.dump(s)` layouts and escaping.
 //! - [`predictions`] writes and reads `generated_predictions.jsonl`.
 //! - [`speed`] is HF `speed_metrics` (runtime, samples and steps per second).
+//! - [`svg`] is the frame shared by the SVG figures (step 2's histogram, the report's charts).
 //! - [`write_step1`] writes `generated_predictions.jsonl`, `predict_results.json` and
 //!   `all_results.json`.
 //!
@@ -15,6 +16,7 @@ pub mod predictions;
 pub mod pyfloat;
 pub mod pyjson;
 pub mod speed;
+pub mod svg;
 
 use std::fs;
 use std::io::{self, Write};
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use predictions::{PredictionRow, generated_predictions_jsonl, read_generated_predictions};
 pub use pyfloat::{float_repr, json_float};
-pub use pyjson::{PyJson, dumps_compact, dumps_pretty_sorted, loads};
+pub use pyjson::{JsonSyntax, PyJson, dumps_compact, dumps_pretty, dumps_pretty_sorted, loads};
 pub use speed::SpeedMetrics;
 
 /// File names of step 1, as LF/HF name them.
@@ -41,14 +43,9 @@ pub enum OutputError {
     /// An existing file that must be updated could not be read.
     #[error("{}: cannot read: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
-    /// An existing `all_results.json` is not valid JSON.
-    #[error("{}: line {line}, column {column}: invalid JSON: {message}", path.display())]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    /// An existing metrics file (`all_results.json`, `predict_results.json`) is not valid JSON.
+    #[error("{}: {syntax}", path.display())]
+    Parse { path: PathBuf, syntax: JsonSyntax },
     /// A line of a predictions file is not a `{"label": str, "predict": str, ...}` object.
     #[error("{}: line {line}: {message}", path.display())]
     BadLine {
@@ -56,7 +53,7 @@ pub enum OutputError {
         line: usize,
         message: String,
     },
-    /// An existing `all_results.json` holds something other than a JSON object.
+    /// An existing metrics file holds something other than a JSON object.
     #[error("{}: expected a JSON object of metrics at the top level", path.display())]
     NotAnObject { path: PathBuf },
 }
@@ -168,22 +165,20 @@ fn read_metrics_object(path: &Path) -> Result<Vec<(String, PyJson)>, OutputError
             });
         }
     };
-    let value = pyjson::loads(&text).map_err(|e| OutputError::Parse {
-        path: path.to_owned(),
-        line: e.line(),
-        column: e.column(),
-        // serde_json appends " at line L column C", which the error already says.
-        message: e
-            .to_string()
-            .split(" at line ")
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-    })?;
-    match value {
-        PyJson::Object(entries) => Ok(entries),
-        _ => Err(OutputError::NotAnObject {
+    loads_object(path, &text)
+}
+
+/// `json.loads(text)` of the metrics file at `path`, which must hold an object: its entries in
+/// file order. Errors name `path`.
+pub fn loads_object(path: &Path, text: &str) -> Result<Vec<(String, PyJson)>, OutputError> {
+    match loads(text) {
+        Ok(PyJson::Object(entries)) => Ok(entries),
+        Ok(_) => Err(OutputError::NotAnObject {
             path: path.to_owned(),
+        }),
+        Err(syntax) => Err(OutputError::Parse {
+            path: path.to_owned(),
+            syntax,
         }),
     }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::OutputError;
-use super::pyjson::{PyJson, dumps_compact};
+use super::pyjson::{JsonSyntax, PyJson, dumps_compact};
 
 /// One line of `generated_predictions.jsonl`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +48,11 @@ pub fn read_generated_predictions(path: &Path) -> Result<Vec<PredictionRow>, Out
             message,
         };
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            let message = e.to_string();
-            let message = message.split(" at line ").next().unwrap_or_default();
-            bad(format!("column {}: invalid JSON: {message}", e.column()))
+            let syntax = JsonSyntax::from(&e);
+            bad(format!(
+                "column {}: invalid JSON: {}",
+                syntax.column, syntax.message
+            ))
         })?;
         let field = |key: &str| match value.get(key) {
             Some(serde_json::Value::String(s)) => Ok(s.clone()),

@@ -2,6 +2,8 @@
 //!
 //! - [`dumps_pretty_sorted`]: `json.dump(obj, f, indent=4, sort_keys=True)` (HF `save_metrics`):
 //!   ASCII only (`\uXXXX`, surrogate pairs above the BMP), `","` between items, `": "` after keys.
+//!   [`dumps_pretty`] is the same printer with `sort_keys` and `ensure_ascii` chosen (step 2's
+//!   `json.dumps(..., ensure_ascii=False, indent=4)` keeps insertion order).
 //! - [`dumps_compact`]: `json.dumps(obj, ensure_ascii=...)` with the default separators `", "` and
 //!   `": "`, keys in insertion order (LF `save_predictions` uses `ensure_ascii=False`).
 //!
@@ -59,10 +61,36 @@ impl From<&serde_json::Value> for PyJson {
 /// contains.
 const NON_FINITE_MARK: char = '\u{10FFFF}';
 
+/// Why a text is not JSON: where (1-based line and column) and serde_json's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: invalid JSON: {message}")]
+pub struct JsonSyntax {
+    /// 1-based line of the error.
+    pub line: usize,
+    /// 1-based column of the error.
+    pub column: usize,
+    /// The reason, without the position.
+    pub message: String,
+}
+
+impl From<&serde_json::Error> for JsonSyntax {
+    fn from(e: &serde_json::Error) -> Self {
+        // serde_json appends " at line L column C", which the fields already say.
+        let message = e.to_string();
+        let message = message.split(" at line ").next().unwrap_or_default();
+        JsonSyntax {
+            line: e.line(),
+            column: e.column(),
+            message: message.to_owned(),
+        }
+    }
+}
+
 /// `json.loads(text)`: standard JSON plus Python's `NaN`, `Infinity` and `-Infinity`, which
 /// `json.dump` writes for non-finite floats and serde_json alone refuses.
-pub fn loads(text: &str) -> Result<PyJson, serde_json::Error> {
-    let value: serde_json::Value = serde_json::from_str(&mark_non_finite(text))?;
+pub fn loads(text: &str) -> Result<PyJson, JsonSyntax> {
+    let value: serde_json::Value =
+        serde_json::from_str(&mark_non_finite(text)).map_err(|e| JsonSyntax::from(&e))?;
     Ok(unmark(PyJson::from(&value)))
 }
 
@@ -124,9 +152,26 @@ pub fn dumps_compact(value: &PyJson, ensure_ascii: bool) -> String {
 /// `json.dump(value, f, indent=4, sort_keys=True)` with the default `ensure_ascii=True`; no
 /// trailing newline.
 pub fn dumps_pretty_sorted(value: &PyJson) -> String {
+    dumps_pretty(value, true, true)
+}
+
+/// `json.dumps(value, indent=4, sort_keys=..., ensure_ascii=...)`: separators `","` and `": "`;
+/// without `sort_keys` keys stay in insertion order. No trailing newline.
+pub fn dumps_pretty(value: &PyJson, sort_keys: bool, ensure_ascii: bool) -> String {
     let mut out = String::new();
-    write_pretty(&mut out, value, 0);
+    let options = Pretty {
+        sort_keys,
+        ensure_ascii,
+    };
+    write_pretty(&mut out, value, 0, options);
     out
+}
+
+/// The `json.dumps` options of the indented printer.
+#[derive(Clone, Copy)]
+struct Pretty {
+    sort_keys: bool,
+    ensure_ascii: bool,
 }
 
 fn write_scalar(out: &mut String, value: &PyJson, ensure_ascii: bool) {
@@ -171,7 +216,7 @@ fn write_compact(out: &mut String, value: &PyJson, ensure_ascii: bool) {
     }
 }
 
-fn write_pretty(out: &mut String, value: &PyJson, level: usize) {
+fn write_pretty(out: &mut String, value: &PyJson, level: usize, options: Pretty) {
     match value {
         // Python writes empty containers without any newline.
         PyJson::Array(items) if items.is_empty() => out.push_str("[]"),
@@ -180,27 +225,30 @@ fn write_pretty(out: &mut String, value: &PyJson, level: usize) {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 push_item_break(out, i, level + 1);
-                write_pretty(out, item, level + 1);
+                write_pretty(out, item, level + 1, options);
             }
             push_newline_indent(out, level);
             out.push(']');
         }
         PyJson::Object(entries) => {
-            let mut sorted: Vec<&(String, PyJson)> = entries.iter().collect();
-            // Python sorts str keys by code point; UTF-8 byte order is the same order. A stable
-            // sort keeps Python's behaviour for duplicate keys (the later one is written last).
-            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut ordered: Vec<&(String, PyJson)> = entries.iter().collect();
+            if options.sort_keys {
+                // Python sorts str keys by code point; UTF-8 byte order is the same order. A
+                // stable sort keeps Python's behaviour for duplicate keys (the later one is
+                // written last).
+                ordered.sort_by(|a, b| a.0.cmp(&b.0));
+            }
             out.push('{');
-            for (i, (key, item)) in sorted.into_iter().enumerate() {
+            for (i, (key, item)) in ordered.into_iter().enumerate() {
                 push_item_break(out, i, level + 1);
-                push_json_string(out, key, true);
+                push_json_string(out, key, options.ensure_ascii);
                 out.push_str(": ");
-                write_pretty(out, item, level + 1);
+                write_pretty(out, item, level + 1, options);
             }
             push_newline_indent(out, level);
             out.push('}');
         }
-        scalar => write_scalar(out, scalar, true),
+        scalar => write_scalar(out, scalar, options.ensure_ascii),
     }
 }
 
@@ -280,6 +328,21 @@ mod tests {
     }
 
     #[test]
+    fn pretty_unsorted_keeps_key_order_and_can_write_unicode() {
+        let v = obj(&[
+            ("z", PyJson::Int(1)),
+            ("a", PyJson::Array(vec![PyJson::Float(0.5), PyJson::Null])),
+            ("é", obj(&[])),
+            ("n", PyJson::Float(f64::NAN)),
+        ]);
+        assert_eq!(
+            dumps_pretty(&v, false, false),
+            "{\n    \"z\": 1,\n    \"a\": [\n        0.5,\n        null\n    ],\n    \"é\": {},\n    \"n\": NaN\n}"
+        );
+        assert!(dumps_pretty(&v, false, true).contains("\"\\u00e9\": {}"));
+    }
+
+    #[test]
     fn compact_keeps_insertion_order_and_python_separators() {
         let value = obj(&[
             ("label", PyJson::Str("é\"x".into())),
@@ -318,7 +381,9 @@ mod tests {
             entries[2],
             ("NaN".to_owned(), PyJson::Str("x NaN \" NaN".to_owned()))
         );
-        assert!(loads("{\"a\": Nan}").is_err());
+        let err = loads("{\"a\": Nan}").unwrap_err();
+        assert_eq!((err.line, err.column), (1, 7), "{err}");
+        assert!(!err.message.contains(" at line "), "{err}");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use std::fmt::Write;
 
 use super::html::escape;
+use crate::output::svg::{self, FIGURE_WIDTH as WIDTH, PlotArea};
 
-const WIDTH: f64 = 720.0;
 const LEFT: f64 = 64.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 44.0;
@@ -208,7 +208,7 @@ pub fn line_chart(chart: &Chart) -> Option<String> {
         }
     }
     legend(&mut s, chart, &frame, false);
-    s.push_str("</svg>\n");
+    svg::close(&mut s);
     Some(s)
 }
 
@@ -254,7 +254,7 @@ pub fn bar_chart(chart: &Chart) -> Option<String> {
         }
     }
     legend(&mut s, chart, &frame, true);
-    s.push_str("</svg>\n");
+    svg::close(&mut s);
     Some(s)
 }
 
@@ -286,12 +286,7 @@ fn open(chart: &Chart, frame: &Frame) -> String {
     let (w, h) = (WIDTH, frame.height);
     let base = TOP + PLOT_H;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12" role="img" aria-label="{}">"#,
-        escape(chart.title)
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    svg::open(&mut s, h, Some(&escape(chart.title)));
     let _ = writeln!(
         s,
         r#"<text x="{}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
@@ -310,11 +305,13 @@ fn open(chart: &Chart, frame: &Frame) -> String {
             tick
         );
     }
-    let _ = writeln!(
-        s,
-        r#"<line x1="{LEFT}" y1="{base}" x2="{}" y2="{base}" stroke="black"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{base}" stroke="black"/>"#,
-        w - RIGHT
-    );
+    let area = PlotArea {
+        left: LEFT,
+        top: TOP,
+        right: w - RIGHT,
+        bottom: base,
+    };
+    svg::axis_lines(&mut s, area);
     let _ = writeln!(
         s,
         r#"<text transform="translate(16,{}) rotate(-90)" text-anchor="middle">{}</text>"#,

@@ -18,7 +18,7 @@ pub mod table;
 
 use std::path::{Path, PathBuf};
 
-use crate::output::{OutputError, write_atomic};
+use crate::output::{JsonSyntax, OutputError, write_atomic};
 pub use read::{Checkpoint, Number};
 pub use table::Table;
 
@@ -39,13 +39,8 @@ pub enum ReportError {
         source: std::io::Error,
     },
     /// A JSON file is not valid JSON.
-    #[error("{}: line {line}, column {column}: invalid JSON: {message}", path.display())]
-    Json {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    #[error("{}: {syntax}", path.display())]
+    Json { path: PathBuf, syntax: JsonSyntax },
     /// A file parses but holds something other than what was expected.
     #[error("{}: {message}", path.display())]
     Shape { path: PathBuf, message: String },

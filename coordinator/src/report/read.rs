@@ -135,16 +135,9 @@ fn read_optional(path: &Path) -> Result<Option<String>, ReportError> {
 
 /// Python's `json.loads` of `text` (NaN allowed), errors naming `path`.
 fn parse_json(path: &Path, text: &str) -> Result<PyJson, ReportError> {
-    crate::output::loads(text).map_err(|e| ReportError::Json {
+    crate::output::loads(text).map_err(|syntax| ReportError::Json {
         path: path.to_owned(),
-        line: e.line(),
-        column: e.column(),
-        message: e
-            .to_string()
-            .split(" at line ")
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
+        syntax,
     })
 }
 
@@ -189,7 +182,7 @@ fn scores(path: &Path, text: &str) -> Result<Option<Vec<f32>>, ReportError> {
             message,
         };
         let value = crate::output::loads(line)
-            .map_err(|e| bad(format!("column {}: invalid JSON", e.column())))?;
+            .map_err(|e| bad(format!("column {}: invalid JSON", e.column)))?;
         let PyJson::Object(entries) = value else {
             return Err(bad("expected a JSON object".into()));
         };

@@ -247,7 +247,7 @@ mod tests {
         let empty = Distribution::new(&[]);
         assert_eq!(empty.count, 0);
         assert!(empty.mean.is_nan() && empty.min.is_nan() && empty.quantile(50).is_nan());
-        let json = crate::step2::files::dumps_indent4(&empty.to_json(), false);
+        let json = crate::output::dumps_pretty(&empty.to_json(), false, false);
         assert!(json.contains("\"mean\": null"), "{json}");
         assert!(
             empty

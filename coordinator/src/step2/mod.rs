@@ -118,7 +118,7 @@ pub fn write_step2(
     )?;
     output::write_atomic(&predict_results, new_results.as_bytes())?;
     let distribution_json = output_dir.join(DISTRIBUTION_JSON);
-    let json = files::dumps_indent4(&distribution.to_json(), false);
+    let json = output::dumps_pretty(&distribution.to_json(), false, false);
     output::write_atomic(&distribution_json, json.as_bytes())?;
     let histogram_svg = output_dir.join(HISTOGRAM_SVG);
     output::write_atomic(&histogram_svg, svg::histogram_svg(&distribution).as_bytes())?;

@@ -4,8 +4,8 @@
 use std::fmt::Write;
 
 use super::distribution::{Distribution, HISTOGRAM_RANGE};
+use crate::output::svg::{self, FIGURE_WIDTH as WIDTH, PlotArea};
 
-const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 400.0;
 const LEFT: f64 = 60.0;
 const RIGHT: f64 = 20.0;
@@ -24,15 +24,8 @@ pub fn histogram_svg(d: &Distribution) -> String {
     let base = TOP + plot_h;
     let max_count = d.counts.iter().copied().max().unwrap_or(0).max(1);
     let mut s = String::new();
+    svg::open(&mut s, HEIGHT, None);
     // `write!` into a String cannot fail.
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
-    );
     let _ = writeln!(
         s,
         r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Semantic similarity: {} pairs, mean {:.4}, median {:.4}</text>"#,
@@ -69,21 +62,19 @@ pub fn histogram_svg(d: &Distribution) -> String {
             );
         }
     }
-    s.push_str("</svg>\n");
+    svg::close(&mut s);
     s
 }
 
 /// The x axis (scores, ticks every 0.5) and the y axis (0 and the largest count).
 fn axes(s: &mut String, base: f64, max_count: u64) {
-    let _ = writeln!(
-        s,
-        r#"<line x1="{LEFT}" y1="{base}" x2="{}" y2="{base}" stroke="black"/>"#,
-        WIDTH - RIGHT
-    );
-    let _ = writeln!(
-        s,
-        r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{base}" stroke="black"/>"#
-    );
+    let area = PlotArea {
+        left: LEFT,
+        top: TOP,
+        right: WIDTH - RIGHT,
+        bottom: base,
+    };
+    svg::axis_lines(s, area);
     for tick in [-1.0, -0.5, 0.0, 0.5, 1.0] {
         let x = x_of(tick);
         let _ = writeln!(

@@ -173,6 +173,8 @@ async fn one_worker_runs_every_lease_then_is_told_to_stop() {
         (PROTOCOL_VERSION, "test")
     );
     let mut leased = Vec::new();
+    // When the worker said its model was loaded for each lease (just before saying it).
+    let mut ready_sent = Vec::new();
     loop {
         tx.send(msg(Up::LeaseRequest(pb::LeaseRequest { max_items: 2 })))
             .await
@@ -180,6 +182,15 @@ async fn one_worker_runs_every_lease_then_is_told_to_stop() {
         match next(&mut inbound).await {
             Down::Lease(lease) => {
                 assert!(lease.items.len() <= 2);
+                if ready_sent.is_empty() {
+                    assert_eq!(fleet.model_ready_at(), None, "no ModelReady yet");
+                }
+                ready_sent.push(std::time::Instant::now());
+                tx.send(msg(Up::ModelReady(pb::ModelReady {
+                    lease_id: lease.lease_id,
+                })))
+                .await
+                .unwrap();
                 for item in &lease.items {
                     leased.push(item.item_id.clone());
                     let result = pb::GenerateResult {
@@ -207,6 +218,11 @@ async fn one_worker_runs_every_lease_then_is_told_to_stop() {
         }
     }
     assert_eq!(leased, ["0", "1", "2", "3", "4"]);
+    // predict_runtime starts at the first ModelReady (after the first lease), and later ones do
+    // not move it (the stream is handled in order, so each was seen before the next lease left).
+    let ready = fleet.model_ready_at().expect("ModelReady recorded");
+    assert!(ready >= ready_sent[0] && ready >= fleet.first_lease_at().unwrap());
+    assert!(ready < ready_sent[1], "{} leases", ready_sent.len());
     let done = fleet.wait_complete().await;
     assert_eq!((done.done, done.failed, done.total), (5, 0, 5));
     let predicts: Vec<String> = fleet.with_sched(|s| {

@@ -14,6 +14,7 @@
 #      candle-kernels build takes ~10 minutes and must not be invalidated by CPU builds);
 #   5. strip + xz into dist/.
 #
+# Usage: scripts/build-cuda.sh [--toolkit-only]   (--toolkit-only: steps 1-3, no cargo build)
 # Environment: PYTHON (with pip; default python3), CUDA_COMPUTE_CAP (default 90: H100/H200, sm_90a),
 # EVALFLEET_CUDA_FEATURES (default cuda,nccl), CARGO_BUILD_JOBS / CUDAFORGE_THREADS (default 1 each:
 # the build machine is shared), EVALFLEET_CUDA_WHEELS (see step 1).
@@ -155,15 +156,16 @@ build() {
 
 pack() {
   mkdir -p "$DIST_DIR"
-  local bin src
+  local bin src mib
+  mib() { echo "$(( $(stat -c %s "$1") / 1048576 )) MiB"; }
   for bin in "${BINS[@]}"; do
     src="$TARGET_DIR/release/$bin"
     strip -o "$DIST_DIR/$bin" "$src"
     xz -T1 -6 -f -k "$DIST_DIR/$bin"
+    log "$bin: $(mib "$src") built, $(mib "$DIST_DIR/$bin") stripped, $(mib "$DIST_DIR/$bin.xz") packed"
     rm -f "$DIST_DIR/$bin"
   done
-  log "packed:"
-  ls -l "$TARGET_DIR/release/${BINS[0]}" "$TARGET_DIR/release/${BINS[1]}" "$DIST_DIR"/*.xz >&2
+  log "dist/: $(du -sh "$DIST_DIR" | cut -f1) in all"
   log "libraries the worker needs (resolved here against the wheels; libcuda.so.1 comes from the driver):"
   LD_LIBRARY_PATH="$CUDA_ROOT/lib:$CUDA_ROOT/lib/stubs" ldd "$TARGET_DIR/release/${BINS[0]}" >&2
 }

@@ -530,3 +530,59 @@ fn round2(x: f64) -> f64 {
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_the_mask_like_transformers() {
+        assert_eq!(positions_from_mask(&[0, 0, 1, 1, 1]), vec![0, 0, 0, 1, 2]);
+        assert_eq!(positions_from_mask(&[1, 1]), vec![0, 1]);
+    }
+
+    #[test]
+    fn token_batches_parse_plain_and_padded_forms() {
+        let json =
+            r#"{"a": [[1, 2, 3]], "b": {"ids": [[0, 5], [6, 7]], "mask": [[0, 1], [1, 1]]}}"#;
+        let batches: HashMap<String, TokenBatch> = serde_json::from_str(json).unwrap();
+        let a = forward_input(
+            "a",
+            batches.into_iter().find(|(k, _)| k == "a").unwrap().1,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(a.tokens.dims(), &[1, 3]);
+        assert!(a.key_mask.is_none());
+        assert_eq!(a.positions.to_vec2::<u32>().unwrap(), vec![vec![0, 1, 2]]);
+        let b: TokenBatch =
+            serde_json::from_str(r#"{"ids": [[0, 5], [6, 7]], "mask": [[0, 1], [1, 1]]}"#).unwrap();
+        let b = forward_input("b", b, &Device::Cpu).unwrap();
+        assert_eq!(
+            b.positions.to_vec2::<u32>().unwrap(),
+            vec![vec![0, 0], vec![0, 1]]
+        );
+        assert_eq!(
+            b.key_mask.unwrap().to_vec2::<u8>().unwrap(),
+            vec![vec![0, 1], vec![1, 1]]
+        );
+    }
+
+    #[test]
+    fn ragged_rows_without_a_mask_are_refused() {
+        let bad = TokenBatch::Plain(vec![vec![1, 2], vec![3]]);
+        let err = forward_input("x", bad, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rows of different lengths"), "{err}");
+    }
+
+    #[test]
+    fn requests_never_stop_early() {
+        let reqs = requests(&[vec![1, 2], vec![3]], 7);
+        assert!(
+            reqs.iter()
+                .all(|r| r.stop_ids.is_empty() && r.max_new_tokens == 7 && r.sampling.is_greedy())
+        );
+    }
+}

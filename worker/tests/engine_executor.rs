@@ -2,26 +2,12 @@
 //! metadata; fetched by scripts/fetch-models.sh): one result per item, decoded predictions and
 //! labels, per-item errors, the model cache.
 
-use std::path::{Path, PathBuf};
+mod models_common;
 
 use evalfleet_proto::v1 as pb;
 use evalfleet_worker::tasks::{Executor, ExecutorOptions};
+use models_common::smollm2_gguf;
 use pb::item_result::Outcome;
-
-const GGUF: &str = "smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn gguf_path() -> PathBuf {
-    let models = std::env::var_os("EVALFLEET_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models"));
-    let p = models.join(GGUF);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh (or set EVALFLEET_MODELS)",
-        p.display()
-    );
-    p
-}
 
 fn message(role: &str, content: &str) -> pb::ChatMessage {
     pb::ChatMessage {
@@ -46,7 +32,7 @@ fn lease(key: &str, template: &str, items: Vec<pb::WorkItem>) -> pb::Lease {
         task: "generate".into(),
         model: Some(pb::ModelSpec {
             key: key.into(),
-            model_path: gguf_path().display().to_string(),
+            model_path: smollm2_gguf().display().to_string(),
             adapter_paths: vec![],
             dtype: "auto".into(),
         }),

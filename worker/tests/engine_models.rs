@@ -3,34 +3,17 @@
 //! converter makes from it). Batched generation must give the same tokens as batch 1, greedy and
 //! seeded sampling, and greedy must reproduce transformers' reference continuations.
 
+mod models_common;
+
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 
 use evalfleet_worker::engine::{
     GenOptions, GenOutput, GenRequest, SamplingParams, generate, item_rng,
 };
 use evalfleet_worker::models::{LoadOptions, LoadedModel, convert_gguf_to_hf, load_causal_lm};
+use models_common::{fixtures, smollm2_gguf};
 use rand_chacha::rand_core::Rng;
 use serde_json::Value;
-
-const GGUF: &str = "smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn gguf_path() -> PathBuf {
-    let models = std::env::var_os("EVALFLEET_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models"));
-    let p = models.join(GGUF);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh (or set EVALFLEET_MODELS)",
-        p.display()
-    );
-    p
-}
 
 /// LLaMA-Factory's default sampling (PROTOCOL decision 5) with a repetition penalty on top.
 fn lf_sampling() -> SamplingParams {
@@ -166,7 +149,7 @@ fn smollm2_prompts(cases: &[Case]) -> Vec<Vec<u32>> {
 
 #[test]
 fn smollm2_batches_match_transformers_and_batch_one() {
-    let gguf = gguf_path();
+    let gguf = smollm2_gguf();
     let cases = reference_cases();
     let steps = cases[0].reference.len();
     let prompts = smollm2_prompts(&cases);

@@ -3,29 +3,15 @@
 //! scripts/goldens/smollm2_reference.py); the GGUF itself, with quantized matmuls, must agree on
 //! most tokens. One test function so the model is converted and loaded once.
 
-use std::path::{Path, PathBuf};
+mod models_common;
 
 use candle_core::{Device, IndexOp, Tensor};
 use evalfleet_worker::models::{
     Decoder, ForwardInput, LoadOptions, LoadedModel, LogitsAt, SourceKind, convert_gguf_to_hf,
     load_causal_lm,
 };
+use models_common::{fixtures, smollm2_gguf};
 use serde_json::Value;
-
-const GGUF: &str = "smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn gguf_path() -> PathBuf {
-    let models = std::env::var_os("EVALFLEET_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models"));
-    let p = models.join(GGUF);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh (or set EVALFLEET_MODELS)",
-        p.display()
-    );
-    p
-}
 
 struct Case {
     prompt: Vec<u32>,
@@ -33,7 +19,7 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2-reference.json");
+    let path = fixtures().join("smollm2-reference.json");
     let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let ids = |v: &Value| -> Vec<u32> {
         v.as_array()
@@ -158,7 +144,7 @@ fn greedy_batch(model: &LoadedModel, cases: &[Case], steps: usize) -> Vec<Vec<u3
 
 #[test]
 fn smollm2_converted_folder_matches_transformers_and_gguf_mostly_agrees() {
-    let gguf = gguf_path();
+    let gguf = smollm2_gguf();
     let cases = cases();
     let steps = cases[0].reference.len();
     let opts = LoadOptions::default();
@@ -234,8 +220,8 @@ fn smollm2_converted_folder_matches_transformers_and_gguf_mostly_agrees() {
 
 #[test]
 fn lora_on_a_gguf_model_is_refused_with_a_reason() {
-    let gguf = gguf_path();
-    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama/lora");
+    let gguf = smollm2_gguf();
+    let adapter = fixtures().join("tiny-llama/lora");
     let err = load_causal_lm(&gguf, &[adapter], &LoadOptions::default())
         .unwrap_err()
         .to_string();

@@ -7,20 +7,15 @@
 
 mod fleet_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fleet_common::{evalfleet_bin, worker_bin};
+use fleet_common::{evalfleet_bin, listening_url, repo, wait, worker_bin};
 
 /// Samples per demo dataset (two datasets).
 const SAMPLES: usize = 4;
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// A step-1 YAML with the seed's keys (no adapter: the tiny model has none), for the tiny model
 /// built under `dir`. Its 64 positions bound the prompt (`cutoff_len`) plus the new tokens.
@@ -44,22 +39,6 @@ fn write_yaml(dir: &Path, out: &Path, sampling: bool) -> PathBuf {
     let path = dir.join(format!("step1-{sampling}.yaml"));
     std::fs::write(&path, yaml).unwrap();
     path
-}
-
-/// Waits for `child` (killing it after `limit`, a guard against hangs only) and returns its output.
-fn wait(mut child: Child, limit: Duration) -> Output {
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!(
-                "process still running after {limit:?}: {:?}",
-                child.wait_with_output().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
 }
 
 fn evalfleet(args: &[&str]) -> Command {
@@ -239,7 +218,7 @@ fn predictions_do_not_depend_on_workers_or_batch_size() {
 
 /// Starts `evalfleet step1 --listen 127.0.0.1:0 --workers 0` and returns it with its URL.
 fn listening_coordinator(yaml: &Path, token: &str) -> (Child, String) {
-    let mut child = evalfleet(&[
+    let child = evalfleet(&[
         "step1",
         yaml.to_str().unwrap(),
         "--listen",
@@ -250,17 +229,7 @@ fn listening_coordinator(yaml: &Path, token: &str) -> (Child, String) {
     .env("EVALFLEET_TOKEN", token)
     .spawn()
     .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line: {line:?}"))
-        .to_string();
-    // Keep reading, so the coordinator's later output never meets a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    (child, url)
+    listening_url(child)
 }
 
 fn external_worker(url: &str, token: &str) -> Command {

@@ -14,12 +14,11 @@
 mod fleet_common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use fleet_common::{evalfleet_bin, worker_bin};
+use fleet_common::{evalfleet_bin, listening_url, repo, wait, worker_bin};
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -27,10 +26,6 @@ const TOKEN: &str = "rehearsal-token-7f3a";
 /// Demo rows the rehearsal job evaluates, and the item at which the first worker "pod" dies.
 const SAMPLES: usize = 8;
 const CRASH_ITEM: usize = 5;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn load_manifests() -> Vec<Value> {
     let path = repo().join("k8s/rendered/oneshot.yaml");
@@ -185,21 +180,6 @@ fn set_flag(args: &mut [String], flag: &str, value: &str) -> String {
     std::mem::replace(&mut args[i + 1], value.to_string())
 }
 
-fn wait(mut child: Child, limit: Duration) -> Output {
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!(
-                "still running after {limit:?}: {:?}",
-                child.wait_with_output().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// The small job the rehearsal runs instead of the layout's example (`models`, `outputs`: where the
 /// pod's /models and /outputs are on this machine).
 fn rehearsal_job(models: &str, outputs: &str) -> String {
@@ -264,25 +244,12 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
         set_flag(&mut args, "--listen", "127.0.0.1:0"),
         format!("0.0.0.0:{port}")
     );
-    let mut coordinator = coord
-        .command(evalfleet_bin(), &args)
-        .spawn()
-        .expect("starting the coordinator");
-    let mut stdout = BufReader::new(coordinator.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let Some(url) = line
-        .trim()
-        .strip_prefix("listening on ")
-        .map(str::to_string)
-    else {
-        let out = wait(coordinator, Duration::from_secs(30));
-        panic!(
-            "the coordinator did not start listening (first line {line:?}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let (coordinator, url) = listening_url(
+        coord
+            .command(evalfleet_bin(), &args)
+            .spawn()
+            .expect("starting the coordinator"),
+    );
 
     // The worker pods dial the Service that selects the coordinator pod.
     let svc = find(&docs, "Service", "evalfleet-coordinator");

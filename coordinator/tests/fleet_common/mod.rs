@@ -1,4 +1,5 @@
-//! Helpers shared by the fleet tests: finding the binaries, a tiny real model, a small job.
+//! Helpers shared by the fleet tests: finding the binaries, a tiny real model, a small job, and
+//! running the binaries as child processes (waiting with a limit, reading a coordinator's URL).
 //!
 //! The worker binary belongs to another crate, so cargo does not build it for these tests. It is
 //! taken from `$EVALFLEET_WORKER_BIN`, else from next to the `evalfleet` binary (the same target
@@ -7,11 +8,62 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
 
 use evalfleet::run::{FleetSetup, run_fleet};
 use evalfleet::sched::{ItemOutcome, TaskSpec};
 use evalfleet_proto::v1 as pb;
+
+/// The repository root (the demo data, the rendered manifests, the default `.models`).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Waits for `child` (killing it after `limit`, a guard against hangs only) and returns its output.
+pub fn wait(mut child: Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!(
+                "process still running after {limit:?}: {:?}",
+                child.wait_with_output().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Reads the URL from a `--listen` coordinator's first stdout line (`listening on <url>`), then
+/// keeps draining its stdout so its later output never meets a closed pipe. If the first line is
+/// anything else the coordinator failed to start: panics with that line and its stderr.
+pub fn listening_url(mut child: Child) -> (Child, String) {
+    let mut stdout = BufReader::new(
+        child
+            .stdout
+            .take()
+            .expect("the coordinator's stdout is piped"),
+    );
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let Some(url) = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_string)
+    else {
+        let out = wait(child, Duration::from_secs(30));
+        panic!(
+            "the coordinator did not start listening (first line {line:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (child, url)
+}
 
 /// The `evalfleet` binary under test.
 pub fn evalfleet_bin() -> PathBuf {

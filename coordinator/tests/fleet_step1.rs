@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use fleet_common::{evalfleet_bin, listening_url, repo, wait, worker_bin};
+use fleet_common::{evalfleet_bin, listening_url, repo, wait, wait_ok, worker_bin};
 
 /// Samples per demo dataset (two datasets).
 const SAMPLES: usize = 4;
@@ -64,12 +64,7 @@ fn run_step1(yaml: &Path, workers: usize, batch: usize) -> Output {
     ])
     .spawn()
     .unwrap();
-    let out = wait(child, Duration::from_secs(1200));
-    assert!(
-        out.status.success(),
-        "evalfleet step1 failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = wait_ok(child, Duration::from_secs(1200), "evalfleet step1");
     out
 }
 
@@ -173,11 +168,10 @@ fn step1_with_two_workers_writes_every_file_in_the_original_format() {
     ])
     .spawn()
     .unwrap();
-    let score = wait(child, Duration::from_secs(300));
-    assert!(
-        score.status.success(),
-        "{}",
-        String::from_utf8_lossy(&score.stderr)
+    let score = wait_ok(
+        child,
+        Duration::from_secs(300),
+        "evalfleet score text --write",
     );
     let printed: serde_json::Map<String, Value> = serde_json::from_slice(&score.stdout).unwrap();
     let written = check_metrics_file(&scored, &METRIC_KEYS);
@@ -260,20 +254,15 @@ fn external_workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() 
         "{said}"
     );
 
-    let worker = wait(
+    wait_ok(
         external_worker(&url, "right-token").spawn().unwrap(),
         Duration::from_secs(300),
+        "the external worker",
     );
-    assert!(
-        worker.status.success(),
-        "{}",
-        String::from_utf8_lossy(&worker.stderr)
-    );
-    let done = wait(coordinator, Duration::from_secs(300));
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
+    wait_ok(
+        coordinator,
+        Duration::from_secs(300),
+        "the listening coordinator",
     );
     let jsonl = read(&out.join("generated_predictions.jsonl"));
     assert_eq!(jsonl.lines().count(), 2 * SAMPLES);
@@ -314,12 +303,7 @@ fn score_text_reproduces_the_seed_means() {
     let child = evalfleet(&["score", "text", jsonl.to_str().unwrap()])
         .spawn()
         .unwrap();
-    let out = wait(child, Duration::from_secs(300));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = wait_ok(child, Duration::from_secs(300), "evalfleet score text");
     let text = String::from_utf8(out.stdout).unwrap();
     for line in [
         "\"predict_bleu-4\": 68.05863333333333,",

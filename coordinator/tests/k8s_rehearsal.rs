@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fleet_common::{evalfleet_bin, listening_url, repo, wait, worker_bin};
+use fleet_common::{evalfleet_bin, listening_url, repo, wait, wait_ok, worker_bin};
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -296,18 +296,12 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
 
     // The Job "reschedules" it: a new pod, the same command line.
     let second = worker_pod("evalfleet-worker-0-bbbbb");
-    let finished = wait(start_worker(&second, None), Duration::from_secs(180));
-    assert!(
-        finished.status.success(),
-        "{}",
-        String::from_utf8_lossy(&finished.stderr)
+    wait_ok(
+        start_worker(&second, None),
+        Duration::from_secs(180),
+        "the rescheduled worker pod",
     );
-    let done = wait(coordinator, Duration::from_secs(120));
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    wait_ok(coordinator, Duration::from_secs(120), "the coordinator pod");
 
     // Every demo row has its prediction on the outputs PVC.
     let out = PathBuf::from(&outputs).join("rehearsal");

@@ -38,6 +38,19 @@ pub fn wait(mut child: Child, limit: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// [`wait`], then asserts that `what` (the process, for the message) exited successfully; the
+/// panic shows its exit status and stderr.
+pub fn wait_ok(child: Child, limit: Duration, what: &str) -> Output {
+    let out = wait(child, limit);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Reads the URL from a `--listen` coordinator's first stdout line (`listening on <url>`), then
 /// keeps draining its stdout so its later output never meets a closed pipe. If the first line is
 /// anything else the coordinator failed to start: panics with that line and its stderr.

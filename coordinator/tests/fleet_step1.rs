@@ -64,8 +64,7 @@ fn run_step1(yaml: &Path, workers: usize, batch: usize) -> Output {
     ])
     .spawn()
     .unwrap();
-    let out = wait_ok(child, Duration::from_secs(1200), "evalfleet step1");
-    out
+    wait_ok(child, Duration::from_secs(1200), "evalfleet step1")
 }
 
 fn read(path: &Path) -> String {

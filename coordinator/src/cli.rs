@@ -1,4 +1,4 @@
-//! The `evalfleet` command line (clap derive): `step1`, `run`, `score text`. Glue only: each
+//! The `evalfleet` command line (clap derive): `step1`, `step2`, `run`, `score text`, `report`. Glue only: each
 //! subcommand parses its options and calls a driver in [`crate::run`].
 
 use std::net::SocketAddr;
@@ -32,10 +32,21 @@ pub enum Command {
     /// in place). Starts a coordinator on loopback and one worker per visible GPU (else one CPU
     /// worker) unless --workers / --listen say otherwise.
     Step1(StepArgs),
-    /// Runs a job YAML listing its steps (`steps: [step1]`) with shared keys and per-step sections.
+    /// Step 2: the semantic similarity of every step-1 prediction to its label, on embedding workers.
     ///
-    /// Each step reads and writes what its own subcommand does (today: step1). Same fleet options
-    /// as `step1`.
+    /// Reads a job YAML with the original tool's step-2 keys: model_path (a sentence-transformers
+    /// folder, e.g. all-MiniLM-L6-v2 or gte-large-zh) and output_dir (step 1's output folder), plus
+    /// evalfleet's batch_size and workers. Adds a `score` to every line of
+    /// <output_dir>/generated_predictions.jsonl and avg_sem_sim_score to predict_results.json
+    /// (all_results.json is left as it is), writes sem_sim_distribution.json and
+    /// sem_sim_histogram.svg, and prints a one-line summary. Every file is replaced atomically.
+    /// Same fleet options as `step1` (--batch-size = pairs per lease and texts per forward pass).
+    Step2(StepArgs),
+    /// Runs a job YAML listing its steps (`steps: [step1, step2]`) with shared keys and per-step
+    /// sections.
+    ///
+    /// Each step reads and writes what its own subcommand does; steps run one after the other.
+    /// Same fleet options as `step1`.
     Run(StepArgs),
     /// Recomputes metrics from existing output files, without a model.
     #[command(subcommand)]
@@ -138,6 +149,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Step1(args) => {
             let job = crate::config::load_step1(&args.yaml)?;
+            let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
+            for path in files {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Step2(args) => {
+            let cfg = crate::config::load_step2(&args.yaml)?;
+            let job = crate::config::JobConfig {
+                file: args.yaml.clone(),
+                steps: vec![crate::config::StepConfig::Step2(cfg)],
+                ignored_keys: Vec::new(),
+            };
             let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
             for path in files {
                 println!("wrote {}", path.display());

@@ -18,7 +18,18 @@
 //!   output_dir: ./output
 //! ```
 //!
-//! Only `step1` runs for now; naming another step is an error saying so.
+//! `step1` and `step2` run (in the order listed, one after the other); naming another step is
+//! an error saying so. Top-level keys go to every listed step that knows them (`output_dir` to
+//! both: step 2 scores step 1's output); a top-level key no listed step knows is an error, and
+//! a `step2:` section holds only step-2 keys:
+//!
+//! ```yaml
+//! steps: [step1, step2]
+//! model_name_or_path: ./models/my-model
+//! output_dir: ./output
+//! step2:
+//!   model_path: ./models/all-minilm-l6-v2
+//! ```
 //!
 //! **Step-2 file** (`evalfleet step2 yamls/step2.yaml`): the seed's `model_path` and `output_dir`
 //! ([`Step2Config`], read by [`load_step2`]).
@@ -49,7 +60,7 @@ pub use step2::{STEP2_KEYS, Step2Config, load_step2, parse_step2};
 /// The step names a run file may list; only [`SUPPORTED_STEPS`] run today.
 pub const KNOWN_STEPS: &[&str] = &["step1", "step2", "step3", "step4"];
 /// The steps evalfleet can run now.
-pub const SUPPORTED_STEPS: &[&str] = &["step1"];
+pub const SUPPORTED_STEPS: &[&str] = &["step1", "step2"];
 
 /// Why a job YAML cannot be used. Every variant names the file; key names are shown as written
 /// (`step1.cutoff_len` for a key inside a `step1:` mapping).
@@ -128,19 +139,30 @@ pub struct JobConfig {
 impl JobConfig {
     /// The step-1 settings, if the job has step 1.
     pub fn step1(&self) -> Option<&Step1Config> {
-        // A `match` so that adding a step variant makes this a compile error to revisit.
-        #[allow(clippy::unnecessary_find_map)]
         self.steps.iter().find_map(|step| match step {
             StepConfig::Step1(c) => Some(c),
+            StepConfig::Step2(_) => None,
+        })
+    }
+
+    /// The step-2 settings, if the job has step 2.
+    pub fn step2(&self) -> Option<&Step2Config> {
+        self.steps.iter().find_map(|step| match step {
+            StepConfig::Step2(c) => Some(c),
+            StepConfig::Step1(_) => None,
         })
     }
 }
 
 /// One step's settings.
+// A job holds one of these per step, so the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepConfig {
     /// SFT predict with ROUGE/BLEU.
     Step1(Step1Config),
+    /// Semantic similarity of step 1's predictions to their labels.
+    Step2(Step2Config),
 }
 
 /// Loads a step-1 file (the seed's `yamls/step1.yaml` form).
@@ -224,8 +246,18 @@ pub fn parse_job(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
 
     let mut ignored = Vec::new();
     let mut configs = Vec::new();
+    let has_step1 = steps.iter().any(|s| s == "step1");
+    let has_step2 = steps.iter().any(|s| s == "step2");
     for step in &steps {
         let mut entries = shared.clone();
+        // With step 1 listed, it owns (and checks) the top-level keys; step 2 takes its own.
+        if step == "step2" && has_step1 {
+            entries.retain(|e| STEP2_KEYS.contains(&e.key.as_str()));
+        } else if step == "step1" && has_step2 {
+            entries.retain(|e| {
+                keys::STEP1_KEYS.contains(&e.key.as_str()) || !STEP2_KEYS.contains(&e.key.as_str())
+            });
+        }
         if let Some((_, section)) = sections.iter().find(|(name, _)| name == step) {
             for (key, value) in section.iter() {
                 let key = key_name(file, key)?;
@@ -238,7 +270,10 @@ pub fn parse_job(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
             }
         }
         // parse_steps only lets supported steps through.
-        configs.push(StepConfig::Step1(build_step1(file, entries, &mut ignored)?));
+        configs.push(match step.as_str() {
+            "step2" => StepConfig::Step2(build_step2(file, entries)?),
+            _ => StepConfig::Step1(build_step1(file, entries, &mut ignored)?),
+        });
     }
     Ok(JobConfig {
         file: file.to_owned(),
@@ -332,6 +367,21 @@ fn build_step1(
         }
     }
     step1::parse(&Fields::new(file, applied))
+}
+
+/// Rejects keys step 2 does not know, then parses.
+fn build_step2(file: &Path, entries: Vec<Entry>) -> Result<Step2Config, ConfigError> {
+    if let Some(entry) = entries
+        .iter()
+        .find(|e| !STEP2_KEYS.contains(&e.key.as_str()))
+    {
+        return Err(ConfigError::UnknownKey {
+            file: file.to_owned(),
+            suggestion: keys::suggest(&entry.key, STEP2_KEYS.iter().copied()).map(str::to_owned),
+            key: entry.shown.clone(),
+        });
+    }
+    step2::build(file, entries)
 }
 
 fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigError> {

@@ -46,6 +46,11 @@ pub fn parse_step2(file: &Path, text: &str) -> Result<Step2Config, ConfigError> 
             value: value.clone(),
         });
     }
+    build(file, entries)
+}
+
+/// Parses step 2's entries (all of them keys of [`STEP2_KEYS`]; the caller rejects others).
+pub(super) fn build(file: &Path, entries: Vec<Entry>) -> Result<Step2Config, ConfigError> {
     let fields = Fields::new(file, entries);
     Ok(Step2Config {
         model_path: fields

@@ -213,6 +213,30 @@ step1:
 }
 
 #[test]
+fn run_form_chains_step1_and_step2() {
+    let text = "\
+steps: [step1, step2]
+model_name_or_path: m
+dataset: demo
+output_dir: ./out
+workers: 2
+step2:
+  model_path: ./emb
+";
+    let job = parse_job(Path::new("run.yaml"), text).expect("run form");
+    assert_eq!(job.steps.len(), 2);
+    assert_eq!(
+        job.step1().expect("step 1").output_dir,
+        PathBuf::from("./out")
+    );
+    let c = job.step2().expect("step 2");
+    assert_eq!(
+        (c.model_path.as_path(), c.output_dir.as_path(), c.workers),
+        (Path::new("./emb"), Path::new("./out"), Some(2))
+    );
+}
+
+#[test]
 fn run_form_errors() {
     let run = |text: &str| {
         parse_job(Path::new("run.yaml"), text)
@@ -220,7 +244,14 @@ fn run_form_errors() {
             .to_string()
     };
     assert!(run("model_name_or_path: m\n").contains("missing required key `steps`"));
-    assert!(run("steps: [step2]\n").contains("step2 is not supported yet"));
+    assert!(run("steps: [step3]\n").contains("step3 is not supported yet"));
+    let msg = run(
+        "steps: [step1, step2]\nmodel_name_or_path: m\ndataset: d\noutput_dir: o\nstep2:\n  model_pth: e\n",
+    );
+    assert!(
+        msg.contains("unknown key `step2.model_pth` (did you mean `model_path`?)"),
+        "{msg}"
+    );
     assert!(run("steps: [stepp1]\n").contains("did you mean `step1`?"));
     assert!(run("steps: step1\nstep3:\n  a: 1\n").contains("does not list step3"));
     let msg = run(
@@ -246,4 +277,12 @@ fn unreadable_file_names_it() {
         .expect_err("fails")
         .to_string();
     assert!(msg.starts_with("no/such/job.yaml: cannot read"), "{msg}");
+}
+
+#[test]
+fn repo_step2_yaml_parses() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../yamls/step2.yaml");
+    let c = load_step2(&path).expect("yamls/step2.yaml parses");
+    assert_eq!(c.model_path, PathBuf::from(".models/all-minilm-l6-v2"));
+    assert_eq!(c.output_dir, PathBuf::from("./out/step1"));
 }

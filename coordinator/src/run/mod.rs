@@ -2,6 +2,7 @@
 //!
 //! - [`fleet`]: runs tasks on local and/or external workers and waits for every outcome.
 //! - [`step1`]: SFT predict: samples → generate items → metrics → the three step-1 files.
+//! - [`step2`]: semantic similarity: step-1 rows → embed items → scores into the step-1 files.
 //! - [`score`]: `evalfleet score text`, the metrics of an existing predictions file.
 //!
 //! ## `predict_runtime`
@@ -16,12 +17,14 @@
 pub mod fleet;
 pub mod score;
 pub mod step1;
+pub mod step2;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use fleet::{FleetRun, FleetSetup, run_fleet};
 pub use step1::{Step1Report, run_step1};
+pub use step2::run_step2;
 use tracing::info;
 
 use crate::config::{ConfigError, JobConfig, StepConfig};
@@ -60,6 +63,17 @@ pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>
                     written.all_results,
                 ]);
             }
+            // After step 1 has finished, in its own fleet (chaining them concurrently is
+            // future work).
+            StepConfig::Step2(cfg) => {
+                let outputs = run_step2(cfg, setup).await?;
+                files.extend([
+                    outputs.predictions,
+                    outputs.predict_results,
+                    outputs.distribution_json,
+                    outputs.histogram_svg,
+                ]);
+            }
         }
     }
     Ok(files)
@@ -91,6 +105,8 @@ pub enum RunError {
     Output(#[from] OutputError),
     #[error("scoring: {0}")]
     Scoring(String),
+    #[error(transparent)]
+    Step2(#[from] crate::step2::Step2Error),
     #[error("{count} items failed:\n  {}", first.join("\n  "))]
     ItemsFailed { count: usize, first: Vec<String> },
 }

@@ -1,0 +1,156 @@
+//! Step 2 (semantic similarity, PROTOCOL 2): the step-1 rows of `output_dir` become one embed
+//! item each (item id = row index), queued longest first so that each lease batches texts of
+//! similar length; the fleet scores them on embedding workers, and the scores, put back in row
+//! order, are written into the step-1 files with the distribution ([`crate::step2`]).
+
+use std::path::{Path, PathBuf};
+
+use evalfleet_proto::v1 as pb;
+use pb::item_result::Outcome;
+use tracing::info;
+
+use super::{FleetSetup, RunError, run_fleet};
+use crate::config::Step2Config;
+use crate::output::PredictionRow;
+use crate::sched::{ItemOutcome, TaskSpec};
+use crate::step2::{self, Step2Outputs};
+
+/// Runs step 2 as `cfg` describes; the YAML's `workers` / `batch_size` apply where the command
+/// line left them unset.
+pub async fn run_step2(cfg: &Step2Config, setup: &FleetSetup) -> Result<Step2Outputs, RunError> {
+    let rows = step2::read_step1_rows(&cfg.output_dir)?;
+    info!(
+        "step2: {} rows from {}",
+        rows.len(),
+        cfg.output_dir.display()
+    );
+    let mut setup = setup.clone();
+    setup.workers = setup.workers.or(cfg.workers);
+    setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
+    let task = step2_task(cfg, &rows);
+    // Outcomes come back in the task's item order (queue order); the ids say which row.
+    let ids: Vec<String> = task.items.iter().map(|i| i.item_id.clone()).collect();
+    let run = run_fleet(vec![task], &setup, "step2").await?;
+    let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
+    let results = embed_results(ids, outcomes)?;
+    let scores = step2::plan::scores_in_row_order(&cfg.output_dir, rows.len(), results)?;
+    let outputs = step2::write_step2(&cfg.output_dir, &rows, &scores)?;
+    println!("{}", outputs.summary);
+    Ok(outputs)
+}
+
+/// The step-2 task: one embed item per row, in [`step2::plan::queue_order`].
+pub fn step2_task(cfg: &Step2Config, rows: &[PredictionRow]) -> TaskSpec {
+    let model_path = absolute(&cfg.model_path);
+    let template = pb::Lease {
+        model: Some(pb::ModelSpec {
+            key: format!("embed|{model_path}"),
+            model_path,
+            adapter_paths: Vec::new(),
+            dtype: "f32".into(),
+        }),
+        ..Default::default()
+    };
+    let items = step2::plan::queue_order(rows)
+        .into_iter()
+        .map(|i| pb::WorkItem {
+            item_id: i.to_string(),
+            payload: Some(pb::work_item::Payload::Embed(pb::EmbedItem {
+                label: rows[i].label.clone(),
+                predict: rows[i].predict.clone(),
+            })),
+        })
+        .collect();
+    TaskSpec {
+        name: "step2".into(),
+        template,
+        items,
+    }
+}
+
+/// `(item id, score)` of every item (`ids[i]` is the id of `outcomes[i]`), or an error naming
+/// the rows that failed.
+fn embed_results(
+    ids: Vec<String>,
+    outcomes: Vec<ItemOutcome>,
+) -> Result<Vec<(String, f32)>, RunError> {
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut failed = Vec::new();
+    for (id, outcome) in ids.into_iter().zip(outcomes) {
+        match outcome {
+            ItemOutcome::Done(Outcome::Embed(e)) => results.push((id, e.score)),
+            ItemOutcome::Done(other) => {
+                failed.push(format!("row {id}: unexpected result {other:?}"))
+            }
+            ItemOutcome::Failed { message, attempts } => {
+                failed.push(format!("row {id}: {message} (after {attempts} attempts)"))
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(results)
+    } else {
+        Err(RunError::ItemsFailed {
+            count: failed.len(),
+            first: failed.into_iter().take(5).collect(),
+        })
+    }
+}
+
+/// `path` made absolute against the current directory, so that local workers started elsewhere
+/// (and the model key) do not depend on a working directory.
+fn absolute(path: &Path) -> String {
+    let abs: PathBuf = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    abs.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_rows_longest_first_with_an_embed_model() {
+        let cfg = Step2Config {
+            model_path: "/m/emb".into(),
+            output_dir: "/o".into(),
+            batch_size: None,
+            workers: None,
+        };
+        let row = |label: &str, predict: &str| PredictionRow {
+            label: label.into(),
+            predict: predict.into(),
+        };
+        let task = step2_task(&cfg, &[row("a", "b"), row("long label", "x"), row("", "")]);
+        let ids: Vec<&str> = task.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(ids, ["1", "0", "2"]);
+        let Some(pb::work_item::Payload::Embed(e)) = &task.items[0].payload else {
+            panic!("not an embed item")
+        };
+        assert_eq!((e.label.as_str(), e.predict.as_str()), ("long label", "x"));
+        let model = task.template.model.as_ref().unwrap();
+        assert_eq!(
+            (model.key.as_str(), model.dtype.as_str()),
+            ("embed|/m/emb", "f32")
+        );
+        assert!(task.template.generation.is_none());
+    }
+
+    #[test]
+    fn results_carry_their_row_ids_and_failures_are_named() {
+        let done = |score| ItemOutcome::Done(Outcome::Embed(pb::EmbedResult { score }));
+        let got = embed_results(vec!["2".into(), "0".into()], vec![done(0.5), done(-0.25)]);
+        assert_eq!(got.unwrap(), [("2".into(), 0.5), ("0".into(), -0.25)]);
+        let failed = ItemOutcome::Failed {
+            message: "no modules.json".into(),
+            attempts: 3,
+        };
+        let err = embed_results(vec!["4".into()], vec![failed]).unwrap_err();
+        assert!(err.to_string().contains("row 4: no modules.json"), "{err}");
+    }
+}

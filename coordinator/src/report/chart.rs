@@ -131,11 +131,21 @@ struct Frame {
     axis: Axis,
     n: usize,
     rotated: bool,
+    /// Legend entries per row, and where the legend starts (under the x labels).
+    per_row: usize,
+    legend_top: f64,
     height: f64,
 }
 
 impl Frame {
-    fn new(chart: &Chart, axis: Axis) -> Frame {
+    /// The layout of `chart`, its y axis covering every value (and zero when `from_zero`);
+    /// `None` when no series has a value.
+    fn new(chart: &Chart, from_zero: bool) -> Option<Frame> {
+        let values = chart
+            .series
+            .iter()
+            .flat_map(|s| s.values.iter().flatten().copied());
+        let axis = Axis::covering(values, from_zero)?;
         let n = chart.x_labels.len().max(1);
         // Rotate the x labels when the longest (about 7 px a character) would not fit its band.
         let longest = chart
@@ -152,12 +162,15 @@ impl Frame {
         } else {
             XLABELS_H
         };
-        Frame {
+        let legend_top = TOP + PLOT_H + xlabels;
+        Some(Frame {
             axis,
             n,
             rotated,
-            height: TOP + PLOT_H + xlabels + legend_rows as f64 * LEGEND_ROW + 10.0,
-        }
+            per_row,
+            legend_top,
+            height: legend_top + legend_rows as f64 * LEGEND_ROW + 10.0,
+        })
     }
 
     fn band(&self) -> f64 {
@@ -173,11 +186,7 @@ impl Frame {
 /// A line per series over the x categories (checkpoints); gaps where a value is missing.
 /// `None` when no series has a value.
 pub fn line_chart(chart: &Chart) -> Option<String> {
-    let values = chart
-        .series
-        .iter()
-        .flat_map(|s| s.values.iter().flatten().copied());
-    let frame = Frame::new(chart, Axis::covering(values, false)?);
+    let frame = Frame::new(chart, false)?;
     let mut s = open(chart, &frame);
     for (i, series) in chart.series.iter().enumerate() {
         let (colour, dash) = style(i);
@@ -215,11 +224,7 @@ pub fn line_chart(chart: &Chart) -> Option<String> {
 /// Grouped bars: one group per x category, one bar per series, from zero. `None` when no
 /// series has a value.
 pub fn bar_chart(chart: &Chart) -> Option<String> {
-    let values = chart
-        .series
-        .iter()
-        .flat_map(|s| s.values.iter().flatten().copied());
-    let frame = Frame::new(chart, Axis::covering(values, true)?);
+    let frame = Frame::new(chart, true)?;
     let mut s = open(chart, &frame);
     let k = chart.series.len().max(1);
     let bar_w = frame.band() * 0.8 / k as f64;
@@ -344,13 +349,7 @@ fn open(chart: &Chart, frame: &Frame) -> String {
 
 /// The legend under the x labels: a swatch (bar) or a short line (line chart) per series.
 fn legend(s: &mut String, chart: &Chart, frame: &Frame, bars: bool) {
-    let per_row = ((WIDTH - LEFT - RIGHT) / LEGEND_ITEM_W).floor().max(1.0) as usize;
-    let xlabels = if frame.rotated {
-        XLABELS_ROTATED_H
-    } else {
-        XLABELS_H
-    };
-    let top = TOP + PLOT_H + xlabels;
+    let (per_row, top) = (frame.per_row, frame.legend_top);
     for (i, series) in chart.series.iter().enumerate() {
         let (colour, dash) = style(i);
         let x = LEFT + (i % per_row) as f64 * LEGEND_ITEM_W;

@@ -155,17 +155,24 @@ pub fn save_metrics(
 /// Reads an existing metrics file as an object's entries (as Python's `json.load`, so `NaN`
 /// written by an earlier run reads back); a missing file is an empty object.
 fn read_metrics_object(path: &Path) -> Result<Vec<(String, PyJson)>, OutputError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(OutputError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
+    let text = read_if_exists(path).map_err(|source| OutputError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let Some(text) = text else {
+        return Ok(Vec::new());
     };
     loads_object(path, &text)
+}
+
+/// The text of the file at `path`, or `None` when there is no such file (a step that has not run
+/// yet); other read errors are errors.
+pub fn read_if_exists(path: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// `json.loads(text)` of the metrics file at `path`, which must hold an object: its entries in

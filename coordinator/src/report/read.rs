@@ -123,14 +123,10 @@ pub fn read_checkpoint(name: String, dir: &Path) -> Result<Checkpoint, ReportErr
 
 /// The file's text, or `None` when it does not exist.
 fn read_optional(path: &Path) -> Result<Option<String>, ReportError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ReportError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    crate::output::read_if_exists(path).map_err(|source| ReportError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Python's `json.loads` of `text` (NaN allowed), errors naming `path`.

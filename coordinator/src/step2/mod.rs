@@ -94,20 +94,14 @@ pub fn write_step2(
         });
     }
     let predict_results = output_dir.join(PREDICT_RESULTS);
-    let old = match std::fs::read_to_string(&predict_results) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Step2Error::MissingStep1 {
-                path: predict_results,
-            });
-        }
-        Err(source) => {
-            return Err(OutputError::Read {
-                path: predict_results,
-                source,
-            }
-            .into());
-        }
+    let old = output::read_if_exists(&predict_results).map_err(|source| OutputError::Read {
+        path: predict_results.clone(),
+        source,
+    })?;
+    let Some(old) = old else {
+        return Err(Step2Error::MissingStep1 {
+            path: predict_results,
+        });
     };
     let distribution = Distribution::new(scores);
     let new_results = files::add_metric(&predict_results, &old, AVG_KEY, distribution.mean)?;

@@ -118,11 +118,22 @@ impl Linear {
 
 /// `x (..., in) @ w (in, out)`, folding every leading dimension into the rows of one 2-D matmul:
 /// one gemm call instead of a batched one, and no broadcast of the weight.
+///
+/// A single row is computed as the first of two: the CPU gemm takes a separate matrix-vector
+/// path for one row whose rounding differs from its multi-row kernels, which would make batch 1
+/// give other bits than a batch (every row count from 2 up agrees bitwise).
 fn matmul_rows(x: &Tensor, w: &Tensor, out: usize) -> Result<Tensor> {
     let dims = x.dims();
     let (lead, inp) = dims.split_at(dims.len() - 1);
     let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, inp[0]))?.matmul(w)?;
+    let x = x.reshape((rows, inp[0]))?;
+    let y = if rows == 1 && x.device().is_cpu() {
+        Tensor::cat(&[&x, &x.zeros_like()?], 0)?
+            .matmul(w)?
+            .narrow(0, 0, 1)?
+    } else {
+        x.matmul(w)?
+    };
     let mut shape = lead.to_vec();
     shape.push(out);
     Ok(y.reshape(shape)?)
@@ -181,6 +192,39 @@ mod tests {
         let w = Tensor::from_vec(pseudo(out * inp, out as u64), (out, inp), &Device::Cpu).unwrap();
         let q = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
         Linear::new(Weight::Quantized(q), None, "test").unwrap()
+    }
+
+    /// Dense layers, `(in, out)` and transposed `(out, in)`: a row's bits must not depend on the
+    /// row count, one row included.
+    #[test]
+    fn dense_rows_do_not_depend_on_the_row_count() {
+        let (inp, out) = (576, 1536);
+        let w = Tensor::from_vec(pseudo(out * inp, 3), (out, inp), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(pseudo(40 * inp, 7), (40, inp), &Device::Cpu).unwrap();
+        let layers = [
+            (
+                "(in, out)",
+                Linear::new(Weight::Dense(w.clone()), None, "test").unwrap(),
+            ),
+            ("(out, in)", Linear::new_as_stored(Weight::Dense(w), "test")),
+        ];
+        for (name, layer) in layers {
+            let all: Vec<Vec<f32>> = layer.forward(&x).unwrap().to_vec2().unwrap();
+            for m in 1..=40 {
+                let part: Vec<Vec<f32>> = layer
+                    .forward(&x.narrow(0, 40 - m, m).unwrap())
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                for (r, row) in part.iter().enumerate() {
+                    let same = row
+                        .iter()
+                        .zip(&all[40 - m + r])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{name}: row {r} of {m} differs");
+                }
+            }
+        }
     }
 
     /// Batch invariance of quantized models rests on this: candle picks kernels by row count

@@ -190,6 +190,9 @@ fn env_filter() -> tracing_subscriber::EnvFilter {
 fn load(args: &ModelArgs) -> anyhow::Result<(LoadedModel, f64)> {
     let device = parse_device(&args.device)?;
     let dtype = match args.dtype {
+        // On the CPU the loader's Auto keeps GGUF weights quantized (and HF folders f32), which is
+        // what the worker does; mapping it to F32 would dequantize a GGUF model.
+        DTypeArg::Auto if device.is_cpu() => DTypeChoice::Auto,
         DTypeArg::Auto => match default_dtype(&device) {
             DType::BF16 => DTypeChoice::BF16,
             DType::F16 => DTypeChoice::F16,

@@ -64,8 +64,9 @@ run_side() {
       line="$("$BENCH" generate --model "$HF_DIR" --prompt-ids "$IDS" --batch-size "$bs" \
         --new-tokens "$NEW_TOKENS" --dtype f32 | tail -n 1)" ;;
     gguf)
+      # dtype auto keeps the GGUF weights quantized, as the worker runs them.
       line="$("$BENCH" generate --model "$GGUF" --prompt-ids "$IDS" --batch-size "$bs" \
-        --new-tokens "$NEW_TOKENS" --dtype f32 | tail -n 1)"
+        --new-tokens "$NEW_TOKENS" --dtype auto | tail -n 1)"
       line="{\"label\":\"evalfleet-gguf\",${line#\{}" ;;
     *) echo "unknown side $side" >&2; return 1 ;;
   esac

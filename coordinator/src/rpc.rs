@@ -4,6 +4,9 @@
 //!
 //! One [`Fleet`] is shared by every connection; the job driver holds a clone to watch progress,
 //! collect outcomes and finally tell the workers to shut down.
+//!
+//! The same port serves the standard gRPC health service (`grpc.health.v1.Health`) without the
+//! bearer token, because Kubernetes' gRPC probes cannot send one; it reveals only a serving status.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,6 +26,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
 use crate::sched::{Assignment, Progress, Recorded, SchedConfig, Scheduler, WorkerKey};
@@ -175,27 +180,58 @@ impl Fleet {
         )
     }
 
-    /// Serves the fleet on `listener` until the returned handle is stopped, and reclaims expired
-    /// leases in the background.
+    /// Serves the fleet (token required) and the gRPC health service (no token) on `listener`
+    /// until the returned handle is stopped, and reclaims expired leases in the background.
+    ///
+    /// Health: the overall status (service `""`) and `evalfleet.v1.Fleet` are `SERVING` from the
+    /// start and turn `NOT_SERVING` once [`Fleet::shutdown_workers`] begins the stop, so a
+    /// readiness probe stops routing new workers to a coordinator that would only dismiss them.
     pub fn serve(&self, listener: TcpListener, token: &str) -> std::io::Result<ServerHandle> {
         let addr = listener.local_addr()?;
         let service = self.service(token);
-        let server = tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await
-            {
-                warn!("gRPC server stopped: {e}");
-            }
-        });
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let server = {
+            let reporter = reporter.clone();
+            tokio::spawn(async move {
+                // Set before the first connection is accepted, so no probe sees it unknown.
+                reporter.set_serving::<FleetServer<FleetService>>().await;
+                let incoming = TcpListenerStream::new(listener);
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(health)
+                    .add_service(service)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    warn!("gRPC server stopped: {e}");
+                }
+            })
+        };
         let fleet = self.clone();
         let reaper = tokio::spawn(async move { fleet.reap_expired_leases().await });
+        let fleet = self.clone();
+        let health_on_stop = tokio::spawn(async move { fleet.not_serving_on_stop(reporter).await });
         Ok(ServerHandle {
             addr,
-            tasks: vec![server, reaper],
+            tasks: vec![server, reaper, health_on_stop],
         })
+    }
+
+    /// Waits for [`Fleet::shutdown_workers`], then reports the server and the Fleet service as
+    /// `NOT_SERVING`.
+    async fn not_serving_on_stop(self, reporter: HealthReporter) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        // The sender lives in `self`, so the wait ends only when the stop begins.
+        if shutdown.wait_for(Option::is_some).await.is_ok() {
+            for name in [
+                "",
+                <FleetServer<FleetService> as tonic::server::NamedService>::NAME,
+            ] {
+                reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            info!("health status set to NOT_SERVING: the coordinator is stopping");
+        }
     }
 
     async fn reap_expired_leases(self) {

@@ -1,5 +1,5 @@
 //! A real coordinator server and real gRPC clients over loopback: authentication, the version
-//! handshake, and one worker's full lease cycle.
+//! handshake, the token-free health service, and one worker's full lease cycle.
 
 use std::time::Duration;
 
@@ -14,6 +14,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const TOKEN: &str = "test-token-0123456789";
 
@@ -127,6 +130,57 @@ async fn missing_token_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    server.stop();
+}
+
+/// Kubernetes' gRPC probes send no token: the health service answers them, the Fleet service
+/// still refuses a caller without one.
+#[tokio::test]
+async fn health_check_needs_no_token_but_fleet_still_does() {
+    let (_fleet, server) = start(1).await;
+    let mut health = HealthClient::new(channel(&server).await);
+    for service in ["", "evalfleet.v1.Fleet"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("health check of {service:?} without a token: {e}"))
+            .into_inner();
+        assert_eq!(
+            reply.status(),
+            ServingStatus::Serving,
+            "service {service:?}"
+        );
+    }
+    let err = open(&server, None, hello(PROTOCOL_VERSION))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    server.stop();
+}
+
+/// Once the stop begins (workers told to shut down), the overall status turns NOT_SERVING.
+#[tokio::test]
+async fn health_turns_not_serving_when_the_stop_begins() {
+    let (fleet, server) = start(1).await;
+    let mut health = HealthClient::new(channel(&server).await);
+    let mut updates = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = updates.message().await.unwrap().expect("watch ended");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    fleet.shutdown_workers("test over");
+    let next = tokio::time::timeout(Duration::from_secs(10), updates.message())
+        .await
+        .expect("no health update in 10 s")
+        .unwrap()
+        .expect("watch ended");
+    assert_eq!(next.status(), ServingStatus::NotServing);
     server.stop();
 }
 

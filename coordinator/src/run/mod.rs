@@ -110,3 +110,34 @@ pub enum RunError {
     #[error("{count} items failed:\n  {}", first.join("\n  "))]
     ItemsFailed { count: usize, first: Vec<String> },
 }
+
+/// Every item's result picked out of its outcome by `pick` (`None` for a result of the wrong
+/// kind), in the given order; or an error naming up to five `{noun} {id}` that failed.
+pub(crate) fn collect_outcomes<T>(
+    noun: &str,
+    outcomes: impl IntoIterator<Item = (String, crate::sched::ItemOutcome)>,
+    mut pick: impl FnMut(&str, evalfleet_proto::v1::item_result::Outcome) -> Option<T>,
+) -> Result<Vec<T>, RunError> {
+    use crate::sched::ItemOutcome;
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    for (id, outcome) in outcomes {
+        match outcome {
+            ItemOutcome::Done(done) => match pick(&id, done) {
+                Some(result) => results.push(result),
+                None => failed.push(format!("{noun} {id}: a result of the wrong kind")),
+            },
+            ItemOutcome::Failed { message, attempts } => failed.push(format!(
+                "{noun} {id}: {message} (after {attempts} attempts)"
+            )),
+        }
+    }
+    if failed.is_empty() {
+        Ok(results)
+    } else {
+        Err(RunError::ItemsFailed {
+            count: failed.len(),
+            first: failed.into_iter().take(5).collect(),
+        })
+    }
+}

@@ -159,27 +159,14 @@ fn absolute(path: &Path) -> String {
 
 /// The generate results in item order, or an error naming the items that failed.
 fn generate_results(outcomes: Vec<ItemOutcome>) -> Result<Vec<pb::GenerateResult>, RunError> {
-    let mut results = Vec::with_capacity(outcomes.len());
-    let mut failed = Vec::new();
-    for (i, outcome) in outcomes.into_iter().enumerate() {
-        match outcome {
-            ItemOutcome::Done(Outcome::Generate(g)) => results.push(g),
-            ItemOutcome::Done(other) => {
-                failed.push(format!("sample {i}: unexpected result {other:?}"))
-            }
-            ItemOutcome::Failed { message, attempts } => {
-                failed.push(format!("sample {i}: {message} (after {attempts} attempts)"))
-            }
-        }
-    }
-    if failed.is_empty() {
-        Ok(results)
-    } else {
-        Err(RunError::ItemsFailed {
-            count: failed.len(),
-            first: failed.into_iter().take(5).collect(),
-        })
-    }
+    let ids = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| (i.to_string(), o));
+    super::collect_outcomes("sample", ids, |_, outcome| match outcome {
+        Outcome::Generate(g) => Some(g),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

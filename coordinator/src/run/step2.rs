@@ -74,27 +74,14 @@ fn embed_results(
     ids: Vec<String>,
     outcomes: Vec<ItemOutcome>,
 ) -> Result<Vec<(String, f32)>, RunError> {
-    let mut results = Vec::with_capacity(outcomes.len());
-    let mut failed = Vec::new();
-    for (id, outcome) in ids.into_iter().zip(outcomes) {
-        match outcome {
-            ItemOutcome::Done(Outcome::Embed(e)) => results.push((id, e.score)),
-            ItemOutcome::Done(other) => {
-                failed.push(format!("row {id}: unexpected result {other:?}"))
-            }
-            ItemOutcome::Failed { message, attempts } => {
-                failed.push(format!("row {id}: {message} (after {attempts} attempts)"))
-            }
-        }
-    }
-    if failed.is_empty() {
-        Ok(results)
-    } else {
-        Err(RunError::ItemsFailed {
-            count: failed.len(),
-            first: failed.into_iter().take(5).collect(),
-        })
-    }
+    super::collect_outcomes(
+        "row",
+        ids.into_iter().zip(outcomes),
+        |id, outcome| match outcome {
+            Outcome::Embed(e) => Some((id.to_string(), e.score)),
+            _ => None,
+        },
+    )
 }
 
 /// `path` made absolute against the current directory, so that local workers started elsewhere

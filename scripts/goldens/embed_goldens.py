@@ -10,7 +10,7 @@ full embeddings of a few texts. Two models:
   Normalize (`worker/tests/fixtures/embed_tiny_bert_cls/`), seeded, with a small WordPiece vocab,
   so the other pooling path and a second config are covered too.
 
-Usage: /work/pyenv/bin/python scripts/goldens/embed_goldens.py  (from the repo root)
+Usage: python scripts/goldens/embed_goldens.py  (from the repo root; a Python with sentence-transformers)
        ... embed_goldens.py --bench   (throughput of sentence-transformers on the same pairs)
 Writes worker/tests/fixtures/embed_pairs.json (the pairs), embed_minilm_goldens.json and embed_tiny_cls_goldens.json (scores
 stored as the float32 value widened to a Python float, so they read back exactly).
@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 from tokenize_texts import texts as base_texts  # noqa: E402
 
 FIXTURES = REPO / "worker" / "tests" / "fixtures"
-SEED_DIALOGUE = Path(os.environ.get("EVALFLEET_SEED", "/work/shared/seed")) / (
+SEED_DIALOGUE = Path(os.environ.get("EVALFLEET_SEED", Path(__file__).resolve().parents[3] / "shared" / "seed")) / (
     "evaluation/CharacterEval/test_data.jsonl"
 )
 

@@ -171,16 +171,38 @@ mod tests {
 
     use super::*;
 
+    /// Small weights and inputs: the shared test values scaled by 0.2.
     fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-            })
+        crate::models::test_values::pseudo(n, seed)
+            .into_iter()
+            .map(|v| v * 0.2)
             .collect()
+    }
+
+    /// Asserts that every row of `layer` applied to the last `m` rows of `x` (for each `m` in
+    /// `counts`) has the same bits as that row computed among all rows of `x`.
+    fn assert_rows_invariant(
+        layer: &Linear,
+        x: &Tensor,
+        counts: std::ops::RangeInclusive<usize>,
+        name: &str,
+    ) {
+        let n = x.dim(0).unwrap();
+        let all: Vec<Vec<f32>> = layer.forward(x).unwrap().to_vec2().unwrap();
+        for m in counts {
+            let part: Vec<Vec<f32>> = layer
+                .forward(&x.narrow(0, n - m, m).unwrap())
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            for (r, row) in part.iter().enumerate() {
+                let same = row
+                    .iter()
+                    .zip(&all[n - m + r])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{name}: row {r} of {m} differs");
+            }
+        }
     }
 
     fn quantized(out: usize, inp: usize, dtype: GgmlDType) -> Linear {
@@ -204,21 +226,7 @@ mod tests {
             ("(out, in)", Linear::new_as_stored(Weight::Dense(w), "test")),
         ];
         for (name, layer) in layers {
-            let all: Vec<Vec<f32>> = layer.forward(&x).unwrap().to_vec2().unwrap();
-            for m in 2..=40 {
-                let part: Vec<Vec<f32>> = layer
-                    .forward(&x.narrow(0, 40 - m, m).unwrap())
-                    .unwrap()
-                    .to_vec2()
-                    .unwrap();
-                for (r, row) in part.iter().enumerate() {
-                    let same = row
-                        .iter()
-                        .zip(&all[40 - m + r])
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{name}: row {r} of {m} differs");
-                }
-            }
+            assert_rows_invariant(&layer, &x, 2..=40, name);
         }
     }
 
@@ -235,21 +243,7 @@ mod tests {
         ] {
             let layer = quantized(out, inp, dtype);
             let x = Tensor::from_vec(pseudo(40 * inp, 7), (40, inp), &Device::Cpu).unwrap();
-            let all: Vec<Vec<f32>> = layer.forward(&x).unwrap().to_vec2().unwrap();
-            for m in 1..=40 {
-                let part: Vec<Vec<f32>> = layer
-                    .forward(&x.narrow(0, 40 - m, m).unwrap())
-                    .unwrap()
-                    .to_vec2()
-                    .unwrap();
-                for (r, row) in part.iter().enumerate() {
-                    let same = row
-                        .iter()
-                        .zip(&all[40 - m + r])
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{dtype:?} {out}x{inp}: row {r} of {m} differs");
-                }
-            }
+            assert_rows_invariant(&layer, &x, 1..=40, &format!("{dtype:?} {out}x{inp}"));
         }
     }
 }

@@ -82,3 +82,20 @@ pub trait Decoder {
     fn device(&self) -> &Device;
     fn vocab_size(&self) -> usize;
 }
+
+/// Deterministic test inputs shared by the model modules' unit tests.
+#[cfg(test)]
+pub(crate) mod test_values {
+    /// `n` xorshift values, uniform in [-0.5, 0.5), fixed by `seed`.
+    pub(crate) fn pseudo(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+}

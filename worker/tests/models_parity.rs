@@ -1,13 +1,15 @@
 //! Architecture parity with transformers: tiny random llama / qwen2 / mistral checkpoints (see
 //! scripts/goldens/tiny_models.py) must give the reference logits at every position within 1e-4,
 //! with and without merged LoRA adapters, for an unpadded sequence and a left-padded batch, in one
-//! pass or step by step through the KV cache, and after dropping rows from the cache.
+//! pass or step by step through the KV cache, and after dropping rows from the cache; the qwen2
+//! checkpoint also as a GGUF file in llama.cpp's layout.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, IndexOp, Tensor};
 use evalfleet_worker::models::{
-    DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, LogitsAt, load_causal_lm,
+    DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, LogitsAt, SourceKind,
+    load_causal_lm,
 };
 use serde_json::Value;
 
@@ -99,7 +101,12 @@ fn diff_unpadded(fx: &Fixture, got: &Tensor, want: &Tensor, rows: &[usize], col0
 }
 
 fn check_variant(arch: &str, fx: &Fixture, adapters: &[&str], key: &str) {
-    let model = load(fx, adapters);
+    check_model(arch, fx, &load(fx, adapters), key);
+}
+
+/// `model`'s logits against the fixture's reference `key`: one sequence, `LogitsAt::Last`, the
+/// left-padded batch, cached decoding and decoding after `retain_rows`.
+fn check_model(arch: &str, fx: &Fixture, model: &LoadedModel, key: &str) {
     let n = fx.single.len();
     let single = Tensor::from_vec(fx.single.clone(), (1, n), &Device::Cpu).unwrap();
     let positions = Tensor::arange(0u32, n as u32, &Device::Cpu)
@@ -288,4 +295,37 @@ fn retain_rows_can_expand_a_shared_prefix_into_a_batch() {
         let d = max_diff(&got.i((r, 0)).unwrap(), &want);
         assert!(d < TOL, "row {r} of the expanded prefix differs by {d}");
     }
+}
+
+/// tiny-qwen2 written as a GGUF the way llama.cpp converts Qwen2 (scripts/goldens/tiny_gguf.py):
+/// unpermuted q/k (half-split rope), q/k/v biases, no output.weight (tied head).
+fn check_qwen2_gguf(dtype: DTypeChoice) {
+    let fx = fixture("qwen2");
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        dtype,
+    };
+    let model = load_causal_lm(&fx.dir.join("model.gguf"), &[], &opts).unwrap();
+    assert_eq!(model.source_kind(), SourceKind::Gguf);
+    let cfg = model.config();
+    assert_eq!(cfg.architecture, "Qwen2ForCausalLM");
+    assert!(cfg.qkv_bias, "the attn_q/k/v biases were not picked up");
+    assert!(
+        cfg.tie_word_embeddings,
+        "no output.weight means a tied head"
+    );
+    assert_eq!((cfg.heads, cfg.kv_heads, cfg.layers), (4, 2, 2));
+    assert_eq!(cfg.rope_theta, 1_000_000.0);
+    assert_eq!(cfg.rms_norm_eps as f32, 1e-6);
+    check_model(&format!("qwen2 gguf {dtype:?}"), &fx, &model, "base");
+}
+
+#[test]
+fn qwen2_gguf_matches_transformers_with_weights_as_stored() {
+    check_qwen2_gguf(DTypeChoice::Auto);
+}
+
+#[test]
+fn qwen2_gguf_matches_transformers_dequantized_to_f32() {
+    check_qwen2_gguf(DTypeChoice::F32);
 }

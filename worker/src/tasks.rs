@@ -23,7 +23,8 @@ use crate::embed::Embedder;
 use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
 use crate::models::{DTypeChoice, Decoder, LoadOptions, LoadedModel, load_causal_lm};
 use crate::tokenize::{
-    ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, generation_config_eos_ids, get_template,
+    ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, clean_up_tokenization,
+    generation_config_eos_ids, get_template,
 };
 use crate::{Error, Result};
 
@@ -153,16 +154,22 @@ impl Executor {
                 Err(e) => sink(item_error(lease, &item.item_id, &e)),
             }
         }
-        let requests: Vec<GenRequest> = jobs.iter().map(|j| j.request.clone()).collect();
+        // The engine takes the requests by slice; keep the labels beside them, not a copy of each.
+        let (requests, labels): (Vec<GenRequest>, Vec<Vec<u32>>) =
+            jobs.into_iter().map(|j| (j.request, j.label_ids)).unzip();
         let mut new_tokens = 0usize;
         engine::generate_each(&entry.model, &requests, &opts, &mut |i, out| {
             new_tokens += out.tokens.len();
-            let job = &jobs[i];
-            let result = match decode(builder.tokenizer(), job, &out) {
-                Ok(result) => ItemResultBody::Generate(result),
-                Err(e) => ItemResultBody::Error(e),
+            let request = &requests[i];
+            let result = match decode(builder.tokenizer(), request, &labels[i], &out) {
+                Ok(result) => pb::ItemResult {
+                    lease_id: lease.lease_id,
+                    item_id: request.item_id.clone(),
+                    outcome: Some(Outcome::Generate(result)),
+                },
+                Err(e) => item_error(lease, &request.item_id, &e),
             };
-            sink(result.into_item(lease, &job.request.item_id));
+            sink(result);
         })?;
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
@@ -461,34 +468,30 @@ fn prepare(
 
 /// Decodes as LLaMA-Factory does: saved predictions with clean-up of spaces, saved labels
 /// without, and both with the tokenizer's default for the metrics; special tokens skipped.
-fn decode(tokenizer: &TextTokenizer, job: &Job, out: &GenOutput) -> Result<pb::GenerateResult> {
+/// Each id list is decoded once; the clean-up is applied to the text as the settings ask.
+fn decode(
+    tokenizer: &TextTokenizer,
+    request: &GenRequest,
+    label_ids: &[u32],
+    out: &GenOutput,
+) -> Result<pb::GenerateResult> {
+    let label = tokenizer.decode(label_ids, true, Some(false))?;
+    let predict_raw = tokenizer.decode(&out.tokens, true, Some(false))?;
+    let predict = clean_up_tokenization(&predict_raw);
+    let (label_for_metrics, predict_for_metrics) = if tokenizer.clean_up_tokenization_spaces() {
+        (clean_up_tokenization(&label), predict.clone())
+    } else {
+        (label.clone(), predict_raw)
+    };
     Ok(pb::GenerateResult {
-        label: tokenizer.decode(&job.label_ids, true, Some(false))?,
-        predict: tokenizer.decode(&out.tokens, true, Some(true))?,
-        label_for_metrics: tokenizer.decode(&job.label_ids, true, None)?,
-        predict_for_metrics: tokenizer.decode(&out.tokens, true, None)?,
-        prompt_tokens: job.request.prompt_ids.len() as u32,
+        label,
+        predict,
+        label_for_metrics,
+        predict_for_metrics,
+        prompt_tokens: request.prompt_ids.len() as u32,
         new_tokens: out.tokens.len() as u32,
         finish_reason: out.finish.as_str().to_string(),
     })
-}
-
-enum ItemResultBody {
-    Generate(pb::GenerateResult),
-    Error(Error),
-}
-
-impl ItemResultBody {
-    fn into_item(self, lease: &pb::Lease, item_id: &str) -> pb::ItemResult {
-        match self {
-            ItemResultBody::Generate(result) => pb::ItemResult {
-                lease_id: lease.lease_id,
-                item_id: item_id.to_string(),
-                outcome: Some(Outcome::Generate(result)),
-            },
-            ItemResultBody::Error(e) => item_error(lease, item_id, &e),
-        }
-    }
 }
 
 /// A non-retryable error result: the item fails the same way on any worker.

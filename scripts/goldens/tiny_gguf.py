@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the tiny random qwen2 checkpoint (worker/tests/fixtures/tiny-qwen2/model, made by
 tiny_models.py) as worker/tests/fixtures/tiny-qwen2/model.gguf, the way llama.cpp's
-convert_hf_to_gguf.py lays out a Qwen2 model, for worker/tests/models_gguf_qwen2.rs.
+convert_hf_to_gguf.py lays out a Qwen2 model, for worker/tests/models_parity.rs.
 
 What matters for the loader, following llama.cpp's Qwen2 conversion:
   - general.architecture "qwen2" and the qwen2.* hyperparameter keys;

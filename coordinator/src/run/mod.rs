@@ -20,7 +20,7 @@ pub mod step1;
 pub mod step2;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use fleet::{FleetRun, FleetSetup, run_fleet};
 pub use step1::{Step1Report, run_step1};
@@ -140,4 +140,17 @@ pub(crate) fn collect_outcomes<T>(
             first: failed.into_iter().take(5).collect(),
         })
     }
+}
+
+/// `path` made absolute against the current directory, so that local workers started elsewhere
+/// (and the model key) do not depend on a working directory.
+pub(crate) fn absolute(path: &Path) -> String {
+    let abs: PathBuf = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    abs.to_string_lossy().into_owned()
 }

@@ -3,13 +3,11 @@
 //! (predict, label) pair, averages, and writes generated_predictions.jsonl, predict_results.json
 //! and all_results.json with HF's speed metrics.
 
-use std::path::{Path, PathBuf};
-
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
 use tracing::info;
 
-use super::{FleetSetup, RunError, run_fleet};
+use super::{FleetSetup, RunError, absolute, run_fleet};
 use crate::config::Step1Config;
 use crate::datasets::{self, Sample};
 use crate::metrics::{self, Summary};
@@ -146,17 +144,6 @@ fn model_spec(cfg: &Step1Config) -> pb::ModelSpec {
     }
 }
 
-fn absolute(path: &Path) -> String {
-    let abs: PathBuf = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(path))
-            .unwrap_or_else(|_| path.to_path_buf())
-    };
-    abs.to_string_lossy().into_owned()
-}
-
 /// The generate results in item order, or an error naming the items that failed.
 fn generate_results(outcomes: Vec<ItemOutcome>) -> Result<Vec<pb::GenerateResult>, RunError> {
     let ids = outcomes
@@ -173,6 +160,7 @@ fn generate_results(outcomes: Vec<ItemOutcome>) -> Result<Vec<pb::GenerateResult
 mod tests {
     use super::*;
     use crate::config;
+    use std::path::Path;
 
     #[test]
     fn items_follow_samples_and_lease_carries_the_settings() {

@@ -3,13 +3,11 @@
 //! similar length; the fleet scores them on embedding workers, and the scores, put back in row
 //! order, are written into the step-1 files with the distribution ([`crate::step2`]).
 
-use std::path::{Path, PathBuf};
-
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
 use tracing::info;
 
-use super::{FleetSetup, RunError, run_fleet};
+use super::{FleetSetup, RunError, absolute, run_fleet};
 use crate::config::Step2Config;
 use crate::output::PredictionRow;
 use crate::sched::{ItemOutcome, TaskSpec};
@@ -82,19 +80,6 @@ fn embed_results(
             _ => None,
         },
     )
-}
-
-/// `path` made absolute against the current directory, so that local workers started elsewhere
-/// (and the model key) do not depend on a working directory.
-fn absolute(path: &Path) -> String {
-    let abs: PathBuf = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(path))
-            .unwrap_or_else(|_| path.to_path_buf())
-    };
-    abs.to_string_lossy().into_owned()
 }
 
 #[cfg(test)]

@@ -220,23 +220,10 @@ pub fn percent(k: usize, n: usize) -> String {
     format_fixed2(value)
 }
 
-/// Python's `format(x, ".2f")` for a finite non-negative `x`: correctly rounded from the exact
-/// binary value, ties to even. Rust's `{:.2}` also formats from the exact value; ties (values
-/// exactly halfway at the third decimal) are settled here explicitly.
+/// Python's `format(x, ".2f")` for a finite `x`: correctly rounded from the exact binary value,
+/// ties to even. That is CPython's `round(x, 2)`, whose result Rust's `{:.2}` prints exactly.
 fn format_fixed2(x: f64) -> String {
-    let exact = format!("{x:.60}");
-    let (int_part, frac) = exact.split_once('.').unwrap_or((&exact, "0"));
-    let tail = &frac[2..];
-    let is_tie = tail.starts_with('5') && tail[1..].bytes().all(|b| b == b'0');
-    if !is_tie {
-        return format!("{x:.2}");
-    }
-    // Round the cents half-even by integer arithmetic on the decimal digits.
-    let mut cents: u128 = format!("{int_part}{}", &frac[..2]).parse().unwrap_or(0);
-    if cents % 2 == 1 {
-        cents += 1;
-    }
-    format!("{}.{:02}", cents / 100, cents % 100)
+    format!("{:.2}", crate::metrics::python_round(x, 2))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
+use crate::tokenize::config::read_json_file;
 use crate::{Error, Result};
 
 /// The `config.json` fields a BERT encoder needs.
@@ -29,9 +30,7 @@ impl BertConfig {
     /// that names the field.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(&path, format!("invalid JSON: {e}")))?;
+        let json = read_json_file(&path)?;
         let string = |key: &str| json.get(key).and_then(Value::as_str);
         let unsupported = |what: String| Error::Unsupported(format!("{}: {what}", path.display()));
         match string("model_type") {

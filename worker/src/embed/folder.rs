@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::pooling::Pooling;
+use crate::tokenize::config::read_json_file;
 use crate::{Error, Result};
 
 /// What `modules.json` and the module configs of a sentence-transformers folder say.
@@ -79,11 +80,6 @@ impl StFolder {
     }
 }
 
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))
-}
-
 /// The module list of `modules.json`, in its order (the order sentence-transformers runs them).
 fn read_modules(dir: &Path) -> Result<Vec<Module>> {
     let path = dir.join("modules.json");
@@ -93,7 +89,7 @@ fn read_modules(dir: &Path) -> Result<Vec<Module>> {
             "no modules.json: not a sentence-transformers folder",
         ));
     }
-    let json = read_json(&path)?;
+    let json = read_json_file(&path)?;
     let entries = json
         .as_array()
         .ok_or_else(|| Error::bad_file(&path, "expected a JSON array of modules"))?;
@@ -139,7 +135,7 @@ fn read_sbert_config(
 ) -> Result<(usize, bool)> {
     let path = dir.join("sentence_bert_config.json");
     let json = if path.exists() {
-        read_json(&path)?
+        read_json_file(&path)?
     } else {
         Value::Object(Default::default())
     };
@@ -164,7 +160,7 @@ fn default_max_length(dir: &Path, max_positions: usize) -> Result<usize> {
     if !path.exists() {
         return Ok(max_positions);
     }
-    let json = read_json(&path)?;
+    let json = read_json_file(&path)?;
     // HF writes a huge sentinel (1e30) when the tokenizer has no limit; as_u64 fails on it.
     let tok_max = json
         .get("model_max_length")

@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{D, DType, Tensor};
 use serde_json::Value;
 
+use crate::tokenize::config::read_json_file;
 use crate::{Error, Result};
 
 /// One pooling mode.
@@ -49,9 +50,7 @@ const MODE_KEYS: [(&str, Option<PoolingMode>); 6] = [
 impl Pooling {
     /// Reads the Pooling module's `config.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))?;
+        let json = read_json_file(path)?;
         let word_embedding_dimension = json
             .get("word_embedding_dimension")
             .and_then(Value::as_u64)

@@ -240,14 +240,15 @@ impl Executor {
     /// dropping the least recently used embedder beyond `keep_models`.
     fn embedder(&mut self, spec: &pb::ModelSpec) -> Result<&Embedder> {
         let key = model_key(spec);
-        if let Some(pos) = self.embedders.iter().position(|(k, _)| *k == key) {
-            let entry = self.embedders.remove(pos);
-            self.embedders.push(entry);
-        } else {
-            while self.embedders.len() >= self.opts.keep_models.max(1) {
-                let (old, _) = self.embedders.remove(0);
-                tracing::info!(model = old, "unloading embedding model");
-            }
+        let keep = self.opts.keep_models;
+        let held = touch_or_make_room(
+            &mut self.embedders,
+            keep,
+            |(k, _)| k,
+            &key,
+            "embedding model",
+        );
+        if !held {
             let started = Instant::now();
             let embedder = Embedder::load(Path::new(&spec.model_path), &self.opts.device)?
                 .with_batch_size(self.worker_batch_size());
@@ -268,20 +269,35 @@ impl Executor {
     /// `keep_models`) when needed.
     fn model(&mut self, spec: &pb::ModelSpec) -> Result<&mut LoadedEntry> {
         let key = model_key(spec);
-        if let Some(pos) = self.models.iter().position(|m| m.key == key) {
-            let entry = self.models.remove(pos);
-            self.models.push(entry);
-        } else {
-            // Free memory before loading the next model, not after.
-            while self.models.len() >= self.opts.keep_models.max(1) {
-                let old = self.models.remove(0);
-                tracing::info!(model = old.key, "unloading model");
-            }
+        let keep = self.opts.keep_models;
+        if !touch_or_make_room(&mut self.models, keep, |m| &m.key, &key, "model") {
             let entry = LoadedEntry::load(key, spec, &self.opts.device)?;
             self.models.push(entry);
         }
         Ok(self.models.last_mut().expect("a model was just pushed"))
     }
+}
+
+/// The model caches' policy (most recently used last): when `key` is held, moves it last and
+/// says so; otherwise drops the least recently used entries until a new one fits under `keep`
+/// (at least 1), freeing memory before the next model loads rather than after.
+fn touch_or_make_room<T>(
+    held: &mut Vec<T>,
+    keep: usize,
+    key_of: impl Fn(&T) -> &String,
+    key: &str,
+    what: &str,
+) -> bool {
+    if let Some(pos) = held.iter().position(|e| key_of(e) == key) {
+        let entry = held.remove(pos);
+        held.push(entry);
+        return true;
+    }
+    while held.len() >= keep.max(1) {
+        let old = held.remove(0);
+        tracing::info!(model = key_of(&old), "unloading {what}");
+    }
+    false
 }
 
 impl crate::rpc::LeaseRunner for Executor {

@@ -101,11 +101,17 @@ impl Fleet {
         }
     }
 
-    /// Runs `f` on the scheduler, then publishes the new progress.
+    /// Runs `f` on the scheduler, then publishes the progress if it changed (heartbeats and
+    /// lease requests, most calls, change nothing and need not wake the watchers).
     pub fn with_sched<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
         let mut sched = self.inner.lock();
         let out = f(&mut sched);
-        self.inner.progress.send_replace(sched.progress());
+        let now = sched.progress();
+        self.inner.progress.send_if_modified(|p| {
+            let changed = *p != now;
+            *p = now;
+            changed
+        });
         out
     }
 

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod models;
 pub mod rpc;
+pub mod score;
 pub mod tasks;
 pub mod tokenize;
 

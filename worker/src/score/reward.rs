@@ -1,0 +1,1 @@
+//! Step 4 reward scoring (being written).

@@ -48,6 +48,7 @@ mod fields;
 pub mod keys;
 mod step1;
 mod step2;
+mod step4;
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +57,9 @@ use serde_yaml::{Mapping, Value};
 use fields::{Entry, Fields, describe, split_commas};
 pub use step1::{DataConfig, Dtype, FinetuningType, GenerationConfig, ModelConfig, Step1Config};
 pub use step2::{STEP2_KEYS, Step2Config, load_step2, parse_step2};
+pub use step4::{
+    STEP4_KEYS, STEP4_MAX_NEW_TOKENS, Step4Config, Step4Stage, load_step4, parse_step4,
+};
 
 /// The step names a run file may list; only [`SUPPORTED_STEPS`] run today.
 pub const KNOWN_STEPS: &[&str] = &["step1", "step2", "step3", "step4"];
@@ -141,7 +145,7 @@ impl JobConfig {
     pub fn step1(&self) -> Option<&Step1Config> {
         self.steps.iter().find_map(|step| match step {
             StepConfig::Step1(c) => Some(c),
-            StepConfig::Step2(_) => None,
+            _ => None,
         })
     }
 
@@ -149,7 +153,15 @@ impl JobConfig {
     pub fn step2(&self) -> Option<&Step2Config> {
         self.steps.iter().find_map(|step| match step {
             StepConfig::Step2(c) => Some(c),
-            StepConfig::Step1(_) => None,
+            _ => None,
+        })
+    }
+
+    /// The step-4 settings, if the job has step 4.
+    pub fn step4(&self) -> Option<&Step4Config> {
+        self.steps.iter().find_map(|step| match step {
+            StepConfig::Step4(c) => Some(c),
+            _ => None,
         })
     }
 }
@@ -163,6 +175,8 @@ pub enum StepConfig {
     Step1(Step1Config),
     /// Semantic similarity of step 1's predictions to their labels.
     Step2(Step2Config),
+    /// CharacterEval: generation, reward-model scores, means.
+    Step4(Step4Config),
 }
 
 /// Loads a step-1 file (the seed's `yamls/step1.yaml` form).

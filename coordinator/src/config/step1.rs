@@ -81,7 +81,7 @@ impl Dtype {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(super) fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Some(Dtype::Auto),
             "f32" | "fp32" | "float32" | "float" => Some(Dtype::F32),
@@ -172,7 +172,7 @@ pub(crate) fn parse(fields: &Fields) -> Result<Step1Config, ConfigError> {
     })
 }
 
-fn parse_model(fields: &Fields) -> Result<ModelConfig, ConfigError> {
+pub(super) fn parse_model(fields: &Fields) -> Result<ModelConfig, ConfigError> {
     let model_name_or_path = fields
         .required_string("model_name_or_path", "an HF model folder or a .gguf file")?
         .into();
@@ -239,7 +239,7 @@ fn parse_data(fields: &Fields) -> Result<DataConfig, ConfigError> {
     })
 }
 
-fn parse_generation(fields: &Fields) -> Result<GenerationConfig, ConfigError> {
+pub(super) fn parse_generation(fields: &Fields) -> Result<GenerationConfig, ConfigError> {
     let d = GenerationConfig::default();
     let g = GenerationConfig {
         do_sample: fields.bool("do_sample")?.unwrap_or(d.do_sample),

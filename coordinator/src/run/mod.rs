@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod score;
 pub mod step1;
 pub mod step2;
+pub mod step4;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 pub use fleet::{FleetRun, FleetSetup, run_fleet};
 pub use step1::{Step1Report, run_step1};
 pub use step2::run_step2;
+pub use step4::run_step4;
 use tracing::info;
 
 use crate::config::{ConfigError, JobConfig, StepConfig};
@@ -73,6 +75,9 @@ pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>
                     outputs.distribution_json,
                     outputs.histogram_svg,
                 ]);
+            }
+            StepConfig::Step4(cfg) => {
+                files.extend(run_step4(cfg, setup, None).await?);
             }
         }
     }

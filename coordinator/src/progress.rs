@@ -39,6 +39,11 @@ impl ItemsBar {
     pub fn set(&self, done: u64) {
         self.bar.set_position(done);
     }
+
+    /// Sets the number of items (it grows while a streaming task receives items).
+    pub fn set_total(&self, total: u64) {
+        self.bar.set_length(total);
+    }
 }
 
 impl Drop for ItemsBar {

@@ -8,8 +8,30 @@
 //! duplicate from a re-run shard is dropped. An item that reports an error, or loses its lease, is
 //! retried on a new lease until it has used `max_attempts`, then recorded as failed.
 //!
+//! Results kept from an earlier run (the journal) enter through [`Scheduler::mark_done`] before
+//! any lease: those items are done and never leased. A worker that stops (SIGTERM) gives its lease
+//! back with [`Scheduler::lease_returned`]: its items are requeued at once, no attempt counted.
+//!
 //! The caller passes `now` into every time-dependent method, which keeps expiry testable without
 //! sleeping (see the tests at the bottom).
+//!
+//! ## Streaming tasks and feeds
+//!
+//! A task added with [`Scheduler::add_streaming_task`] has an open input: items may be added to it
+//! while it runs ([`Scheduler::add_items`]) until [`Scheduler::close_input`]; it is complete only
+//! once its input is closed and every item has an outcome (an open task keeps the job unfinished,
+//! so idle workers get `NoWork`, not `Finished`). [`Scheduler::feed`] links a producer task to such
+//! a task: every successful result of the producer becomes an item of the consumer (same item id,
+//! payload made by a pure function of the producer's item and result), in the same call that
+//! records the result, and the consumer's input closes when the producer completes. This is how
+//! `evalfleet run` chains step 2 onto step 1 (`run::chain`).
+//!
+//! Which task a lease comes from: a fed task that has a full lease (the asking worker's batch)
+//! queued goes first, so downstream work drains as it arrives, in well-filled batches, while the
+//! producer still runs; otherwise the first task (in the order added) with queued items.
+//!
+//! [`Scheduler::timeline`] records, in order, every lease handed out and every task completed: a
+//! logical clock that tests read to check what happened before what.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -93,12 +115,15 @@ pub enum Recorded {
 pub struct Progress {
     pub done: usize,
     pub failed: usize,
+    /// Items added so far (streaming tasks may add more while `open > 0`).
     pub total: usize,
+    /// Streaming tasks whose input is not closed yet.
+    pub open: usize,
 }
 
 impl Progress {
     pub fn is_complete(&self) -> bool {
-        self.done == self.total
+        self.done == self.total && self.open == 0
     }
 }
 
@@ -109,6 +134,54 @@ pub enum SchedError {
     DuplicateItem { task: String, item: String },
     #[error("task {0:?} was added twice")]
     DuplicateTask(String),
+    #[error("task {0:?}: its input is closed; no items can be added")]
+    InputClosed(String),
+    #[error("task {consumer:?} cannot be fed by {producer:?}: {why}")]
+    BadFeed {
+        producer: String,
+        consumer: String,
+        why: &'static str,
+    },
+}
+
+/// Makes the payload of a fed task's item from a producer's item and its successful result
+/// (`None`: that result needs no further work). See [`Scheduler::feed`].
+pub type Derive = Box<dyn FnMut(&pb::WorkItem, &Outcome) -> Option<pb::work_item::Payload> + Send>;
+
+/// One entry of [`Scheduler::timeline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Lease `lease_id` of `items` items of task `task` was handed out.
+    Leased {
+        task: usize,
+        lease_id: u64,
+        items: usize,
+    },
+    /// Every item of task `task` has an outcome and its input is closed.
+    TaskComplete { task: usize },
+}
+
+/// A producer's link to the task it feeds.
+struct Feed {
+    consumer: usize,
+    derive: Derive,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Feed {{ consumer: {} }}", self.consumer)
+    }
+}
+
+/// Why [`Scheduler::mark_done`] refused a result.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PreloadError {
+    #[error("there is no task number {0}")]
+    UnknownTask(usize),
+    #[error("task {task} has no item {item:?}")]
+    UnknownItem { task: String, item: String },
+    #[error("task {task}, item {item:?}: an error is not a result")]
+    NotAResult { task: String, item: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +203,16 @@ struct TaskState {
     queue: VecDeque<usize>,
     done: usize,
     failed: usize,
+    /// Items may still be added (a streaming task before [`Scheduler::close_input`]).
+    open: bool,
+    /// Takes its items from a producer ([`Scheduler::feed`]); may jump ahead of earlier tasks.
+    fed: bool,
+    /// The task this one feeds, if any.
+    feed: Option<Feed>,
+    /// Items finished since the feed last looked at them (kept only when `feed` is set).
+    unfed: Vec<usize>,
+    /// [`Event::TaskComplete`] was recorded.
+    completed: bool,
 }
 
 #[derive(Debug)]
@@ -150,6 +233,7 @@ pub struct Scheduler {
     /// Every lease ever issued → its task, so a result arriving after its lease expired still counts.
     lease_task: HashMap<u64, usize>,
     next_lease: u64,
+    timeline: Vec<Event>,
 }
 
 impl Scheduler {
@@ -160,42 +244,109 @@ impl Scheduler {
             leases: HashMap::new(),
             lease_task: HashMap::new(),
             next_lease: 1,
+            timeline: Vec::new(),
         }
     }
 
     /// Adds a task; its items are leased after those of earlier tasks (all work for one model
     /// before the next). Returns the task's index.
     pub fn add_task(&mut self, spec: TaskSpec) -> Result<usize, SchedError> {
+        self.push_task(spec, false)
+    }
+
+    /// Adds a task whose input stays open: [`Scheduler::add_items`] adds to it until
+    /// [`Scheduler::close_input`] (see the module docs). Returns the task's index.
+    pub fn add_streaming_task(&mut self, spec: TaskSpec) -> Result<usize, SchedError> {
+        self.push_task(spec, true)
+    }
+
+    fn push_task(&mut self, spec: TaskSpec, open: bool) -> Result<usize, SchedError> {
         if self.tasks.iter().any(|t| t.spec.name == spec.name) {
             return Err(SchedError::DuplicateTask(spec.name));
         }
-        let mut index = HashMap::with_capacity(spec.items.len());
-        for (i, item) in spec.items.iter().enumerate() {
-            if index.insert(item.item_id.clone(), i).is_some() {
-                return Err(SchedError::DuplicateItem {
-                    task: spec.name,
-                    item: item.item_id.clone(),
-                });
-            }
-        }
-        let n = spec.items.len();
-        self.tasks.push(TaskState {
-            spec,
-            index,
-            state: vec![ItemState::Queued; n],
-            attempts: vec![0; n],
-            outcomes: vec![None; n],
-            queue: (0..n).collect(),
+        let items = spec.items.clone();
+        let mut task = TaskState {
+            spec: TaskSpec {
+                items: Vec::new(),
+                ..spec
+            },
+            index: HashMap::new(),
+            state: Vec::new(),
+            attempts: Vec::new(),
+            outcomes: Vec::new(),
+            queue: VecDeque::new(),
             done: 0,
             failed: 0,
-        });
-        Ok(self.tasks.len() - 1)
+            open,
+            fed: false,
+            feed: None,
+            unfed: Vec::new(),
+            completed: false,
+        };
+        task.push_items(items)?;
+        self.tasks.push(task);
+        let idx = self.tasks.len() - 1;
+        self.settle();
+        Ok(idx)
     }
 
-    /// Leases queued items of the first task that has any: as many as the worker's batch holds
-    /// (`max_items`, capped by [`SchedConfig::max_lease_items`]), but no more than an even share of
-    /// that task's queue among the `workers` connected, so that on a small job one worker does not
-    /// take everything while the others idle. Always at least one item.
+    /// Queues `items` on the streaming task `task` (after those already there); a task whose
+    /// input is closed (every plain task) refuses them.
+    pub fn add_items(&mut self, task: usize, items: Vec<pb::WorkItem>) -> Result<(), SchedError> {
+        let t = &mut self.tasks[task];
+        if !t.open {
+            return Err(SchedError::InputClosed(t.spec.name.clone()));
+        }
+        t.push_items(items)
+    }
+
+    /// No more items will be added to `task`; it completes once every item has an outcome.
+    pub fn close_input(&mut self, task: usize) {
+        self.tasks[task].open = false;
+        self.settle();
+    }
+
+    /// Feeds `consumer` (a streaming task added after `producer`) from `producer`: each
+    /// successful result of `producer` becomes an item of `consumer` with the same item id and the
+    /// payload `derive` makes, queued in the call that records the result; `consumer`'s input
+    /// closes once `producer` completes. Results already recorded are fed at once.
+    pub fn feed(
+        &mut self,
+        producer: usize,
+        consumer: usize,
+        derive: Derive,
+    ) -> Result<(), SchedError> {
+        let bad = |why| SchedError::BadFeed {
+            producer: self.tasks[producer].spec.name.clone(),
+            consumer: self.tasks[consumer].spec.name.clone(),
+            why,
+        };
+        if consumer <= producer {
+            return Err(bad("the fed task must be added after its producer"));
+        }
+        if !self.tasks[consumer].open || self.tasks[consumer].fed {
+            return Err(bad(
+                "the fed task must be a streaming task, open and not yet fed",
+            ));
+        }
+        if self.tasks[producer].feed.is_some() {
+            return Err(bad("the producer already feeds a task"));
+        }
+        let p = &mut self.tasks[producer];
+        p.unfed = (0..p.state.len())
+            .filter(|&i| p.state[i] == ItemState::Done)
+            .collect();
+        p.feed = Some(Feed { consumer, derive });
+        self.tasks[consumer].fed = true;
+        self.settle();
+        Ok(())
+    }
+
+    /// Leases queued items (which task: see the module docs): as many as the worker's batch
+    /// holds (`max_items`, capped by [`SchedConfig::max_lease_items`]), but, except for a fed
+    /// task's full lease, no more than an even share of that task's queue among the `workers`
+    /// connected, so that on a small job one worker does not take everything while the others
+    /// idle. Always at least one item.
     pub fn request_lease(
         &mut self,
         worker: WorkerKey,
@@ -205,10 +356,17 @@ impl Scheduler {
     ) -> Assignment {
         let capacity = max_items.clamp(1, self.cfg.max_lease_items.max(1)) as usize;
         let lease_id = self.next_lease;
-        let Some((task_idx, items)) = self.tasks.iter_mut().enumerate().find_map(|(ti, task)| {
-            let want = lease_size(capacity, task.queue.len(), workers);
-            let items = task.pop_queued(want, lease_id);
-            (!items.is_empty()).then_some((ti, items))
+        // Fed tasks with a full lease queued first, then every task in order. The queue lengths
+        // may count stale entries, so a candidate can come up empty: then try the next.
+        let full_fed = (0..self.tasks.len())
+            .filter(|&t| self.tasks[t].fed && self.tasks[t].queue.len() >= capacity)
+            .map(|t| (t, capacity));
+        let in_order = (0..self.tasks.len())
+            .map(|t| (t, lease_size(capacity, self.tasks[t].queue.len(), workers)));
+        let candidates: Vec<(usize, usize)> = full_fed.chain(in_order).collect();
+        let Some((task_idx, items)) = candidates.into_iter().find_map(|(t, want)| {
+            let items = self.tasks[t].pop_queued(want, lease_id);
+            (!items.is_empty()).then_some((t, items))
         }) else {
             return if self.progress().is_complete() {
                 Assignment::Finished
@@ -223,6 +381,11 @@ impl Scheduler {
         lease.task = task.spec.name.clone();
         lease.items = items.iter().map(|&i| task.spec.items[i].clone()).collect();
         lease.ttl_ms = self.cfg.lease_ttl.as_millis() as u64;
+        self.timeline.push(Event::Leased {
+            task: task_idx,
+            lease_id,
+            items: items.len(),
+        });
         self.leases.insert(
             lease_id,
             LeaseState {
@@ -234,6 +397,47 @@ impl Scheduler {
         );
         self.lease_task.insert(lease_id, task_idx);
         Assignment::Lease(Box::new(lease))
+    }
+
+    /// Records `outcome` for item `item_id` of task `task` without any lease: a result kept from
+    /// an earlier run (the journal, on resume). A queued item is finished and will never be
+    /// leased; a leased one is finished too (its lease's later result is a duplicate); a
+    /// producer's result feeds its consumer as a worker's would. Returns `Ok(false)` if the item
+    /// already had an outcome (the first one stays).
+    pub fn mark_done(
+        &mut self,
+        task: usize,
+        item_id: &str,
+        outcome: Outcome,
+    ) -> Result<bool, PreloadError> {
+        let Some(state) = self.tasks.get_mut(task) else {
+            return Err(PreloadError::UnknownTask(task));
+        };
+        let Some(&item) = state.index.get(item_id) else {
+            return Err(PreloadError::UnknownItem {
+                task: state.spec.name.clone(),
+                item: item_id.to_string(),
+            });
+        };
+        if matches!(outcome, Outcome::Error(_)) {
+            return Err(PreloadError::NotAResult {
+                task: state.spec.name.clone(),
+                item: item_id.to_string(),
+            });
+        }
+        if state.state[item] == ItemState::Done {
+            return Ok(false);
+        }
+        // The queue may keep the index: popping skips items that are not `Queued`.
+        state.finish(item, ItemOutcome::Done(outcome));
+        self.settle();
+        Ok(true)
+    }
+
+    /// The name of the task that lease `lease_id` (live or not) belongs to.
+    pub fn lease_task_name(&self, lease_id: u64) -> Option<&str> {
+        let &task = self.lease_task.get(&lease_id)?;
+        Some(self.tasks[task].spec.name.as_str())
     }
 
     /// Renews the named leases if `worker` holds them. Returns how many were renewed.
@@ -250,6 +454,12 @@ impl Scheduler {
 
     /// Records one item result (success or error).
     pub fn record(&mut self, result: pb::ItemResult) -> Recorded {
+        let recorded = self.record_one(result);
+        self.settle();
+        recorded
+    }
+
+    fn record_one(&mut self, result: pb::ItemResult) -> Recorded {
         let Some(&task_idx) = self.lease_task.get(&result.lease_id) else {
             return Recorded::UnknownLease;
         };
@@ -288,6 +498,25 @@ impl Scheduler {
             lease_id,
             "the worker finished its lease without a result for this item",
         )
+    }
+
+    /// The worker gives the lease back unfinished because it is stopping (SIGTERM): items still
+    /// without a result go back to the queue at once, without counting an attempt (the worker
+    /// did not fail them). Returns how many were requeued.
+    pub fn lease_returned(&mut self, lease_id: u64) -> usize {
+        let Some(lease) = self.leases.remove(&lease_id) else {
+            return 0;
+        };
+        let task = &mut self.tasks[lease.task];
+        let mut requeued = 0;
+        for item in lease.items {
+            if task.state[item] == ItemState::Leased(lease_id) {
+                task.state[item] = ItemState::Queued;
+                task.queue.push_back(item);
+                requeued += 1;
+            }
+        }
+        requeued
     }
 
     /// Reclaims every lease whose deadline has passed. Returns the ids of the reclaimed leases.
@@ -330,6 +559,7 @@ impl Scheduler {
                 done: p.done + t.done,
                 failed: p.failed + t.failed,
                 total: p.total + t.state.len(),
+                open: p.open + usize::from(t.open),
             })
     }
 
@@ -353,6 +583,42 @@ impl Scheduler {
         &self.tasks[task].outcomes
     }
 
+    /// The items of task `task` in item order (for a streaming task, the order they were added).
+    pub fn items(&self, task: usize) -> &[pb::WorkItem] {
+        &self.tasks[task].spec.items
+    }
+
+    /// Whether task `task` has its input closed and an outcome for every item.
+    pub fn task_complete(&self, task: usize) -> bool {
+        self.tasks[task].is_complete()
+    }
+
+    /// Every lease handed out and task completed so far, in order (see the module docs).
+    pub fn timeline(&self) -> &[Event] {
+        &self.timeline
+    }
+
+    /// After any change: feeds every producer's newly finished items to its consumer, closes
+    /// the input of consumers whose producer completed, and records completions. One pass in
+    /// task order suffices, as a consumer always comes after its producer.
+    fn settle(&mut self) {
+        for t in 0..self.tasks.len() {
+            if let Some((consumer, fed, producer_complete)) = self.tasks[t].take_fed() {
+                let c = &mut self.tasks[consumer];
+                // Producer item ids are unique, so the fed ids are too.
+                let _ = c.push_items(fed);
+                if producer_complete {
+                    c.open = false;
+                }
+            }
+            let task = &mut self.tasks[t];
+            if !task.completed && task.is_complete() {
+                task.completed = true;
+                self.timeline.push(Event::TaskComplete { task: t });
+            }
+        }
+    }
+
     fn release(&mut self, lease_id: u64, why: &str) -> usize {
         let Some(lease) = self.leases.remove(&lease_id) else {
             return 0;
@@ -366,6 +632,7 @@ impl Scheduler {
                 requeued += 1;
             }
         }
+        self.settle();
         requeued
     }
 }
@@ -377,6 +644,60 @@ fn lease_size(capacity: usize, queued: usize, workers: usize) -> usize {
 }
 
 impl TaskState {
+    /// Appends `items` (queued), refusing an id the task already has.
+    fn push_items(&mut self, items: Vec<pb::WorkItem>) -> Result<(), SchedError> {
+        for item in items {
+            let i = self.spec.items.len();
+            if self.index.contains_key(&item.item_id) {
+                return Err(SchedError::DuplicateItem {
+                    task: self.spec.name.clone(),
+                    item: item.item_id,
+                });
+            }
+            self.index.insert(item.item_id.clone(), i);
+            self.spec.items.push(item);
+            self.state.push(ItemState::Queued);
+            self.attempts.push(0);
+            self.outcomes.push(None);
+            self.queue.push_back(i);
+        }
+        Ok(())
+    }
+
+    fn is_complete(&self) -> bool {
+        !self.open && self.done == self.state.len()
+    }
+
+    /// For a producer: (its consumer, the items derived from the results finished since the
+    /// last call, whether this task is complete).
+    fn take_fed(&mut self) -> Option<(usize, Vec<pb::WorkItem>, bool)> {
+        let complete = self.is_complete();
+        let TaskState {
+            feed: Some(feed),
+            unfed,
+            outcomes,
+            spec,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let items = std::mem::take(unfed)
+            .into_iter()
+            .filter_map(|i| match &outcomes[i] {
+                Some(ItemOutcome::Done(outcome)) => {
+                    let item = &spec.items[i];
+                    (feed.derive)(item, outcome).map(|payload| pb::WorkItem {
+                        item_id: item.item_id.clone(),
+                        payload: Some(payload),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        Some((feed.consumer, items, complete))
+    }
+
     fn pop_queued(&mut self, want: usize, lease_id: u64) -> Vec<usize> {
         let mut items = Vec::with_capacity(want.min(self.queue.len()));
         while items.len() < want {
@@ -398,6 +719,9 @@ impl TaskState {
         self.state[item] = ItemState::Done;
         self.outcomes[item] = Some(outcome);
         self.done += 1;
+        if self.feed.is_some() {
+            self.unfed.push(item);
+        }
     }
 
     /// Counts a failed attempt of a leased item: requeue it, or fail it for good.
@@ -510,7 +834,8 @@ mod tests {
             Progress {
                 done: 5,
                 failed: 0,
-                total: 5
+                total: 5,
+                open: 0,
             }
         );
         assert_eq!(s.request_lease(3, 4, 1, now), Assignment::Finished);
@@ -598,7 +923,8 @@ mod tests {
             Progress {
                 done: 2,
                 failed: 1,
-                total: 2
+                total: 2,
+                open: 0,
             }
         );
         assert_eq!(
@@ -667,7 +993,8 @@ mod tests {
             Progress {
                 done: 1,
                 failed: 1,
-                total: 1
+                total: 1,
+                open: 0,
             }
         );
     }
@@ -692,6 +1019,71 @@ mod tests {
     }
 
     #[test]
+    fn marked_items_are_never_leased_and_count_as_done() {
+        let now = Instant::now();
+        let mut s = sched(4);
+        let kept = Outcome::Generate(pb::GenerateResult {
+            predict: "kept".into(),
+            ..Default::default()
+        });
+        assert_eq!(s.mark_done(0, "1", kept.clone()), Ok(true));
+        assert_eq!(s.mark_done(0, "3", kept.clone()), Ok(true));
+        assert_eq!(s.mark_done(0, "3", kept.clone()), Ok(false));
+        assert_eq!(
+            s.progress(),
+            Progress {
+                done: 2,
+                failed: 0,
+                total: 4,
+                open: 0,
+            }
+        );
+        let a = lease(&mut s, 1, 10, now);
+        assert_eq!(ids(&a), vec!["0", "2"]);
+        assert_eq!(predict(&s, 1).as_deref(), Some("kept"));
+        assert!(matches!(
+            s.mark_done(0, "9", kept.clone()),
+            Err(PreloadError::UnknownItem { .. })
+        ));
+        assert_eq!(
+            s.mark_done(5, "0", kept.clone()),
+            Err(PreloadError::UnknownTask(5))
+        );
+        let error = Outcome::Error(pb::ItemError::default());
+        assert!(matches!(
+            s.mark_done(0, "0", error),
+            Err(PreloadError::NotAResult { .. })
+        ));
+        // A leased item marked done: the lease's own result is then a duplicate.
+        assert_eq!(s.mark_done(0, "0", kept), Ok(true));
+        assert_eq!(s.record(ok(&a, "0", "late")), Recorded::Duplicate);
+        assert_eq!(s.record(ok(&a, "2", "x")), Recorded::Accepted);
+        assert!(s.progress().is_complete());
+        assert_eq!(s.lease_task_name(a.lease_id), Some("t"));
+        assert_eq!(s.lease_task_name(999), None);
+    }
+
+    #[test]
+    fn a_returned_lease_requeues_without_counting_an_attempt() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(SchedConfig {
+            lease_ttl: Duration::from_secs(10),
+            max_attempts: 1,
+            max_lease_items: 100,
+        });
+        s.add_task(task("t", 3)).unwrap();
+        let a = lease(&mut s, 1, 3, t0);
+        assert_eq!(s.record(ok(&a, "0", "")), Recorded::Accepted);
+        assert_eq!(s.lease_returned(a.lease_id), 2);
+        assert_eq!(s.active_leases(), 0);
+        // With max_attempts 1 a counted attempt would have failed the items; they are leased again.
+        let b = lease(&mut s, 2, 3, t0);
+        assert_eq!(ids(&b), vec!["1", "2"]);
+        assert_eq!(s.progress().failed, 0);
+        assert_eq!(s.lease_returned(a.lease_id), 0, "already returned");
+    }
+
+    #[test]
     fn duplicate_item_ids_are_refused() {
         let mut s = Scheduler::new(SchedConfig::default());
         let mut t = task("t", 2);
@@ -699,6 +1091,195 @@ mod tests {
         assert!(matches!(
             s.add_task(t),
             Err(SchedError::DuplicateItem { .. })
+        ));
+    }
+
+    fn streaming(name: &str, n: usize) -> TaskSpec {
+        task(name, n)
+    }
+
+    /// The producer's "generate" result `text` becomes an embed item of the fed task.
+    fn to_embed() -> Derive {
+        Box::new(|item, outcome| match outcome {
+            Outcome::Generate(g) => Some(pb::work_item::Payload::Embed(pb::EmbedItem {
+                label: item.item_id.clone(),
+                predict: g.predict.clone(),
+            })),
+            _ => None,
+        })
+    }
+
+    fn leased_tasks(s: &Scheduler) -> Vec<usize> {
+        s.timeline()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Leased { task, .. } => Some(*task),
+                Event::TaskComplete { .. } => None,
+            })
+            .collect()
+    }
+
+    fn position(s: &Scheduler, event: &Event) -> usize {
+        s.timeline()
+            .iter()
+            .position(|e| e == event)
+            .unwrap_or_else(|| panic!("{event:?} not in {:?}", s.timeline()))
+    }
+
+    #[test]
+    fn streaming_task_stays_open_until_its_input_closes() {
+        let now = Instant::now();
+        let mut s = Scheduler::new(SchedConfig::default());
+        let t = s.add_streaming_task(streaming("s", 0)).unwrap();
+        assert!(!s.progress().is_complete());
+        // Nothing queued but more may come: idle workers wait instead of leaving.
+        assert_eq!(s.request_lease(1, 4, 1, now), Assignment::NoWork);
+        s.add_items(t, task("x", 2).items).unwrap();
+        let a = lease(&mut s, 1, 4, now);
+        assert_eq!(ids(&a), ["0", "1"]);
+        let mut again = task("x", 1).items;
+        assert!(matches!(
+            s.add_items(t, again.clone()),
+            Err(SchedError::DuplicateItem { .. })
+        ));
+        again[0].item_id = "2".into();
+        s.add_items(t, again).unwrap();
+        for i in ["0", "1"] {
+            assert_eq!(s.record(ok(&a, i, i)), Recorded::Accepted);
+        }
+        let b = lease(&mut s, 1, 4, now);
+        assert_eq!(s.record(ok(&b, "2", "2")), Recorded::Accepted);
+        assert_eq!((s.progress().done, s.progress().open), (3, 1));
+        assert_eq!(s.request_lease(1, 4, 1, now), Assignment::NoWork);
+        assert!(!s.task_complete(t));
+        s.close_input(t);
+        assert!(s.task_complete(t));
+        assert_eq!(s.request_lease(1, 4, 1, now), Assignment::Finished);
+        assert!(matches!(
+            s.add_items(t, task("y", 1).items),
+            Err(SchedError::InputClosed(_))
+        ));
+        assert_eq!(s.timeline().last(), Some(&Event::TaskComplete { task: t }));
+        // A plain task takes no added items.
+        let plain = s.add_task(task("p", 1)).unwrap();
+        assert!(matches!(
+            s.add_items(plain, task("y", 1).items),
+            Err(SchedError::InputClosed(_))
+        ));
+    }
+
+    #[test]
+    fn fed_task_gets_each_result_and_starts_before_its_producer_ends() {
+        let now = Instant::now();
+        let mut s = sched(5);
+        let c = s.add_streaming_task(streaming("c", 0)).unwrap();
+        s.feed(0, c, to_embed()).unwrap();
+        // One worker with batch 2: the producer's first lease...
+        let a = lease(&mut s, 1, 2, now);
+        assert_eq!((a.task.as_str(), ids(&a)), ("t", vec!["0", "1"]));
+        assert_eq!(s.record(ok(&a, "1", "p1")), Recorded::Accepted);
+        // One fed item is not a full lease: the producer's queue goes first.
+        let b = lease(&mut s, 1, 2, now);
+        assert_eq!((b.task.as_str(), ids(&b)), ("t", vec!["2", "3"]));
+        assert_eq!(s.record(ok(&a, "0", "p0")), Recorded::Accepted);
+        // Two fed items fill a lease: it jumps ahead of the producer's remaining item 4.
+        let d = lease(&mut s, 2, 2, now);
+        assert_eq!((d.task.as_str(), ids(&d)), ("c", vec!["1", "0"]));
+        let Some(pb::work_item::Payload::Embed(e)) = &d.items[0].payload else {
+            panic!("not an embed item: {d:?}")
+        };
+        assert_eq!((e.label.as_str(), e.predict.as_str()), ("1", "p1"));
+        // A failed producer item feeds nothing.
+        assert_eq!(s.record(err(&b, "2", false)), Recorded::Failed);
+        assert_eq!(s.record(ok(&b, "3", "p3")), Recorded::Accepted);
+        // One fed item queued again: the producer's last item comes first, then the fed one.
+        let f = lease(&mut s, 1, 2, now);
+        assert_eq!((f.task.as_str(), ids(&f)), ("t", vec!["4"]));
+        let g = lease(&mut s, 2, 2, now);
+        assert_eq!((g.task.as_str(), ids(&g)), ("c", vec!["3"]));
+        assert!(!s.task_complete(c));
+        assert_eq!(s.record(ok(&f, "4", "p4")), Recorded::Accepted);
+        // The producer completed: the fed task's input is closed, with item 4 still to run.
+        assert!(s.task_complete(0));
+        assert_eq!(s.progress().open, 0);
+        let h = lease(&mut s, 1, 2, now);
+        assert_eq!((h.task.as_str(), ids(&h)), ("c", vec!["4"]));
+        for (l, i) in [(&d, "1"), (&d, "0"), (&g, "3"), (&h, "4")] {
+            let mut r = ok(l, i, "");
+            r.outcome = Some(Outcome::Embed(pb::EmbedResult { score: 0.5 }));
+            assert_eq!(s.record(r), Recorded::Accepted);
+        }
+        assert!(s.progress().is_complete());
+        assert_eq!(s.request_lease(1, 2, 1, now), Assignment::Finished);
+        let ids: Vec<&str> = s.items(c).iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(ids, ["1", "0", "3", "4"]);
+        assert_eq!(leased_tasks(&s), [0, 0, 1, 0, 1, 1]);
+        let first_fed_lease = Event::Leased {
+            task: c,
+            lease_id: d.lease_id,
+            items: 2,
+        };
+        assert!(
+            position(&s, &first_fed_lease) < position(&s, &Event::TaskComplete { task: 0 }),
+            "{:?}",
+            s.timeline()
+        );
+        assert!(
+            position(&s, &Event::TaskComplete { task: 0 })
+                < position(&s, &Event::TaskComplete { task: c })
+        );
+    }
+
+    #[test]
+    fn feed_ignores_lost_leases_and_late_duplicates() {
+        let t0 = Instant::now();
+        let mut s = sched(2);
+        let c = s.add_streaming_task(streaming("c", 0)).unwrap();
+        s.feed(0, c, to_embed()).unwrap();
+        let a = lease(&mut s, 1, 2, t0);
+        assert_eq!(s.record(ok(&a, "0", "first")), Recorded::Accepted);
+        // The lease expires: item 1 is requeued, nothing is fed for it.
+        assert_eq!(s.expire(t0 + Duration::from_secs(10)), vec![a.lease_id]);
+        assert_eq!(s.items(c).len(), 1);
+        let b = lease(&mut s, 2, 1, t0 + Duration::from_secs(11));
+        assert_eq!((b.task.as_str(), ids(&b)), ("c", vec!["0"]));
+        let d = lease(&mut s, 2, 1, t0 + Duration::from_secs(11));
+        assert_eq!((d.task.as_str(), ids(&d)), ("t", vec!["1"]));
+        assert_eq!(s.record(ok(&a, "1", "late")), Recorded::Accepted);
+        assert_eq!(s.record(ok(&d, "1", "again")), Recorded::Duplicate);
+        let fed: Vec<String> = s
+            .items(c)
+            .iter()
+            .map(|i| match &i.payload {
+                Some(pb::work_item::Payload::Embed(e)) => e.predict.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(fed, ["first", "late"]);
+        assert_eq!(s.progress().open, 0);
+    }
+
+    #[test]
+    fn feed_takes_earlier_results_and_checks_its_tasks() {
+        let now = Instant::now();
+        let mut s = sched(2);
+        let a = lease(&mut s, 1, 1, now);
+        assert_eq!(s.record(ok(&a, "0", "early")), Recorded::Accepted);
+        let plain = s.add_task(task("plain", 1)).unwrap();
+        let c = s.add_streaming_task(streaming("c", 0)).unwrap();
+        assert!(matches!(
+            s.feed(0, plain, to_embed()),
+            Err(SchedError::BadFeed { .. })
+        ));
+        assert!(matches!(
+            s.feed(c, 0, to_embed()),
+            Err(SchedError::BadFeed { .. })
+        ));
+        s.feed(0, c, to_embed()).unwrap();
+        assert_eq!(s.items(c).len(), 1, "the result recorded before the feed");
+        assert!(matches!(
+            s.feed(0, c, to_embed()),
+            Err(SchedError::BadFeed { .. })
         ));
     }
 }

@@ -66,6 +66,18 @@ pub struct Step2Outputs {
     pub summary: String,
 }
 
+impl Step2Outputs {
+    /// The files written, in a fixed order.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        vec![
+            self.predictions.clone(),
+            self.predict_results.clone(),
+            self.distribution_json.clone(),
+            self.histogram_svg.clone(),
+        ]
+    }
+}
+
 /// The step-1 rows of `<output_dir>/generated_predictions.jsonl` (a `score` already there from
 /// an earlier step 2 is ignored; it is recomputed).
 pub fn read_step1_rows(output_dir: &Path) -> Result<Vec<PredictionRow>, Step2Error> {
@@ -74,6 +86,30 @@ pub fn read_step1_rows(output_dir: &Path) -> Result<Vec<PredictionRow>, Step2Err
         return Err(Step2Error::MissingStep1 { path });
     }
     Ok(output::read_generated_predictions(&path)?)
+}
+
+/// Reads and checks the step-1 files step 2 needs before any worker starts: the rows of
+/// `generated_predictions.jsonl` (as [`read_step1_rows`]) and `predict_results.json`, which must
+/// exist and hold a JSON object (step 2 appends to it), so that a missing or broken file fails
+/// at once, not after the embedding work. [`write_step2`] reads `predict_results.json` again.
+pub fn read_step1_inputs(output_dir: &Path) -> Result<Vec<PredictionRow>, Step2Error> {
+    let rows = read_step1_rows(output_dir)?;
+    read_predict_results(output_dir)?;
+    Ok(rows)
+}
+
+/// The text of `<output_dir>/predict_results.json`, checked to be a JSON object.
+fn read_predict_results(output_dir: &Path) -> Result<String, Step2Error> {
+    let path = output_dir.join(PREDICT_RESULTS);
+    let text = output::read_if_exists(&path).map_err(|source| OutputError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let Some(text) = text else {
+        return Err(Step2Error::MissingStep1 { path });
+    };
+    output::loads_object(&path, &text)?;
+    Ok(text)
 }
 
 /// Writes step 2's results into `output_dir` for `rows` (in file order) and their `scores`.
@@ -94,15 +130,7 @@ pub fn write_step2(
         });
     }
     let predict_results = output_dir.join(PREDICT_RESULTS);
-    let old = output::read_if_exists(&predict_results).map_err(|source| OutputError::Read {
-        path: predict_results.clone(),
-        source,
-    })?;
-    let Some(old) = old else {
-        return Err(Step2Error::MissingStep1 {
-            path: predict_results,
-        });
-    };
+    let old = read_predict_results(output_dir)?;
     let distribution = Distribution::new(scores);
     let new_results = files::add_metric(&predict_results, &old, AVG_KEY, distribution.mean)?;
 

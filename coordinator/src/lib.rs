@@ -10,6 +10,7 @@
 //! - [`local`]: local mode: tokens, finding and spawning worker processes, watching them.
 //! - [`run`]: the step drivers (step 1: plan items, run the fleet, score, write the files).
 //! - [`step2`]: step 2's files: scores into the step-1 files, the score distribution and plot.
+//! - [`step4`]: CharacterEval: prompts, transform, reward-model inputs, score means and files.
 //! - [`progress`]: the progress bar and a log writer that does not tear it.
 //! - [`cli`]: the `evalfleet` command line.
 
@@ -26,3 +27,4 @@ pub mod run;
 pub mod sched;
 pub mod step2;
 pub mod step3;
+pub mod step4;

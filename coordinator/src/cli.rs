@@ -1,4 +1,4 @@
-//! The `evalfleet` command line (clap derive): `step1`, `step2`, `run`, `score text`, `report`. Glue only: each
+//! The `evalfleet` command line (clap derive): `step1`, `step2`, `step4`, `run`, `score text`, `report`. Glue only: each
 //! subcommand parses its options and calls a driver in [`crate::run`].
 
 use std::net::SocketAddr;
@@ -42,6 +42,17 @@ pub enum Command {
     /// sem_sim_histogram.svg, and prints a one-line summary. Every file is replaced atomically.
     /// Same fleet options as `step1` (--batch-size = pairs per lease and texts per forward pass).
     Step2(StepArgs),
+    /// Step 4: CharacterEval role-play evaluation: generation, BaichuanCharRM scores, means.
+    ///
+    /// Reads a job YAML with the original tool's step-4 keys: model_path, reward_model_path,
+    /// task_dir (test_data.jsonl, character_profiles.json, id2metric.jsonl), output_dir,
+    /// adapter_name_or_path, template (empty = the model's chat template), finetuning_type, plus
+    /// max_samples, generation keys (max_new_tokens default 512), dtype, reward_dtype (default
+    /// bf16), batch_size, workers and stage. Writes <output_dir>/step1_generation.jsonl,
+    /// step2_generation_trans.jsonl, step3_evaluation.jsonl and step4_eval_scores.jsonl in the
+    /// original formats, and step4_eval_scores.json (per-metric mean, count, std; per-character
+    /// means; the average), and prints the score log. Same fleet options as `step1`.
+    Step4(Step4Args),
     /// Runs a job YAML listing its steps (`steps: [step1, step2]`) with shared keys and per-step
     /// sections.
     ///
@@ -83,6 +94,25 @@ pub struct StepArgs {
     pub yaml: PathBuf,
     #[command(flatten)]
     pub fleet: FleetArgs,
+}
+
+/// `evalfleet step4`: the job YAML, the sub-step to start from, the fleet options.
+#[derive(Debug, Args)]
+pub struct Step4Args {
+    /// The job YAML.
+    pub yaml: PathBuf,
+    /// Start at this sub-step and run the rest, reading the previous sub-step's file from
+    /// output_dir: generate, transform, score (e.g. re-score existing generations with another
+    /// reward model) or aggregate. Default: the YAML's `stage`, else generate.
+    #[arg(long, value_parser = parse_stage)]
+    pub stage: Option<crate::config::Step4Stage>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+fn parse_stage(s: &str) -> Result<crate::config::Step4Stage, String> {
+    crate::config::Step4Stage::parse(s)
+        .ok_or_else(|| format!("expected generate, transform, score or aggregate, got {s:?}"))
 }
 
 /// Where the workers come from.
@@ -163,6 +193,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 ignored_keys: Vec::new(),
             };
             let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
+            for path in files {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Step4(args) => {
+            let cfg = crate::config::load_step4(&args.yaml)?;
+            let files = crate::run::run_step4(&cfg, &args.fleet.setup(), args.stage).await?;
             for path in files {
                 println!("wrote {}", path.display());
             }

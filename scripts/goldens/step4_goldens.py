@@ -16,6 +16,10 @@ Writes:
   - `aggregate`: a synthetic step-3 file's means in first-appearance order (repr) and the
     `format_log_data` text (PROTOCOL 4.6).
 
+Also writes yamls/demo/charactereval/: five dialogues of the seed's test data (the two of its
+example outputs first) with their profiles and id2metric entries, in the original files' layout,
+for yamls/step4.yaml and the end-to-end test.
+
 The dialogue logic below is written from PROTOCOL 4.2 (CE `get_response.py` semantics); the
 seed folder is `EVALFLEET_SEED` or `<repo>/../shared/seed`.
 
@@ -34,6 +38,10 @@ SEED = Path(os.environ.get("EVALFLEET_SEED", REPO.parent / "shared" / "seed"))
 DATA = SEED / "evaluation" / "CharacterEval"
 FIXTURES = REPO / "coordinator" / "tests" / "fixtures" / "step4"
 TABLE = REPO / "coordinator" / "src" / "step4" / "nonprintable.rs"
+DEMO = REPO / "yamls" / "demo" / "charactereval"
+# Records of test_data.jsonl: the seed's two example dialogues, then roles with 5, 1 (a profile
+# whose repr needs double quotes) and 3 metrics.
+DEMO_RECORDS = [0, 1, 60, 50, 70]
 
 
 def nonprintable_ranges():
@@ -154,6 +162,19 @@ REPR_CASES = [
 ]
 
 
+def write_demo(records, profiles, id2metric):
+    picked = [records[i] for i in DEMO_RECORDS]
+    roles = {r["role"]: profiles[r["role"]] for r in picked}
+    metrics = {str(r["id"]): id2metric[str(r["id"])] for r in picked}
+    DEMO.mkdir(parents=True, exist_ok=True)
+    for name, value, indent in [
+        ("test_data.jsonl", picked, 2),
+        ("character_profiles.json", roles, 2),
+        ("id2metric.jsonl", metrics, 4),
+    ]:
+        (DEMO / name).write_text(json.dumps(value, ensure_ascii=False, indent=indent), encoding="utf-8")
+
+
 def main():
     write_table()
     profiles = json.loads((DATA / "character_profiles.json").read_text(encoding="utf-8"))
@@ -161,6 +182,8 @@ def main():
     example = json.loads(
         (SEED / "output" / "CharacterEval" / "step2_generation_trans.jsonl").read_text(encoding="utf-8")
     )
+    id2metric = json.loads((DATA / "id2metric.jsonl").read_text(encoding="utf-8"))
+    write_demo(records, profiles, id2metric)
     all_messages = [messages_for(r, profiles) for r in records]
     goldens = {
         "repr_cases": [[value, repr(value)] for value in REPR_CASES],

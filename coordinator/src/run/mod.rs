@@ -112,6 +112,8 @@ pub enum RunError {
     Scoring(String),
     #[error(transparent)]
     Step2(#[from] crate::step2::Step2Error),
+    #[error(transparent)]
+    Step4(#[from] crate::step4::Step4Error),
     #[error("{count} items failed:\n  {}", first.join("\n  "))]
     ItemsFailed { count: usize, first: Vec<String> },
 }

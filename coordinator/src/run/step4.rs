@@ -1,16 +1,319 @@
-//! Step 4 (CharacterEval, PROTOCOL 4): being written.
+//! Step 4 (CharacterEval, PROTOCOL 4) through the fleet: the four sub-steps of
+//! [`crate::step4`], from the configured stage on.
+//!
+//! 1. generate: one generate item per dialogue (item id = dialogue index), messages ending with
+//!    the final user turn, the lease's template (`template`, else the model's chat template), the
+//!    adapter merged; `model_output` = the reply decoded as the SEED did (special tokens skipped,
+//!    the tokenizer's default clean-up). A dialogue whose generation fails gets `"ERROR"` (as CE
+//!    marks failures), which sub-step 2 skips, and a warning.
+//! 2. transform: pure ([`crate::step4::transform`]).
+//! 3. score: one reward item per row (item id = row index), queued longest text first so leases
+//!    batch similar lengths; the lease's model is the reward model in `reward_dtype` with a
+//!    4096-token left truncation. Any failed row fails the step.
+//! 4. aggregate: the score log and the summary.
+//!
+//! Generation and scoring run as two fleets one after the other (the reward task needs the
+//! transformed rows; a fleet feed is one item per result, while a dialogue has several metrics).
 
 use std::path::PathBuf;
 
-use super::{FleetSetup, RunError};
-use crate::config::{Step4Config, Step4Stage};
+use evalfleet_proto::v1 as pb;
+use pb::item_result::Outcome;
+use tracing::{info, warn};
 
-/// Runs step 4 from `stage` (else the YAML's `stage`) on; returns the files written.
+use super::{FleetSetup, RunError, absolute, run_fleet};
+use crate::config::{Step4Config, Step4Stage};
+use crate::output::PyJson;
+use crate::sched::{ItemOutcome, TaskSpec};
+use crate::step4::aggregate::{Summary, format_log_data, metric_groups};
+use crate::step4::data::{self, Profiles, read_profiles};
+use crate::step4::files::{read_stage_records, write_log, write_records, write_summary};
+use crate::step4::prompt::record_messages;
+use crate::step4::reward::{RM_MAX_TOKENS, attach_score, rm_input_text, score_from_sigmoid};
+use crate::step4::transform::transform;
+use crate::step4::{
+    ERROR_OUTPUT, EVALUATION_FILE, GENERATION_FILE, Record, Step4Error, TRANSFORM_FILE, set,
+};
+
+/// Fleet task names.
+const GENERATE_TASK: &str = "step4-generate";
+const REWARD_TASK: &str = "step4-reward";
+
+/// Runs step 4 from `stage` (else the YAML's `stage`) on; returns the files written. The
+/// YAML's `workers` / `batch_size` apply where the command line left them unset.
 pub async fn run_step4(
     cfg: &Step4Config,
     setup: &FleetSetup,
     stage: Option<Step4Stage>,
 ) -> Result<Vec<PathBuf>, RunError> {
-    let _ = (cfg, setup, stage);
-    Ok(Vec::new())
+    let stage = stage.unwrap_or(cfg.stage);
+    let mut setup = setup.clone();
+    setup.workers = setup.workers.or(cfg.workers);
+    setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
+    let out = &cfg.output_dir;
+    let mut files = Vec::new();
+
+    let generated = if stage == Step4Stage::Generate {
+        let records = generate(cfg, &setup).await?;
+        files.push(write_records(out, GENERATION_FILE, &records)?);
+        Some(records)
+    } else {
+        None
+    };
+    let transformed = if stage <= Step4Stage::Transform {
+        let records = match generated {
+            Some(r) => r,
+            None => read_stage_records(out, GENERATION_FILE, "--stage generate")?,
+        };
+        let id2metric = data::read_id2metric(&cfg.task_dir.join(data::ID2METRIC))?;
+        let rows = transform(&records, &id2metric);
+        info!(
+            "step4: {} dialogues → {} (dialogue, metric) rows",
+            records.len(),
+            rows.len()
+        );
+        files.push(write_records(out, TRANSFORM_FILE, &rows)?);
+        Some(rows)
+    } else {
+        None
+    };
+    let scored = if stage <= Step4Stage::Score {
+        let rows = match transformed {
+            Some(r) => r,
+            None => read_stage_records(out, TRANSFORM_FILE, "--stage transform")?,
+        };
+        let rows = score(cfg, &setup, rows).await?;
+        files.push(write_records(out, EVALUATION_FILE, &rows)?);
+        rows
+    } else {
+        read_stage_records(out, EVALUATION_FILE, "--stage score")?
+    };
+    files.extend(aggregate(cfg, &scored)?);
+    Ok(files)
+}
+
+/// Sub-step 1: the dialogues with `model_output` set.
+async fn generate(cfg: &Step4Config, setup: &FleetSetup) -> Result<Vec<Record>, RunError> {
+    let task_data = data::TaskData::read(&cfg.task_dir, cfg.max_samples)?;
+    let mut records = task_data.records;
+    info!(
+        "step4: generating replies for {} dialogues from {}",
+        records.len(),
+        cfg.task_dir.display()
+    );
+    let task = generate_task(cfg, &records, &task_data.profiles)?;
+    let run = run_fleet(vec![task], setup, "step4 generate").await?;
+    let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
+    let mut failed = 0;
+    for (i, (record, outcome)) in records.iter_mut().zip(outcomes).enumerate() {
+        let output = match outcome {
+            ItemOutcome::Done(Outcome::Generate(g)) => g.predict_for_metrics,
+            other => {
+                failed += 1;
+                warn!("step4: dialogue {i}: generation failed ({other:?}); model_output = ERROR");
+                ERROR_OUTPUT.to_owned()
+            }
+        };
+        set(record, "model_output", PyJson::Str(output));
+    }
+    if failed > 0 {
+        warn!("step4: {failed} dialogues failed to generate; sub-step 2 skips them");
+    }
+    Ok(records)
+}
+
+/// The generate task: one item per dialogue, no truncation (the SEED's prompts were not cut).
+pub fn generate_task(
+    cfg: &Step4Config,
+    records: &[Record],
+    profiles: &Profiles,
+) -> Result<TaskSpec, RunError> {
+    let task_file = cfg.task_dir.join(data::TEST_DATA);
+    let items = records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| {
+            let messages =
+                record_messages(record, i, profiles).map_err(|message| Step4Error::Invalid {
+                    path: task_file.clone(),
+                    message,
+                })?;
+            let messages = messages
+                .into_iter()
+                .map(|m| pb::ChatMessage {
+                    role: m.role.to_owned(),
+                    content: m.content,
+                })
+                .collect();
+            Ok(pb::WorkItem {
+                item_id: i.to_string(),
+                payload: Some(pb::work_item::Payload::Generate(pb::GenerateItem {
+                    messages,
+                    system: String::new(),
+                })),
+            })
+        })
+        .collect::<Result<Vec<_>, Step4Error>>()?;
+    let g = &cfg.generation;
+    let template = pb::Lease {
+        model: Some(generator_model(cfg)),
+        prompt: Some(pb::PromptSpec {
+            template: cfg.template.clone().unwrap_or_default(),
+            cutoff_len: 0,
+            reserved_label_len: 1,
+        }),
+        generation: Some(pb::GenerationParams {
+            do_sample: g.do_sample,
+            temperature: g.temperature as f32,
+            top_p: g.top_p as f32,
+            top_k: g.top_k as u32,
+            repetition_penalty: g.repetition_penalty as f32,
+            max_new_tokens: g.max_new_tokens as u32,
+            seed: g.seed,
+        }),
+        ..Default::default()
+    };
+    Ok(TaskSpec {
+        name: GENERATE_TASK.into(),
+        template,
+        items,
+    })
+}
+
+/// The model under test with its adapters (paths made absolute, as step 1 does).
+fn generator_model(cfg: &Step4Config) -> pb::ModelSpec {
+    let model_path = absolute(&cfg.model_path);
+    let adapter_paths: Vec<String> = cfg
+        .adapter_name_or_path
+        .iter()
+        .map(|p| absolute(p))
+        .collect();
+    let dtype = cfg.dtype.as_str().to_owned();
+    pb::ModelSpec {
+        key: format!("{model_path}|{}|{dtype}", adapter_paths.join(",")),
+        model_path,
+        adapter_paths,
+        dtype,
+    }
+}
+
+/// Sub-step 3: the rows with their scores.
+async fn score(
+    cfg: &Step4Config,
+    setup: &FleetSetup,
+    mut rows: Vec<Record>,
+) -> Result<Vec<Record>, RunError> {
+    let profiles = read_profiles(&cfg.task_dir)?;
+    let task = reward_task(cfg, &rows, &profiles)?;
+    info!(
+        "step4: scoring {} rows with {}",
+        rows.len(),
+        cfg.reward_model_path.display()
+    );
+    let ids: Vec<String> = task.items.iter().map(|i| i.item_id.clone()).collect();
+    let run = run_fleet(vec![task], setup, "step4 score").await?;
+    let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
+    let results = super::collect_outcomes("row", ids.into_iter().zip(outcomes), |id, o| match o {
+        Outcome::Reward(r) => Some((id.to_owned(), r)),
+        _ => None,
+    })?;
+    let path = cfg.output_dir.join(TRANSFORM_FILE);
+    let mut truncated = 0;
+    for (id, result) in results {
+        let row_no: usize = id
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n < rows.len())
+            .ok_or_else(|| Step4Error::Invalid {
+                path: path.clone(),
+                message: format!("a reward result for unknown row {id}"),
+            })?;
+        truncated += usize::from(result.truncated);
+        attach_score(
+            &mut rows[row_no],
+            row_no,
+            score_from_sigmoid(result.sigmoid),
+        )
+        .map_err(|message| Step4Error::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+    }
+    if truncated > 0 {
+        info!(
+            "step4: {truncated} reward inputs were longer than {RM_MAX_TOKENS} tokens (start cut)"
+        );
+    }
+    Ok(rows)
+}
+
+/// The reward task: one item per row, longest text first.
+pub fn reward_task(
+    cfg: &Step4Config,
+    rows: &[Record],
+    profiles: &Profiles,
+) -> Result<TaskSpec, RunError> {
+    let path = cfg.output_dir.join(TRANSFORM_FILE);
+    let mut texts = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| rm_input_text(row, i, profiles).map(|t| (i, t)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|message| Step4Error::Invalid { path, message })?;
+    // Stable: equal lengths keep row order.
+    texts.sort_by_key(|(_, t)| std::cmp::Reverse(t.chars().count()));
+    let items = texts
+        .into_iter()
+        .map(|(i, text)| pb::WorkItem {
+            item_id: i.to_string(),
+            payload: Some(pb::work_item::Payload::Reward(pb::RewardItem { text })),
+        })
+        .collect();
+    let model_path = absolute(&cfg.reward_model_path);
+    let dtype = cfg.reward_dtype.as_str().to_owned();
+    let template = pb::Lease {
+        model: Some(pb::ModelSpec {
+            key: format!("reward|{model_path}|{dtype}"),
+            model_path,
+            adapter_paths: Vec::new(),
+            dtype,
+        }),
+        prompt: Some(pb::PromptSpec {
+            template: String::new(),
+            cutoff_len: RM_MAX_TOKENS,
+            reserved_label_len: 0,
+        }),
+        ..Default::default()
+    };
+    Ok(TaskSpec {
+        name: REWARD_TASK.into(),
+        template,
+        items,
+    })
+}
+
+/// Sub-step 4: writes the score log (also printed) and the summary.
+fn aggregate(cfg: &Step4Config, rows: &[Record]) -> Result<Vec<PathBuf>, RunError> {
+    let path = cfg.output_dir.join(EVALUATION_FILE);
+    let invalid = |message| Step4Error::Invalid {
+        path: path.clone(),
+        message,
+    };
+    let means: Vec<(String, f64)> = metric_groups(rows)
+        .map_err(invalid)?
+        .into_iter()
+        .map(|g| (g.name.clone(), g.mean()))
+        .collect();
+    let log = format_log_data(&means);
+    println!("{log}");
+    let summary = Summary::of(rows).map_err(invalid)?;
+    info!(
+        "step4: average of {} metric means: {:.4}",
+        summary.metrics.len(),
+        summary.average
+    );
+    Ok(vec![
+        write_log(&cfg.output_dir, &log)?,
+        write_summary(&cfg.output_dir, &summary)?,
+    ])
 }

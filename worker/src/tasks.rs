@@ -22,6 +22,7 @@ use pb::item_result::Outcome;
 use crate::embed::Embedder;
 use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
 use crate::models::{DTypeChoice, Decoder, LoadOptions, LoadedModel, load_causal_lm};
+use crate::score::choice;
 use crate::tokenize::{
     ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, clean_up_tokenization,
     generation_config_eos_ids, get_template,
@@ -60,6 +61,8 @@ struct LoadedEntry {
     config_eos: Vec<u32>,
     /// Prompt builders by template name ("" = the model's chat template), made on first use.
     builders: HashMap<String, PromptBuilder>,
+    /// Step-3 shared-prefix KV caches of this model, kept across leases.
+    prefixes: choice::PrefixCache,
 }
 
 /// Runs leases; holds loaded models by [`pb::ModelSpec::key`].
@@ -113,6 +116,9 @@ impl Executor {
         // Step-2 leases carry no generation parameters: look at the payload kind first.
         if is_embed_lease(lease) {
             return self.run_embed_lease(lease, spec, sink);
+        }
+        if is_choice_lease(lease) {
+            return self.run_choice_lease(lease, spec, sink);
         }
         let params = lease.generation.ok_or_else(|| {
             Error::Unsupported(format!(
@@ -236,6 +242,49 @@ impl Executor {
         Ok(())
     }
 
+    /// Scores a step-3 lease (choice items, PROTOCOL 3.3/3.4) with the model's prefix cache; see
+    /// [`choice::run_lease`]. An unknown template fails every item, naming it.
+    fn run_choice_lease(
+        &mut self,
+        lease: &pb::Lease,
+        spec: &pb::ModelSpec,
+        sink: &mut dyn FnMut(pb::ItemResult),
+    ) -> Result<()> {
+        let started = Instant::now();
+        let opts = choice::ScoreOptions {
+            max_batch: self.opts.max_batch.max(1),
+            max_batch_tokens: self.opts.max_batch_tokens,
+        };
+        let template = lease.prompt.as_ref().map_or("", |p| p.template.as_str());
+        let entry = self.model(spec)?;
+        if let Err(e) = entry.prepare_builder(template) {
+            lease
+                .items
+                .iter()
+                .for_each(|item| sink(item_error(lease, &item.item_id, &e)));
+            return Ok(());
+        }
+        let builder = &entry.builders[template];
+        choice::run_lease(
+            &entry.model,
+            builder,
+            lease,
+            &opts,
+            &mut entry.prefixes,
+            sink,
+        )?;
+        let (hits, misses) = entry.prefixes.stats();
+        tracing::info!(
+            lease = lease.lease_id,
+            items = lease.items.len(),
+            prefix_hits = hits,
+            prefix_misses = misses,
+            secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+            "choice lease done"
+        );
+        Ok(())
+    }
+
     /// The embedder for `spec`, loading it (with the worker's batch size) when needed and
     /// dropping the least recently used embedder beyond `keep_models`.
     fn embedder(&mut self, spec: &pb::ModelSpec) -> Result<&Embedder> {
@@ -305,6 +354,7 @@ impl crate::rpc::LeaseRunner for Executor {
     fn prepare_lease(&mut self, lease: &pb::Lease) -> Result<()> {
         match &lease.model {
             Some(spec) if is_embed_lease(lease) => self.embedder(spec).map(|_| ()),
+            // Choice leases (step 3) load a decoder like generation leases.
             Some(spec) => self.model(spec).map(|_| ()),
             None => Ok(()),
         }
@@ -331,6 +381,14 @@ fn is_embed_lease(lease: &pb::Lease) -> bool {
     matches!(
         lease.items.first().and_then(|i| i.payload.as_ref()),
         Some(pb::work_item::Payload::Embed(_))
+    )
+}
+
+/// Whether `lease` is step 3's: its first item is a choice item.
+fn is_choice_lease(lease: &pb::Lease) -> bool {
+    matches!(
+        lease.items.first().and_then(|i| i.payload.as_ref()),
+        Some(pb::work_item::Payload::Choice(_))
     )
 }
 
@@ -395,6 +453,7 @@ impl LoadedEntry {
             tokenizer,
             config_eos,
             builders: HashMap::new(),
+            prefixes: choice::PrefixCache::default(),
         })
     }
 

@@ -48,6 +48,16 @@ impl LayerCache {
         Ok(())
     }
 
+    /// A new layer cache of the `rows` (an index tensor) of this one.
+    fn select(&self, rows: &Tensor) -> Result<Self> {
+        let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(rows, 0)).transpose();
+        Ok(Self {
+            k: pick(&self.k)?,
+            v: pick(&self.v)?,
+            len: self.len,
+        })
+    }
+
     fn deep_copy(&self) -> Result<Self> {
         let copy = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy()).transpose();
         Ok(Self {
@@ -116,6 +126,29 @@ impl KvCache {
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let idx = Tensor::from_vec(idx, rows.len(), &device)?;
         self.layers.iter_mut().try_for_each(|l| l.retain_rows(&idx))
+    }
+
+    /// A new cache of `rows` of this one (in that order, repeats allowed), leaving this one as it
+    /// is: a kept one-row prefix cache becomes an n-row batch with `&[0; n]` in one copy, where
+    /// [`KvCache::deep_copy`] then [`KvCache::retain_rows`] would copy twice.
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        let Some(device) = self
+            .layers
+            .first()
+            .and_then(|l| l.k.as_ref())
+            .map(|t| t.device().clone())
+        else {
+            return Ok(Self::new(self.layers.len()));
+        };
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), &device)?;
+        Ok(Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.select(&idx))
+                .collect::<Result<_>>()?,
+        })
     }
 
     /// An independent copy (for reusing a shared prompt prefix).

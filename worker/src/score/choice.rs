@@ -1,1 +1,296 @@
-//! Step 3 choice scoring (being written).
+//! Step 3 multiple-choice scoring (PROTOCOL 3.3/3.4): each question's prompt is built as
+//! LLaMA-Factory's evaluator builds it (`encode_oneturn` without truncation, or the model's chat
+//! template), one forward pass reads the logits at the last prompt position only, and the
+//! probabilities are the f32 softmax over the choice tokens' logits.
+//!
+//! **Shared prefix.** An item's first `shared_prefix_pairs` (user, assistant) pairs (its
+//! few-shot examples) encode to a token prefix of its prompt. Items with the same prefix tokens
+//! share one key/value cache of it: the prefix runs once (batch of one row), is kept in a small
+//! LRU ([`PrefixCache`]) across leases, and is expanded to the rows of each batch of suffixes,
+//! which run left-padded after it with positions continuing from the prefix length.
+//!
+//! **Why the split is per item.** Where an item's prompt is cut depends only on the item (its
+//! `shared_prefix_pairs` and its own tokens), never on which other items are in the lease or the
+//! batch; and every forward pass gives a row the same bits whatever the other rows and their
+//! padding are (the CPU attention reduces over visible keys only, and no matmul ever runs on a
+//! single row: a one-row batch reads the logits of all its positions, a one-token one gets a pad
+//! column). So an item's probabilities are bit-identical for any batch size, lease split or
+//! number of workers. Sharing a prefix changes only the rounding against one full-prompt pass
+//! (within 1e-5), the same for every run.
+
+mod batch;
+mod prefix;
+
+use evalfleet_proto::v1 as pb;
+use pb::item_result::Outcome;
+
+pub use prefix::PrefixCache;
+
+use crate::models::{Decoder, KvCache};
+use crate::tokenize::{ChatMessage, PromptBuilder, TextTokenizer};
+use crate::{Error, Result};
+
+/// LLaMA-Factory's evaluator encodes with `cutoff_len=1_000_000`: in effect no truncation.
+pub const NO_TRUNCATION: usize = 1_000_000;
+
+/// One question ready to score.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChoiceJob {
+    pub item_id: String,
+    /// The whole prompt, shared prefix included.
+    pub prompt_ids: Vec<u32>,
+    /// Leading tokens of `prompt_ids` that other items may share (0 = none); always less than
+    /// `prompt_ids.len()`.
+    pub prefix_len: usize,
+    /// One token per choice, whose logit is read at the last prompt position.
+    pub choice_ids: Vec<u32>,
+}
+
+impl ChoiceJob {
+    fn prefix(&self) -> &[u32] {
+        &self.prompt_ids[..self.prefix_len]
+    }
+
+    fn suffix(&self) -> &[u32] {
+        &self.prompt_ids[self.prefix_len..]
+    }
+}
+
+/// Batch limits (the worker's [`crate::tasks::ExecutorOptions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoreOptions {
+    /// Most rows in one forward pass (at least 1).
+    pub max_batch: usize,
+    /// Most padded suffix tokens (rows x longest suffix) in one pass; 0 = no limit. A batch
+    /// always holds at least one row.
+    pub max_batch_tokens: usize,
+}
+
+impl Default for ScoreOptions {
+    fn default() -> Self {
+        ScoreOptions {
+            max_batch: 8,
+            max_batch_tokens: 0,
+        }
+    }
+}
+
+/// Builds the item's prompt (PROTOCOL 3.3) and finds its shared prefix and choice ids. `vocab`
+/// is the model's; ids past it are an error rather than a failed forward pass.
+pub fn prepare_job(
+    item_id: &str,
+    item: &pb::ChoiceItem,
+    builder: &PromptBuilder,
+    vocab: usize,
+) -> Result<ChoiceJob> {
+    let fail = |message: String| Error::Item {
+        item: item_id.to_string(),
+        message,
+    };
+    let messages: Vec<ChatMessage> = item
+        .messages
+        .iter()
+        .map(|m| ChatMessage::new(&m.role, &m.content))
+        .collect();
+    let pairs = item.shared_prefix_pairs as usize;
+    let conversation = messages.len() - usize::from(messages.first().is_some_and(is_system));
+    if pairs > 0 && 2 * pairs >= conversation {
+        return Err(fail(format!(
+            "shared_prefix_pairs {pairs} leaves no question turn in {conversation} messages"
+        )));
+    }
+    let prompt_ids = builder
+        .build(&messages, &item.system, NO_TRUNCATION, 1)
+        .map_err(|e| fail(e.to_string()))?
+        .prompt_ids;
+    if prompt_ids.is_empty() {
+        return Err(fail("the prompt is empty after templating".into()));
+    }
+    if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(fail(format!(
+            "prompt token id {id} is outside the model's vocabulary of {vocab} (a template token \
+             the model was not trained with?)"
+        )));
+    }
+    let prefix_len = builder
+        .pair_prefix_len(&messages, &item.system, pairs, &prompt_ids)
+        .map_err(|e| fail(e.to_string()))?
+        // A prefix that is not a token prefix of the prompt (or is all of it) is not shared.
+        .filter(|&n| n < prompt_ids.len())
+        .unwrap_or(0);
+    let choice_ids = choice_ids(builder.tokenizer(), &item.choice_texts, vocab).map_err(fail)?;
+    Ok(ChoiceJob {
+        item_id: item_id.to_string(),
+        prompt_ids,
+        prefix_len,
+        choice_ids,
+    })
+}
+
+fn is_system(m: &ChatMessage) -> bool {
+    m.role == "system"
+}
+
+/// LLaMA-Factory's choice inputs: the last id of each text encoded without special tokens.
+pub fn choice_ids(
+    tokenizer: &TextTokenizer,
+    texts: &[String],
+    vocab: usize,
+) -> Result<Vec<u32>, String> {
+    if texts.is_empty() {
+        return Err("the item has no choice texts".into());
+    }
+    texts
+        .iter()
+        .map(|text| {
+            let ids = tokenizer.encode(text).map_err(|e| e.to_string())?;
+            match ids.last() {
+                None => Err(format!("choice text {text:?} encodes to no token")),
+                Some(&id) if id as usize >= vocab => Err(format!(
+                    "choice text {text:?} ends with token id {id}, outside the model's \
+                     vocabulary of {vocab}"
+                )),
+                Some(&id) => Ok(id),
+            }
+        })
+        .collect()
+}
+
+/// Softmax in f32 with the maximum subtracted first, as torch computes it.
+pub fn probabilities(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Scores every job, calling `on_done(index into jobs, probabilities)` for each as soon as its
+/// batch is done. Jobs are grouped by prefix tokens (first appearance first); each group's
+/// prefix comes from `prefixes` or is computed once and kept there.
+pub fn score_jobs<D: Decoder<Cache = KvCache>>(
+    decoder: &D,
+    jobs: &[ChoiceJob],
+    opts: &ScoreOptions,
+    prefixes: &mut PrefixCache,
+    on_done: &mut dyn FnMut(usize, Vec<f32>),
+) -> Result<()> {
+    for group in group_by_prefix(jobs) {
+        let prefix = jobs[group[0]].prefix();
+        let cache = if prefix.is_empty() {
+            None
+        } else {
+            Some(prefixes.get_or_compute(decoder, prefix)?)
+        };
+        for rows in batch::plan(jobs, &group, opts) {
+            let logits = batch::run(decoder, jobs, &rows, cache)?;
+            for (&i, row) in rows.iter().zip(logits) {
+                on_done(i, probabilities(&row));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Job indices grouped by prefix tokens, groups in order of first appearance.
+fn group_by_prefix(jobs: &[ChoiceJob]) -> Vec<Vec<usize>> {
+    let mut index: std::collections::HashMap<&[u32], usize> = Default::default();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let g = *index.entry(job.prefix()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    groups
+}
+
+/// Runs a step-3 lease: one [`pb::ChoiceResult`] per item through `sink` as soon as its batch is
+/// done; items that cannot be prepared get a non-retryable [`pb::ItemError`]. A decoder failure
+/// fails the lease (its remaining items go back to the queue).
+pub fn run_lease<D: Decoder<Cache = KvCache>>(
+    decoder: &D,
+    builder: &PromptBuilder,
+    lease: &pb::Lease,
+    opts: &ScoreOptions,
+    prefixes: &mut PrefixCache,
+    sink: &mut dyn FnMut(pb::ItemResult),
+) -> Result<()> {
+    let result = |item_id: &str, outcome: Outcome| pb::ItemResult {
+        lease_id: lease.lease_id,
+        item_id: item_id.to_string(),
+        outcome: Some(outcome),
+    };
+    let mut jobs = Vec::with_capacity(lease.items.len());
+    for item in &lease.items {
+        let prepared = match &item.payload {
+            Some(pb::work_item::Payload::Choice(choice)) => {
+                prepare_job(&item.item_id, choice, builder, decoder.vocab_size())
+            }
+            _ => Err(Error::Item {
+                item: item.item_id.clone(),
+                message: "a step-3 lease holds only choice items".into(),
+            }),
+        };
+        match prepared {
+            Ok(job) => jobs.push(job),
+            Err(e) => sink(result(&item.item_id, error_outcome(&e))),
+        }
+    }
+    score_jobs(decoder, &jobs, opts, prefixes, &mut |i, probabilities| {
+        let job = &jobs[i];
+        let choice = pb::ChoiceResult {
+            probabilities,
+            prompt_tokens: job.prompt_ids.len() as u32,
+        };
+        sink(result(&job.item_id, Outcome::Choice(choice)));
+    })
+}
+
+/// A non-retryable error: the item fails the same way on any worker.
+pub fn error_outcome(e: &Error) -> Outcome {
+    Outcome::Error(pb::ItemError {
+        message: e.to_string(),
+        retryable: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities_are_a_max_subtracted_softmax() {
+        let p = probabilities(&[1.0, 2.0, 3.0, 4.0]);
+        let e: Vec<f32> = [-3.0f32, -2.0, -1.0, 0.0].iter().map(|x| x.exp()).collect();
+        let s: f32 = e.iter().sum();
+        assert_eq!(p, e.iter().map(|x| x / s).collect::<Vec<_>>());
+        // Large logits do not overflow.
+        let p = probabilities(&[1000.0, 1000.0]);
+        assert_eq!(p, vec![0.5, 0.5]);
+    }
+
+    fn job(id: &str, prompt: &[u32], prefix_len: usize) -> ChoiceJob {
+        ChoiceJob {
+            item_id: id.into(),
+            prompt_ids: prompt.to_vec(),
+            prefix_len,
+            choice_ids: vec![1, 2],
+        }
+    }
+
+    #[test]
+    fn groups_follow_prefix_tokens_in_first_appearance_order() {
+        let jobs = vec![
+            job("a", &[1, 2, 3, 4], 2),
+            job("b", &[5, 6, 7], 0),
+            job("c", &[1, 2, 9], 2),
+            job("d", &[1, 3, 9], 2),
+            job("e", &[8, 9], 0),
+        ];
+        assert_eq!(
+            group_by_prefix(&jobs),
+            vec![vec![0, 2], vec![1, 4], vec![3]]
+        );
+    }
+}

@@ -172,6 +172,53 @@ impl PromptBuilder {
         })
     }
 
+    /// How many leading tokens of `prompt_ids` encode the first `pairs` (user, assistant) pairs
+    /// of `messages`, where `prompt_ids` is what [`PromptBuilder::build`] gave for the same
+    /// `messages` and `system` without truncation. `None` when those pairs, encoded alone, are
+    /// not a token prefix of the prompt (a chat template that renders earlier turns differently
+    /// once more follow, or a tokenizer merge across the boundary): then nothing may be shared.
+    ///
+    /// LLaMA-Factory templates encode every element on its own and concatenate, so a pair
+    /// boundary is always a token boundary; a model chat template is rendered for the pairs
+    /// alone (without the generation prompt), encoded, and compared with the prompt.
+    pub fn pair_prefix_len(
+        &self,
+        messages: &[ChatMessage],
+        system: &str,
+        pairs: usize,
+        prompt_ids: &[u32],
+    ) -> Result<Option<usize>> {
+        let (system, messages) = split_system(messages, system);
+        let Some(head) = messages.get(..2 * pairs) else {
+            return Err(Error::Template(format!(
+                "{pairs} (user, assistant) pairs asked for, but the conversation has {} messages",
+                messages.len()
+            )));
+        };
+        if pairs == 0 {
+            return Ok(Some(0));
+        }
+        let prefix = match (&self.style, &self.chat) {
+            (PromptStyle::LlamaFactory(template), _) => template
+                .encode_multiturn(&self.tokenizer, head, &system, usize::MAX / 2, 1)?
+                .into_iter()
+                .flat_map(|(src, tgt)| src.into_iter().chain(tgt))
+                .collect(),
+            (PromptStyle::ModelChatTemplate, Some((chat, tokens))) => {
+                let mut conv = Vec::with_capacity(head.len() + 1);
+                if !system.is_empty() {
+                    conv.push(ChatMessage::new("system", &system));
+                }
+                conv.extend_from_slice(head);
+                self.tokenizer.encode(&chat.render(&conv, false, tokens)?)?
+            }
+            (PromptStyle::ModelChatTemplate, None) => {
+                return Err(Error::Template("chat template was not prepared".into()));
+            }
+        };
+        Ok(prompt_ids.starts_with(&prefix).then_some(prefix.len()))
+    }
+
     fn chat_prompt(
         &self,
         chat: &ChatTemplate,

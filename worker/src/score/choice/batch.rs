@@ -1,0 +1,194 @@
+//! One forward pass over a batch of questions: suffixes left-padded after an optional shared
+//! prefix cache, positions continuing from the prefix, and the choice logits read at each row's
+//! last position.
+//!
+//! Batch invariance rests on two rules kept here: no matmul runs on a single row (the CPU gemm
+//! takes a matrix-vector path for one row, which rounds differently), so a one-row batch asks
+//! for the logits of every position and a one-row, one-token batch gets a pad column; and pad
+//! columns are masked keys, which the CPU attention skips exactly.
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+use super::{ChoiceJob, ScoreOptions};
+use crate::Result;
+use crate::models::{Decoder, ForwardInput, KvCache, LogitsAt};
+
+/// Cuts `indices` (jobs sharing one prefix) into batches: longest suffix first (an
+/// out-of-memory shows at once), equal lengths in index order, each within `opts`.
+pub(super) fn plan(jobs: &[ChoiceJob], indices: &[usize], opts: &ScoreOptions) -> Vec<Vec<usize>> {
+    let len = |i: usize| jobs[i].suffix().len();
+    let mut order = indices.to_vec();
+    order.sort_by_key(|&i| (std::cmp::Reverse(len(i)), i));
+    let max_batch = opts.max_batch.max(1);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Longest first, so the first row of a batch sets its padded width.
+        let width = current.first().map_or(len(i), |&f| len(f));
+        let over_tokens =
+            opts.max_batch_tokens > 0 && (current.len() + 1) * width > opts.max_batch_tokens;
+        if !current.is_empty() && (current.len() == max_batch || over_tokens) {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+/// Runs the suffixes of `rows` (all after the same prefix, whose one-row cache is `prefix`, or
+/// from scratch when `None`) and returns each row's logits at its choice ids, in `rows` order.
+pub(super) fn run<D: Decoder<Cache = KvCache>>(
+    decoder: &D,
+    jobs: &[ChoiceJob],
+    rows: &[usize],
+    prefix: Option<&KvCache>,
+) -> Result<Vec<Vec<f32>>> {
+    let b = rows.len();
+    let past = prefix.map_or(0, KvCache::seq_len);
+    let longest = rows
+        .iter()
+        .map(|&i| jobs[i].suffix().len())
+        .max()
+        .unwrap_or(0);
+    // One row of one token would make every matmul a matrix-vector product: pad it to two.
+    let width = if b == 1 { longest.max(2) } else { longest };
+    let input = forward_input(jobs, rows, past, width, decoder.device())?;
+    let mut cache = match prefix {
+        Some(p) => p.select_rows(&vec![0; b])?,
+        None => decoder.new_cache(),
+    };
+    // The LM head of a one-row batch runs on all its positions (at least two rows), so that the
+    // last position's logits have the bits a multi-row batch gives them.
+    let at = if b == 1 {
+        LogitsAt::All
+    } else {
+        LogitsAt::Last
+    };
+    let logits = decoder.forward(&input, &mut cache, at)?;
+    let last = logits.dim(1)? - 1;
+    let last = logits.i((.., last, ..))?.contiguous()?;
+    let n = jobs[rows[0]].choice_ids.len();
+    let same_width = rows.iter().all(|&i| jobs[i].choice_ids.len() == n);
+    let picked = if same_width {
+        let ids: Vec<u32> = rows
+            .iter()
+            .flat_map(|&i| jobs[i].choice_ids.iter().copied())
+            .collect();
+        let ids = Tensor::from_vec(ids, (b, n), last.device())?;
+        last.gather(&ids, 1)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?
+    } else {
+        // Items of one lease normally have as many choices each; read whole rows otherwise.
+        let all = last
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        rows.iter()
+            .zip(all)
+            .map(|(&i, row)| {
+                jobs[i]
+                    .choice_ids
+                    .iter()
+                    .map(|&c| row[c as usize])
+                    .collect()
+            })
+            .collect()
+    };
+    Ok(picked)
+}
+
+/// Tokens, positions and key mask of the suffixes, left-padded to `width` after `past` cached
+/// prefix positions (visible to every row). Pad columns hold token 0 at position 0, masked.
+fn forward_input(
+    jobs: &[ChoiceJob],
+    rows: &[usize],
+    past: usize,
+    width: usize,
+    device: &Device,
+) -> Result<ForwardInput> {
+    let b = rows.len();
+    let mut tokens = Vec::with_capacity(b * width);
+    let mut positions = Vec::with_capacity(b * width);
+    let mut mask = Vec::with_capacity(b * (past + width));
+    for &i in rows {
+        let suffix = jobs[i].suffix();
+        let pad = width - suffix.len();
+        tokens.extend(std::iter::repeat_n(0u32, pad));
+        tokens.extend_from_slice(suffix);
+        positions.extend(std::iter::repeat_n(0u32, pad));
+        positions.extend((past..past + suffix.len()).map(|p| p as u32));
+        mask.extend(std::iter::repeat_n(1u8, past));
+        mask.extend(std::iter::repeat_n(0u8, pad));
+        mask.extend(std::iter::repeat_n(1u8, suffix.len()));
+    }
+    let key_mask = if mask.contains(&0) {
+        Some(Tensor::from_vec(mask, (b, past + width), device)?)
+    } else {
+        None
+    };
+    Ok(ForwardInput {
+        tokens: Tensor::from_vec(tokens, (b, width), device)?,
+        positions: Tensor::from_vec(positions, (b, width), device)?,
+        key_mask,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(prompt_len: usize, prefix_len: usize) -> ChoiceJob {
+        ChoiceJob {
+            item_id: format!("j{prompt_len}"),
+            prompt_ids: (0..prompt_len as u32).collect(),
+            prefix_len,
+            choice_ids: vec![0, 1],
+        }
+    }
+
+    #[test]
+    fn batches_sort_by_suffix_length_and_respect_limits() {
+        // Suffix lengths 3, 9, 1, 9, 5.
+        let jobs: Vec<_> = [(13, 10), (19, 10), (11, 10), (9, 0), (15, 10)]
+            .into_iter()
+            .map(|(p, f)| job(p, f))
+            .collect();
+        let all: Vec<usize> = (0..jobs.len()).collect();
+        let opts = |max_batch, max_batch_tokens| ScoreOptions {
+            max_batch,
+            max_batch_tokens,
+        };
+        assert_eq!(
+            plan(&jobs, &all, &opts(2, 0)),
+            vec![vec![1, 3], vec![4, 0], vec![2]]
+        );
+        assert_eq!(
+            plan(&jobs, &all, &opts(8, 18)),
+            vec![vec![1, 3], vec![4, 0, 2]]
+        );
+        assert_eq!(plan(&jobs, &all, &opts(8, 4)).len(), 5);
+    }
+
+    #[test]
+    fn input_masks_padding_after_the_prefix() {
+        let jobs = vec![job(5, 3), job(6, 3)];
+        let input = forward_input(&jobs, &[1, 0], 3, 3, &Device::Cpu).unwrap();
+        assert_eq!(
+            input.tokens.to_vec2::<u32>().unwrap(),
+            vec![vec![3, 4, 5], vec![0, 3, 4]]
+        );
+        assert_eq!(
+            input.positions.to_vec2::<u32>().unwrap(),
+            vec![vec![3, 4, 5], vec![0, 3, 4]]
+        );
+        assert_eq!(
+            input.key_mask.unwrap().to_vec2::<u8>().unwrap(),
+            vec![vec![1, 1, 1, 1, 1, 1], vec![1, 1, 1, 0, 1, 1]]
+        );
+    }
+}

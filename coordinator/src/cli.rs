@@ -1,4 +1,4 @@
-//! The `evalfleet` command line (clap derive): `step1`, `step2`, `step4`, `run`, `score text`, `report`. Glue only: each
+//! The `evalfleet` command line (clap derive): `step1`, `step2`, `step3`, `step4`, `run`, `score text`, `report`. Glue only: each
 //! subcommand parses its options and calls a driver in [`crate::run`].
 
 use std::net::SocketAddr;
@@ -42,6 +42,17 @@ pub enum Command {
     /// sem_sim_histogram.svg, and prints a one-line summary. Every file is replaced atomically.
     /// Same fleet options as `step1` (--batch-size = pairs per lease and texts per forward pass).
     Step2(StepArgs),
+    /// Step 3: MMLU, CMMLU and C-Eval accuracy, 5-shot, prompts byte-identical to LLaMA-Factory's.
+    ///
+    /// Reads a job YAML with the original tool's step-3 keys: task_dir, tasks, langs, splits,
+    /// template, n_shot, batch_size, save_dir and the model keys (model_name_or_path,
+    /// adapter_name_or_path, finetuning_type), plus evalfleet's few_shot_order (llamafactory =
+    /// LLaMA-Factory v0.7.1's shuffled shots, the default; fixed = dev rows in file order),
+    /// prefix_pairs, dtype and workers. For each task writes <save_dir>/<task>/results.json,
+    /// results.log (both as LLaMA-Factory writes them), results_detail.jsonl and
+    /// results_subjects.tsv, after removing that folder, and prints results.log. Same fleet
+    /// options as `step1` (--batch-size = questions per lease and per forward pass).
+    Step3(StepArgs),
     /// Step 4: CharacterEval role-play evaluation: generation, BaichuanCharRM scores, means.
     ///
     /// Reads a job YAML with the original tool's step-4 keys: model_path, reward_model_path,
@@ -201,6 +212,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Step4(args) => {
             let cfg = crate::config::load_step4(&args.yaml)?;
             let files = crate::run::run_step4(&cfg, &args.fleet.setup(), args.stage).await?;
+            for path in files {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Step3(args) => {
+            let job = crate::config::load_step3(&args.yaml)?;
+            let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
             for path in files {
                 println!("wrote {}", path.display());
             }

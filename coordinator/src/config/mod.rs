@@ -48,6 +48,7 @@ mod fields;
 pub mod keys;
 mod step1;
 mod step2;
+mod step3;
 mod step4;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,7 @@ use serde_yaml::{Mapping, Value};
 use fields::{Entry, Fields, describe, split_commas};
 pub use step1::{DataConfig, Dtype, FinetuningType, GenerationConfig, ModelConfig, Step1Config};
 pub use step2::{STEP2_KEYS, Step2Config, load_step2, parse_step2};
+pub use step3::{STEP3_KEYS, Step3Config, Step3Task, load_step3, parse_step3};
 pub use step4::{
     STEP4_KEYS, STEP4_MAX_NEW_TOKENS, Step4Config, Step4Stage, load_step4, parse_step4,
 };
@@ -64,7 +66,7 @@ pub use step4::{
 /// The step names a run file may list; only [`SUPPORTED_STEPS`] run today.
 pub const KNOWN_STEPS: &[&str] = &["step1", "step2", "step3", "step4"];
 /// The steps evalfleet can run now.
-pub const SUPPORTED_STEPS: &[&str] = &["step1", "step2"];
+pub const SUPPORTED_STEPS: &[&str] = &["step1", "step2", "step3"];
 
 /// Why a job YAML cannot be used. Every variant names the file; key names are shown as written
 /// (`step1.cutoff_len` for a key inside a `step1:` mapping).
@@ -149,6 +151,14 @@ impl JobConfig {
         })
     }
 
+    /// The step-3 settings, if the job has step 3.
+    pub fn step3(&self) -> Option<&Step3Config> {
+        self.steps.iter().find_map(|step| match step {
+            StepConfig::Step3(c) => Some(c),
+            _ => None,
+        })
+    }
+
     /// The step-2 settings, if the job has step 2.
     pub fn step2(&self) -> Option<&Step2Config> {
         self.steps.iter().find_map(|step| match step {
@@ -175,6 +185,8 @@ pub enum StepConfig {
     Step1(Step1Config),
     /// Semantic similarity of step 1's predictions to their labels.
     Step2(Step2Config),
+    /// MMLU / CMMLU / C-Eval multiple-choice accuracy.
+    Step3(Step3Config),
     /// CharacterEval: generation, reward-model scores, means.
     Step4(Step4Config),
 }
@@ -260,18 +272,13 @@ pub fn parse_job(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
 
     let mut ignored = Vec::new();
     let mut configs = Vec::new();
-    let has_step1 = steps.iter().any(|s| s == "step1");
-    let has_step2 = steps.iter().any(|s| s == "step2");
     for step in &steps {
         let mut entries = shared.clone();
-        // With step 1 listed, it owns (and checks) the top-level keys; step 2 takes its own.
-        if step == "step2" && has_step1 {
-            entries.retain(|e| STEP2_KEYS.contains(&e.key.as_str()));
-        } else if step == "step1" && has_step2 {
-            entries.retain(|e| {
-                keys::STEP1_KEYS.contains(&e.key.as_str()) || !STEP2_KEYS.contains(&e.key.as_str())
-            });
-        }
+        // A top-level key goes to every listed step that knows it; a key no listed step knows
+        // goes to all of them, so that the first one reports it as unknown.
+        entries.retain(|e| {
+            step_knows(step, &e.key) || !steps.iter().any(|o| o != step && step_knows(o, &e.key))
+        });
         if let Some((_, section)) = sections.iter().find(|(name, _)| name == step) {
             for (key, value) in section.iter() {
                 let key = key_name(file, key)?;
@@ -286,6 +293,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
         // parse_steps only lets supported steps through.
         configs.push(match step.as_str() {
             "step2" => StepConfig::Step2(build_step2(file, entries)?),
+            "step3" => StepConfig::Step3(step3::build(file, entries, &mut ignored)?),
             _ => StepConfig::Step1(build_step1(file, entries, &mut ignored)?),
         });
     }
@@ -294,6 +302,16 @@ pub fn parse_job(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
         steps: configs,
         ignored_keys: ignored,
     })
+}
+
+/// Whether `step` applies or ignores a top-level `key` of a run file.
+fn step_knows(step: &str, key: &str) -> bool {
+    match step {
+        "step1" => keys::STEP1_KEYS.contains(&key) || keys::is_ignored(key),
+        "step2" => STEP2_KEYS.contains(&key),
+        "step3" => STEP3_KEYS.contains(&key) || step3::is_ignored(key),
+        _ => false,
+    }
 }
 
 /// `steps`: a list or a comma-separated string of known, supported, distinct step names.

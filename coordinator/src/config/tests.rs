@@ -244,7 +244,9 @@ fn run_form_errors() {
             .to_string()
     };
     assert!(run("model_name_or_path: m\n").contains("missing required key `steps`"));
-    assert!(run("steps: [step3]\n").contains("step3 is not supported yet"));
+    assert!(
+        run("steps: [step3]\nmodel_name_or_path: m\n").contains("missing required key `tasks`")
+    );
     let msg = run(
         "steps: [step1, step2]\nmodel_name_or_path: m\ndataset: d\noutput_dir: o\nstep2:\n  model_pth: e\n",
     );
@@ -285,4 +287,22 @@ fn repo_step2_yaml_parses() {
     let c = load_step2(&path).expect("yamls/step2.yaml parses");
     assert_eq!(c.model_path, PathBuf::from(".models/all-minilm-l6-v2"));
     assert_eq!(c.output_dir, PathBuf::from("./out/step1"));
+}
+
+#[test]
+fn run_file_with_step3_shares_model_keys_and_keeps_step_keys_apart() {
+    let text = "steps: [step1, step3]\nmodel_name_or_path: m\ntemplate: qwen\ndataset: demo\n\
+                output_dir: o\ntasks: [mmlu]\nsave_dir: s\nstage: sft\n";
+    let job = parse_job(Path::new("job.yaml"), text).expect("parses");
+    let s1 = job.step1().expect("step 1");
+    let s3 = job.step3().expect("step 3");
+    assert_eq!(s1.data.template.as_deref(), Some("qwen"));
+    assert_eq!(s3.template.as_deref(), Some("qwen"));
+    assert_eq!(s3.model.model_name_or_path, PathBuf::from("m"));
+    assert_eq!(s3.save_dir, Some(PathBuf::from("s")));
+    assert_eq!(job.ignored_keys, ["stage"]);
+    let err = parse_job(Path::new("job.yaml"), &format!("{text}n_shots: 3\n"))
+        .expect_err("unknown key")
+        .to_string();
+    assert!(err.contains("unknown key `n_shots`"), "{err}");
 }

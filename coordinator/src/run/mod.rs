@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod score;
 pub mod step1;
 pub mod step2;
+pub mod step3;
 pub mod step4;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 pub use fleet::{FleetRun, FleetSetup, run_fleet};
 pub use step1::{Step1Report, run_step1};
 pub use step2::run_step2;
+pub use step3::run_step3;
 pub use step4::run_step4;
 use tracing::info;
 
@@ -76,6 +78,11 @@ pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>
                     outputs.histogram_svg,
                 ]);
             }
+            StepConfig::Step3(cfg) => {
+                for report in run_step3(cfg, setup).await? {
+                    files.extend(report.files);
+                }
+            }
             StepConfig::Step4(cfg) => {
                 files.extend(run_step4(cfg, setup, None).await?);
             }
@@ -112,6 +119,8 @@ pub enum RunError {
     Scoring(String),
     #[error(transparent)]
     Step2(#[from] crate::step2::Step2Error),
+    #[error(transparent)]
+    Step3(#[from] crate::step3::Step3Error),
     #[error(transparent)]
     Step4(#[from] crate::step4::Step4Error),
     #[error("{count} items failed:\n  {}", first.join("\n  "))]

@@ -8,7 +8,7 @@ use pb::item_result::Outcome;
 use tracing::info;
 
 use super::{FleetSetup, RunError, absolute, run_fleet};
-use crate::config::Step1Config;
+use crate::config::{ModelConfig, Step1Config};
 use crate::datasets::{self, Sample};
 use crate::metrics::{self, Summary};
 use crate::output::{self, PredictionRow, SpeedMetrics, Step1Files};
@@ -81,7 +81,7 @@ pub fn score_pairs(pairs: &[(String, String)]) -> Result<Summary, RunError> {
 pub fn step1_task(cfg: &Step1Config, samples: &[Sample]) -> TaskSpec {
     let gen_cfg = &cfg.generation;
     let template = pb::Lease {
-        model: Some(model_spec(cfg)),
+        model: Some(model_spec(&cfg.model)),
         prompt: Some(pb::PromptSpec {
             template: cfg.data.template.clone().unwrap_or_default(),
             cutoff_len: cfg.data.cutoff_len as u32,
@@ -124,17 +124,17 @@ fn work_item(sample: &Sample) -> pb::WorkItem {
     }
 }
 
-/// The model of the job. Relative paths are made absolute against this directory, so that local
-/// workers started elsewhere (and the model key) do not depend on a working directory.
-fn model_spec(cfg: &Step1Config) -> pb::ModelSpec {
-    let model_path = absolute(&cfg.model.model_name_or_path);
-    let adapter_paths: Vec<String> = cfg
-        .model
+/// The model of a job (steps 1 and 3). Relative paths are made absolute against this directory,
+/// so that local workers started elsewhere (and the model key) do not depend on a working
+/// directory.
+pub(crate) fn model_spec(model: &ModelConfig) -> pb::ModelSpec {
+    let model_path = absolute(&model.model_name_or_path);
+    let adapter_paths: Vec<String> = model
         .adapter_name_or_path
         .iter()
         .map(|p| absolute(p))
         .collect();
-    let dtype = cfg.model.dtype.as_str().to_string();
+    let dtype = model.dtype.as_str().to_string();
     let key = format!("{model_path}|{}|{dtype}", adapter_paths.join(","));
     pb::ModelSpec {
         key,

@@ -15,7 +15,11 @@ use candle_core::{Device, Tensor};
 
 use crate::Result;
 
+mod alibi;
 mod attention;
+mod baichuan;
+mod baichuan_config;
+mod baichuan_weights;
 mod cache;
 mod config;
 mod convert;
@@ -28,6 +32,9 @@ mod lora;
 mod mask;
 mod rope;
 
+pub use alibi::{alibi_bias, alibi_slopes};
+pub use baichuan::{BaichuanRewardModel, DEFAULT_MAX_BATCH_TOKENS};
+pub use baichuan_config::{BaichuanConfig, PositionEncoding};
 pub use cache::KvCache;
 /// The GGUF header type (metadata and tensor table), re-exported for the tokenizer.
 pub use candle_core::quantized::gguf_file::{Content as GgufContent, Value as GgufValue};

@@ -1,1 +1,186 @@
-//! Step 4 reward scoring (being written).
+//! Step 4 reward scoring (PROTOCOL 4.4/4.5): a [`RewardScorer`] holds the BaichuanCharRM-style
+//! model and its tokenizer; [`run_lease`] turns a lease of [`pb::RewardItem`]s into
+//! [`pb::RewardResult`]s.
+//!
+//! Each text is encoded as the reference does: `encode(text, add_special_tokens=False)` (special
+//! token strings in the text become their ids), then eos, and when longer than the lease's
+//! `cutoff_len`, only the LAST `cutoff_len` ids are kept (the role information at the start is
+//! cut first). The sigmoid is reported in the model dtype widened to f32; the driver computes
+//! `sigmoid * 4 + 1` in f64.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use evalfleet_proto::v1 as pb;
+use pb::item_result::Outcome;
+
+use crate::models::BaichuanRewardModel;
+use crate::tokenize::TextTokenizer;
+use crate::{Error, Result};
+
+/// The reward model with the tokenizer of its folder.
+#[derive(Debug, Clone)]
+pub struct RewardScorer {
+    model: BaichuanRewardModel,
+    tokenizer: TextTokenizer,
+    eos: u32,
+}
+
+/// One encoded reward input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewardInput {
+    /// The ids the model reads (the last `cutoff_len` of text ids + eos).
+    pub ids: Vec<u32>,
+    /// The text ids + eos were longer than `cutoff_len` and their start was cut.
+    pub truncated: bool,
+}
+
+/// The compute dtype of a reward model from a lease's `ModelSpec.dtype`: bf16 unless told
+/// otherwise (decision 6), on any device.
+pub fn reward_dtype(dtype: &str) -> Result<DType> {
+    match dtype.to_ascii_lowercase().as_str() {
+        "" | "auto" | "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "fp16" => Ok(DType::F16),
+        other => Err(Error::Unsupported(format!(
+            "reward model dtype {other:?}: expected auto (bf16), bf16, f32 or f16"
+        ))),
+    }
+}
+
+impl RewardScorer {
+    /// Loads the model and tokenizer of the reward model folder `dir`.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let model = BaichuanRewardModel::load(dir, dtype, device)?;
+        let tokenizer = TextTokenizer::from_hf_dir(dir)?;
+        Self::new(model, tokenizer, dir)
+    }
+
+    /// Pairs a loaded model with its tokenizer; the eos id is the tokenizer's eos token, or
+    /// config.json's `eos_token_id` when the tokenizer names none.
+    pub fn new(model: BaichuanRewardModel, tokenizer: TextTokenizer, dir: &Path) -> Result<Self> {
+        let eos = tokenizer
+            .eos_id()
+            .or(model.config().eos_token_id)
+            .ok_or_else(|| {
+                Error::bad_file(
+                    dir,
+                    "no eos token: neither the tokenizer's eos_token nor config.json's eos_token_id",
+                )
+            })?;
+        Ok(Self {
+            model,
+            tokenizer,
+            eos,
+        })
+    }
+
+    pub fn model(&self) -> &BaichuanRewardModel {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        self.eos
+    }
+
+    /// Text ids + eos, keeping the last `cutoff_len` (0 = all).
+    pub fn encode(&self, text: &str, cutoff_len: usize) -> Result<RewardInput> {
+        let mut ids = self.tokenizer.encode(text)?;
+        ids.push(self.eos);
+        let truncated = cutoff_len > 0 && ids.len() > cutoff_len;
+        if truncated {
+            ids.drain(..ids.len() - cutoff_len);
+        }
+        Ok(RewardInput { ids, truncated })
+    }
+
+    /// Sigmoids of already encoded inputs (see [`BaichuanRewardModel::score_batch`]).
+    pub fn score_batch(&self, inputs: &[Vec<u32>]) -> Result<Vec<f32>> {
+        self.model.score_batch(inputs)
+    }
+}
+
+/// Scores every reward item of `lease`, `chunk` items per call of the model, sending each
+/// chunk's results as soon as they are computed. An item that cannot be encoded fails alone; a
+/// model failure fails its chunk.
+pub fn run_lease(
+    scorer: &RewardScorer,
+    lease: &pb::Lease,
+    chunk: usize,
+    sink: &mut dyn FnMut(pb::ItemResult),
+) {
+    let cutoff = lease.prompt.as_ref().map_or(0, |p| p.cutoff_len as usize);
+    let vocab = scorer.model().config().vocab;
+    let mut ready: Vec<(&str, RewardInput)> = Vec::with_capacity(lease.items.len());
+    for item in &lease.items {
+        let encoded = match &item.payload {
+            Some(pb::work_item::Payload::Reward(r)) => scorer.encode(&r.text, cutoff),
+            _ => Err(Error::Item {
+                item: item.item_id.clone(),
+                message: "a reward lease holds only reward items".into(),
+            }),
+        };
+        let checked = encoded.and_then(|input| match input.ids.iter().find(|&&id| id as usize >= vocab) {
+            Some(id) => Err(Error::Item {
+                item: item.item_id.clone(),
+                message: format!(
+                    "token id {id} is outside the reward model's vocabulary of {vocab} (tokenizer \
+                     and model do not match?)"
+                ),
+            }),
+            None => Ok(input),
+        });
+        match checked {
+            Ok(input) => ready.push((&item.item_id, input)),
+            Err(e) => sink(item_error(lease, &item.item_id, &e)),
+        }
+    }
+    // Similar lengths together: fewer attention blocks of very different sizes per batch.
+    ready.sort_by_key(|(_, input)| std::cmp::Reverse(input.ids.len()));
+    let started = std::time::Instant::now();
+    let tokens: usize = ready.iter().map(|(_, i)| i.ids.len()).sum();
+    for batch in ready.chunks(chunk.max(1)) {
+        let ids: Vec<Vec<u32>> = batch.iter().map(|(_, i)| i.ids.clone()).collect();
+        match scorer.score_batch(&ids) {
+            Ok(sigmoids) => {
+                for ((item_id, input), sigmoid) in batch.iter().zip(sigmoids) {
+                    sink(pb::ItemResult {
+                        lease_id: lease.lease_id,
+                        item_id: item_id.to_string(),
+                        outcome: Some(Outcome::Reward(pb::RewardResult {
+                            sigmoid,
+                            input_tokens: input.ids.len() as u32,
+                            truncated: input.truncated,
+                        })),
+                    });
+                }
+            }
+            Err(e) => batch
+                .iter()
+                .for_each(|(item_id, _)| sink(item_error(lease, item_id, &e))),
+        }
+    }
+    tracing::info!(
+        lease = lease.lease_id,
+        items = ready.len(),
+        tokens,
+        secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "reward lease done"
+    );
+}
+
+/// A non-retryable error result: the item fails the same way on any worker.
+fn item_error(lease: &pb::Lease, item_id: &str, e: &Error) -> pb::ItemResult {
+    pb::ItemResult {
+        lease_id: lease.lease_id,
+        item_id: item_id.to_string(),
+        outcome: Some(Outcome::Error(pb::ItemError {
+            message: e.to_string(),
+            retryable: false,
+        })),
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`chat_template`]: HF chat templates rendered as transformers renders them.
 //! - [`lf_template`] (+ `lf_registry`): LLaMA-Factory v0.7.1 templates.
 //! - [`prompt`]: [`PromptBuilder`] / [`build_prompt`], used by the task runner.
+//! - [`spm`]: SentencePiece `tokenizer.model` files (no tokenizer.json needed).
 
 pub mod chat_template;
 pub mod config;
@@ -15,6 +16,7 @@ mod lf_registry;
 pub mod lf_template;
 pub mod prompt;
 mod pyjson;
+pub mod spm;
 mod strftime;
 pub mod text;
 

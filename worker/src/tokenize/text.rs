@@ -5,12 +5,15 @@
 //! `tokenizer.decode(ids, skip_special_tokens, clean_up_tokenization_spaces)`. The special tokens
 //! (bos/eos/pad/unk, additional special tokens) and the chat template come from
 //! `tokenizer_config.json` (HF folders) or from GGUF metadata (see [`super::gguf`]).
+//! A folder with `tokenizer.model` but no tokenizer.json (Baichuan) gets the slow tokenizer's
+//! semantics instead (see [`super::spm::SpmSlowTokenizer`]).
 
 use std::path::{Path, PathBuf};
 
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::config::{HfTokenizerConfig, read_json_file};
+use super::spm::{SpmModel, SpmSlowTokenizer};
 use crate::error::{Error, Result};
 
 /// One of the named special tokens: its text and its id in the vocabulary.
@@ -20,10 +23,18 @@ pub struct SpecialToken {
     pub id: u32,
 }
 
+/// What encodes and decodes: a `tokenizers` tokenizer (tokenizer.json, GGUF) or a SentencePiece
+/// model with transformers slow-tokenizer semantics (folders with only tokenizer.model).
+#[derive(Clone)]
+enum Backend {
+    Hf(Box<Tokenizer>),
+    Spm(SpmSlowTokenizer),
+}
+
 /// A tokenizer plus the special-token and chat-template settings that go with it.
 #[derive(Clone)]
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    inner: Backend,
     bos: Option<SpecialToken>,
     eos: Option<SpecialToken>,
     pad: Option<SpecialToken>,
@@ -64,26 +75,55 @@ pub struct SpecialTokenSpec {
 impl TextTokenizer {
     /// Loads `tokenizer.json` + `tokenizer_config.json` (+ `special_tokens_map.json`,
     /// `chat_template.jinja`) from an HF model folder.
+    /// Without tokenizer.json, a `tokenizer.model` (SentencePiece) is used as the slow tokenizer
+    /// (BaichuanTokenizer, LlamaTokenizer) would use it.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
+            if dir.join("tokenizer.model").is_file() {
+                return Self::from_spm_dir(dir);
+            }
             return Err(Error::bad_file(
                 &tok_path,
-                "missing: an HF model folder needs tokenizer.json (slow-only tokenizers are not supported)",
+                "missing: an HF model folder needs tokenizer.json or a SentencePiece tokenizer.model",
             ));
         }
         let inner = Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::bad_file(&tok_path, format!("cannot parse tokenizer.json: {e}")))?;
         let config = HfTokenizerConfig::read_dir(dir)?;
         let mut tok = Self::from_parts(inner, config.spec, dir)?;
-        // Tokens listed only in tokenizer_config.json's added_tokens_decoder are added the way
-        // transformers adds them at load time.
-        for (content, special) in config.added_tokens {
-            if tok.inner.token_to_id(&content).is_none() {
-                tok.add_token(&content, special)?;
+        tok.add_config_tokens(config.added_tokens)?;
+        Ok(tok)
+    }
+
+    /// Loads `tokenizer.model` + tokenizer_config.json (+ special_tokens_map.json) from a folder
+    /// without tokenizer.json. Special tokens the config does not name default to the model's
+    /// own `<unk>`/`<s>`/`</s>` pieces (the slow tokenizers' defaults).
+    pub fn from_spm_dir(dir: &Path) -> Result<Self> {
+        let model = SpmModel::from_file(&dir.join("tokenizer.model"))?;
+        let mut config = HfTokenizerConfig::read_dir(dir)?;
+        let spec = &mut config.spec;
+        let piece = |id: Option<u32>| id.and_then(|i| model.id_to_piece(i)).map(str::to_string);
+        spec.unk = spec.unk.take().or_else(|| piece(Some(model.unk_id())));
+        spec.bos = spec.bos.take().or_else(|| piece(model.bos_id()));
+        spec.eos = spec.eos.take().or_else(|| piece(model.eos_id()));
+        let backend = Backend::Spm(SpmSlowTokenizer::new(model));
+        let mut tok = Self::from_backend(backend, config.spec, dir)?;
+        tok.add_config_tokens(config.added_tokens)?;
+        Ok(tok)
+    }
+
+    /// Tokens listed in tokenizer_config.json's added_tokens_decoder are added the way
+    /// transformers adds them at load time: a fast tokenizer only adds the missing ones, a slow
+    /// one registers them all (so text is split on them even when they are vocabulary pieces).
+    fn add_config_tokens(&mut self, added_tokens: Vec<(String, bool)>) -> Result<()> {
+        let slow = matches!(self.inner, Backend::Spm(_));
+        for (content, special) in added_tokens {
+            if slow || self.token_to_id(&content).is_none() {
+                self.add_token(&content, special)?;
             }
         }
-        Ok(tok)
+        Ok(())
     }
 
     /// The tokenizer of a model given as a GGUF file, an HF folder (tokenizer.json), or a
@@ -92,7 +132,7 @@ impl TextTokenizer {
         if path.is_file() {
             return Self::from_gguf_file(path);
         }
-        if path.join("tokenizer.json").is_file() {
+        if path.join("tokenizer.json").is_file() || path.join("tokenizer.model").is_file() {
             return Self::from_hf_dir(path);
         }
         let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
@@ -120,6 +160,10 @@ impl TextTokenizer {
     /// Special tokens missing from the vocabulary are appended to it as added special tokens
     /// (transformers does the same when it loads such a folder).
     pub fn from_parts(inner: Tokenizer, spec: SpecialTokenSpec, source: &Path) -> Result<Self> {
+        Self::from_backend(Backend::Hf(Box::new(inner)), spec, source)
+    }
+
+    fn from_backend(inner: Backend, spec: SpecialTokenSpec, source: &Path) -> Result<Self> {
         let mut tok = TextTokenizer {
             inner,
             bos: None,
@@ -157,14 +201,18 @@ impl TextTokenizer {
 
     /// Adds `content` to the vocabulary (recognised whole in text from now on) and returns its id.
     pub fn add_token(&mut self, content: &str, special: bool) -> Result<u32> {
+        let inner = match &mut self.inner {
+            Backend::Hf(t) => t,
+            Backend::Spm(t) => return t.add_token(content, special),
+        };
         let token = AddedToken::from(content.to_string(), special);
         let added = if special {
-            self.inner.add_special_tokens([token])
+            inner.add_special_tokens([token])
         } else {
-            self.inner.add_tokens([token])
+            inner.add_tokens([token])
         };
         added.map_err(|e| Error::Tokenizer(format!("cannot add token {content:?}: {e}")))?;
-        self.inner
+        inner
             .token_to_id(content)
             .ok_or_else(|| Error::Tokenizer(format!("token {content:?} was added but has no id")))
     }
@@ -172,8 +220,11 @@ impl TextTokenizer {
     /// Token ids of `text`, without bos/eos added; special-token strings in the text become
     /// their ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
+        let inner = match &self.inner {
+            Backend::Hf(t) => t,
+            Backend::Spm(t) => return Ok(t.encode(text)),
+        };
+        let enc = inner
             .encode_fast(text, false)
             .map_err(|e| Error::Tokenizer(format!("cannot encode {:?}: {e}", preview(text))))?;
         Ok(enc.get_ids().to_vec())
@@ -186,10 +237,12 @@ impl TextTokenizer {
         skip_special_tokens: bool,
         clean_up_tokenization_spaces: Option<bool>,
     ) -> Result<String> {
-        let text = self
-            .inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::Tokenizer(format!("cannot decode {} ids: {e}", ids.len())))?;
+        let text = match &self.inner {
+            Backend::Hf(t) => t
+                .decode(ids, skip_special_tokens)
+                .map_err(|e| Error::Tokenizer(format!("cannot decode {} ids: {e}", ids.len())))?,
+            Backend::Spm(t) => t.decode(ids, skip_special_tokens)?,
+        };
         if clean_up_tokenization_spaces.unwrap_or(self.clean_up_tokenization_spaces) {
             Ok(clean_up_tokenization(&text))
         } else {
@@ -199,17 +252,26 @@ impl TextTokenizer {
 
     /// Id of a token string (vocabulary or added tokens).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.inner {
+            Backend::Hf(t) => t.token_to_id(token),
+            Backend::Spm(t) => t.token_to_id(token),
+        }
     }
 
     /// Token string of an id.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.inner {
+            Backend::Hf(t) => t.id_to_token(id),
+            Backend::Spm(t) => t.id_to_token(id),
+        }
     }
 
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.inner {
+            Backend::Hf(t) => t.get_vocab_size(true),
+            Backend::Spm(t) => t.vocab_size(),
+        }
     }
 
     pub fn bos_id(&self) -> Option<u32> {
@@ -289,18 +351,34 @@ impl TextTokenizer {
             }
             if let Some(t) = self.resolve_special(Some(content.to_string()))? {
                 // An existing non-special token becomes special (skipped by decode), as in HF.
-                let _ = self
-                    .inner
-                    .add_special_tokens([AddedToken::from(content.to_string(), true)]);
+                match &mut self.inner {
+                    Backend::Hf(t) => {
+                        let _ = t.add_special_tokens([AddedToken::from(content.to_string(), true)]);
+                    }
+                    Backend::Spm(t) => {
+                        t.add_token(content, true)?;
+                    }
+                }
                 self.additional_special.push(t);
             }
         }
         Ok(())
     }
 
-    /// The underlying `tokenizers` tokenizer.
-    pub fn inner(&self) -> &Tokenizer {
-        &self.inner
+    /// The underlying `tokenizers` tokenizer; `None` for a SentencePiece `tokenizer.model`.
+    pub fn inner(&self) -> Option<&Tokenizer> {
+        match &self.inner {
+            Backend::Hf(t) => Some(t),
+            Backend::Spm(_) => None,
+        }
+    }
+
+    /// The SentencePiece slow tokenizer, for folders loaded from `tokenizer.model`.
+    pub fn spm(&self) -> Option<&SpmSlowTokenizer> {
+        match &self.inner {
+            Backend::Hf(_) => None,
+            Backend::Spm(t) => Some(t),
+        }
     }
 
     /// Where this tokenizer was loaded from (folder or GGUF file).

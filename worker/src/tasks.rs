@@ -23,6 +23,7 @@ use crate::embed::Embedder;
 use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
 use crate::models::{DTypeChoice, Decoder, LoadOptions, LoadedModel, load_causal_lm};
 use crate::score::choice;
+use crate::score::reward::{self, RewardScorer};
 use crate::tokenize::{
     ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, clean_up_tokenization,
     generation_config_eos_ids, get_template,
@@ -73,6 +74,8 @@ pub struct Executor {
     /// Embedding models by [`pb::ModelSpec::key`], most recently used last; bounded by
     /// `keep_models` like the decoders but counted apart from them.
     embedders: Vec<(String, Embedder)>,
+    /// Step-4 reward models by [`pb::ModelSpec::key`], kept like the embedders.
+    rewarders: Vec<(String, RewardScorer)>,
 }
 
 impl Executor {
@@ -81,6 +84,7 @@ impl Executor {
             opts,
             models: Vec::new(),
             embedders: Vec::new(),
+            rewarders: Vec::new(),
         }
     }
 
@@ -96,10 +100,12 @@ impl Executor {
     /// Keys of the models currently loaded.
     pub fn models_held(&self) -> Vec<String> {
         let embedders = self.embedders.iter().map(|(key, _)| key.clone());
+        let rewarders = self.rewarders.iter().map(|(key, _)| key.clone());
         self.models
             .iter()
             .map(|m| m.key.clone())
             .chain(embedders)
+            .chain(rewarders)
             .collect()
     }
 
@@ -119,6 +125,11 @@ impl Executor {
         }
         if is_choice_lease(lease) {
             return self.run_choice_lease(lease, spec, sink);
+        }
+        if is_reward_lease(lease) {
+            let chunk = self.worker_batch_size();
+            reward::run_lease(self.rewarder(spec)?, lease, chunk, sink);
+            return Ok(());
         }
         let params = lease.generation.ok_or_else(|| {
             Error::Unsupported(format!(
@@ -314,6 +325,30 @@ impl Executor {
         Ok(embedder)
     }
 
+    /// The reward model for `spec` (PROTOCOL 4.5; bf16 unless the spec's dtype says otherwise),
+    /// loading it when needed and dropping the least recently used beyond `keep_models`.
+    fn rewarder(&mut self, spec: &pb::ModelSpec) -> Result<&RewardScorer> {
+        let key = model_key(spec);
+        let keep = self.opts.keep_models;
+        if !touch_or_make_room(&mut self.rewarders, keep, |(k, _)| k, &key, "reward model") {
+            let started = Instant::now();
+            let dtype = reward::reward_dtype(&spec.dtype)?;
+            let scorer = RewardScorer::load(Path::new(&spec.model_path), dtype, &self.opts.device)?;
+            tracing::info!(
+                model = key,
+                dtype = ?dtype,
+                secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+                "reward model loaded"
+            );
+            self.rewarders.push((key, scorer));
+        }
+        let (_, scorer) = self
+            .rewarders
+            .last()
+            .expect("a reward model was just pushed");
+        Ok(scorer)
+    }
+
     /// The loaded model for `spec`, loading it (and dropping the least recently used beyond
     /// `keep_models`) when needed.
     fn model(&mut self, spec: &pb::ModelSpec) -> Result<&mut LoadedEntry> {
@@ -354,6 +389,7 @@ impl crate::rpc::LeaseRunner for Executor {
     fn prepare_lease(&mut self, lease: &pb::Lease) -> Result<()> {
         match &lease.model {
             Some(spec) if is_embed_lease(lease) => self.embedder(spec).map(|_| ()),
+            Some(spec) if is_reward_lease(lease) => self.rewarder(spec).map(|_| ()),
             // Choice leases (step 3) load a decoder like generation leases.
             Some(spec) => self.model(spec).map(|_| ()),
             None => Ok(()),
@@ -381,6 +417,14 @@ fn is_embed_lease(lease: &pb::Lease) -> bool {
     matches!(
         lease.items.first().and_then(|i| i.payload.as_ref()),
         Some(pb::work_item::Payload::Embed(_))
+    )
+}
+
+/// Whether `lease` is step 4's reward scoring: its first item is a reward item.
+fn is_reward_lease(lease: &pb::Lease) -> bool {
+    matches!(
+        lease.items.first().and_then(|i| i.payload.as_ref()),
+        Some(pb::work_item::Payload::Reward(_))
     )
 }
 

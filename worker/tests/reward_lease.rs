@@ -1,0 +1,205 @@
+//! The executor on step-4 reward leases (the tiny BaichuanCharRM-style model of
+//! `tests/fixtures/reward/tiny-rm-alibi4`), and the load errors of broken reward model folders.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use evalfleet_proto::v1 as pb;
+use evalfleet_worker::score::reward::RewardScorer;
+use evalfleet_worker::tasks::{Executor, ExecutorOptions};
+use pb::item_result::Outcome;
+
+fn tiny_rm() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reward/tiny-rm-alibi4")
+}
+
+fn reward_item(id: &str, text: &str) -> pb::WorkItem {
+    pb::WorkItem {
+        item_id: id.into(),
+        payload: Some(pb::work_item::Payload::Reward(pb::RewardItem {
+            text: text.into(),
+        })),
+    }
+}
+
+fn lease(model: &Path, cutoff_len: u32, items: Vec<pb::WorkItem>) -> pb::Lease {
+    pb::Lease {
+        lease_id: 11,
+        model: Some(pb::ModelSpec {
+            key: format!("reward|{}", model.display()),
+            model_path: model.display().to_string(),
+            adapter_paths: Vec::new(),
+            dtype: String::new(),
+        }),
+        prompt: Some(pb::PromptSpec {
+            cutoff_len,
+            ..Default::default()
+        }),
+        items,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn reward_lease_scores_in_bf16_with_eos_and_left_truncation() {
+    let texts = [
+        "佟湘玉：额滴神啊，这日子没法过了！",
+        "",
+        "The quick brown fox jumps over the lazy dog. 白展堂：掌柜的，您别着急，有我在呢。",
+        "short </s> with a special token",
+    ];
+    let cutoff = 12;
+    let mut items: Vec<pb::WorkItem> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| reward_item(&format!("r{i}"), t))
+        .collect();
+    items.push(pb::WorkItem {
+        item_id: "bad".into(),
+        payload: Some(pb::work_item::Payload::Generate(Default::default())),
+    });
+    let mut exec = Executor::new(ExecutorOptions {
+        max_batch: 3,
+        ..Default::default()
+    });
+    let mut results = Vec::new();
+    exec.run_lease(&lease(&tiny_rm(), cutoff, items), &mut |r| results.push(r))
+        .unwrap();
+    assert_eq!(results.len(), texts.len() + 1);
+    assert!(exec.models_held().iter().any(|k| k.starts_with("reward|")));
+
+    // The same inputs one at a time through a bf16 scorer (decision 6: bf16 by default).
+    let scorer = RewardScorer::load(&tiny_rm(), DType::BF16, &Device::Cpu).unwrap();
+    let mut truncated = 0;
+    for (i, text) in texts.iter().enumerate() {
+        let id = format!("r{i}");
+        let r = results
+            .iter()
+            .find(|r| r.item_id == id)
+            .expect("a result per item");
+        let Some(Outcome::Reward(got)) = &r.outcome else {
+            panic!("{id}: {:?}", r.outcome);
+        };
+        let input = scorer.encode(text, cutoff as usize).unwrap();
+        assert_eq!(input.ids.len(), got.input_tokens as usize, "{id}");
+        assert_eq!(input.truncated, got.truncated, "{id}");
+        assert_eq!(*input.ids.last().unwrap(), scorer.eos_id());
+        let alone = scorer.score_batch(&[input.ids]).unwrap()[0];
+        assert_eq!(alone.to_bits(), got.sigmoid.to_bits(), "{id}");
+        // A bf16 value widened: its low 16 bits are zero.
+        assert_eq!(got.sigmoid.to_bits() & 0xffff, 0, "{id}: {}", got.sigmoid);
+        truncated += usize::from(got.truncated);
+    }
+    assert!(
+        (1..texts.len()).contains(&truncated),
+        "some texts but not all must be longer than {cutoff} tokens: {truncated}"
+    );
+    let bad = results.iter().find(|r| r.item_id == "bad").unwrap();
+    assert!(matches!(&bad.outcome, Some(Outcome::Error(e)) if e.message.contains("reward")));
+}
+
+/// A copy of the tiny model's folder to break.
+fn broken_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(tiny_rm()).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    RewardScorer::load(dir, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string()
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, v.to_string()).unwrap();
+}
+
+#[test]
+fn missing_w_pack_is_named() {
+    let dir = broken_copy();
+    let path = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let name = "model.layers.1.self_attn.W_pack.weight";
+    let w = tensors.remove(name).unwrap();
+    // A checkpoint with separate projections instead of the fused one.
+    tensors.insert(
+        "model.layers.1.self_attn.q_proj.weight".into(),
+        w.narrow(0, 0, 64).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains(name) && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn wrong_shapes_are_named_with_both_shapes() {
+    let dir = broken_copy();
+    edit_config(dir.path(), |v| v["intermediate_size"] = 100.into());
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("model.layers.0.mlp.gate_proj.weight")
+            && err.contains("[128, 64]")
+            && err.contains("[100, 64]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_position_embedding_is_named() {
+    let dir = broken_copy();
+    edit_config(dir.path(), |v| {
+        v["position_embedding_type"] = "absolute".into()
+    });
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("position_embedding_type") && err.contains("absolute"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_weights_and_shards_are_named() {
+    let dir = broken_copy();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("pytorch_model.bin.index.json"), "{err}");
+    // An index naming a shard that is not there.
+    let index = serde_json::json!({"weight_map": {"model.norm.weight": "pytorch_model-00001-of-00001.bin"}});
+    std::fs::write(
+        dir.path().join("pytorch_model.bin.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("pytorch_model-00001-of-00001.bin") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn score_head_and_vocabulary_are_checked() {
+    let dir = broken_copy();
+    let path = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors.remove("score.bias");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    assert!(load_err(dir.path()).contains("score.bias"));
+
+    let scorer = RewardScorer::load(&tiny_rm(), DType::F32, &Device::Cpu).unwrap();
+    let vocab = scorer.model().config().vocab as u32;
+    let err = scorer
+        .score_batch(&[vec![1, vocab]])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&vocab.to_string()), "{err}");
+    assert!(scorer.score_batch(&[Vec::new()]).is_err());
+}

@@ -14,6 +14,7 @@ mod decode;
 pub mod normalizer;
 pub mod proto;
 pub mod slow;
+mod trie;
 mod unigram;
 mod vocab;
 

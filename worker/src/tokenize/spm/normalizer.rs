@@ -6,9 +6,8 @@
 //! `Precompiled` normalizer, which applies the same map grapheme by grapheme and so can differ
 //! on combining sequences.
 
-use std::collections::HashSet;
-
 use super::proto::NormalizerSpec;
+use super::trie::PieceTrie;
 
 /// U+2581, the piece alphabet's visible space.
 pub const SPACE_SYMBOL: &str = "\u{2581}";
@@ -16,27 +15,20 @@ pub const SPACE_SYMBOL: &str = "\u{2581}";
 /// The longest user-defined symbol at the start of a string.
 #[derive(Debug, Clone, Default)]
 pub struct PrefixMatcher {
-    symbols: HashSet<String>,
-    max_len: usize,
+    trie: PieceTrie,
 }
 
 impl PrefixMatcher {
     pub fn new(symbols: impl IntoIterator<Item = String>) -> Self {
-        let symbols: HashSet<String> = symbols.into_iter().collect();
-        let max_len = symbols.iter().map(String::len).max().unwrap_or(0);
-        PrefixMatcher { symbols, max_len }
+        let symbols: Vec<String> = symbols.into_iter().collect();
+        PrefixMatcher {
+            trie: PieceTrie::new(symbols.iter().map(|s| (s.as_str(), 0))),
+        }
     }
 
     /// Byte length of the longest symbol that `text` starts with.
     pub fn longest_prefix(&self, text: &str) -> Option<usize> {
-        if self.symbols.is_empty() {
-            return None;
-        }
-        let limit = self.max_len.min(text.len());
-        (1..=limit)
-            .rev()
-            .filter(|&end| text.is_char_boundary(end))
-            .find(|&end| self.symbols.contains(&text[..end]))
+        self.trie.longest_prefix(text).map(|(len, _)| len)
     }
 }
 

@@ -55,16 +55,13 @@ pub fn encode<'a>(
         let char_len = ch.len_utf8();
         let here = best[start].score;
         let mut has_single = false;
-        let limit = size.min(start + vocab.max_piece_len);
-        for end in (start + 1..=limit).filter(|&e| normalized.is_char_boundary(e)) {
-            let Some(id) = vocab.normal_id(&normalized[start..end]) else {
-                continue;
-            };
+        // Shortest piece first, as sentencepiece walks its trie.
+        for (length, id) in vocab.normal_trie.prefixes(&normalized[start..]) {
+            let end = start + length;
             let kind = vocab.kind(id);
             if kind == Some(PieceType::Unused) {
                 continue;
             }
-            let length = end - start;
             let target = &mut best[end];
             if kind == Some(PieceType::UserDefined) {
                 // C++: `length * max_score_ - 0.1` is a double, and so is the sum.

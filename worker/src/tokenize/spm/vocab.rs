@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use super::normalizer::PrefixMatcher;
 use super::proto::ModelProto;
+use super::trie::PieceTrie;
 
 /// `ModelProto.SentencePiece.Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,8 +59,8 @@ pub struct Vocab {
     pub byte_fallback: bool,
     /// Ids of `<0x00>`..`<0xFF>` when byte fallback is on.
     byte_ids: Vec<u32>,
-    /// Longest byte length of a normal piece (bounds the unigram lattice search).
-    pub max_piece_len: usize,
+    /// The normal pieces by bytes, for the unigram lattice.
+    pub normal_trie: PieceTrie,
     /// The user-defined symbols, matched before normalization and never split or merged.
     pub user_defined: PrefixMatcher,
 }
@@ -121,7 +122,7 @@ impl Vocab {
         } else {
             Vec::new()
         };
-        let max_piece_len = normal.keys().map(String::len).max().unwrap_or(0);
+        let normal_trie = PieceTrie::new(normal.iter().map(|(p, &id)| (p.as_str(), id)));
         let user_defined = PrefixMatcher::new(
             pieces
                 .iter()
@@ -136,7 +137,7 @@ impl Vocab {
             unk_id,
             byte_fallback,
             byte_ids,
-            max_piece_len,
+            normal_trie,
         })
     }
 

@@ -74,10 +74,6 @@ impl PieceTrie {
     pub fn longest_prefix(&self, text: &str) -> Option<(usize, u32)> {
         self.prefixes(text).last()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.len() == 1 && self.nodes[0].value.is_none()
-    }
 }
 
 #[cfg(test)]
@@ -94,6 +90,6 @@ mod tests {
         assert_eq!(trie.longest_prefix("abc"), Some((2, 2)));
         assert_eq!(trie.longest_prefix("你好"), Some((3, 5)));
         assert_eq!(trie.longest_prefix("c"), None);
-        assert!(PieceTrie::default().is_empty());
+        assert_eq!(PieceTrie::default().longest_prefix("a"), None);
     }
 }

@@ -93,6 +93,31 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Reward-model (BaichuanCharRM-style) pairs per second, batched vs one at a time, on the
+    /// same random inputs; prints both rates, their ratio and whether the scores are identical.
+    Reward {
+        /// Reward model folder (config.json + safetensors or .bin weights).
+        #[arg(long)]
+        model: PathBuf,
+        /// `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// `bf16` (the reference's, and the default) or `f32`.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        #[arg(long, default_value_t = 32)]
+        pairs: usize,
+        /// Input lengths are drawn uniformly from [min_len, max_len] tokens.
+        #[arg(long, default_value_t = 256)]
+        min_len: usize,
+        #[arg(long, default_value_t = 1024)]
+        max_len: usize,
+        /// Sequences per batched call (the worker's batch size).
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Converts a GGUF file into an f32 HF folder (model.safetensors, config.json, tokenizer files).
     ConvertGguf {
         #[arg(long)]
@@ -179,6 +204,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::ConvertGguf { gguf, out } => convert_gguf(&gguf, &out),
+        Cmd::Reward {
+            model,
+            device,
+            dtype,
+            pairs,
+            min_len,
+            max_len,
+            batch_size,
+            seed,
+        } => reward_bench(
+            &model,
+            &device,
+            &dtype,
+            (pairs, min_len, max_len, seed),
+            batch_size,
+        ),
     }
 }
 
@@ -588,4 +629,61 @@ mod tests {
                 .all(|r| r.stop_ids.is_empty() && r.max_new_tokens == 7 && r.sampling.is_greedy())
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// reward
+
+/// Times the reward model on `pairs` random inputs (count, min and max length, seed): one call
+/// per input, then `batch_size` inputs per call.
+fn reward_bench(
+    dir: &Path,
+    device: &str,
+    dtype: &str,
+    (pairs, min_len, max_len, seed): (usize, usize, usize, u64),
+    batch_size: usize,
+) -> anyhow::Result<()> {
+    ensure!(
+        pairs > 0 && min_len > 0 && min_len <= max_len,
+        "need pairs > 0 and 0 < min_len <= max_len"
+    );
+    let dtype = evalfleet_worker::score::reward::reward_dtype(dtype)?;
+    let model = models::BaichuanRewardModel::load(dir, dtype, &parse_device(device)?)?;
+    let vocab = model.config().vocab as u64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let inputs: Vec<Vec<u32>> = (0..pairs)
+        .map(|_| {
+            let len = min_len + (rng.next_u64() % (max_len - min_len + 1) as u64) as usize;
+            (0..len).map(|_| (rng.next_u64() % vocab) as u32).collect()
+        })
+        .collect();
+    let tokens: usize = inputs.iter().map(Vec::len).sum();
+    let started = Instant::now();
+    let mut alone = Vec::with_capacity(pairs);
+    for input in &inputs {
+        alone.extend(model.score_batch(std::slice::from_ref(input))?);
+    }
+    let alone_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut batched = Vec::with_capacity(pairs);
+    for chunk in inputs.chunks(batch_size.max(1)) {
+        batched.extend(model.score_batch(chunk)?);
+    }
+    let batched_s = started.elapsed().as_secs_f64();
+    let identical = alone
+        .iter()
+        .zip(&batched)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    println!(
+        "{}",
+        json!({
+            "model": dir, "dtype": format!("{dtype:?}"), "pairs": pairs, "tokens": tokens,
+            "batch_size": batch_size,
+            "one_at_a_time_pairs_per_s": pairs as f64 / alone_s,
+            "batched_pairs_per_s": pairs as f64 / batched_s,
+            "ratio_batched_over_one_at_a_time": alone_s / batched_s,
+            "identical_scores": identical,
+        })
+    );
+    Ok(())
 }

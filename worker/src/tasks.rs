@@ -276,6 +276,7 @@ impl Executor {
             return Ok(());
         }
         let builder = &entry.builders[template];
+        let (hits, computed) = entry.prefixes.stats();
         choice::run_lease(
             &entry.model,
             builder,
@@ -284,12 +285,12 @@ impl Executor {
             &mut entry.prefixes,
             sink,
         )?;
-        let (hits, misses) = entry.prefixes.stats();
+        let (hits_now, computed_now) = entry.prefixes.stats();
         tracing::info!(
             lease = lease.lease_id,
             items = lease.items.len(),
-            prefix_hits = hits,
-            prefix_misses = misses,
+            prefix_hits = hits_now - hits,
+            prefix_levels_computed = computed_now - computed,
             secs = format!("{:.2}", started.elapsed().as_secs_f64()),
             "choice lease done"
         );

@@ -41,20 +41,31 @@ fn ids(n: usize, seed: usize) -> Vec<u32> {
         .collect()
 }
 
-/// 22 questions: three prefix groups (lengths 14, 23, 6) and some without a prefix; suffixes of
-/// 1 to 19 tokens (one-token suffixes included); at most 42 tokens (the tiny models hold 64).
+/// Few-shot "pairs" of 7, 8, 5 and 9 tokens.
+fn pair(name: usize) -> Vec<u32> {
+    ids([7, 8, 5, 9][name], 1000 * (name + 1))
+}
+
+/// The prefix chains of [`tiny_jobs`]: pairs (a, b), (a, b, c), (c, d), none.
+const CHAINS: [&[usize]; 4] = [&[0, 1], &[0, 1, 2], &[2, 3], &[]];
+
+/// 22 questions, question i after the pairs of `CHAINS[i % 4]`: nested prefixes (a, b) and
+/// (a, b, c), another one, and none; suffixes of 1 to 19 tokens (one-token suffixes included);
+/// at most 39 tokens (the tiny models hold 64).
 fn tiny_jobs() -> Vec<ChoiceJob> {
-    let prefixes = [ids(14, 1000), ids(23, 2000), ids(6, 3000), Vec::new()];
     (0..22)
         .map(|i| {
-            let prefix = &prefixes[i % prefixes.len()];
-            let suffix_len = 1 + (i * 7) % 19;
-            let mut prompt_ids = prefix.clone();
-            prompt_ids.extend(ids(suffix_len, i));
+            let mut prompt_ids = Vec::new();
+            let mut prefix_ends = Vec::new();
+            for &p in CHAINS[i % 4] {
+                prompt_ids.extend(pair(p));
+                prefix_ends.push(prompt_ids.len());
+            }
+            prompt_ids.extend(ids(1 + (i * 7) % 19, i));
             ChoiceJob {
                 item_id: format!("q{i}"),
                 prompt_ids,
-                prefix_len: prefix.len(),
+                prefix_ends,
                 choice_ids: vec![7, 19 + i as u32 % 5, 101, 250],
             }
         })
@@ -134,6 +145,9 @@ fn tiny_models_give_the_same_bits_for_any_batching_and_lease_split() {
                 bits(&one),
                 "{arch}: {o:?} in {chunks} leases differs from batch 1"
             );
+            let mut cache = PrefixCache::default();
+            let got = score(&model, &jobs, o, order, chunks, &mut cache);
+            assert_eq!(bits(&got), bits(&one), "{arch}: {o:?}, default cache");
         }
         // The probabilities are not degenerate (the test would pass on constants otherwise).
         assert!(one.iter().any(|p| p[0] != one[0][0]), "{arch}: {one:?}");
@@ -178,7 +192,7 @@ fn prefix_cached_probabilities_equal_a_full_prompt_forward() {
         let plain_jobs: Vec<ChoiceJob> = jobs
             .iter()
             .map(|j| ChoiceJob {
-                prefix_len: 0,
+                prefix_ends: Vec::new(),
                 ..j.clone()
             })
             .collect();
@@ -202,31 +216,32 @@ fn prefix_cached_probabilities_equal_a_full_prompt_forward() {
 }
 
 #[test]
-fn prefix_cache_keeps_its_bounds_and_reuses_prefixes() {
+fn prefix_cache_computes_levels_once_and_keeps_its_bounds() {
     let model = tiny("llama");
     let jobs = tiny_jobs();
-    let order: Vec<usize> = (0..jobs.len()).collect();
-    let mut cache = PrefixCache::new(2, 1000);
-    score(&model, &jobs, opts(8, 0), &order, 1, &mut cache);
-    // Three distinct prefixes, each computed once; two kept.
-    assert_eq!(cache.stats(), (0, 3));
-    assert_eq!(cache.len(), 2);
-    // A lease of the last two groups' questions: both prefixes are held.
-    let later: Vec<usize> = order
-        .iter()
-        .copied()
-        .filter(|i| matches!(i % 4, 1 | 2))
-        .collect();
-    score(&model, &jobs, opts(8, 0), &later, 1, &mut cache);
-    assert_eq!(cache.stats(), (2, 3));
-    // The first group again: computed anew, the least recently used (second) group goes.
-    let first: Vec<usize> = order.iter().copied().filter(|i| i % 4 == 0).collect();
-    score(&model, &jobs, opts(8, 0), &first, 1, &mut cache);
-    assert_eq!((cache.stats(), cache.len()), ((2, 4), 2));
-    // A token budget below one prefix keeps only the latest one.
-    let mut small = PrefixCache::new(8, 10);
-    score(&model, &jobs, opts(8, 0), &order, 1, &mut small);
-    assert_eq!(small.len(), 1);
+    let all: Vec<usize> = (0..jobs.len()).collect();
+    let of = |chains: &[usize]| -> Vec<usize> {
+        all.iter()
+            .copied()
+            .filter(|i| chains.contains(&(i % 4)))
+            .collect()
+    };
+    let run = |order: &[usize], cache: &mut PrefixCache| {
+        score(&model, &jobs, opts(8, 0), order, 1, cache);
+        (cache.stats(), cache.len())
+    };
+    // Levels a, ab, then abc from ab, then c, cd: five computed, all held.
+    let mut cache = PrefixCache::default();
+    assert_eq!(run(&all, &mut cache), ((0, 5), 5));
+    assert_eq!(run(&of(&[0, 1]), &mut cache), ((2, 5), 5));
+    // Two levels held: the chain (a, b, c) is built again from scratch, then (a, b) is held.
+    let mut small = PrefixCache::new(2, 1000);
+    assert_eq!(run(&all, &mut small), ((0, 5), 2));
+    assert_eq!(run(&of(&[1]), &mut small), ((0, 8), 2));
+    assert_eq!(run(&of(&[0]), &mut small), ((1, 8), 2));
+    // A token budget below most levels keeps only the latest one.
+    let mut tight = PrefixCache::new(12, 10);
+    assert_eq!(run(&all, &mut tight), ((0, 5), 1));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,13 +393,13 @@ fn smollm2_prompt_is_the_prompt_builders_and_the_prefix_ends_at_the_second_answe
         let job = prepare_job("q0", item, &builder, 49152).unwrap();
         let want = builder.build(&messages, "", 1_000_000, 1).unwrap();
         assert_eq!(job.prompt_ids, want.prompt_ids, "{style:?}");
-        assert!(job.prefix_len > 0, "{style:?}: no prefix found");
+        assert_eq!(job.prefix_ends.len(), 2, "{style:?}: no prefix found");
         let t = builder.tokenizer();
         let prefix = t
-            .decode(&job.prompt_ids[..job.prefix_len], false, Some(false))
+            .decode(&job.prompt_ids[..job.prefix_len()], false, Some(false))
             .unwrap();
         let rest = t
-            .decode(&job.prompt_ids[job.prefix_len..], false, Some(false))
+            .decode(&job.prompt_ids[job.prefix_len()..], false, Some(false))
             .unwrap();
         // LF puts the separator "\n" before the next user turn, inside that turn's elements.
         let (end, start) = match style {
@@ -392,6 +407,13 @@ fn smollm2_prompt_is_the_prompt_builders_and_the_prefix_ends_at_the_second_answe
             PromptStyle::ModelChatTemplate => ("D<|im_end|>\n", "<|im_start|>user\nQuestion 0"),
         };
         assert!(prefix.ends_with(end), "{style:?}: {prefix:?}");
+        let first = t
+            .decode(&job.prompt_ids[..job.prefix_ends[0]], false, Some(false))
+            .unwrap();
+        assert!(
+            first.ends_with(&end.replace('D', "B")),
+            "{style:?}: {first:?}"
+        );
         assert!(rest.starts_with(start), "{style:?}: {rest:?}");
         assert!(
             rest.ends_with("<|im_start|>assistant\n"),

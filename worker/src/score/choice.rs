@@ -39,20 +39,21 @@ pub struct ChoiceJob {
     pub item_id: String,
     /// The whole prompt, shared prefix included.
     pub prompt_ids: Vec<u32>,
-    /// Leading tokens of `prompt_ids` that other items may share (0 = none); always less than
-    /// `prompt_ids.len()`.
-    pub prefix_len: usize,
+    /// Where each shared (user, assistant) pair ends in `prompt_ids`: increasing token offsets,
+    /// the last (the shared prefix's length) less than `prompt_ids.len()`; empty = no prefix.
+    pub prefix_ends: Vec<usize>,
     /// One token per choice, whose logit is read at the last prompt position.
     pub choice_ids: Vec<u32>,
 }
 
 impl ChoiceJob {
-    fn prefix(&self) -> &[u32] {
-        &self.prompt_ids[..self.prefix_len]
+    /// Tokens of the shared prefix (0 when there is none).
+    pub fn prefix_len(&self) -> usize {
+        self.prefix_ends.last().copied().unwrap_or(0)
     }
 
     fn suffix(&self) -> &[u32] {
-        &self.prompt_ids[self.prefix_len..]
+        &self.prompt_ids[self.prefix_len()..]
     }
 }
 
@@ -112,17 +113,17 @@ pub fn prepare_job(
              the model was not trained with?)"
         )));
     }
-    let prefix_len = builder
-        .pair_prefix_len(&messages, &item.system, pairs, &prompt_ids)
+    let prefix_ends = builder
+        .pair_prefix_ends(&messages, &item.system, pairs, &prompt_ids)
         .map_err(|e| fail(e.to_string()))?
-        // A prefix that is not a token prefix of the prompt (or is all of it) is not shared.
-        .filter(|&n| n < prompt_ids.len())
-        .unwrap_or(0);
+        // Pairs that are not a token prefix of the prompt (or are all of it) are not shared.
+        .filter(|ends| ends.last().is_none_or(|&n| n < prompt_ids.len()))
+        .unwrap_or_default();
     let choice_ids = choice_ids(builder.tokenizer(), &item.choice_texts, vocab).map_err(fail)?;
     Ok(ChoiceJob {
         item_id: item_id.to_string(),
         prompt_ids,
-        prefix_len,
+        prefix_ends,
         choice_ids,
     })
 }
@@ -165,8 +166,8 @@ pub fn probabilities(logits: &[f32]) -> Vec<f32> {
 }
 
 /// Scores every job, calling `on_done(index into jobs, probabilities)` for each as soon as its
-/// batch is done. Jobs are grouped by prefix tokens (first appearance first); each group's
-/// prefix comes from `prefixes` or is computed once and kept there.
+/// batch is done. Jobs are grouped by prefix (tokens and pair ends; first appearance first);
+/// each group's prefix comes from `prefixes` or is computed there, pair by pair.
 pub fn score_jobs<D: Decoder<Cache = KvCache>>(
     decoder: &D,
     jobs: &[ChoiceJob],
@@ -175,11 +176,11 @@ pub fn score_jobs<D: Decoder<Cache = KvCache>>(
     on_done: &mut dyn FnMut(usize, Vec<f32>),
 ) -> Result<()> {
     for group in group_by_prefix(jobs) {
-        let prefix = jobs[group[0]].prefix();
-        let cache = if prefix.is_empty() {
+        let first = &jobs[group[0]];
+        let cache = if first.prefix_ends.is_empty() {
             None
         } else {
-            Some(prefixes.get_or_compute(decoder, prefix)?)
+            Some(prefixes.get_or_compute(decoder, &first.prompt_ids, &first.prefix_ends)?)
         };
         for rows in batch::plan(jobs, &group, opts) {
             let logits = batch::run(decoder, jobs, &rows, cache)?;
@@ -191,12 +192,16 @@ pub fn score_jobs<D: Decoder<Cache = KvCache>>(
     Ok(())
 }
 
-/// Job indices grouped by prefix tokens, groups in order of first appearance.
+/// Job indices grouped by prefix (tokens and pair ends), groups in order of first appearance.
 fn group_by_prefix(jobs: &[ChoiceJob]) -> Vec<Vec<usize>> {
-    let mut index: std::collections::HashMap<&[u32], usize> = Default::default();
+    let mut index: std::collections::HashMap<(&[u32], &[usize]), usize> = Default::default();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
-        let g = *index.entry(job.prefix()).or_insert_with(|| {
+        let key = (
+            &job.prompt_ids[..job.prefix_len()],
+            job.prefix_ends.as_slice(),
+        );
+        let g = *index.entry(key).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });
@@ -270,11 +275,11 @@ mod tests {
         assert_eq!(p, vec![0.5, 0.5]);
     }
 
-    fn job(id: &str, prompt: &[u32], prefix_len: usize) -> ChoiceJob {
+    fn job(id: &str, prompt: &[u32], prefix_ends: &[usize]) -> ChoiceJob {
         ChoiceJob {
             item_id: id.into(),
             prompt_ids: prompt.to_vec(),
-            prefix_len,
+            prefix_ends: prefix_ends.to_vec(),
             choice_ids: vec![1, 2],
         }
     }
@@ -282,15 +287,17 @@ mod tests {
     #[test]
     fn groups_follow_prefix_tokens_in_first_appearance_order() {
         let jobs = vec![
-            job("a", &[1, 2, 3, 4], 2),
-            job("b", &[5, 6, 7], 0),
-            job("c", &[1, 2, 9], 2),
-            job("d", &[1, 3, 9], 2),
-            job("e", &[8, 9], 0),
+            job("a", &[1, 2, 3, 4], &[2]),
+            job("b", &[5, 6, 7], &[]),
+            job("c", &[1, 2, 9], &[2]),
+            job("d", &[1, 3, 9], &[2]),
+            job("e", &[8, 9], &[]),
+            // The same tokens cut into other pairs: another prefix.
+            job("f", &[1, 2, 9], &[1, 2]),
         ];
         assert_eq!(
             group_by_prefix(&jobs),
-            vec![vec![0, 2], vec![1, 4], vec![3]]
+            vec![vec![0, 2], vec![1, 4], vec![3], vec![5]]
         );
     }
 }

@@ -172,22 +172,23 @@ impl PromptBuilder {
         })
     }
 
-    /// How many leading tokens of `prompt_ids` encode the first `pairs` (user, assistant) pairs
-    /// of `messages`, where `prompt_ids` is what [`PromptBuilder::build`] gave for the same
-    /// `messages` and `system` without truncation. `None` when those pairs, encoded alone, are
-    /// not a token prefix of the prompt (a chat template that renders earlier turns differently
-    /// once more follow, or a tokenizer merge across the boundary): then nothing may be shared.
+    /// Where each of the first `pairs` (user, assistant) pairs of `messages` ends in
+    /// `prompt_ids` (token offsets, increasing), where `prompt_ids` is what
+    /// [`PromptBuilder::build`] gave for the same `messages` and `system` without truncation.
+    /// `None` when the pairs encoded alone are not token prefixes of the prompt (a chat template
+    /// that renders earlier turns differently once more follow, or a tokenizer merge across a
+    /// boundary): then nothing may be shared.
     ///
     /// LLaMA-Factory templates encode every element on its own and concatenate, so a pair
-    /// boundary is always a token boundary; a model chat template is rendered for the pairs
-    /// alone (without the generation prompt), encoded, and compared with the prompt.
-    pub fn pair_prefix_len(
+    /// boundary is always a token boundary; with a model chat template, the first j pairs are
+    /// rendered alone (without the generation prompt), encoded, and compared with the prompt.
+    pub fn pair_prefix_ends(
         &self,
         messages: &[ChatMessage],
         system: &str,
         pairs: usize,
         prompt_ids: &[u32],
-    ) -> Result<Option<usize>> {
+    ) -> Result<Option<Vec<usize>>> {
         let (system, messages) = split_system(messages, system);
         let Some(head) = messages.get(..2 * pairs) else {
             return Err(Error::Template(format!(
@@ -195,28 +196,44 @@ impl PromptBuilder {
                 messages.len()
             )));
         };
-        if pairs == 0 {
-            return Ok(Some(0));
-        }
-        let prefix = match (&self.style, &self.chat) {
-            (PromptStyle::LlamaFactory(template), _) => template
-                .encode_multiturn(&self.tokenizer, head, &system, usize::MAX / 2, 1)?
-                .into_iter()
-                .flat_map(|(src, tgt)| src.into_iter().chain(tgt))
-                .collect(),
+        let mut ends = Vec::with_capacity(pairs);
+        match (&self.style, &self.chat) {
+            (PromptStyle::LlamaFactory(template), _) => {
+                let encoded =
+                    template.encode_multiturn(&self.tokenizer, head, &system, usize::MAX / 2, 1)?;
+                let mut end = 0;
+                for (src, tgt) in &encoded {
+                    let next = end + src.len() + tgt.len();
+                    let same = prompt_ids
+                        .get(end..next)
+                        .is_some_and(|p| p.iter().eq(src.iter().chain(tgt)));
+                    if !same || next == end {
+                        return Ok(None);
+                    }
+                    end = next;
+                    ends.push(end);
+                }
+            }
             (PromptStyle::ModelChatTemplate, Some((chat, tokens))) => {
                 let mut conv = Vec::with_capacity(head.len() + 1);
                 if !system.is_empty() {
                     conv.push(ChatMessage::new("system", &system));
                 }
-                conv.extend_from_slice(head);
-                self.tokenizer.encode(&chat.render(&conv, false, tokens)?)?
+                for pair in head.chunks_exact(2) {
+                    conv.extend_from_slice(pair);
+                    let ids = self.tokenizer.encode(&chat.render(&conv, false, tokens)?)?;
+                    let longer = ids.len() > ends.last().copied().unwrap_or(0);
+                    if !longer || !prompt_ids.starts_with(&ids) {
+                        return Ok(None);
+                    }
+                    ends.push(ids.len());
+                }
             }
             (PromptStyle::ModelChatTemplate, None) => {
                 return Err(Error::Template("chat template was not prepared".into()));
             }
-        };
-        Ok(prompt_ids.starts_with(&prefix).then_some(prefix.len()))
+        }
+        Ok(Some(ends))
     }
 
     fn chat_prompt(

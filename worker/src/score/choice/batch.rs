@@ -146,7 +146,11 @@ mod tests {
         ChoiceJob {
             item_id: format!("j{prompt_len}"),
             prompt_ids: (0..prompt_len as u32).collect(),
-            prefix_len,
+            prefix_ends: if prefix_len > 0 {
+                vec![prefix_len]
+            } else {
+                vec![]
+            },
             choice_ids: vec![0, 1],
         }
     }

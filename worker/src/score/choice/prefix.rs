@@ -1,19 +1,28 @@
-//! The shared-prefix key/value caches kept between batches and leases: a small LRU keyed by the
-//! prefix's token ids, bounded in entries and in prefix tokens (each cached token costs
-//! `layers x 2 x kv_heads x head_dim` values, about 46 KB for SmolLM2-135M in f32).
+//! The shared-prefix key/value caches kept between batches and leases: a small LRU of one-row
+//! caches, one per prefix *level* (the first j pairs of a prompt), bounded in entries and in
+//! prefix tokens (each cached token costs `layers x 2 x kv_heads x head_dim` values, about 46 KB
+//! for SmolLM2-135M in f32).
+//!
+//! A prefix is always computed pair by pair: level j runs the tokens of pair j after a copy of
+//! level j - 1. So its bits never depend on which levels happened to be held (a level is the same
+//! whether it was extended from a kept parent or built from scratch), and questions whose shots
+//! agree only on their first pairs still share those pairs' keys and values.
 
 use candle_core::Tensor;
 
 use crate::Result;
 use crate::models::{Decoder, ForwardInput, KvCache, LogitsAt};
 
-/// Prefixes kept by [`PrefixCache::default`]: the few-shot prefixes of a handful of subjects.
-const DEFAULT_PREFIXES: usize = 8;
-/// Prefix tokens kept by [`PrefixCache::default`] (about 8 MMLU 5-shot prefixes).
+/// Prefix levels kept by [`PrefixCache::default`]: a 5-shot chain and its recent siblings.
+const DEFAULT_PREFIXES: usize = 12;
+/// Prefix tokens kept by [`PrefixCache::default`] (levels count their whole prefix).
 const DEFAULT_TOKENS: usize = 8192;
 
 struct Entry {
+    /// The prefix's tokens and where its pairs end (the same tokens cut otherwise are another
+    /// computation, hence another entry).
     ids: Vec<u32>,
+    ends: Vec<usize>,
     cache: KvCache,
 }
 
@@ -33,8 +42,8 @@ impl Default for PrefixCache {
 }
 
 impl PrefixCache {
-    /// Keeps at most `max_prefixes` prefixes (at least 1) and `max_tokens` prefix tokens in all;
-    /// a prefix longer than that is still computed and kept alone until the next one comes.
+    /// Keeps at most `max_prefixes` levels (at least 1) and `max_tokens` prefix tokens in all;
+    /// a longer prefix is still computed and kept alone until the next one comes.
     pub fn new(max_prefixes: usize, max_tokens: usize) -> Self {
         PrefixCache {
             entries: Vec::new(),
@@ -45,7 +54,7 @@ impl PrefixCache {
         }
     }
 
-    /// Prefixes held now.
+    /// Levels held now.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -54,44 +63,78 @@ impl PrefixCache {
         self.entries.is_empty()
     }
 
-    /// (hits, misses) of [`PrefixCache::get_or_compute`] so far.
+    /// (hits, levels computed) of [`PrefixCache::get_or_compute`] so far: a hit is a whole
+    /// prefix found held.
     pub fn stats(&self) -> (u64, u64) {
         (self.hits, self.misses)
     }
 
-    /// Drops every kept prefix (their model is being unloaded, or memory is needed).
+    /// Drops every kept prefix.
     pub fn clear(&mut self) {
         self.entries.clear();
     }
 
-    /// The one-row cache of `ids` (not empty), computed now in one forward pass when it is not
-    /// held; it becomes the most recently used.
+    /// The one-row cache of `prompt[..ends.last()]`, whose pairs end at `ends` (increasing, not
+    /// empty). Missing levels are computed from the deepest one held; each becomes the most
+    /// recently used.
     pub fn get_or_compute<D: Decoder<Cache = KvCache>>(
         &mut self,
         decoder: &D,
-        ids: &[u32],
+        prompt: &[u32],
+        ends: &[usize],
     ) -> Result<&KvCache> {
-        if let Some(pos) = self.entries.iter().position(|e| e.ids == ids) {
+        let top = ends.len();
+        let mut held = top;
+        while held > 0 && !self.touch(&prompt[..ends[held - 1]], &ends[..held]) {
+            held -= 1;
+        }
+        if held == top {
             self.hits += 1;
-            let entry = self.entries.remove(pos);
-            self.entries.push(entry);
-        } else {
+        }
+        for level in held..top {
             self.misses += 1;
-            let cache = compute(decoder, ids)?;
-            self.make_room(ids.len());
+            let start = level.checked_sub(1).map_or(0, |p| ends[p]);
+            let mut cache = match level {
+                0 => decoder.new_cache(),
+                // The parent was touched or pushed last.
+                _ => self.last().select_rows(&[0])?,
+            };
+            extend(decoder, &mut cache, &prompt[start..ends[level]], start)?;
+            self.make_room(ends[level]);
             self.entries.push(Entry {
-                ids: ids.to_vec(),
+                ids: prompt[..ends[level]].to_vec(),
+                ends: ends[..=level].to_vec(),
                 cache,
             });
         }
-        Ok(&self
-            .entries
-            .last()
-            .expect("an entry was just placed last")
-            .cache)
+        Ok(self.last())
     }
 
-    /// Drops the least recently used prefixes until one of `tokens` more fits both bounds.
+    fn last(&self) -> &KvCache {
+        &self
+            .entries
+            .last()
+            .expect("a level was just placed last")
+            .cache
+    }
+
+    /// Moves the entry of (`ids`, `ends`) last, if held.
+    fn touch(&mut self, ids: &[u32], ends: &[usize]) -> bool {
+        match self
+            .entries
+            .iter()
+            .position(|e| e.ends == ends && e.ids == ids)
+        {
+            Some(pos) => {
+                let entry = self.entries.remove(pos);
+                self.entries.push(entry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops the least recently used levels until one of `tokens` more fits both bounds.
     fn make_room(&mut self, tokens: usize) {
         let held = |entries: &[Entry]| entries.iter().map(|e| e.ids.len()).sum::<usize>();
         while !self.entries.is_empty()
@@ -103,16 +146,22 @@ impl PrefixCache {
     }
 }
 
-/// Runs `ids` alone (one row, no padding) into a new cache; the logits are not read.
-fn compute<D: Decoder<Cache = KvCache>>(decoder: &D, ids: &[u32]) -> Result<KvCache> {
+/// Runs `ids` (one row, no padding) at positions from `start` after what `cache` holds; the
+/// logits are not read.
+fn extend<D: Decoder<Cache = KvCache>>(
+    decoder: &D,
+    cache: &mut KvCache,
+    ids: &[u32],
+    start: usize,
+) -> Result<()> {
     let n = ids.len();
     let device = decoder.device();
+    let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
     let input = ForwardInput {
         tokens: Tensor::from_vec(ids.to_vec(), (1, n), device)?,
-        positions: Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), (1, n), device)?,
+        positions: Tensor::from_vec(positions, (1, n), device)?,
         key_mask: None,
     };
-    let mut cache = decoder.new_cache();
-    decoder.forward(&input, &mut cache, LogitsAt::Last)?;
-    Ok(cache)
+    decoder.forward(&input, cache, LogitsAt::Last)?;
+    Ok(())
 }

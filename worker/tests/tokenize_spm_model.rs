@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use evalfleet_worker::tokenize::TextTokenizer;
-use evalfleet_worker::tokenize::spm::{ModelType, SpmModel};
+use evalfleet_worker::tokenize::spm::{ModelType, PieceType, SpmModel};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -27,17 +27,16 @@ fn ids_of(v: &Value) -> Vec<u32> {
 }
 
 /// Compares encode and decode of every golden text for one model; returns the number of texts.
-fn check_model(model_file: &str, key: &str, expected_type: ModelType) -> usize {
+fn check_model(model_file: &str, golden: &str, key: &str, expected_type: ModelType) -> usize {
     let model = SpmModel::from_file(&fixtures().join(model_file)).expect("load model");
     assert_eq!(model.model_type(), expected_type);
-    let golden = read_json("goldens.json");
+    let golden = read_json(golden);
     let texts = golden["texts"].as_array().expect("texts");
     let g = &golden[key];
     let (ids, decoded) = (
         g["ids"].as_array().unwrap(),
         g["decoded"].as_array().unwrap(),
     );
-    assert_eq!(texts.len(), 2000);
     let mut encode_diffs = Vec::new();
     let mut decode_diffs = Vec::new();
     for (i, text) in texts.iter().enumerate() {
@@ -80,13 +79,21 @@ fn check_model(model_file: &str, key: &str, expected_type: ModelType) -> usize {
 
 #[test]
 fn bpe_byte_fallback_nfkc_matches_sentencepiece() {
-    assert_eq!(check_model("bpe.model", "bpe", ModelType::Bpe), 2000);
+    assert_eq!(
+        check_model("bpe.model", "goldens.json", "bpe", ModelType::Bpe),
+        2000
+    );
 }
 
 #[test]
 fn unigram_identity_matches_sentencepiece() {
     assert_eq!(
-        check_model("unigram.model", "unigram", ModelType::Unigram),
+        check_model(
+            "unigram.model",
+            "goldens.json",
+            "unigram",
+            ModelType::Unigram
+        ),
         2000
     );
 }
@@ -94,8 +101,37 @@ fn unigram_identity_matches_sentencepiece() {
 #[test]
 fn baichuan_style_bpe_matches_sentencepiece() {
     assert_eq!(
-        check_model("baichuan/tokenizer.model", "baichuan", ModelType::Bpe),
+        check_model(
+            "baichuan/tokenizer.model",
+            "goldens.json",
+            "baichuan",
+            ModelType::Bpe
+        ),
         2000
+    );
+}
+
+#[test]
+fn unused_pieces_are_resegmented_or_skipped_like_sentencepiece() {
+    let golden = "unused_goldens.json";
+    assert_eq!(
+        check_model("unused_bpe.model", golden, "bpe", ModelType::Bpe),
+        600
+    );
+    let unigram = check_model(
+        "unused_unigram.model",
+        golden,
+        "unigram",
+        ModelType::Unigram,
+    );
+    assert_eq!(unigram, 600);
+    let model = SpmModel::from_file(&fixtures().join("unused_bpe.model")).expect("load");
+    let unused = ids_of(&read_json(golden)["bpe"]["unused_ids"]);
+    assert_eq!(unused.len(), 150);
+    assert!(
+        unused
+            .iter()
+            .all(|&id| model.piece_type(id) == Some(PieceType::Unused))
     );
 }
 

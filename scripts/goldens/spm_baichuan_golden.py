@@ -10,9 +10,16 @@ The reference is a BaichuanTokenizer written here from its documented behaviour 
 `LlamaTokenizer(legacy=True)` must give the same ids. Writes
 worker/tests/fixtures/spm/baichuan_slow.json: `encode(text, add_special_tokens=False)` ids,
 `encode(text)` ids (add_bos/add_eos from the config), the eos id, and decodes.
+
+Then adds tokens (special ones past the vocabulary and on a user-defined piece, normal ones new
+and already in the vocabulary), saves the tokenizer with `save_pretrained` into
+worker/tests/fixtures/spm/baichuan_added/ (configs only: the test copies tokenizer.model next to
+them), reloads it from there and writes the same goldens as baichuan_added.json.
 """
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import sentencepiece as spm
@@ -72,6 +79,11 @@ class RefBaichuanTokenizer(PreTrainedTokenizer):
                 prev_special = False
         return out + self.sp_model.decode(pending)
 
+    def save_vocabulary(self, save_directory, filename_prefix=None):
+        out = Path(save_directory) / ((filename_prefix + "-" if filename_prefix else "") + "tokenizer.model")
+        shutil.copy(self.vocab_file, out)
+        return (str(out),)
+
     def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
         bos = [self.bos_token_id] if self.add_bos_token else []
         eos = [self.eos_token_id] if self.add_eos_token else []
@@ -91,10 +103,32 @@ def main():
     ref = RefBaichuanTokenizer.from_pretrained(str(FOLDER))
     llama = LlamaTokenizer(vocab_file=str(FOLDER / "tokenizer.model"), legacy=True,
                            add_bos_token=False, add_eos_token=False)
+    for t in texts:
+        assert ref.encode(t, add_special_tokens=False) == llama.encode(t, add_special_tokens=False), t
+    write(ref, texts, "baichuan_slow.json")
+
+    ref.add_special_tokens({"additional_special_tokens": ["<|role|>", "<|CHAR|>"]})
+    ref.add_tokens(["<new>", "你好", "hello world"])
+    added_dir = FIXTURES / "baichuan_added"
+    with tempfile.TemporaryDirectory() as tmp:
+        ref.save_pretrained(tmp)
+        added_dir.mkdir(exist_ok=True)
+        for name in ["tokenizer_config.json", "special_tokens_map.json"]:
+            shutil.copy(Path(tmp) / name, added_dir / name)
+        config = json.loads((added_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config["tokenizer_class"] = "BaichuanTokenizer"
+        (added_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+        shutil.copy(FOLDER / "tokenizer.model", Path(tmp) / "tokenizer.model")
+        reloaded = RefBaichuanTokenizer.from_pretrained(tmp)
+    extra = ["<|role|>你好<new>", "a<|CHAR|>b<|role|>c", "hello world!", "say hello world ",
+             "<new><new></s>", "<|role|> <s> 你好呀"]
+    write(reloaded, texts[:200] + extra, "baichuan_added.json")
+
+
+def write(ref, texts, name):
     records = []
     for t in texts:
         ids = ref.encode(t, add_special_tokens=False)
-        assert ids == llama.encode(t, add_special_tokens=False), t
         records.append({
             "text": t,
             "ids": ids,
@@ -112,7 +146,7 @@ def main():
         "vocab_size": len(ref),
         "records": records,
     }
-    path = FIXTURES / "baichuan_slow.json"
+    path = FIXTURES / name
     path.write_text(json.dumps(out, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     print(path, path.stat().st_size, "bytes,", len(records), "texts")
 

@@ -166,25 +166,18 @@ fn decoding_round_trips() {
     assert!(model.byte_fallback());
 }
 
-#[test]
-fn baichuan_folder_loads_through_text_tokenizer() {
-    let dir = fixtures().join("baichuan");
+/// Loads a Baichuan-style folder through `TextTokenizer` and compares it with a slow-tokenizer
+/// golden; returns the number of records compared.
+fn check_slow_folder(dir: &Path, golden: &str) -> usize {
     assert!(!dir.join("tokenizer.json").exists());
-    let tok = TextTokenizer::from_model_path(&dir).expect("load Baichuan-style folder");
+    let tok = TextTokenizer::from_model_path(dir).expect("load Baichuan-style folder");
     assert!(tok.spm().is_some());
-    let golden = read_json("baichuan_slow.json");
-    assert_eq!(
-        tok.eos_id(),
-        Some(golden["eos_token_id"].as_u64().unwrap() as u32)
-    );
-    assert_eq!(
-        tok.bos_id(),
-        Some(golden["bos_token_id"].as_u64().unwrap() as u32)
-    );
-    assert_eq!(
-        tok.unk_id(),
-        Some(golden["unk_token_id"].as_u64().unwrap() as u32)
-    );
+    let golden = read_json(golden);
+    let id = |key: &str| golden[key].as_u64().map(|v| v as u32);
+    assert_eq!(tok.eos_id(), id("eos_token_id"));
+    assert_eq!(tok.bos_id(), id("bos_token_id"));
+    assert_eq!(tok.unk_id(), id("unk_token_id"));
+    assert_eq!(tok.pad_id(), id("pad_token_id"));
     assert_eq!(
         tok.vocab_size(),
         golden["vocab_size"].as_u64().unwrap() as usize
@@ -213,6 +206,36 @@ fn baichuan_folder_loads_through_text_tokenizer() {
         records.len(),
         &diffs[..diffs.len().min(5)]
     );
+    records.len()
+}
+
+#[test]
+fn baichuan_folder_loads_through_text_tokenizer() {
+    let dir = fixtures().join("baichuan");
+    assert_eq!(check_slow_folder(&dir, "baichuan_slow.json"), 614);
+}
+
+#[test]
+fn baichuan_folder_with_added_tokens_splits_on_them() {
+    // Configs as transformers' save_pretrained wrote them, next to the fixture model.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (from, to) in [
+        ("baichuan/tokenizer.model", "tokenizer.model"),
+        (
+            "baichuan_added/tokenizer_config.json",
+            "tokenizer_config.json",
+        ),
+        (
+            "baichuan_added/special_tokens_map.json",
+            "special_tokens_map.json",
+        ),
+    ] {
+        std::fs::copy(fixtures().join(from), dir.path().join(to)).expect("copy fixture");
+    }
+    assert_eq!(check_slow_folder(dir.path(), "baichuan_added.json"), 206);
+    let tok = TextTokenizer::from_model_path(dir.path()).expect("load");
+    assert_eq!(tok.token_to_id("<|role|>"), Some(3000));
+    assert_eq!(tok.additional_special_tokens(), ["<|role|>", "<|CHAR|>"]);
 }
 
 /// A ModelProto cut after its pieces (no trainer_spec / normalizer_spec).

@@ -2,6 +2,7 @@
 
 Run with the project venv after `pip install sentencepiece` (0.2.x):
     python scripts/goldens/spm_model_goldens.py
+(the seed folder is $EVALFLEET_SEED, by default ../shared/seed beside the repository).
 Trains three small models with the `sentencepiece` package on CharacterEval dialogue lines (the
 first half of the data set) plus English MMLU questions, then writes into worker/tests/fixtures/spm/:
 
@@ -19,6 +20,7 @@ first half of the data set) plus English MMLU questions, then writes into worker
 
 import io
 import json
+import os
 import random
 import sys
 import zipfile
@@ -31,9 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tokenize_texts import texts as base_texts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED = ROOT.parent / "shared" / "seed" / "evaluation"
-if not SEED.is_dir():
-    SEED = Path("/work/shared/seed/evaluation")
+SEED = Path(os.environ.get("EVALFLEET_SEED", ROOT.parent / "shared" / "seed")) / "evaluation"
 OUT = ROOT / "worker" / "tests" / "fixtures" / "spm"
 N_TEXTS = 2000
 rng = random.Random(20261127)

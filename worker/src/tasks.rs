@@ -334,7 +334,11 @@ impl Executor {
         if !touch_or_make_room(&mut self.rewarders, keep, |(k, _)| k, &key, "reward model") {
             let started = Instant::now();
             let dtype = reward::reward_dtype(&spec.dtype)?;
-            let scorer = RewardScorer::load(Path::new(&spec.model_path), dtype, &self.opts.device)?;
+            let mut scorer =
+                RewardScorer::load(Path::new(&spec.model_path), dtype, &self.opts.device)?;
+            if self.opts.max_batch_tokens > 0 {
+                scorer = scorer.with_max_batch_tokens(self.opts.max_batch_tokens);
+            }
             tracing::info!(
                 model = key,
                 dtype = ?dtype,

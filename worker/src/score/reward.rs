@@ -75,6 +75,13 @@ impl RewardScorer {
         })
     }
 
+    /// Bounds the tokens of one packed forward pass (see
+    /// [`BaichuanRewardModel::with_max_batch_tokens`]).
+    pub fn with_max_batch_tokens(mut self, tokens: usize) -> Self {
+        self.model = self.model.with_max_batch_tokens(tokens);
+        self
+    }
+
     pub fn model(&self) -> &BaichuanRewardModel {
         &self.model
     }

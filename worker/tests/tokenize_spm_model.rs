@@ -285,9 +285,19 @@ fn broken_model_files_name_the_file_and_what_was_expected() {
 #[test]
 fn folder_errors_name_the_missing_or_broken_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = TextTokenizer::from_hf_dir(dir.path()).expect_err("empty folder").to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("tokenizer.model"), "{err}");
+    let err = TextTokenizer::from_hf_dir(dir.path())
+        .expect_err("empty folder")
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("tokenizer.model"),
+        "{err}"
+    );
     std::fs::write(dir.path().join("tokenizer.model"), b"\x0a\xff\xff").expect("write");
-    let err = TextTokenizer::from_model_path(dir.path()).expect_err("broken model").to_string();
-    assert!(err.contains("tokenizer.model") && err.contains("ModelProto"), "{err}");
+    let err = TextTokenizer::from_model_path(dir.path())
+        .expect_err("broken model")
+        .to_string();
+    assert!(
+        err.contains("tokenizer.model") && err.contains("ModelProto"),
+        "{err}"
+    );
 }

@@ -229,3 +229,67 @@ fn token_bounded_groups_give_the_same_scores_in_the_input_order() {
     // Different inputs give different scores: the order is not scrambled unnoticed.
     assert!(one_pass.windows(2).any(|w| w[0] != w[1]));
 }
+
+/// A reward folder as Baichuan publishes it: `tokenizer.model` (SentencePiece) without
+/// tokenizer.json. Uses the SentencePiece fixture whose ids BaichuanTokenizer produced
+/// (tests/fixtures/spm/baichuan_slow.json) and random weights of its vocabulary size.
+#[test]
+fn sentencepiece_only_folder_encodes_like_baichuan_tokenizer() {
+    let spm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(spm.join("baichuan_slow.json")).unwrap())
+            .unwrap();
+    let vocab = golden["vocab_size"].as_u64().unwrap() as usize;
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["tokenizer.model", "tokenizer_config.json"] {
+        std::fs::copy(spm.join("baichuan").join(name), dir.path().join(name)).unwrap();
+    }
+    let (h, inter) = (32, 64);
+    let config = serde_json::json!({"hidden_size": h, "intermediate_size": inter,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": vocab,
+        "model_max_length": 4096, "hidden_act": "silu", "eos_token_id": 2});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let shapes: [(&str, Vec<usize>); 10] = [
+        ("model.embed_tokens.weight", vec![vocab, h]),
+        ("model.layers.0.input_layernorm.weight", vec![h]),
+        ("model.layers.0.self_attn.W_pack.weight", vec![3 * h, h]),
+        ("model.layers.0.self_attn.o_proj.weight", vec![h, h]),
+        ("model.layers.0.post_attention_layernorm.weight", vec![h]),
+        ("model.layers.0.mlp.gate_proj.weight", vec![inter, h]),
+        ("model.layers.0.mlp.up_proj.weight", vec![inter, h]),
+        ("model.layers.0.mlp.down_proj.weight", vec![h, inter]),
+        ("model.norm.weight", vec![h]),
+        ("score.weight", vec![1, h]),
+    ];
+    let mut tensors: std::collections::HashMap<String, candle_core::Tensor> = shapes
+        .into_iter()
+        .map(|(n, s)| {
+            let t = candle_core::Tensor::randn(0f32, 0.2, s, &Device::Cpu).unwrap();
+            (n.to_string(), t.to_dtype(DType::BF16).unwrap())
+        })
+        .collect();
+    let bias = candle_core::Tensor::zeros(1, DType::BF16, &Device::Cpu).unwrap();
+    tensors.insert("score.bias".into(), bias);
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+
+    let scorer = RewardScorer::load(dir.path(), DType::BF16, &Device::Cpu).unwrap();
+    assert_eq!(scorer.eos_id(), 2);
+    let mut inputs = Vec::new();
+    for record in golden["records"].as_array().unwrap().iter().take(200) {
+        let text = record["text"].as_str().unwrap();
+        let mut want: Vec<u32> = serde_json::from_value(record["ids"].clone()).unwrap();
+        want.push(2);
+        let got = scorer.encode(text, 0).unwrap();
+        assert_eq!(got.ids, want, "{text:?}");
+        let cut = scorer.encode(text, 3).unwrap();
+        assert_eq!(
+            cut.ids[..],
+            want[want.len().saturating_sub(3)..],
+            "{text:?}"
+        );
+        assert_eq!(cut.truncated, want.len() > 3, "{text:?}");
+        inputs.push(got.ids);
+    }
+    let scores = scorer.score_batch(&inputs[..20]).unwrap();
+    assert!(scores.iter().all(|s| *s > 0.0 && *s < 1.0), "{scores:?}");
+}

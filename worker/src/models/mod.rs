@@ -10,6 +10,9 @@
 //!   `cache` ([`KvCache`]) are its parts.
 //! - `hf` (safetensors folders), `gguf` (GGUF files), `lora` (PEFT adapters): weight sources.
 //! - `loader`: [`load_causal_lm`] and [`LoadedModel`]; `convert`: [`convert_gguf_to_hf`].
+//! - `baichuan`: step 4's reward model ([`BaichuanRewardModel`], PROTOCOL 4.5), not a
+//!   [`Decoder`]: its `baichuan_config`, `baichuan_weights` (safetensors or PyTorch `.bin`
+//!   shards) and `alibi` are its parts.
 
 use candle_core::{Device, Tensor};
 

@@ -3,8 +3,8 @@
 //!
 //! - [`proto`]: the ModelProto fields used, decoded with prost.
 //! - [`normalizer`]: precompiled charsmap, whitespace options, user-defined symbols.
-//! - [`bpe`] / [`unigram`]: the two segmentation algorithms.
-//! - [`decode`]: ids back to text (byte pieces, unknown surface, the dummy-prefix space).
+//! - `bpe` / `unigram`: the two segmentation algorithms (`trie`: their prefix lookups).
+//! - `decode`: ids back to text (byte pieces, unknown surface, the dummy-prefix space).
 //! - [`slow`]: [`SpmSlowTokenizer`], a transformers slow tokenizer over a model (added-token
 //!   splitting, as BaichuanTokenizer / LlamaTokenizer(legacy=True) do), used by
 //!   [`super::TextTokenizer`] for folders that ship only `tokenizer.model`.

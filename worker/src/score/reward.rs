@@ -52,6 +52,17 @@ impl RewardScorer {
     /// Loads the model and tokenizer of the reward model folder `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let model = BaichuanRewardModel::load(dir, dtype, device)?;
+        let cfg = model.config();
+        // The position encoding is inferred when config.json does not name it: say which.
+        tracing::info!(
+            dir = %dir.display(),
+            position = ?cfg.position,
+            layers = cfg.layers,
+            hidden = cfg.hidden,
+            heads = cfg.heads,
+            dtype = ?dtype,
+            "reward model weights loaded"
+        );
         let tokenizer = TextTokenizer::from_hf_dir(dir)?;
         Self::new(model, tokenizer, dir)
     }

@@ -14,6 +14,7 @@
 //! (the CPU gemm gives a row the same bits for any row count from 2 up; a batch of one token is
 //! run twice so that it never takes the one-row path).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -129,6 +130,9 @@ pub struct BaichuanRewardModel {
     device: Device,
     dtype: DType,
     max_batch_tokens: usize,
+    /// Softmax by differentiable tensor ops (training) instead of candle's fused kernel, which
+    /// has no backward pass.
+    differentiable: bool,
 }
 
 impl BaichuanRewardModel {
@@ -137,12 +141,31 @@ impl BaichuanRewardModel {
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let cfg = BaichuanConfig::from_file(&dir.join("config.json"))?;
         let ws = RmWeights::open(dir, dtype, device)?;
+        Self::from_weights(cfg, &ws, false)
+    }
+
+    /// A model over in-memory tensors named as in the HF state dict (all of them, `score.*`
+    /// included), all of one `dtype` on `device`: the trainer's view of its parameters. The
+    /// layers use these very tensors, so a loss computed from [`Self::last_hidden`]
+    /// backpropagates into them (softmax then runs as differentiable tensor ops).
+    pub fn from_tensors(
+        cfg: BaichuanConfig,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let ws = RmWeights::from_tensors(Path::new("<in-memory weights>"), tensors, dtype, device);
+        Self::from_weights(cfg, &ws, true)
+    }
+
+    fn from_weights(cfg: BaichuanConfig, ws: &RmWeights, differentiable: bool) -> Result<Self> {
+        let dtype = ws.dtype();
         let h = cfg.hidden;
         let embed = ws.get("model.embed_tokens.weight", &[cfg.vocab, h])?;
         let layers = (0..cfg.layers)
-            .map(|i| Layer::load(&cfg, &ws, i))
+            .map(|i| Layer::load(&cfg, ws, i))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(&ws, "model.norm.weight", h, cfg.rms_norm_eps)?;
+        let norm = RmsNorm::load(ws, "model.norm.weight", h, cfg.rms_norm_eps)?;
         // The head's weight and bias are in the model dtype in the reference; keep those values.
         let score_weight = ws
             .get_as("score.weight", &[1, h], dtype)?
@@ -167,6 +190,7 @@ impl BaichuanRewardModel {
             device: ws.device().clone(),
             dtype: ws.dtype(),
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            differentiable,
             cfg,
         })
     }
@@ -238,6 +262,15 @@ impl BaichuanRewardModel {
         if seqs.len() == 1 && seqs[0].len() == 1 {
             return Ok(self.score_packed(&[seqs[0], seqs[0]])?[..1].to_vec());
         }
+        let hidden = self.last_hidden(seqs)?;
+        let rows: Vec<Vec<f32>> = hidden.to_dtype(DType::F32)?.to_vec2()?;
+        Ok(rows.iter().map(|r| self.head(r)).collect())
+    }
+
+    /// The final-normed hidden state of each sequence's last token, `(seqs, hidden)` in the
+    /// model dtype: everything but the score head, for the trainer's differentiable head.
+    /// Token ids are not checked here (see [`Self::score_batch`]).
+    pub fn last_hidden(&self, seqs: &[&[u32]]) -> Result<Tensor> {
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let max_len = lens.iter().copied().max().unwrap_or(0);
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
@@ -254,9 +287,7 @@ impl BaichuanRewardModel {
             last.push(end as u32 - 1);
         }
         let last = Tensor::from_vec(last, lens.len(), &self.device)?;
-        let hidden = self.norm.forward(&x.index_select(&last, 0)?)?;
-        let rows: Vec<Vec<f32>> = hidden.to_dtype(DType::F32)?.to_vec2()?;
-        Ok(rows.iter().map(|r| self.head(r)).collect())
+        self.norm.forward(&x.index_select(&last, 0)?)
     }
 
     /// `sigmoid(score · h + b)`, rounded to the model dtype where the reference rounds: the
@@ -328,8 +359,13 @@ impl BaichuanRewardModel {
             }
             let mask = tables.masks[b].narrow(1, 0, n)?.narrow(2, 0, keys)?;
             s = s.broadcast_add(&mask)?;
-            let p =
-                candle_nn::ops::softmax_last_dim(&s.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+            let s32 = s.to_dtype(DType::F32)?;
+            let p = if self.differentiable {
+                softmax_differentiable(&s32)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&s32)?
+            }
+            .to_dtype(q.dtype())?;
             blocks.push(p.matmul(&v.narrow(1, 0, keys)?.contiguous()?)?);
         }
         let out = Tensor::cat(&blocks, 1)?; // (heads, len, d)
@@ -373,6 +409,14 @@ impl BaichuanRewardModel {
         }
         Ok(PositionTables { alibi, rope, masks })
     }
+}
+
+/// Softmax over the last dimension from differentiable ops. The row maximum is a constant
+/// shift (detached: it changes nothing mathematically and its gradient would only add rounding).
+fn softmax_differentiable(s: &Tensor) -> Result<Tensor> {
+    let max = s.max_keepdim(D::Minus1)?.detach();
+    let e = s.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// `x` rounded to `dtype` (bf16/f16) and widened back; f32 unchanged.

@@ -24,6 +24,8 @@ enum Store {
         files: Vec<PthTensors>,
         by_name: HashMap<String, usize>,
     },
+    /// Tensors already in memory (the trainer's parameters, see `train`).
+    Memory(HashMap<String, Tensor>),
 }
 
 /// A reward model folder's tensors, cast to the compute dtype on the compute device.
@@ -100,6 +102,22 @@ impl RmWeights {
         })
     }
 
+    /// Weights held in memory by name, e.g. the trainer's `Var`s: `get` hands out the same
+    /// tensors (no copy when dtype and device match), so gradients flow back to them.
+    pub fn from_tensors(
+        label: &Path,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        Self {
+            dir: label.to_path_buf(),
+            store: Store::Memory(tensors),
+            device: device.clone(),
+            dtype,
+        }
+    }
+
     fn open_pth(paths: &[PathBuf]) -> Result<Store> {
         let mut files = Vec::with_capacity(paths.len());
         let mut by_name = HashMap::new();
@@ -129,6 +147,7 @@ impl RmWeights {
                 None => Ok(None),
                 Some(&i) => files[i].get(name).map_err(bad),
             },
+            Store::Memory(map) => Ok(map.get(name).cloned()),
         }
     }
 
@@ -139,7 +158,8 @@ impl RmWeights {
             .to_device(&self.device)?)
     }
 
-    /// Tensor `name` of shape `shape` in `dtype`, on the CPU.
+    /// Tensor `name` of shape `shape` in `dtype`, on the CPU (on its own device for in-memory
+    /// weights).
     pub fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = self
             .load_raw(name)?

@@ -9,8 +9,11 @@
 //! - [`tasks`]: turns a lease into results (builds prompts, generates, decodes).
 //! - [`rpc`]: the stream to the coordinator.
 //! - [`embed`]: sentence-transformers embedding models and the cosine similarity (step 2).
+//! - [`train`]: reward-model training (issue 10): losses, AdamW, data-parallel steps, checkpoints.
+//! - [`collective`]: all-reduce/broadcast/barrier between data-parallel ranks (in-process now).
 //! - [`device`]: `--device` parsing (`cpu`, `cuda:N`) and the default dtype per device.
 
+pub mod collective;
 pub mod device;
 pub mod embed;
 pub mod engine;
@@ -20,5 +23,6 @@ pub mod rpc;
 pub mod score;
 pub mod tasks;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};

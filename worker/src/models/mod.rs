@@ -23,6 +23,7 @@ mod attention;
 mod baichuan;
 mod baichuan_config;
 mod baichuan_weights;
+pub(crate) use baichuan_weights::RmWeights;
 mod cache;
 mod config;
 mod convert;

@@ -1,0 +1,217 @@
+//! The reward-model training run on a tiny model (tests/fixtures/reward/tiny-rm-alibi4): resume
+//! after a simulated kill gives the same final weights as an uninterrupted run; 2 in-process
+//! data-parallel ranks and gradient accumulation give the same weights as 1 rank with the whole
+//! batch; a checkpoint loaded by the step-4 scorer reproduces the trainer's scores; the
+//! metrics JSONL holds train and held-out lines.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use evalfleet_worker::score::reward::RewardScorer;
+use evalfleet_worker::train::trainer::{group_logits, load_dataset};
+use evalfleet_worker::train::{
+    AdamWConfig, LossWeights, TrainConfig, TrainableRm, train_data_parallel,
+};
+
+const RESPONSES: [&str; 6] = [
+    "额滴神啊，这日子没法过了！",
+    "掌柜的，您别着急，有我在呢。",
+    "子曾经曰过，学而时习之，不亦说乎？",
+    "The quick brown fox.",
+    "排山倒海！",
+    "好的。",
+];
+
+fn base() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reward/tiny-rm-alibi4")
+}
+
+/// 8 contexts × 2 dimensions × 3 responses, scores from the response (learnable, with ties).
+fn write_data(dir: &Path) -> PathBuf {
+    let mut lines = String::new();
+    for c in 0..8 {
+        for dim in ["知识准确率", "对话流利度"] {
+            for r in 0..3 {
+                let resp = RESPONSES[(c + r) % RESPONSES.len()];
+                let score = 1 + (resp.chars().count() + r) % 5;
+                let rec = serde_json::json!({"id": c, "role": "佟湘玉", "context": format!("白展堂：第{c}句"),
+                    "response": resp, "dimension": dim, "score": score});
+                lines.push_str(&format!("{rec}\n"));
+            }
+        }
+    }
+    let path = dir.join("train.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+fn config(dir: &Path, out: &str) -> TrainConfig {
+    TrainConfig {
+        model: base(),
+        train_data: write_data(dir),
+        eval_data: None,
+        eval_fraction: 0.25,
+        output_dir: dir.join(out),
+        max_length: 48,
+        loss: LossWeights {
+            ranking: 1.0,
+            regression: 1.0,
+        },
+        trainable: vec![],
+        adamw: AdamWConfig {
+            lr: 1e-3,
+            ..AdamWConfig::default()
+        },
+        warmup_steps: 2,
+        epochs: 2,
+        max_steps: None,
+        batch_groups: 4,
+        grad_accum: 1,
+        ranks: 1,
+        save_every: 2,
+        eval_every: 3,
+        resume: true,
+        seed: 1,
+        stop_after: None,
+    }
+}
+
+fn weights(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .map(|(k, t)| {
+            (t - &b[k])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn resume_after_a_kill_gives_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = train_data_parallel(&config(tmp.path(), "full")).unwrap();
+    // 12 training groups (2 of 8 contexts held out), 4 per step: 3 steps per epoch, 6 in all.
+    assert_eq!(full.steps, 6);
+    let mut cfg = config(tmp.path(), "killed");
+    cfg.stop_after = Some(3);
+    let stopped = train_data_parallel(&cfg).unwrap();
+    assert_eq!(stopped.steps, 3);
+    assert!(
+        stopped
+            .checkpoint
+            .as_ref()
+            .unwrap()
+            .ends_with("checkpoint-2")
+    );
+    cfg.stop_after = None;
+    let resumed = train_data_parallel(&cfg).unwrap();
+    let (a, b) = (full.checkpoint.unwrap(), resumed.checkpoint.unwrap());
+    assert!(a.ends_with("checkpoint-6") && b.ends_with("checkpoint-6"));
+    let (wa, wb) = (weights(&a), weights(&b));
+    assert_eq!(max_diff(&wa, &wb), 0.0, "resumed run differs");
+    let w0: HashMap<String, Tensor> =
+        candle_core::safetensors::load(base().join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| (k, t.to_dtype(DType::F32).unwrap()))
+            .collect();
+    assert!(
+        max_diff(&wa, &w0) > 1e-3,
+        "training did not move the weights"
+    );
+    // The metrics of the resumed run: one train line per step, eval lines at 0, 3 and 6.
+    let text = std::fs::read_to_string(tmp.path().join("killed/metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps = |split: &str| -> Vec<u64> {
+        lines
+            .iter()
+            .filter(|l| l["split"] == split)
+            .map(|l| l["step"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(steps("train"), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(steps("eval"), vec![0, 3, 6]);
+    let last = lines.iter().rev().find(|l| l["split"] == "eval").unwrap();
+    assert!(
+        last["spearman"]["知识准确率"].is_number() && last["pairwise_accuracy"].is_number(),
+        "{last}"
+    );
+}
+
+#[test]
+fn two_ranks_and_accumulation_equal_one_rank_with_the_whole_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, ranks: usize, accum: usize| {
+        let mut cfg = config(tmp.path(), name);
+        cfg.ranks = ranks;
+        cfg.grad_accum = accum;
+        cfg.max_steps = Some(4);
+        cfg.save_every = 0;
+        cfg.eval_every = 0;
+        weights(&train_data_parallel(&cfg).unwrap().checkpoint.unwrap())
+    };
+    let one = run("one", 1, 1);
+    let two = run("two", 2, 1);
+    let accum = run("accum", 1, 2);
+    let d2 = max_diff(&one, &two);
+    let da = max_diff(&one, &accum);
+    eprintln!("2 ranks vs 1: {d2:e}; accumulation 2 vs 1: {da:e}");
+    assert!(d2 < 1e-5, "2 ranks differ by {d2}");
+    assert!(da < 1e-5, "accumulation differs by {da}");
+}
+
+#[test]
+fn checkpoint_scores_in_step4_as_in_the_trainer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), "ckpt");
+    cfg.max_steps = Some(2);
+    cfg.trainable = vec![
+        "score.".into(),
+        "model.norm.".into(),
+        "model.layers.1.".into(),
+    ];
+    let out = train_data_parallel(&cfg).unwrap();
+    let dir = out.checkpoint.unwrap();
+    // Frozen layers kept their values.
+    let w = weights(&dir);
+    let w0 =
+        candle_core::safetensors::load(base().join("model.safetensors"), &Device::Cpu).unwrap();
+    let name = "model.layers.0.self_attn.W_pack.weight";
+    assert_eq!(
+        max_diff(
+            &HashMap::from([(name.to_string(), w[name].clone())]),
+            &HashMap::from([(name.to_string(), w0[name].to_dtype(DType::F32).unwrap())])
+        ),
+        0.0
+    );
+    let data = load_dataset(&cfg).unwrap();
+    let trained = TrainableRm::load(&dir, &[], &Device::Cpu).unwrap();
+    let logits = group_logits(&trained, &data.eval, 8).unwrap();
+    let scorer = RewardScorer::load(&dir, DType::F32, &Device::Cpu).unwrap();
+    let seqs: Vec<Vec<u32>> = data.eval.iter().flat_map(|g| g.seqs.clone()).collect();
+    let step4 = scorer.score_batch(&seqs).unwrap();
+    let mine: Vec<f32> = logits
+        .iter()
+        .flatten()
+        .map(|r| 1.0 / (1.0 + (-r).exp()))
+        .collect();
+    assert_eq!(mine.len(), step4.len());
+    assert!(!mine.is_empty());
+    for (a, b) in mine.iter().zip(&step4) {
+        assert!((a - b).abs() < 1e-6, "trainer {a} vs step 4 {b}");
+    }
+}

@@ -5,6 +5,8 @@
 //! - `generate`: greedy generation of exactly N new tokens per prompt (stop tokens ignored) through
 //!   the worker's engine; prints one JSON line shaped like scripts/bench/hf_generate.py's.
 //! - `score-prefill`: prefill throughput (last-position logits only), the multiple-choice figure.
+//! - `score-choices`: step-3 questions per second through `score::choice`, whole prompts against
+//!   the shared-prefix cache, on items from scripts/bench/choice_items.py.
 //! - `convert-gguf`: a GGUF file to an f32 HF folder (weights, config, tokenizer files).
 //!
 //! Prompts are token ids (a JSON file or random ids), so both sides of a comparison feed the model
@@ -23,7 +25,10 @@ use evalfleet_worker::models::{
     self, DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, LogitsAt, SourceKind,
     load_causal_lm,
 };
-use evalfleet_worker::tokenize::{ChatMessage, PromptBuilder, PromptStyle, TextTokenizer};
+use evalfleet_worker::score::choice;
+use evalfleet_worker::tokenize::{
+    ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, get_template,
+};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::json;
@@ -121,6 +126,23 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Step-3 questions per second through score::choice, without and with the shared-prefix
+    /// cache on the same questions; prints both rates, their ratio and how far the results differ.
+    ScoreChoices {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// JSON list of choice items: {"messages": [{"role", "content"}], "system"?,
+        /// "choice_texts": [...], "shared_prefix_pairs"?} (scripts/bench/mmlu_choice_items.py).
+        #[arg(long)]
+        items: PathBuf,
+        /// LLaMA-Factory template name; empty = the model's chat template.
+        #[arg(long, default_value = "")]
+        template: String,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        max_batch_tokens: usize,
+    },
     /// Converts a GGUF file into an f32 HF folder (model.safetensors, config.json, tokenizer files).
     ConvertGguf {
         #[arg(long)]
@@ -207,6 +229,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::ConvertGguf { gguf, out } => convert_gguf(&gguf, &out),
+        Cmd::ScoreChoices {
+            model,
+            items,
+            template,
+            batch_size,
+            max_batch_tokens,
+        } => score_choices(
+            &model,
+            &items,
+            &template,
+            choice::ScoreOptions {
+                max_batch: batch_size.max(1),
+                max_batch_tokens,
+            },
+        ),
         Cmd::Reward {
             model,
             device,
@@ -694,6 +731,117 @@ fn reward_bench(
             "batched_pairs_per_s": pairs as f64 / batched_s,
             "ratio_batched_over_one_at_a_time": alone_s / batched_s,
             "identical_scores": identical,
+        })
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// score-choices
+
+/// One question of the `--items` file (the fields of `ChoiceItem`).
+#[derive(Debug, Deserialize)]
+struct ChoiceItemJson {
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    system: String,
+    choice_texts: Vec<String>,
+    #[serde(default)]
+    shared_prefix_pairs: u32,
+}
+
+/// Scores the items twice, each prompt whole and then with the prefix cache (from empty), and
+/// compares rates and probabilities.
+fn score_choices(
+    args: &ModelArgs,
+    items: &Path,
+    template: &str,
+    opts: choice::ScoreOptions,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(items).with_context(|| format!("reading {}", items.display()))?;
+    let items: Vec<ChoiceItemJson> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON list of choice items", items.display()))?;
+    let (model, load_s) = load(args)?;
+    let tokenizer = TextTokenizer::from_model_path(&args.model)?;
+    let style = if template.is_empty() {
+        PromptStyle::ModelChatTemplate
+    } else {
+        PromptStyle::LlamaFactory(get_template(template)?)
+    };
+    let builder = PromptBuilder::new(style, &tokenizer)?;
+    let jobs = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let item = evalfleet_proto::v1::ChoiceItem {
+                messages: item
+                    .messages
+                    .iter()
+                    .map(|m| evalfleet_proto::v1::ChatMessage {
+                        role: m.role.clone(),
+                        content: m.content.clone(),
+                    })
+                    .collect(),
+                system: item.system.clone(),
+                choice_texts: item.choice_texts.clone(),
+                shared_prefix_pairs: item.shared_prefix_pairs,
+            };
+            Ok(choice::prepare_job(
+                &i.to_string(),
+                &item,
+                &builder,
+                model.vocab_size(),
+            )?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let whole: Vec<choice::ChoiceJob> = jobs
+        .iter()
+        .map(|j| choice::ChoiceJob {
+            prefix_ends: Vec::new(),
+            ..j.clone()
+        })
+        .collect();
+    // Each run starts from an empty prefix cache; returns seconds and probabilities.
+    let mut cache = choice::PrefixCache::default();
+    let mut run = |jobs: &[choice::ChoiceJob]| -> anyhow::Result<(f64, Vec<Vec<f32>>)> {
+        let mut out = vec![Vec::new(); jobs.len()];
+        cache.clear();
+        let started = Instant::now();
+        choice::score_jobs(&model, jobs, &opts, &mut cache, &mut |i, p| out[i] = p)?;
+        synchronize(model.device())?;
+        Ok((started.elapsed().as_secs_f64(), out))
+    };
+    let (whole_s, whole_p) = run(&whole)?;
+    let (prefix_s, prefix_p) = run(&jobs)?;
+    let (hits, levels) = cache.stats();
+    let argmax = |p: &[f32]| (0..p.len()).fold(0, |best, i| if p[i] > p[best] { i } else { best });
+    let same_argmax = whole_p
+        .iter()
+        .zip(&prefix_p)
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
+    let max_diff = whole_p
+        .iter()
+        .flatten()
+        .zip(prefix_p.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let n = jobs.len() as f64;
+    let tokens: usize = jobs.iter().map(|j| j.prompt_ids.len()).sum();
+    let prefix_tokens: usize = jobs.iter().map(choice::ChoiceJob::prefix_len).sum();
+    println!(
+        "{}",
+        json!({
+            "side": "evalfleet", "mode": "score-choices", "questions": jobs.len(),
+            "prompt_tokens": tokens, "shared_prefix_tokens": prefix_tokens,
+            "batch_size": opts.max_batch, "device": device_name(&model),
+            "dtype": format!("{:?}", model.dtype()), "load_seconds": round3(load_s),
+            "whole_seconds": round3(whole_s), "whole_questions_per_s": round2(n / whole_s),
+            "prefix_seconds": round3(prefix_s), "prefix_questions_per_s": round2(n / prefix_s),
+            "ratio_prefix_over_whole": round2(whole_s / prefix_s),
+            "prefix_hits": hits, "prefix_levels_computed": levels,
+            "same_argmax": same_argmax, "max_probability_difference": max_diff,
         })
     );
     Ok(())

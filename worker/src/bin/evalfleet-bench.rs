@@ -132,7 +132,7 @@ enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
         /// JSON list of choice items: {"messages": [{"role", "content"}], "system"?,
-        /// "choice_texts": [...], "shared_prefix_pairs"?} (scripts/bench/mmlu_choice_items.py).
+        /// "choice_texts": [...], "shared_prefix_pairs"?} (scripts/bench/choice_items.py).
         #[arg(long)]
         items: PathBuf,
         /// LLaMA-Factory template name; empty = the model's chat template.

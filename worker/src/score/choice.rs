@@ -12,11 +12,12 @@
 //! **Why the split is per item.** Where an item's prompt is cut depends only on the item (its
 //! `shared_prefix_pairs` and its own tokens), never on which other items are in the lease or the
 //! batch; and every forward pass gives a row the same bits whatever the other rows and their
-//! padding are (the CPU attention reduces over visible keys only, and no matmul ever runs on a
-//! single row: a one-row batch reads the logits of all its positions, a one-token one gets a pad
+//! padding are (the CPU attention reduces over visible keys only, and no matmul runs on a single
+//! row: a one-row batch reads the logits of its last two positions, a one-token one gets a pad
 //! column). So an item's probabilities are bit-identical for any batch size, lease split or
-//! number of workers. Sharing a prefix changes only the rounding against one full-prompt pass
-//! (within 1e-5), the same for every run.
+//! number of workers on the CPU. Sharing a prefix may change the rounding against one
+//! full-prompt pass (tested within 1e-5; on the CPU it measured bit-identical), the same for
+//! every run. On a GPU the batched attention and cuBLAS do not promise this invariance.
 
 mod batch;
 mod prefix;

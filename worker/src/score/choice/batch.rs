@@ -3,8 +3,8 @@
 //! last position.
 //!
 //! Batch invariance rests on two rules kept here: no matmul runs on a single row (the CPU gemm
-//! takes a matrix-vector path for one row, which rounds differently), so a one-row batch asks
-//! for the logits of every position and a one-row, one-token batch gets a pad column; and pad
+//! takes a matrix-vector path for one row, which rounds differently), so a one-row batch reads
+//! the logits of its last two positions and a one-row, one-token batch gets a pad column; and pad
 //! columns are masked keys, which the CPU attention skips exactly.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -60,14 +60,11 @@ pub(super) fn run<D: Decoder<Cache = KvCache>>(
         Some(p) => p.select_rows(&vec![0; b])?,
         None => decoder.new_cache(),
     };
-    // The LM head of a one-row batch runs on all its positions (at least two rows), so that the
-    // last position's logits have the bits a multi-row batch gives them.
-    let at = if b == 1 {
-        LogitsAt::All
+    let logits = if b == 1 {
+        one_row_logits(decoder, &input, &mut cache)?
     } else {
-        LogitsAt::Last
+        decoder.forward(&input, &mut cache, LogitsAt::Last)?
     };
-    let logits = decoder.forward(&input, &mut cache, at)?;
     let last = logits.dim(1)? - 1;
     let last = logits.i((.., last, ..))?.contiguous()?;
     let n = jobs[rows[0]].choice_ids.len();
@@ -100,6 +97,42 @@ pub(super) fn run<D: Decoder<Cache = KvCache>>(
             .collect()
     };
     Ok(picked)
+}
+
+/// The logits of a one-row batch's last two positions. The LM head must see at least two rows
+/// (one row takes the gemm's matrix-vector path, other bits than a multi-row batch gives the same
+/// row), but not all positions either (`width x vocab` logits): so all tokens but the last two
+/// run first (their logits, of one row, are not read), then the last two with all logits. Every
+/// pass has at least two rows and attention reads the same keys in the same order, so the split
+/// does not change a bit. Three tokens or fewer run in one pass.
+fn one_row_logits<D: Decoder<Cache = KvCache>>(
+    decoder: &D,
+    input: &ForwardInput,
+    cache: &mut KvCache,
+) -> Result<Tensor> {
+    let width = input.tokens.dim(1)?;
+    if width <= 3 {
+        return decoder.forward(input, cache, LogitsAt::All);
+    }
+    let split = width - 2;
+    let columns = |t: &Tensor, start: usize, len: usize| t.narrow(1, start, len);
+    let past = cache.seq_len();
+    let head = ForwardInput {
+        tokens: columns(&input.tokens, 0, split)?,
+        positions: columns(&input.positions, 0, split)?,
+        key_mask: input
+            .key_mask
+            .as_ref()
+            .map(|m| columns(m, 0, past + split))
+            .transpose()?,
+    };
+    decoder.forward(&head, cache, LogitsAt::Last)?;
+    let tail = ForwardInput {
+        tokens: columns(&input.tokens, split, 2)?,
+        positions: columns(&input.positions, split, 2)?,
+        key_mask: input.key_mask.clone(),
+    };
+    decoder.forward(&tail, cache, LogitsAt::All)
 }
 
 /// Tokens, positions and key mask of the suffixes, left-padded to `width` after `past` cached

@@ -3,9 +3,12 @@
 //! lease split, and the prefix-cached probabilities equal a plain full-prompt forward within
 //! 1e-5; the prefix LRU keeps its bounds. On SmolLM2-135M-Instruct's GGUF (scripts/fetch-models.sh),
 //! whole leases through the executor: the prompt is PromptBuilder's, the choice ids are " A".."D",
-//! batch 1 and batch 8 agree bit for bit (quantized and f32), and errors are per item and clear.
+//! batch 1 and batch 8 agree bit for bit (quantized and f32), a chat template whose pairs are not
+//! a token prefix shares nothing, and errors are per item and clear.
 
 mod models_common;
+
+use std::path::Path;
 
 use candle_core::{Device, IndexOp, Tensor};
 use evalfleet_proto::v1 as pb;
@@ -16,6 +19,7 @@ use evalfleet_worker::score::choice::{
     ChoiceJob, PrefixCache, ScoreOptions, choice_ids, prepare_job, probabilities, score_jobs,
 };
 use evalfleet_worker::tasks::{Executor, ExecutorOptions};
+use evalfleet_worker::tokenize::text::SpecialTokenSpec;
 use evalfleet_worker::tokenize::{
     ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, get_template,
 };
@@ -424,6 +428,32 @@ fn smollm2_prompt_is_the_prompt_builders_and_the_prefix_ends_at_the_second_answe
             assert!(prefix.starts_with("<|im_start|>system\nYou are a helpful assistant."));
         }
     }
+}
+
+#[test]
+fn a_chat_template_that_renders_pairs_otherwise_shares_nothing() {
+    let tok = TextTokenizer::from_model_path(&smollm2_gguf()).unwrap();
+    // The last message rendered gets a mark: the pairs rendered alone end otherwise than they
+    // do inside the whole prompt, so they are not a token prefix of it.
+    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}\
+        {% if loop.last %} (last){% endif %}<|im_end|>\n{% endfor %}\
+        {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let spec = SpecialTokenSpec {
+        eos: Some("<|im_end|>".into()),
+        chat_template: Some(template.into()),
+        ..Default::default()
+    };
+    let marked =
+        TextTokenizer::from_parts(tok.inner().unwrap().clone(), spec, Path::new("marked")).unwrap();
+    let builder = PromptBuilder::new(PromptStyle::ModelChatTemplate, &marked).unwrap();
+    let items = choice_items(2, 1);
+    let Some(pb::work_item::Payload::Choice(item)) = &items[0].payload else {
+        unreachable!()
+    };
+    let job = prepare_job("q0", item, &builder, 49152).unwrap();
+    assert!(job.prefix_ends.is_empty(), "{:?}", job.prefix_ends);
+    let text = marked.decode(&job.prompt_ids, false, Some(false)).unwrap();
+    assert!(text.contains("Answer:  (last)<|im_end|>"), "{text:?}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use evalfleet_worker::score::reward::RewardScorer;
 use evalfleet_worker::train::trainer::{group_logits, load_dataset};
 use evalfleet_worker::train::{
-    AdamWConfig, LossWeights, TrainConfig, TrainableRm, train_data_parallel,
+    AdamWConfig, LoraConfig, LossWeights, TrainConfig, TrainableRm, train_data_parallel,
 };
 
 const RESPONSES: [&str; 6] = [
@@ -59,6 +59,7 @@ fn config(dir: &Path, out: &str) -> TrainConfig {
             regression: 1.0,
         },
         trainable: vec![],
+        lora: None,
         adamw: AdamWConfig {
             lr: 1e-3,
             ..AdamWConfig::default()
@@ -213,5 +214,75 @@ fn checkpoint_scores_in_step4_as_in_the_trainer() {
     assert!(!mine.is_empty());
     for (a, b) in mine.iter().zip(&step4) {
         assert!((a - b).abs() < 1e-6, "trainer {a} vs step 4 {b}");
+    }
+}
+
+#[test]
+fn lora_trains_adapter_and_head_resumes_and_scores_in_step4() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lora_cfg = |name: &str| {
+        let mut cfg = config(tmp.path(), name);
+        cfg.lora = Some(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            target_modules: vec!["W_pack".into(), "down_proj".into()],
+        });
+        cfg.max_steps = Some(4);
+        cfg
+    };
+    let full = train_data_parallel(&lora_cfg("lora")).unwrap();
+    let mut cfg = lora_cfg("lora-killed");
+    cfg.stop_after = Some(3);
+    train_data_parallel(&cfg).unwrap();
+    cfg.stop_after = None;
+    let resumed = train_data_parallel(&cfg).unwrap();
+    let (a, b) = (full.checkpoint.unwrap(), resumed.checkpoint.unwrap());
+    assert_eq!(
+        max_diff(&weights(&a), &weights(&b)),
+        0.0,
+        "LoRA resume differs"
+    );
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "trainer_params.safetensors",
+    ] {
+        assert!(a.join(f).is_file(), "{f} missing");
+    }
+    let adapter =
+        candle_core::safetensors::load(a.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(
+        adapter.len(),
+        2 * 2 * 2,
+        "A and B for 2 modules in 2 layers"
+    );
+    // The base weights stayed; the merged ones (what step 4 reads) moved; o_proj is no target.
+    let raw =
+        candle_core::safetensors::load(a.join("trainer_params.safetensors"), &Device::Cpu).unwrap();
+    let w0 =
+        candle_core::safetensors::load(base().join("model.safetensors"), &Device::Cpu).unwrap();
+    let merged = weights(&a);
+    let one = |m: &HashMap<String, Tensor>, k: &str| {
+        HashMap::from([(k.to_string(), m[k].to_dtype(DType::F32).unwrap())])
+    };
+    let wp = "model.layers.0.self_attn.W_pack.weight";
+    let op = "model.layers.0.self_attn.o_proj.weight";
+    assert_eq!(max_diff(&one(&raw, wp), &one(&w0, wp)), 0.0);
+    assert!(max_diff(&one(&merged, wp), &one(&w0, wp)) > 1e-4);
+    assert_eq!(max_diff(&one(&merged, op), &one(&w0, op)), 0.0);
+    assert!(max_diff(&one(&merged, "score.weight"), &one(&w0, "score.weight")) > 1e-4);
+    // Step 4 scores the merged folder as the trainer does.
+    let data = load_dataset(&cfg).unwrap();
+    let trained = TrainableRm::load(&a, &[], &Device::Cpu).unwrap();
+    let mine: Vec<f32> = group_logits(&trained, &data.eval, 8)
+        .unwrap()
+        .iter()
+        .flatten()
+        .map(|r| 1.0 / (1.0 + (-r).exp()))
+        .collect();
+    let scorer = RewardScorer::load(&a, DType::F32, &Device::Cpu).unwrap();
+    let seqs: Vec<Vec<u32>> = data.eval.iter().flat_map(|g| g.seqs.clone()).collect();
+    for (x, y) in mine.iter().zip(scorer.score_batch(&seqs).unwrap()) {
+        assert!((x - y).abs() < 1e-6, "trainer {x} vs step 4 {y}");
     }
 }

@@ -29,6 +29,7 @@ fn training_learns_the_synthetic_task_and_step4_agrees() {
             regression: 1.0,
         },
         trainable: vec![],
+        lora: None,
         adamw: AdamWConfig {
             lr: 1e-3,
             ..AdamWConfig::default()
@@ -38,7 +39,7 @@ fn training_learns_the_synthetic_task_and_step4_agrees() {
         max_steps: None,
         batch_groups: 8,
         grad_accum: 1,
-        ranks: 2,
+        ranks: 1,
         save_every: 0,
         eval_every: 0,
         resume: false,

@@ -1,6 +1,9 @@
 //! Checkpoints: `checkpoint-<step>/` folders that step 4 loads as a reward model (config.json,
 //! `model.safetensors` in f32, the base folder's tokenizer files) and the trainer resumes from
-//! (`optimizer.safetensors` with AdamW's moments, `trainer_state.json` with the step). A folder
+//! (`optimizer.safetensors` with AdamW's moments, `trainer_state.json` with the step; with LoRA,
+//! `model.safetensors` is merged, `trainer_params.safetensors` keeps base and LoRA apart for
+//! resuming, and `adapter_model.safetensors` + `adapter_config.json` are the PEFT-style adapter,
+//! `score` as a module to save). A folder
 //! is written under a temporary name and renamed when complete, so a crash never leaves a
 //! half-written checkpoint that resume would pick.
 
@@ -11,10 +14,12 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::adamw::AdamW;
-use super::params::TrainableRm;
+use super::params::{LoraConfig, TrainableRm};
 use crate::{Error, Result};
 
 const STATE: &str = "trainer_state.json";
+/// The raw parameters of a LoRA run (base weights and LoRA matrices apart).
+const TRAINER_PARAMS: &str = "trainer_params.safetensors";
 
 /// What a checkpoint records besides the tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,10 +34,15 @@ pub fn checkpoint_dir(output: &Path, step: u64) -> PathBuf {
     output.join(format!("checkpoint-{step}"))
 }
 
-/// Files of the base model folder that belong to its tokenizer (or are otherwise needed to load
-/// it) and not to its weights.
+/// Files of the base model folder not to copy into a checkpoint (weights and trainer state);
+/// the rest (config, tokenizer files) is copied.
 fn is_weight_file(name: &str) -> bool {
-    name.ends_with(".safetensors") || name.ends_with(".bin") || name.ends_with(".index.json")
+    // A base that is itself a checkpoint brings its trainer files, which describe another run.
+    name.ends_with(".safetensors")
+        || name.ends_with(".bin")
+        || name.ends_with(".index.json")
+        || name == STATE
+        || name == "adapter_config.json"
 }
 
 /// Writes `checkpoint-<state.step>` under `output`.
@@ -42,6 +52,7 @@ pub fn save(
     model: &TrainableRm,
     opt: &AdamW,
     state: &TrainerState,
+    lora: Option<&LoraConfig>,
 ) -> Result<PathBuf> {
     let dir = checkpoint_dir(output, state.step);
     let tmp = output.join(format!(".checkpoint-{}.tmp", state.step));
@@ -54,7 +65,23 @@ pub fn save(
             std::fs::copy(entry.path(), tmp.join(&name)).map_err(|e| Error::io(entry.path(), e))?;
         }
     }
-    candle_core::safetensors::save(&model.state_dict(), tmp.join("model.safetensors"))?;
+    candle_core::safetensors::save(&model.state_dict()?, tmp.join("model.safetensors"))?;
+    if model.has_lora() {
+        // model.safetensors has LoRA merged in (what step 4 loads); resuming needs the base
+        // weights and the LoRA matrices apart, and users may want the PEFT-style adapter.
+        candle_core::safetensors::save(&model.raw_state(), tmp.join(TRAINER_PARAMS))?;
+        candle_core::safetensors::save(
+            &model.peft_adapter(),
+            tmp.join("adapter_model.safetensors"),
+        )?;
+        if let Some(lora) = lora {
+            let json = serde_json::json!({"peft_type": "LORA", "r": lora.rank,
+                "lora_alpha": lora.alpha, "target_modules": lora.target_modules,
+                "lora_dropout": 0.0, "bias": "none", "modules_to_save": ["score"]});
+            std::fs::write(tmp.join("adapter_config.json"), json.to_string())
+                .map_err(|e| Error::io(&tmp, e))?;
+        }
+    }
     let mut moments: HashMap<String, Tensor> = HashMap::new();
     for (name, (m, v)) in &opt.moments {
         moments.insert(format!("m/{name}"), m.clone());
@@ -91,7 +118,12 @@ pub fn latest(output: &Path) -> Option<(PathBuf, TrainerState)> {
 /// Loads a checkpoint's weights into `model` and its moments into `opt`.
 pub fn restore(dir: &Path, model: &TrainableRm, opt: &mut AdamW) -> Result<()> {
     let device = model.device().clone();
-    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &device)?;
+    let file = if dir.join(TRAINER_PARAMS).is_file() {
+        TRAINER_PARAMS
+    } else {
+        "model.safetensors"
+    };
+    let weights = candle_core::safetensors::load(dir.join(file), &device)?;
     for name in model.params().keys() {
         let t = weights
             .get(name)

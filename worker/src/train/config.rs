@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::adamw::AdamWConfig;
+use super::params::LoraConfig;
 use crate::{Error, Result};
 
 /// Weights of the two losses in `loss = ranking · loss_1 + regression · loss_2`.
@@ -50,6 +51,10 @@ pub struct TrainConfig {
     /// the rest is frozen. Empty: full fine-tuning.
     #[serde(default)]
     pub trainable: Vec<String>,
+    /// LoRA on these modules instead of full fine-tuning; `trainable` then names the base
+    /// parameters that also train (empty: the score head).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
     #[serde(default)]
     pub adamw: AdamWConfig,
     #[serde(default)]

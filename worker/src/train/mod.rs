@@ -17,6 +17,6 @@ pub mod trainer;
 pub use adamw::{AdamW, AdamWConfig, linear_schedule};
 pub use config::{LossWeights, TrainConfig};
 pub use loss::{GroupScores, LossNorm};
-pub use params::TrainableRm;
+pub use params::{LoraConfig, TrainableRm};
 pub use step::{MicroBatch, StepLoss, train_step};
 pub use trainer::{TrainOutcome, train, train_data_parallel};

@@ -5,6 +5,11 @@
 //!
 //! Parameters whose names match none of the trainable prefixes are frozen: they enter the
 //! forward pass detached and get no gradient and no optimizer state.
+//!
+//! LoRA ([`TrainableRm::with_lora`]): each target weight `W` gets `lora_A` `(r, in)` (uniform in
+//! ±1/sqrt(in), PEFT's kaiming-uniform bound) and `lora_B` `(out, r)` (zeros), and the forward
+//! pass reads `W + (alpha/r) · B·A` with `W` frozen: the merged weight is rebuilt from the
+//! `Var`s at every forward, so the step-4 maths is unchanged and gradients reach A and B.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -20,7 +25,19 @@ pub struct TrainableRm {
     cfg: BaichuanConfig,
     params: BTreeMap<String, Var>,
     trainable: Vec<String>,
+    /// LoRA pairs by target weight name: `(lora_A name, lora_B name, alpha / r)`.
+    lora: BTreeMap<String, (String, String, f64)>,
     device: Device,
+}
+
+/// LoRA settings: rank, alpha, and the module names to adapt (`W_pack`, `o_proj`, `gate_proj`,
+/// `up_proj`, `down_proj`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub target_modules: Vec<String>,
 }
 
 /// The state-dict names and shapes of a Baichuan reward model of config `cfg`.
@@ -69,8 +86,81 @@ impl TrainableRm {
             cfg,
             params,
             trainable: names,
+            lora: BTreeMap::new(),
             device: device.clone(),
         })
+    }
+
+    /// Adds LoRA to the weights of `cfg.target_modules`; from then on only the LoRA matrices and
+    /// the base parameters matching `base_trainable` (empty: the score head, `score.`) train.
+    /// `seed` fixes the initial `lora_A`.
+    pub fn with_lora(
+        mut self,
+        cfg: &LoraConfig,
+        base_trainable: &[String],
+        seed: u64,
+    ) -> Result<Self> {
+        if cfg.rank == 0 {
+            return Err(Error::Unsupported("LoRA rank must be at least 1".into()));
+        }
+        let scale = cfg.alpha / cfg.rank as f64;
+        let targets: Vec<String> = self
+            .params
+            .keys()
+            .filter(|n| {
+                cfg.target_modules
+                    .iter()
+                    .any(|t| n.ends_with(&format!(".{t}.weight")))
+            })
+            .cloned()
+            .collect();
+        if targets.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "LoRA target_modules {:?} match no weight (expected W_pack, o_proj, gate_proj, \
+                 up_proj, down_proj)",
+                cfg.target_modules
+            )));
+        }
+        let mut rng = super::data::SplitMix::new(seed);
+        let mut names = Vec::new();
+        for t in targets {
+            let (out, inp) = self.params[&t].as_tensor().dims2()?;
+            let bound = 1.0 / (inp as f64).sqrt();
+            let a: Vec<f32> = (0..cfg.rank * inp)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+                .collect();
+            let a = Tensor::from_vec(a, (cfg.rank, inp), &self.device)?;
+            let b = Tensor::zeros((out, cfg.rank), DType::F32, &self.device)?;
+            let stem = t.trim_end_matches(".weight");
+            let (an, bn) = (
+                format!("{stem}.lora_A.weight"),
+                format!("{stem}.lora_B.weight"),
+            );
+            self.params.insert(an.clone(), Var::from_tensor(&a)?);
+            self.params.insert(bn.clone(), Var::from_tensor(&b)?);
+            names.push(an.clone());
+            names.push(bn.clone());
+            self.lora.insert(t, (an, bn, scale));
+        }
+        let base: Vec<String> = if base_trainable.is_empty() {
+            vec!["score.".to_string()]
+        } else {
+            base_trainable.to_vec()
+        };
+        names.extend(
+            self.params
+                .keys()
+                .filter(|n| !n.contains(".lora_") && base.iter().any(|p| n.starts_with(p.as_str())))
+                .cloned(),
+        );
+        names.sort();
+        self.trainable = names;
+        Ok(self)
+    }
+
+    /// Whether LoRA matrices are part of the parameters.
+    pub fn has_lora(&self) -> bool {
+        !self.lora.is_empty()
     }
 
     pub fn config(&self) -> &BaichuanConfig {
@@ -107,19 +197,32 @@ impl TrainableRm {
     /// The step-4 model over the current parameters; with `grad`, trainable ones stay attached
     /// to their `Var`s, otherwise everything is detached (evaluation).
     fn model(&self, grad: bool) -> Result<BaichuanRewardModel> {
-        let tensors: HashMap<String, Tensor> = self
-            .params
-            .iter()
-            .map(|(n, v)| {
-                let t = if grad && self.is_trainable(n) {
-                    v.as_tensor().clone()
-                } else {
-                    v.as_tensor().detach()
-                };
-                (n.clone(), t)
-            })
-            .collect();
+        let tensors = self.effective(grad)?;
         BaichuanRewardModel::from_tensors(self.cfg.clone(), tensors, DType::F32, &self.device)
+    }
+
+    /// Parameter `name` as the forward pass reads it (attached when `grad` and trainable).
+    fn tensor(&self, name: &str, grad: bool) -> Result<Tensor> {
+        let v = self.param(name)?.as_tensor();
+        Ok(if grad && self.is_trainable(name) {
+            v.clone()
+        } else {
+            v.detach()
+        })
+    }
+
+    /// The model's weights by state-dict name, LoRA merged in (`W + scale · B·A`).
+    fn effective(&self, grad: bool) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for name in self.params.keys().filter(|n| !n.contains(".lora_")) {
+            let mut t = self.tensor(name, grad)?;
+            if let Some((a, b, scale)) = self.lora.get(name) {
+                let delta = self.tensor(b, grad)?.matmul(&self.tensor(a, grad)?)?;
+                t = (t + (delta * *scale)?)?;
+            }
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
     }
 
     /// The score logits `r_θ` `(seqs,)` (before the sigmoid) of `seqs`, differentiable with
@@ -136,16 +239,8 @@ impl TrainableRm {
             )));
         }
         let hidden = self.model(grad)?.last_hidden(seqs)?;
-        let head = |name: &str| -> Result<Tensor> {
-            let v = self.param(name)?.as_tensor();
-            Ok(if grad && self.is_trainable(name) {
-                v.clone()
-            } else {
-                v.detach()
-            })
-        };
-        let w = head("score.weight")?;
-        let b = head("score.bias")?;
+        let w = self.tensor("score.weight", grad)?;
+        let b = self.tensor("score.bias", grad)?;
         Ok(hidden.matmul(&w.t()?)?.broadcast_add(&b)?.squeeze(1)?)
     }
 
@@ -155,11 +250,25 @@ impl TrainableRm {
         Ok(self.param(name)?.set(value)?)
     }
 
-    /// Every parameter as a plain tensor (for saving).
-    pub fn state_dict(&self) -> HashMap<String, Tensor> {
+    /// The model's weights as step 4 loads them (LoRA merged in).
+    pub fn state_dict(&self) -> Result<HashMap<String, Tensor>> {
+        self.effective(false)
+    }
+
+    /// Every parameter as it is stored, LoRA matrices apart (for resuming).
+    pub fn raw_state(&self) -> HashMap<String, Tensor> {
         self.params
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect()
+    }
+
+    /// The LoRA matrices under PEFT's names (`base_model.model.<module>.lora_A.weight`).
+    pub fn peft_adapter(&self) -> HashMap<String, Tensor> {
+        self.params
+            .iter()
+            .filter(|(n, _)| n.contains(".lora_"))
+            .map(|(n, v)| (format!("base_model.model.{n}"), v.as_tensor().detach()))
             .collect()
     }
 }

@@ -217,7 +217,10 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let device = Device::Cpu;
     let (rank, world) = (collective.rank(), collective.world_size());
-    let model = TrainableRm::load(&cfg.model, &cfg.trainable, &device)?;
+    let mut model = TrainableRm::load(&cfg.model, &cfg.trainable, &device)?;
+    if let Some(lora) = &cfg.lora {
+        model = model.with_lora(lora, &cfg.trainable, cfg.seed)?;
+    }
     let mut opt = AdamW::new(cfg.adamw);
     let (_, total) = schedule(cfg, data.train.len());
     let metrics = cfg.output_dir.join("metrics.jsonl");
@@ -298,6 +301,7 @@ pub fn train(
                     &model,
                     &opt,
                     &state,
+                    cfg.lora.as_ref(),
                 )?);
             }
             collective.barrier()?;

@@ -148,6 +148,11 @@ pub struct FleetArgs {
     /// Start CPU workers even when GPUs are visible.
     #[arg(long)]
     pub cpu: bool,
+    /// Discard the result journal of an earlier, unfinished run in the output directory
+    /// (<output_dir>/.evalfleet-journal/) and start over. Without it, a journal of the same job
+    /// is resumed (only missing items are computed) and one of another job is refused.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 impl FleetArgs {
@@ -162,6 +167,8 @@ impl FleetArgs {
             worker_bin: None,
             worker_args: Vec::new(),
             options: Default::default(),
+            journal: None,
+            restart: self.restart,
         }
     }
 }
@@ -177,11 +184,23 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = runtime.block_on(async { crate::stop::install() }) {
+        tracing::error!("cannot listen for SIGINT/SIGTERM: {e}");
+        return ExitCode::FAILURE;
+    }
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            let interrupted = matches!(
+                e.downcast_ref::<crate::run::RunError>(),
+                Some(crate::run::RunError::Interrupted { .. })
+            );
+            if interrupted {
+                ExitCode::from(crate::stop::EXIT_INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

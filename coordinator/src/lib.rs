@@ -6,6 +6,8 @@
 //! - [`metrics`]: ROUGE (jieba + rouge-chinese semantics) and BLEU-4 (NLTK semantics), bit-compatible.
 //! - [`output`]: writers that reproduce the Python tool's JSON formatting, written atomically.
 //! - [`sched`]: the lease scheduler, a pure state machine (queue, leases, retries, completion).
+//! - [`journal`]: the result journal in the output directory, and resuming from it.
+//! - [`stop`]: SIGINT/SIGTERM: a graceful stop while a fleet runs, then exit at once.
 //! - [`rpc`]: the `Fleet.Connect` gRPC stream, bearer-token auth, the version handshake.
 //! - [`local`]: local mode: tokens, finding and spawning worker processes, watching them.
 //! - [`run`]: the step drivers (step 1: plan items, run the fleet, score, write the files).
@@ -17,6 +19,7 @@
 pub mod cli;
 pub mod config;
 pub mod datasets;
+pub mod journal;
 pub mod local;
 pub mod metrics;
 pub mod output;
@@ -28,3 +31,4 @@ pub mod sched;
 pub mod step2;
 pub mod step3;
 pub mod step4;
+pub mod stop;

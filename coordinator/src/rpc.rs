@@ -80,7 +80,14 @@ struct Shared {
     /// Workers expected to connect (the local ones spawned); leases are sized to share the queue
     /// among at least this many, so the first to connect does not take everything.
     expected_workers: AtomicUsize,
+    /// Receives every accepted result (see [`Fleet::set_result_sink`]).
+    result_sink: OnceLock<ResultSink>,
 }
+
+/// Receives `(task name, result)` for every result the scheduler accepted (the first result of
+/// each item, never an error or a duplicate), on the gRPC thread that received it: it must not
+/// block (the journal hands it to its writer thread through a channel).
+pub type ResultSink = Box<dyn Fn(String, pb::ItemResult) + Send + Sync>;
 
 impl Fleet {
     /// A fleet around `sched` (tasks may be added before or after serving starts).
@@ -97,6 +104,7 @@ impl Fleet {
                 first_lease: OnceLock::new(),
                 first_ready: OnceLock::new(),
                 expected_workers: AtomicUsize::new(0),
+                result_sink: OnceLock::new(),
             }),
         }
     }
@@ -157,6 +165,12 @@ impl Fleet {
     fn sharing_workers(&self) -> usize {
         let connected = *self.inner.connected.borrow();
         connected.max(self.inner.expected_workers.load(Ordering::Relaxed))
+    }
+
+    /// Hands every accepted result to `sink` from now on (the journal). Only one sink per fleet:
+    /// returns `false`, keeping the first, if one was already set.
+    pub fn set_result_sink(&self, sink: ResultSink) -> bool {
+        self.inner.result_sink.set(sink).is_ok()
     }
 
     /// Tells every connected worker (and any that connects later) to exit.
@@ -481,8 +495,19 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
                 Some(pb::item_result::Outcome::Error(e)) => e.message.clone(),
                 _ => String::new(),
             };
-            match fleet.with_sched(|s| s.record(result)) {
-                Recorded::Accepted => {}
+            let sink = fleet.inner.result_sink.get();
+            // Copied only when someone keeps results (the journal).
+            let kept = sink.map(|_| result.clone());
+            let (recorded, task) = fleet.with_sched(|s| {
+                let task = s.lease_task_name(result.lease_id).map(str::to_string);
+                (s.record(result), task)
+            });
+            match recorded {
+                Recorded::Accepted => {
+                    if let (Some(sink), Some(kept), Some(task)) = (sink, kept, task) {
+                        sink(task, kept);
+                    }
+                }
                 Recorded::Retrying { attempt } => warn!(
                     "item {item} failed on worker {name:?} (attempt {attempt}), will retry: {error}"
                 ),
@@ -497,6 +522,17 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
             fleet.inner.first_ready.get_or_init(|| now);
             debug!("worker {name:?}: model ready for lease {}", ready.lease_id);
             None
+        }
+        Up::LeaseDone(done) if done.stopping => {
+            let requeued = fleet.with_sched(|s| s.lease_returned(done.lease_id));
+            info!(
+                "worker {name:?} is stopping and returned lease {}: {requeued} items go back to the queue",
+                done.lease_id
+            );
+            // The acknowledgement the stopping worker waits for before it exits.
+            Some(Down::Shutdown(pb::Shutdown {
+                reason: "lease returned".into(),
+            }))
         }
         Up::LeaseDone(done) => {
             let missing = fleet.with_sched(|s| s.lease_done(done.lease_id));

@@ -260,6 +260,7 @@ async fn one_worker_runs_every_lease_then_is_told_to_stop() {
                 }
                 tx.send(msg(Up::LeaseDone(pb::LeaseDone {
                     lease_id: lease.lease_id,
+                    stopping: false,
                 })))
                 .await
                 .unwrap();

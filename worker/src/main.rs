@@ -21,6 +21,11 @@ const TOKEN_ENV: &str = "EVALFLEET_TOKEN";
 /// produces the result of item ITEM exit abruptly with status 3, in the middle of its lease, so
 /// tests can check that the fleet recovers from a worker dying.
 const TEST_CRASH_ENV: &str = "EVALFLEET_TEST_CRASH_ONCE";
+/// Test hook, as [`TEST_CRASH_ENV`]: `MARKER:ITEM` makes the first worker that reaches the result
+/// of item ITEM write its process id into MARKER and then hang (not sending that result) until
+/// it is signalled or killed, so tests can stop a worker, or its coordinator, mid-lease at a
+/// known point without timing.
+const TEST_HOLD_ENV: &str = "EVALFLEET_TEST_HOLD_ONCE";
 
 /// An evalfleet worker: dials the coordinator, runs the work it leases, streams one result per item.
 ///
@@ -79,12 +84,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_batch: args.batch_size.max(1) as usize,
         ..Default::default()
     });
-    let stopped = match std::env::var(TEST_CRASH_ENV) {
-        Ok(spec) if !spec.is_empty() => {
-            runtime.block_on(rpc::run(opts, CrashOnce::new(executor, &spec)?))?
-        }
-        _ => runtime.block_on(rpc::run(opts, executor))?,
+    let hook = |var: &str| std::env::var(var).ok().filter(|s| !s.is_empty());
+    let fault = match (hook(TEST_CRASH_ENV), hook(TEST_HOLD_ENV)) {
+        (Some(spec), _) => Some(Hook::new(Fault::Crash, &spec)?),
+        (None, Some(spec)) => Some(Hook::new(Fault::Hold, &spec)?),
+        (None, None) => None,
     };
+    let stopped = runtime.block_on(async {
+        let stop = stop_signal().context("listening for SIGTERM/SIGINT")?;
+        anyhow::Ok(match fault {
+            Some(fault) => rpc::run_until(opts, fault.wrap(executor), stop).await?,
+            None => rpc::run_until(opts, executor, stop).await?,
+        })
+    });
+    // Dropping the runtime would wait for a lease still running on a blocking thread (after a
+    // Shutdown, a returned lease or a lost coordinator); the process exits instead.
+    runtime.shutdown_background();
+    let stopped = stopped?;
     tracing::info!(
         "done after {} leases ({})",
         stopped.leases_run,
@@ -93,28 +109,90 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The [`TEST_CRASH_ENV`] hook: wraps a runner; exits the process at the first result for `item`
-/// if it can create `marker` (so exactly one worker of a fleet crashes).
-struct CrashOnce<R> {
-    inner: R,
+/// Resolves with the signal's name at the first SIGTERM or SIGINT.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = String> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM".to_string(),
+            _ = int.recv() => "SIGINT".to_string(),
+        }
+    })
+}
+
+/// What a fault hook does when it fires.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// [`TEST_CRASH_ENV`]: exit at once with status 3.
+    Crash,
+    /// [`TEST_HOLD_ENV`]: write the pid into the marker and hang.
+    Hold,
+}
+
+/// A test hook: fires at the first result for `item` if it can create `marker` (so exactly one
+/// worker of a fleet fires).
+struct Hook {
+    fault: Fault,
     marker: PathBuf,
     item: String,
 }
 
-impl<R> CrashOnce<R> {
-    fn new(inner: R, spec: &str) -> anyhow::Result<Self> {
+impl Hook {
+    /// Reads `MARKER:ITEM`.
+    fn new(fault: Fault, spec: &str) -> anyhow::Result<Hook> {
         let (marker, item) = spec
             .rsplit_once(':')
-            .with_context(|| format!("{TEST_CRASH_ENV} expects MARKER:ITEM, got {spec:?}"))?;
-        Ok(CrashOnce {
-            inner,
+            .with_context(|| format!("a test hook expects MARKER:ITEM, got {spec:?}"))?;
+        Ok(Hook {
+            fault,
             marker: marker.into(),
             item: item.into(),
         })
     }
+
+    fn wrap<R>(self, inner: R) -> FaultOnce<R> {
+        FaultOnce { inner, hook: self }
+    }
+
+    /// Fires if this is the hooked item and this worker is the first to get there.
+    fn maybe_fire(&self, item_id: &str) {
+        if item_id != self.item {
+            return;
+        }
+        let Ok(mut marker) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.marker)
+        else {
+            return;
+        };
+        match self.fault {
+            Fault::Crash => {
+                eprintln!("fake crash at item {item_id}");
+                std::process::exit(3);
+            }
+            Fault::Hold => {
+                use std::io::Write;
+                let _ = write!(marker, "{}", std::process::id());
+                let _ = marker.sync_all();
+                eprintln!("holding at item {item_id}");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+        }
+    }
 }
 
-impl<R: LeaseRunner> LeaseRunner for CrashOnce<R> {
+/// A runner with a [`Hook`] on its results.
+struct FaultOnce<R> {
+    inner: R,
+    hook: Hook,
+}
+
+impl<R: LeaseRunner> LeaseRunner for FaultOnce<R> {
     fn prepare_lease(&mut self, lease: &pb::Lease) -> evalfleet_worker::Result<()> {
         self.inner.prepare_lease(lease)
     }
@@ -128,18 +206,9 @@ impl<R: LeaseRunner> LeaseRunner for CrashOnce<R> {
         lease: &pb::Lease,
         emit: &mut dyn FnMut(pb::ItemResult),
     ) -> evalfleet_worker::Result<()> {
-        let (marker, item) = (&self.marker, &self.item);
+        let hook = &self.hook;
         self.inner.run_lease(lease, &mut |result| {
-            if &result.item_id == item
-                && std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(marker)
-                    .is_ok()
-            {
-                eprintln!("fake crash at item {item}");
-                std::process::exit(3);
-            }
+            hook.maybe_fire(&result.item_id);
             emit(result)
         })
     }

@@ -3,6 +3,10 @@
 //! while streaming each item's result back as it is produced, report LeaseDone, repeat; exit when
 //! told to shut down.
 //!
+//! On SIGTERM/SIGINT ([`run_until`]) the worker gives its running lease back (`LeaseDone` with
+//! `stopping`: the coordinator requeues the unfinished items at once and acknowledges with
+//! `Shutdown`) and exits, so a preempted worker costs no lease deadline.
+//!
 //! What a lease *does* is behind [`LeaseRunner`], so this module knows nothing about models; the
 //! binary plugs in the real executor.
 //!
@@ -10,6 +14,8 @@
 //! `ModelReady`, so the coordinator can time generation apart from model loading.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,6 +100,22 @@ pub struct Stopped {
 
 /// Serves the coordinator until it says Shutdown.
 pub async fn run(opts: WorkerOptions, runner: impl LeaseRunner) -> Result<Stopped, RpcError> {
+    run_until(opts, runner, std::future::pending()).await
+}
+
+/// How long a stopping worker waits for the coordinator to acknowledge its returned lease.
+const STOP_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// [`run`], until `stop` resolves (the binary's SIGTERM/SIGINT; the value names it): then a
+/// running lease is given back (`LeaseDone` with `stopping`, so its unfinished items are requeued
+/// at once), the coordinator's acknowledgement awaited (a `Shutdown`, at most
+/// [`STOP_ACK_WAIT`]) so the message is not lost at exit, and the worker returns. The lease's
+/// blocking thread is not waited for: the caller exits the process.
+pub async fn run_until(
+    opts: WorkerOptions,
+    runner: impl LeaseRunner,
+    stop: impl Future<Output = String> + Send + 'static,
+) -> Result<Stopped, RpcError> {
     let channel = connect(&opts).await?;
     let auth: MetadataValue<_> = format!("Bearer {}", opts.token)
         .parse()
@@ -151,6 +173,7 @@ pub async fn run(opts: WorkerOptions, runner: impl LeaseRunner) -> Result<Stoppe
         active,
         runner: Some(runner),
         leases_run: 0,
+        stop: Box::pin(stop),
     }
     .serve()
     .await
@@ -165,6 +188,8 @@ struct Session<R> {
     /// Moved onto the blocking thread while a lease runs.
     runner: Option<R>,
     leases_run: usize,
+    /// Resolves on SIGTERM/SIGINT (see [`run_until`]); polled only until it fires.
+    stop: Pin<Box<dyn Future<Output = String> + Send>>,
 }
 
 impl<R: LeaseRunner> Session<R> {
@@ -194,7 +219,12 @@ impl<R: LeaseRunner> Session<R> {
                 }),
             )
             .await?;
-            match next(&mut self.inbound).await? {
+            let reply = tokio::select! {
+                reply = next(&mut self.inbound) => reply?,
+                // A lease granted meanwhile is reclaimed when the stream closes.
+                why = &mut self.stop => return Ok(self.stopped(why)),
+            };
+            match reply {
                 Down::Lease(lease) => {
                     if let Some(reason) = self.run_lease(lease).await? {
                         return Ok(self.stopped(reason));
@@ -206,6 +236,7 @@ impl<R: LeaseRunner> Session<R> {
                     ));
                     tokio::select! {
                         _ = wait => {}
+                        why = &mut self.stop => return Ok(self.stopped(why)),
                         msg = next(&mut self.inbound) => match msg? {
                             Down::Shutdown(s) => return Ok(self.stopped(s.reason)),
                             other => return Err(RpcError::Protocol(format!("unexpected {other:?} while idle"))),
@@ -241,17 +272,53 @@ impl<R: LeaseRunner> Session<R> {
                     Down::Shutdown(s) => return Ok(Some(s.reason)),
                     other => warn!("ignoring unexpected {other:?} during lease {lease_id}"),
                 },
+                why = &mut self.stop => return self.give_back(lease_id, why).await.map(Some),
             }
         };
         self.runner = Some(runner);
         self.leases_run += 1;
         set_active(&self.active, None);
-        send(&self.tx, Up::LeaseDone(pb::LeaseDone { lease_id })).await?;
+        send(
+            &self.tx,
+            Up::LeaseDone(pb::LeaseDone {
+                lease_id,
+                stopping: false,
+            }),
+        )
+        .await?;
         Ok(None)
     }
 
+    /// Stopping mid-lease: gives the lease back and waits (briefly) for the acknowledgement.
+    async fn give_back(&mut self, lease_id: u64, why: String) -> Result<String, RpcError> {
+        info!("{why}: giving lease {lease_id} back to the coordinator");
+        send(
+            &self.tx,
+            Up::LeaseDone(pb::LeaseDone {
+                lease_id,
+                stopping: true,
+            }),
+        )
+        .await?;
+        let acknowledged = tokio::time::timeout(STOP_ACK_WAIT, async {
+            loop {
+                match next(&mut self.inbound).await {
+                    Ok(Down::Shutdown(_)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if acknowledged.is_err() {
+            warn!(
+                "no acknowledgement of the returned lease within {STOP_ACK_WAIT:?}; exiting anyway"
+            );
+        }
+        Ok(format!("{why}: lease {lease_id} given back"))
+    }
+
     fn stopped(&self, reason: String) -> Stopped {
-        info!("coordinator says shut down: {reason}");
+        info!("stopping: {reason}");
         Stopped {
             reason,
             leases_run: self.leases_run,

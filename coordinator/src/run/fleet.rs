@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::journal::Journal;
 use crate::local::{self, LocalWorkers, SpawnOptions};
 use crate::progress::ItemsBar;
 use crate::rpc::{Fleet, FleetOptions};
@@ -34,6 +36,11 @@ pub struct FleetSetup {
     /// Extra arguments for every spawned worker.
     pub worker_args: Vec<String>,
     pub options: FleetOptions,
+    /// The step's result journal (set by [`Journal::attach`]): its results are preloaded, every
+    /// accepted result is appended to it, and it is flushed when the fleet stops.
+    pub journal: Option<Arc<Journal>>,
+    /// `--restart`: discard a journal found in the output directory instead of resuming from it.
+    pub restart: bool,
 }
 
 /// The outcome of every item of every task, in task and item order.
@@ -55,12 +62,18 @@ pub async fn run_fleet(
     for task in tasks {
         sched.add_task(task)?;
     }
+    if let Some(journal) = &setup.journal {
+        journal.preload(&mut sched)?;
+    }
     let total = sched.progress().total;
     let mut options = setup.options.clone();
     if options.job_id.is_empty() {
         options.job_id = format!("{label}-{}", std::process::id());
     }
     let fleet = Fleet::new(options, sched);
+    if let Some(journal) = &setup.journal {
+        fleet.set_result_sink(journal.sink());
+    }
     let token = match setup.listen {
         Some(_) => local::read_token(setup.token_file.as_deref())?,
         None => local::random_token()?,
@@ -133,7 +146,7 @@ pub async fn run_fleet(
     }
     fleet.wait_disconnected(Duration::from_secs(2)).await;
     server.stop();
-    result?;
+    journal_stopped(setup.journal.as_deref(), &fleet, label, result)?;
     let outcomes = fleet.with_sched(|s| {
         (0..s.task_count())
             .map(|t| {
@@ -155,6 +168,8 @@ async fn wait(
     label: &str,
     total: usize,
 ) -> Result<(), RunError> {
+    // Until this returns, SIGINT/SIGTERM stop the fleet gracefully (crate::stop).
+    let _graceful = crate::stop::Graceful::new();
     let bar = ItemsBar::start(label, total as u64);
     let mut progress = fleet.progress();
     let watch_bar = async {
@@ -179,8 +194,43 @@ async fn wait(
             info!("{label}: all {} items done ({} failed)", p.total, p.failed);
             Ok(())
         }
+        // Before the workers' deaths: Ctrl-C in a terminal signals local workers too.
+        signal = crate::stop::requested() => Err(RunError::Interrupted {
+            signal: signal.into(),
+            resume: String::new(),
+        }),
         report = all_dead => Err(RunError::AllWorkersDied(report)),
-        _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
         never = watch_bar => never,
+    }
+}
+
+/// After the stop: flushes the journal (a failure there costs only a resume, so it is logged,
+/// not fatal), logs how many results this run computed, and on a signal puts how to resume
+/// into the error.
+fn journal_stopped(
+    journal: Option<&Journal>,
+    fleet: &Fleet,
+    label: &str,
+    result: Result<(), RunError>,
+) -> Result<(), RunError> {
+    let progress = fleet.with_sched(|s| s.progress());
+    if let Some(journal) = journal {
+        match journal.finish_writing() {
+            Ok(n) => info!(
+                "{label}: {n} results computed in this run, {} taken from the journal",
+                journal.loaded_count()
+            ),
+            Err(e) => warn!("{e}"),
+        }
+    }
+    match result {
+        Err(RunError::Interrupted { signal, .. }) => Err(RunError::Interrupted {
+            signal,
+            resume: journal.map_or_else(
+                || "nothing was saved: a new run starts over".to_string(),
+                |j| j.resume_hint(progress.done - progress.failed, progress.total),
+            ),
+        }),
+        other => other,
     }
 }

@@ -107,8 +107,11 @@ pub enum RunError {
     NoWorkers,
     #[error("every local worker exited before the job was done:\n{0}")]
     AllWorkersDied(String),
-    #[error("interrupted")]
-    Interrupted,
+    /// SIGINT/SIGTERM stopped the fleet; `resume` says what was saved and how to go on.
+    #[error("stopped by {signal}: {resume}")]
+    Interrupted { signal: String, resume: String },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]

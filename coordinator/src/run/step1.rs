@@ -3,6 +3,8 @@
 //! (predict, label) pair, averages, and writes generated_predictions.jsonl, predict_results.json
 //! and all_results.json with HF's speed metrics.
 
+use std::slice;
+
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
 use tracing::info;
@@ -10,6 +12,7 @@ use tracing::info;
 use super::{FleetSetup, RunError, absolute, run_fleet};
 use crate::config::{ModelConfig, Step1Config};
 use crate::datasets::{self, Sample};
+use crate::journal::Journal;
 use crate::metrics::{self, Summary};
 use crate::output::{self, PredictionRow, SpeedMetrics, Step1Files};
 use crate::sched::{ItemOutcome, TaskSpec};
@@ -37,7 +40,9 @@ pub async fn run_step1(cfg: &Step1Config, setup: &FleetSetup) -> Result<Step1Rep
     let mut setup = setup.clone();
     setup.workers = setup.workers.or(cfg.workers);
     setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
-    let run = run_fleet(vec![step1_task(cfg, &samples)], &setup, "step1").await?;
+    let task = step1_task(cfg, &samples);
+    let journal = Journal::attach(&mut setup, &cfg.output_dir, "step1", slice::from_ref(&task))?;
+    let run = run_fleet(vec![task], &setup, "step1").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
     let results = generate_results(outcomes)?;
 
@@ -59,6 +64,7 @@ pub async fn run_step1(cfg: &Step1Config, setup: &FleetSetup) -> Result<Step1Rep
         })
         .collect();
     let files = output::write_step1(&cfg.output_dir, &rows, &summary.metric_pairs(), &speed)?;
+    journal.complete()?;
     Ok(Step1Report {
         files,
         summary,

@@ -3,12 +3,15 @@
 //! similar length; the fleet scores them on embedding workers, and the scores, put back in row
 //! order, are written into the step-1 files with the distribution ([`crate::step2`]).
 
+use std::slice;
+
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
 use tracing::info;
 
 use super::{FleetSetup, RunError, absolute, run_fleet};
 use crate::config::Step2Config;
+use crate::journal::Journal;
 use crate::output::PredictionRow;
 use crate::sched::{ItemOutcome, TaskSpec};
 use crate::step2::{self, Step2Outputs};
@@ -28,11 +31,13 @@ pub async fn run_step2(cfg: &Step2Config, setup: &FleetSetup) -> Result<Step2Out
     let task = step2_task(cfg, &rows);
     // Outcomes come back in the task's item order (queue order); the ids say which row.
     let ids: Vec<String> = task.items.iter().map(|i| i.item_id.clone()).collect();
+    let journal = Journal::attach(&mut setup, &cfg.output_dir, "step2", slice::from_ref(&task))?;
     let run = run_fleet(vec![task], &setup, "step2").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
     let results = embed_results(ids, outcomes)?;
     let scores = step2::plan::scores_in_row_order(&cfg.output_dir, rows.len(), results)?;
     let outputs = step2::write_step2(&cfg.output_dir, &rows, &scores)?;
+    journal.complete()?;
     println!("{}", outputs.summary);
     Ok(outputs)
 }

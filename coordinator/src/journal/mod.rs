@@ -1,0 +1,343 @@
+//! The result journal: every accepted item result is appended to
+//! `<output_dir>/.evalfleet-journal/<step>.jsonl` as it arrives, so that a coordinator that is
+//! killed, stopped or loses power resumes where it was: the same command on the same output
+//! directory recomputes only the items the journal lacks.
+//!
+//! - Format ([`lines`]): a header line with the job's [`Fingerprint`] (step, tasks, models with a
+//!   signature of their files, prompt and generation settings, a digest of every work item), then
+//!   one JSON line per result with task and item id in clear and the result as base64 protobuf.
+//! - Writing ([`writer`]): a thread appends batches of whole lines; `fdatasync` at most once a
+//!   second and at the end (the guarantees are in that module's docs).
+//! - Opening ([`Journal::open`]): no journal, or `restart` → a new one. A journal of the same job
+//!   → its results are kept (a torn last line is ignored and cut away before appending). A journal
+//!   of another job → refused, naming the parts that differ and pointing at `--restart`.
+//! - Completion ([`Journal::complete`]): after the step's final files are written (atomically),
+//!   the journal is deleted, with its folder if empty. A finished job leaves nothing behind, and a
+//!   later run with other settings does not meet a stale journal. If the process dies between the
+//!   final files and the deletion, the next run takes every result from the journal, computes
+//!   nothing, and writes the same files again.
+//!
+//! Failed items (every attempt failed) are not journaled: a resumed run tries them again.
+//!
+//! ## Using it from a step driver (step 1 and 2 do exactly this; step 3/4 drivers can too)
+//!
+//! ```ignore
+//! let task = my_task(cfg, ...);                       // the TaskSpecs the fleet will run
+//! let journal = Journal::attach(&mut setup, &cfg.output_dir, "step3", std::slice::from_ref(&task))?;
+//! let run = run_fleet(vec![task], &setup, "step3").await?;   // preloads, journals, flushes
+//! ... compute and write the final files atomically ...
+//! journal.complete()?;
+//! ```
+//!
+//! [`Journal::attach`] opens the journal and puts it into [`FleetSetup::journal`]; `run_fleet`
+//! then marks its results done in the scheduler before any lease ([`Journal::preload`]), hands
+//! every accepted result to it ([`Journal::sink`]) and flushes it when the fleet stops
+//! ([`Journal::finish_writing`]), also on SIGINT/SIGTERM. Each separate fleet run of a step
+//! needs its own journal name.
+
+pub mod fingerprint;
+pub mod lines;
+pub mod writer;
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::{info, warn};
+
+pub use fingerprint::Fingerprint;
+use lines::{Entry, Header};
+use writer::{Msg, Writer};
+
+use crate::output;
+use crate::rpc::ResultSink;
+use crate::run::FleetSetup;
+use crate::sched::{Scheduler, TaskSpec};
+
+/// The folder under an output directory that holds the journals.
+pub const JOURNAL_DIR: &str = ".evalfleet-journal";
+
+/// Why a journal cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "journal {path} is damaged: {message}. Move it away, or pass --restart to discard it and start over"
+    )]
+    Damaged { path: PathBuf, message: String },
+    #[error(
+        "journal {path} belongs to another job: {what}. It holds {results} results of that job. \
+         Run that job's command to finish it, or pass --restart to discard the journal and start \
+         this job over"
+    )]
+    OtherJob {
+        path: PathBuf,
+        what: String,
+        results: usize,
+    },
+    #[error("journal {path}, result of {task} item {item:?}: {message}")]
+    BadEntry {
+        path: PathBuf,
+        task: String,
+        item: String,
+        message: String,
+    },
+}
+
+/// An open journal (see the module docs). Shared by the step driver and the fleet run.
+pub struct Journal {
+    path: PathBuf,
+    step: String,
+    /// Results from an earlier run, until [`Journal::preload`] hands them to the scheduler.
+    loaded: Mutex<Vec<Entry>>,
+    loaded_count: usize,
+    writer: Mutex<Option<Writer>>,
+    /// Results appended by this run (known once writing has finished).
+    appended: Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .field("loaded", &self.loaded_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Where step `step`'s journal lives under `output_dir`.
+    pub fn path_for(output_dir: &Path, step: &str) -> PathBuf {
+        output_dir.join(JOURNAL_DIR).join(format!("{step}.jsonl"))
+    }
+
+    /// Opens (or, with `restart` or none there, creates) the journal of step `step` running
+    /// `tasks`, and starts its writer. See the module docs for what is refused.
+    pub fn open(
+        output_dir: &Path,
+        step: &str,
+        tasks: &[TaskSpec],
+        restart: bool,
+    ) -> Result<Journal, JournalError> {
+        let path = Self::path_for(output_dir, step);
+        let io = |source| JournalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let fp = Fingerprint::of(step, tasks);
+        let existing = match read_if_exists(&path).map_err(io)? {
+            Some(_) if restart => {
+                info!("{step}: --restart: discarding journal {}", path.display());
+                None
+            }
+            other => other,
+        };
+        let entries = match existing {
+            Some(bytes) => Self::resume(&path, &fp, &bytes)?,
+            None => {
+                let header = Header::new(step, &fp).to_line();
+                output::write_atomic(&path, header.as_bytes()).map_err(|e| JournalError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                Vec::new()
+            }
+        };
+        let file = OpenOptions::new().append(true).open(&path).map_err(io)?;
+        let writer = Writer::spawn(file, path.clone()).map_err(io)?;
+        Ok(Journal {
+            path,
+            step: step.to_string(),
+            loaded_count: entries.len(),
+            loaded: Mutex::new(entries),
+            writer: Mutex::new(Some(writer)),
+            appended: Mutex::new(None),
+        })
+    }
+
+    /// Checks an existing journal against `fp`, cuts a torn tail, returns its results.
+    fn resume(path: &Path, fp: &Fingerprint, bytes: &[u8]) -> Result<Vec<Entry>, JournalError> {
+        let contents = lines::parse(bytes).map_err(|message| JournalError::Damaged {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        if contents.header.fingerprint != fp.hash() {
+            return Err(JournalError::OtherJob {
+                path: path.to_path_buf(),
+                what: describe_differences(&contents.header.fingerprint(), fp),
+                results: contents.entries.len(),
+            });
+        }
+        if contents.valid_len < bytes.len() as u64 {
+            warn!(
+                "journal {}: ignoring a torn last line ({} bytes, a write cut short)",
+                path.display(),
+                bytes.len() as u64 - contents.valid_len
+            );
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(contents.valid_len).and_then(|()| f.sync_all()));
+            file.map_err(|source| JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(contents.entries)
+    }
+
+    /// Opens the journal of `step` under `output_dir` for `tasks` (restarting it if
+    /// `setup.restart`) and sets it as `setup.journal`, for `run_fleet`.
+    pub fn attach(
+        setup: &mut FleetSetup,
+        output_dir: &Path,
+        step: &str,
+        tasks: &[TaskSpec],
+    ) -> Result<Arc<Journal>, JournalError> {
+        let journal = Arc::new(Journal::open(output_dir, step, tasks, setup.restart)?);
+        setup.journal = Some(journal.clone());
+        Ok(journal)
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Results found on disk when it was opened.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded_count
+    }
+
+    /// Marks every result read from disk as done in `sched` (whose tasks must be those the
+    /// journal was opened for). Returns how many; a second call marks nothing.
+    pub fn preload(&self, sched: &mut Scheduler) -> Result<usize, JournalError> {
+        let entries = std::mem::take(&mut *lock(&self.loaded));
+        let mut marked = 0;
+        for e in entries {
+            let bad = |message: String| JournalError::BadEntry {
+                path: self.path.clone(),
+                task: e.task.clone(),
+                item: e.item.clone(),
+                message,
+            };
+            let task = sched
+                .task_index(&e.task)
+                .ok_or_else(|| bad("no such task in this job".into()))?;
+            if sched
+                .mark_done(task, &e.item, e.outcome.clone())
+                .map_err(|err| bad(err.to_string()))?
+            {
+                marked += 1;
+            }
+        }
+        if marked > 0 {
+            let total = sched.progress().total;
+            info!(
+                "{}: resuming from {}: {marked} of {total} items were done by an earlier run; \
+                 computing the other {}",
+                self.step,
+                self.path.display(),
+                total - sched.progress().done
+            );
+        }
+        Ok(marked)
+    }
+
+    /// The fleet's result sink: hands each accepted result to the writer thread.
+    pub fn sink(&self) -> ResultSink {
+        let tx = lock(&self.writer).as_ref().map(Writer::sender);
+        Box::new(move |task, result| {
+            if let Some(tx) = &tx {
+                // Fails only once writing has finished or failed (already reported).
+                let _ = tx.send(Msg::Result(task, result));
+            }
+        })
+    }
+
+    /// Writes and syncs everything received, then stops writing (later results are not kept).
+    /// Returns how many results this run appended. Idempotent.
+    pub fn finish_writing(&self) -> Result<u64, JournalError> {
+        let Some(writer) = lock(&self.writer).take() else {
+            return Ok(lock(&self.appended).unwrap_or(0));
+        };
+        let n = writer.finish().map_err(|source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        *lock(&self.appended) = Some(n);
+        Ok(n)
+    }
+
+    /// How a stopped run resumes, for the stop message.
+    pub fn resume_hint(&self, done: usize, total: usize) -> String {
+        format!(
+            "{done} of {total} item results are saved in {}; run the same command again to resume \
+             (only the {} missing items will be computed)",
+            self.path.display(),
+            total - done
+        )
+    }
+
+    /// The step's final files are written: stops writing and deletes the journal (and its
+    /// folder, if nothing else is in it).
+    pub fn complete(&self) -> Result<(), JournalError> {
+        self.finish_writing()?;
+        fs::remove_file(&self.path).map_err(|source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if let Some(dir) = self.path.parent() {
+            // Fails, as it should, while another step's journal is still there.
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+}
+
+/// "its generation differs (journal: …; now: …)", every differing part named.
+fn describe_differences(on_disk: &Fingerprint, now: &Fingerprint) -> String {
+    let diffs = on_disk.differences(now);
+    if diffs.is_empty() {
+        // Same parts, different hash: a journal written by another evalfleet version.
+        return "its fingerprint differs (written by another evalfleet version?)".into();
+    }
+    let names: Vec<&str> = diffs.iter().map(|d| d.0.as_str()).collect();
+    let details: Vec<String> = diffs
+        .iter()
+        .map(|(name, old, new)| format!("{name}: journal {:?}, now {:?}", clip(old), clip(new)))
+        .collect();
+    format!(
+        "its {} differ{} ({})",
+        names.join(", "),
+        if names.len() == 1 { "s" } else { "" },
+        details.join("; ")
+    )
+}
+
+fn clip(s: &str) -> String {
+    const MAX: usize = 300;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+//! Stopping on SIGINT/SIGTERM. [`install`] (called once by the binary) listens for both
+//! signals for the whole process:
+//!
+//! - While a fleet runs (it holds a [`Graceful`] guard), the first signal is handed to it through
+//!   [`requested`]: it stops leasing, tells its workers to shut down, flushes the journal and
+//!   returns [`crate::run::RunError::Interrupted`] with a message on how to resume.
+//! - A second signal, or a first one while no fleet runs (loading data, scoring, writing files:
+//!   nothing in flight that the journal does not already hold), exits at once with status 130.
+//!   The journal stays intact: its writer only ever appends whole lines, and a torn last line is
+//!   ignored on resume.
+//!
+//! Without [`install`] (the library used from tests or other programs) nothing is caught and
+//! [`requested`] never resolves.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::watch;
+
+/// Exit status after a signal (128 + SIGINT, the shell's convention for "interrupted").
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// `Some(signal name)` once the first signal arrived.
+static STOP: OnceLock<watch::Sender<Option<&'static str>>> = OnceLock::new();
+/// Fleets currently able to stop gracefully.
+static GRACEFUL: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts listening for SIGINT and SIGTERM (call inside the runtime, once).
+pub fn install() -> std::io::Result<()> {
+    let tx = STOP.get_or_init(|| watch::Sender::new(None));
+    let mut signals = Signals::new()?;
+    tokio::spawn(async move {
+        loop {
+            let name = signals.next().await;
+            let first = tx.borrow().is_none();
+            if first && GRACEFUL.load(Ordering::SeqCst) > 0 {
+                eprintln!(
+                    "evalfleet: {name}: stopping (workers are told to stop, the journal is \
+                     flushed); send it again to exit at once"
+                );
+                tx.send_replace(Some(name));
+            } else {
+                eprintln!(
+                    "evalfleet: {name}: exiting at once; the journal keeps every result written \
+                     so far (run the same command again to resume)"
+                );
+                std::process::exit(EXIT_INTERRUPTED.into());
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Held while a fleet runs: the first signal is then a graceful stop (see the module docs).
+pub struct Graceful(());
+
+impl Graceful {
+    pub fn new() -> Self {
+        GRACEFUL.fetch_add(1, Ordering::SeqCst);
+        Graceful(())
+    }
+}
+
+impl Default for Graceful {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Graceful {
+    fn drop(&mut self) {
+        GRACEFUL.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Resolves with the signal's name once a graceful stop was requested; never without
+/// [`install`].
+pub async fn requested() -> &'static str {
+    let Some(tx) = STOP.get() else {
+        return std::future::pending().await;
+    };
+    let mut rx = tx.subscribe();
+    match rx.wait_for(Option::is_some).await {
+        Ok(name) => name.unwrap_or("a signal"),
+        // The sender is a static: never dropped.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// SIGINT and SIGTERM as one stream.
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals {})
+    }
+
+    #[cfg(unix)]
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}

@@ -136,14 +136,7 @@ fn tiny_models_give_the_same_bits_for_any_batching_and_lease_split() {
         ];
         for (o, order, chunks) in runs {
             // A small cache across the leases: prefixes are dropped and computed again.
-            let got = score(
-                &model,
-                &jobs,
-                o,
-                order,
-                chunks,
-                &mut PrefixCache::new(1, 30),
-            );
+            let got = score(&model, &jobs, o, order, chunks, &mut PrefixCache::new(1, 0));
             assert_eq!(
                 bits(&got),
                 bits(&one),
@@ -239,13 +232,21 @@ fn prefix_cache_computes_levels_once_and_keeps_its_bounds() {
     assert_eq!(run(&all, &mut cache), ((0, 5), 5));
     assert_eq!(run(&of(&[0, 1]), &mut cache), ((2, 5), 5));
     // Two levels held: the chain (a, b, c) is built again from scratch, then (a, b) is held.
-    let mut small = PrefixCache::new(2, 1000);
+    let mut small = PrefixCache::new(2, usize::MAX);
     assert_eq!(run(&all, &mut small), ((0, 5), 2));
     assert_eq!(run(&of(&[1]), &mut small), ((0, 8), 2));
     assert_eq!(run(&of(&[0]), &mut small), ((1, 8), 2));
-    // A token budget below most levels keeps only the latest one.
-    let mut tight = PrefixCache::new(12, 10);
+    // A byte budget of one and a half levels keeps only the latest one (the tiny levels all
+    // have one buffer capacity).
+    let level = cache.bytes() / cache.len();
+    assert!(
+        level > 0 && cache.bytes() == 5 * level,
+        "{} bytes",
+        cache.bytes()
+    );
+    let mut tight = PrefixCache::new(12, level * 3 / 2);
     assert_eq!(run(&all, &mut tight), ((0, 5), 1));
+    assert_eq!(tight.bytes(), level);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -100,6 +100,16 @@ impl KvCache {
         self.layers.first().map_or(0, |l| l.len)
     }
 
+    /// Bytes of the key and value buffers (their whole capacity).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.k, &l.v])
+            .flatten()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
     /// Rows held, or `None` before the first forward pass.
     pub fn batch(&self) -> Option<usize> {
         self.layers

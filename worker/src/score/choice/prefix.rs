@@ -1,7 +1,7 @@
 //! The shared-prefix key/value caches kept between batches and leases: a small LRU of one-row
 //! caches, one per prefix *level* (the first j pairs of a prompt), bounded in entries and in
-//! prefix tokens (each cached token costs `layers x 2 x kv_heads x head_dim` values, about 46 KB
-//! for SmolLM2-135M in f32).
+//! bytes (each cached token costs `layers x 2 x kv_heads x head_dim` values: about 46 KB for
+//! SmolLM2-135M in f32, 512 KB for a 7B llama without grouped KV heads in f16).
 //!
 //! A prefix is always computed pair by pair: level j runs the tokens of pair j after a copy of
 //! level j - 1. So its bits never depend on which levels happened to be held (a level is the same
@@ -15,8 +15,9 @@ use crate::models::{Decoder, ForwardInput, KvCache, LogitsAt};
 
 /// Prefix levels kept by [`PrefixCache::default`]: a 5-shot chain and its recent siblings.
 const DEFAULT_PREFIXES: usize = 12;
-/// Prefix tokens kept by [`PrefixCache::default`] (levels count their whole prefix).
-const DEFAULT_TOKENS: usize = 8192;
+/// Bytes of key/value buffers kept by [`PrefixCache::default`] (levels count their whole
+/// prefix): about 23 000 SmolLM2-135M f32 tokens, 2 000 of a 7B llama in f16.
+const DEFAULT_BYTES: usize = 1 << 30;
 
 struct Entry {
     /// The prefix's tokens and where its pairs end (the same tokens cut otherwise are another
@@ -24,31 +25,32 @@ struct Entry {
     ids: Vec<u32>,
     ends: Vec<usize>,
     cache: KvCache,
+    bytes: usize,
 }
 
 /// One-row KV caches of prompt prefixes, most recently used last.
 pub struct PrefixCache {
     entries: Vec<Entry>,
     max_prefixes: usize,
-    max_tokens: usize,
+    max_bytes: usize,
     hits: u64,
     misses: u64,
 }
 
 impl Default for PrefixCache {
     fn default() -> Self {
-        PrefixCache::new(DEFAULT_PREFIXES, DEFAULT_TOKENS)
+        PrefixCache::new(DEFAULT_PREFIXES, DEFAULT_BYTES)
     }
 }
 
 impl PrefixCache {
-    /// Keeps at most `max_prefixes` levels (at least 1) and `max_tokens` prefix tokens in all;
-    /// a longer prefix is still computed and kept alone until the next one comes.
-    pub fn new(max_prefixes: usize, max_tokens: usize) -> Self {
+    /// Keeps at most `max_prefixes` levels (at least 1) and `max_bytes` of key/value buffers in
+    /// all; a larger level is still computed and kept alone until the next one comes.
+    pub fn new(max_prefixes: usize, max_bytes: usize) -> Self {
         PrefixCache {
             entries: Vec::new(),
             max_prefixes: max_prefixes.max(1),
-            max_tokens,
+            max_bytes,
             hits: 0,
             misses: 0,
         }
@@ -61,6 +63,11 @@ impl PrefixCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Bytes of the key/value buffers held now.
+    pub fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.bytes).sum()
     }
 
     /// (hits, levels computed) of [`PrefixCache::get_or_compute`] so far: a hit is a whole
@@ -100,11 +107,13 @@ impl PrefixCache {
                 _ => self.last().select_rows(&[0])?,
             };
             extend(decoder, &mut cache, &prompt[start..ends[level]], start)?;
-            self.make_room(ends[level]);
+            let bytes = cache.bytes();
+            self.make_room(bytes);
             self.entries.push(Entry {
                 ids: prompt[..ends[level]].to_vec(),
                 ends: ends[..=level].to_vec(),
                 cache,
+                bytes,
             });
         }
         Ok(self.last())
@@ -134,12 +143,10 @@ impl PrefixCache {
         }
     }
 
-    /// Drops the least recently used levels until one of `tokens` more fits both bounds.
-    fn make_room(&mut self, tokens: usize) {
-        let held = |entries: &[Entry]| entries.iter().map(|e| e.ids.len()).sum::<usize>();
+    /// Drops the least recently used levels until one of `bytes` more fits both bounds.
+    fn make_room(&mut self, bytes: usize) {
         while !self.entries.is_empty()
-            && (self.entries.len() >= self.max_prefixes
-                || held(&self.entries) + tokens > self.max_tokens)
+            && (self.entries.len() >= self.max_prefixes || self.bytes() + bytes > self.max_bytes)
         {
             self.entries.remove(0);
         }

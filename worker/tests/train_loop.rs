@@ -75,6 +75,7 @@ fn config(dir: &Path, out: &str) -> TrainConfig {
         resume: true,
         seed: 1,
         stop_after: None,
+        device: "cpu".into(),
     }
 }
 

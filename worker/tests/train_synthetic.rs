@@ -45,6 +45,7 @@ fn training_learns_the_synthetic_task_and_step4_agrees() {
         resume: false,
         seed: 0,
         stop_after: None,
+        device: "cpu".into(),
     };
     let out = train_data_parallel(&cfg).unwrap();
     let text = std::fs::read_to_string(cfg.output_dir.join("metrics.jsonl")).unwrap();

@@ -84,12 +84,19 @@ pub struct TrainConfig {
     pub resume: bool,
     #[serde(default)]
     pub seed: u64,
+    /// `cpu`, `cuda:N`, or `cuda` (rank `r` on GPU `r`). Training computes in f32 everywhere
+    /// for now (bf16 compute with f32 master weights on GPUs is not done yet).
+    #[serde(default = "default_device")]
+    pub device: String,
     /// Stop after this many steps of this process as if killed (no final checkpoint): for the
     /// resume tests.
     #[serde(default)]
     pub stop_after: Option<u64>,
 }
 
+fn default_device() -> String {
+    "cpu".into()
+}
 fn default_eval_fraction() -> f64 {
     0.1
 }

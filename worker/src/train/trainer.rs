@@ -23,6 +23,7 @@ use super::metrics::{pearson, spearman};
 use super::params::TrainableRm;
 use super::step::{MicroBatch, train_step};
 use crate::collective::{Collective, LocalCollective};
+use crate::device::parse_device;
 use crate::score::reward::RewardScorer;
 use crate::{Error, Result};
 
@@ -215,8 +216,12 @@ pub fn train(
     data: &Dataset,
     collective: &dyn Collective,
 ) -> Result<TrainOutcome> {
-    let device = Device::Cpu;
     let (rank, world) = (collective.rank(), collective.world_size());
+    let device = if cfg.device == "cuda" {
+        parse_device(&format!("cuda:{rank}"))?
+    } else {
+        parse_device(&cfg.device)?
+    };
     let mut model = TrainableRm::load(&cfg.model, &cfg.trainable, &device)?;
     if let Some(lora) = &cfg.lora {
         model = model.with_lora(lora, &cfg.trainable, cfg.seed)?;

@@ -241,7 +241,12 @@ pub fn train(
     }
     collective.barrier()?;
     if rank == 0 {
-        truncate_metrics(&metrics, start)?;
+        if start == 0 {
+            // A fresh run (or `resume: false`) starts a fresh metrics file.
+            let _ = std::fs::remove_file(&metrics);
+        } else {
+            truncate_metrics(&metrics, start)?;
+        }
     }
     // Every rank starts from rank 0's weights.
     if world > 1 {

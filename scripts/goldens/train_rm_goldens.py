@@ -16,6 +16,9 @@ eps is 1e-6, not 1e-8: Adam's first step is lr * g / (|g| + eps), so a gradient 
 to rounding (the score bias under the ranking loss, whose r_a - r_b cancels it; ~1e-9 noise)
 would move by up to lr in either implementation; eps = 1e-6 bounds that to ~1e-3 * lr.
 
+The same step of the combined loss is also run on tiny-rm-rope (rotary attention), case
+"rope-both".
+
 Writes worker/tests/fixtures/train/step_goldens.json (the batch, settings, loss values) and
 step_weights.safetensors (the updated f32 weights of each case, named "<case>/<param>").
 
@@ -32,11 +35,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reward_goldens import position_bias, rms_norm  # noqa: E402
+from reward_goldens import position_bias, rms_norm, rotary  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "..", "..", "worker", "tests", "fixtures")
 MODEL = os.path.join(FIX, "reward", "tiny-rm-alibi4")
+# The rotary model is checked on the combined loss only (keeps the fixture small).
+ROPE_MODEL = os.path.join(FIX, "reward", "tiny-rm-rope")
 OUT = os.path.join(FIX, "train")
 ADAMW = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "weight_decay": 0.01}
 CASES = [("ranking", 1.0, 0.0), ("regression", 0.0, 1.0), ("both", 0.7, 1.3)]
@@ -53,6 +58,9 @@ def logit(cfg, w, ids):
         h = rms_norm(x, w[p + "input_layernorm.weight"], eps, torch.float32)
         q, k, v = F.linear(h, w[p + "self_attn.W_pack.weight"]).split(hidden, dim=-1)
         q, k, v = (t.view(n, heads, d).transpose(0, 1) for t in (q, k, v))
+        if cfg["position_embedding_type"] == "rope":
+            q = rotary(q, cfg["rope_theta"], torch.float32)
+            k = rotary(k, cfg["rope_theta"], torch.float32)
         s = torch.matmul(q, k.transpose(1, 2)) / math.sqrt(d) + bias
         s = torch.max(s, torch.tensor(torch.finfo(s.dtype).min))
         o = torch.matmul(torch.softmax(s, dim=-1), v).transpose(0, 1).reshape(n, hidden)
@@ -93,15 +101,32 @@ def batch():
     return groups
 
 
+def load_model(folder):
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    sd = {}
+    for file in files:
+        sd.update(load_file(os.path.join(folder, file)))
+    return cfg, {k: v.float() for k, v in sd.items()}
+
+
 def main():
     torch.manual_seed(0)
-    with open(os.path.join(MODEL, "config.json")) as f:
-        cfg = json.load(f)
-    init = {k: v.float() for k, v in load_file(os.path.join(MODEL, "model.safetensors")).items()}
+    cfg, init = load_model(MODEL)
+    rope_cfg, rope_init = load_model(ROPE_MODEL)
     groups = batch()
-    out = {"model": "reward/tiny-rm-alibi4", "adamw": ADAMW, "groups": groups, "cases": []}
+    out = {"model": "reward/tiny-rm-alibi4", "rope_model": "reward/tiny-rm-rope", "adamw": ADAMW,
+           "groups": groups, "cases": []}
     weights = {}
-    for name, w1, w2 in CASES:
+    runs = [(n, w1, w2, cfg, init) for n, w1, w2 in CASES]
+    runs.append(("rope-both", 0.7, 1.3, rope_cfg, rope_init))
+    for name, w1, w2, cfg, init in runs:
         w = {k: v.clone().requires_grad_(True) for k, v in init.items()}
         opt = torch.optim.AdamW(list(w.values()), lr=ADAMW["lr"],
                                 betas=(ADAMW["beta1"], ADAMW["beta2"]), eps=ADAMW["eps"],

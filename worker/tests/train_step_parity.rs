@@ -1,7 +1,7 @@
 //! One AdamW step of reward-model training equals PyTorch's (scripts/goldens/train_rm_goldens.py):
 //! same tiny BaichuanCharRM init (tests/fixtures/reward/tiny-rm-alibi4 in f32), same batch of
 //! three groups, same AdamW settings; loss values and every updated weight within 1e-5, for
-//! loss_1 alone, loss_2 alone and both. Splitting the batch into micro-batches gives the same
+//! loss_1 alone, loss_2 alone and both; and both on the rotary model (tiny-rm-rope). Splitting the batch into micro-batches gives the same
 //! step.
 
 use std::path::{Path, PathBuf};
@@ -60,7 +60,13 @@ fn check_case(
     reference: &std::collections::HashMap<String, Tensor>,
 ) {
     let dev = Device::Cpu;
-    let model = TrainableRm::load(&fixtures().join("reward/tiny-rm-alibi4"), &[], &dev).unwrap();
+    // "rope-*" cases start from the rotary model, the others from the ALiBi one.
+    let folder = if case.name.starts_with("rope-") {
+        "reward/tiny-rm-rope"
+    } else {
+        "reward/tiny-rm-alibi4"
+    };
+    let model = TrainableRm::load(&fixtures().join(folder), &[], &dev).unwrap();
     let mut opt = AdamW::new(g.adamw);
     let norm = LossNorm {
         groups: g.groups.len(),
@@ -139,7 +145,7 @@ fn reference() -> std::collections::HashMap<String, Tensor> {
 fn one_step_equals_pytorch_for_each_loss() {
     let g = goldens();
     let reference = reference();
-    assert_eq!(g.cases.len(), 3);
+    assert_eq!(g.cases.len(), 4);
     for case in &g.cases {
         check_case(&g, case, 1, &reference);
     }

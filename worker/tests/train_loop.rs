@@ -287,3 +287,32 @@ fn lora_trains_adapter_and_head_resumes_and_scores_in_step4() {
         assert!((x - y).abs() < 1e-6, "trainer {x} vs step 4 {y}");
     }
 }
+
+#[test]
+fn a_base_without_score_head_gets_a_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A Baichuan "language model": the tiny reward model without its score head.
+    let lm = tmp.path().join("lm");
+    std::fs::create_dir(&lm).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(base().join(f), lm.join(f)).unwrap();
+    }
+    let mut w =
+        candle_core::safetensors::load(base().join("model.safetensors"), &Device::Cpu).unwrap();
+    w.retain(|k, _| !k.starts_with("score."));
+    candle_core::safetensors::save(&w, lm.join("model.safetensors")).unwrap();
+    assert!(
+        RewardScorer::load(&lm, DType::F32, &Device::Cpu).is_err(),
+        "step 4 needs a head"
+    );
+    let mut cfg = config(tmp.path(), "from-lm");
+    cfg.model = lm;
+    cfg.max_steps = Some(2);
+    let dir = train_data_parallel(&cfg).unwrap().checkpoint.unwrap();
+    let trained = weights(&dir);
+    let bias: f32 = trained["score.bias"].to_vec1::<f32>().unwrap()[0];
+    assert!(bias != 0.0, "the new head trained");
+    let scorer = RewardScorer::load(&dir, DType::F32, &Device::Cpu).unwrap();
+    let s = scorer.score_batch(&[vec![5, 6, 7, 2]]).unwrap()[0];
+    assert!(s > 0.0 && s < 1.0, "{s}");
+}

@@ -151,6 +151,12 @@ impl RmWeights {
         }
     }
 
+    /// Whether the folder holds tensor `name` (e.g. a language model without a `score` head,
+    /// which the trainer then initialises).
+    pub fn contains(&self, name: &str) -> Result<bool> {
+        Ok(self.load_raw(name)?.is_some())
+    }
+
     /// Tensor `name` of shape `shape` in the compute dtype on the compute device.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         Ok(self

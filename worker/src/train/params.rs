@@ -60,15 +60,42 @@ pub fn param_shapes(cfg: &BaichuanConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// A score head for a folder without one (a Baichuan language model): weight drawn from
+/// N(0, 0.02²) as transformers' `initializer_range` default (fixed seed, so runs repeat), bias 0.
+fn new_head_tensor(name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+    tracing::info!(
+        tensor = name,
+        "no score head in the base model: initialising a new one"
+    );
+    let n: usize = shape.iter().product();
+    if name.ends_with(".bias") {
+        return Ok(Tensor::zeros(shape, DType::F32, device)?);
+    }
+    let mut rng = super::data::SplitMix::new(0x5C0E);
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            // Box–Muller from two uniforms in (0, 1].
+            let (u1, u2) = (1.0 - rng.next_f64(), rng.next_f64());
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * 0.02) as f32
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, shape, device)?)
+}
+
 impl TrainableRm {
-    /// Loads the reward model folder `dir` in f32 (any format the step-4 loader reads) and
-    /// marks trainable every parameter whose name starts with one of `trainable` (empty: all).
+    /// Loads the reward model folder `dir` in f32 (any format the step-4 loader reads; a
+    /// Baichuan folder without `score.*` gets a new `Linear(hidden, 1)` head) and marks
+    /// trainable every parameter whose name starts with one of `trainable` (empty: all).
     pub fn load(dir: &Path, trainable: &[String], device: &Device) -> Result<Self> {
         let cfg = BaichuanConfig::from_file(&dir.join("config.json"))?;
         let ws = RmWeights::open(dir, DType::F32, device)?;
         let mut params = BTreeMap::new();
         for (name, shape) in param_shapes(&cfg) {
-            let t = ws.get(&name, &shape)?;
+            let t = if name.starts_with("score.") && !ws.contains(&name)? {
+                new_head_tensor(&name, &shape, device)?
+            } else {
+                ws.get(&name, &shape)?
+            };
             params.insert(name, Var::from_tensor(&t)?);
         }
         let names: Vec<String> = params
@@ -248,6 +275,13 @@ impl TrainableRm {
     /// checkpoint's.
     pub fn set(&self, name: &str, value: &Tensor) -> Result<()> {
         Ok(self.param(name)?.set(value)?)
+    }
+
+    /// The step-4 model over the current weights (detached), e.g. for a [`RewardScorer`].
+    ///
+    /// [`RewardScorer`]: crate::score::reward::RewardScorer
+    pub fn scoring_model(&self) -> Result<BaichuanRewardModel> {
+        self.model(false)
     }
 
     /// The model's weights as step 4 loads them (LoRA merged in).

@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde_json::{Value, json};
 
 use super::adamw::{AdamW, linear_schedule};
@@ -25,6 +25,7 @@ use super::step::{MicroBatch, train_step};
 use crate::collective::{Collective, LocalCollective};
 use crate::device::parse_device;
 use crate::score::reward::RewardScorer;
+use crate::tokenize::TextTokenizer;
 use crate::{Error, Result};
 
 /// What a finished (or stopped) run leaves.
@@ -45,7 +46,11 @@ pub struct Dataset {
 
 /// Loads and encodes the data of `cfg` with the base model's tokenizer.
 pub fn load_dataset(cfg: &TrainConfig) -> Result<Dataset> {
-    let scorer = RewardScorer::load(&cfg.model, DType::F32, &Device::Cpu)?;
+    // The base may lack a score head (the trainer adds one), so the scorer is built over the
+    // trainer's view of the weights rather than loaded.
+    let base = TrainableRm::load(&cfg.model, &[], &Device::Cpu)?;
+    let tokenizer = TextTokenizer::from_hf_dir(&cfg.model)?;
+    let scorer = RewardScorer::new(base.scoring_model()?, tokenizer, &cfg.model)?;
     let max_len = if cfg.max_length == 0 {
         scorer.model().config().max_length
     } else {

@@ -1,6 +1,9 @@
-//! Runs a set of tasks on a fleet: binds the server, gets workers (spawned locally, external, or
-//! both), waits until every item has an outcome, then shuts the workers down and returns the
-//! outcomes in item order.
+//! Runs tasks on a fleet: binds the server, gets workers (spawned locally, external, or both),
+//! waits for what the caller needs, then shuts the workers down.
+//!
+//! [`run_fleet`] runs a fixed set of tasks to completion and returns every outcome in item order.
+//! [`RunningFleet`] is the same in steps, for drivers that act while the fleet still runs (the
+//! step-1 → step-2 chain writes step 1's files as soon as step 1 completes, with step 2 going on).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +16,7 @@ use tracing::{info, warn};
 use crate::journal::Journal;
 use crate::local::{self, LocalWorkers, SpawnOptions};
 use crate::progress::ItemsBar;
-use crate::rpc::{Fleet, FleetOptions};
+use crate::rpc::{Fleet, FleetOptions, ServerHandle};
 use crate::sched::{ItemOutcome, Scheduler, TaskSpec};
 
 use super::RunError;
@@ -62,92 +65,14 @@ pub async fn run_fleet(
     for task in tasks {
         sched.add_task(task)?;
     }
-    if let Some(journal) = &setup.journal {
-        journal.preload(&mut sched)?;
-    }
-    let total = sched.progress().total;
-    let mut options = setup.options.clone();
-    if options.job_id.is_empty() {
-        options.job_id = format!("{label}-{}", std::process::id());
-    }
-    let fleet = Fleet::new(options, sched);
-    if let Some(journal) = &setup.journal {
-        fleet.set_result_sink(journal.sink());
-    }
-    let token = match setup.listen {
-        Some(_) => local::read_token(setup.token_file.as_deref())?,
-        None => local::random_token()?,
-    };
-    let bind = setup
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|source| RunError::Bind { addr: bind, source })?;
-    let server = fleet
-        .serve(listener, &token)
-        .map_err(|source| RunError::Bind { addr: bind, source })?;
-    let url = format!("http://{}", server.addr);
-    if setup.listen.is_some() {
-        // On stdout, for scripts that start external workers.
-        println!("listening on {url}");
-    }
-    let devices = SpawnOptions::devices_for(setup.workers, setup.cpu_only);
-    if devices.is_empty() && setup.listen.is_none() {
-        return Err(RunError::NoWorkers);
-    }
-    fleet.expect_workers(devices.len());
-    let mut workers = if devices.is_empty() {
-        None
-    } else {
-        let bin = match &setup.worker_bin {
-            Some(bin) => bin.clone(),
-            None => local::worker_binary()?,
-        };
-        info!(
-            "starting {} local worker(s) on {} ({url})",
-            devices.len(),
-            devices.join(", ")
-        );
-        let opts = SpawnOptions {
-            bin,
-            coordinator_url: url.clone(),
-            token,
-            devices,
-            batch_size: setup.batch_size,
-            extra_args: setup.worker_args.clone(),
-        };
-        Some(LocalWorkers::spawn(&opts)?)
-    };
-    let started = Instant::now();
-    let result = wait(
-        &fleet,
-        workers.as_mut(),
-        setup.listen.is_some(),
-        label,
-        total,
-    )
-    .await;
-    // The generation phase, as HF's predict_runtime (model already loaded): from the first
-    // moment a worker has its model loaded (`ModelReady`) to the last result. Falls back to the
-    // first lease for workers that never report it.
-    let elapsed = fleet
-        .model_ready_at()
-        .or_else(|| fleet.first_lease_at())
-        .unwrap_or(started)
-        .elapsed();
-    fleet.shutdown_workers(if result.is_ok() {
-        "job finished"
-    } else {
-        "job failed"
-    });
-    if let Some(w) = workers {
-        w.shutdown(Duration::from_secs(10)).await;
-    }
-    fleet.wait_disconnected(Duration::from_secs(2)).await;
-    server.stop();
-    journal_stopped(setup.journal.as_deref(), &fleet, label, result)?;
-    let outcomes = fleet.with_sched(|s| {
+    let mut running = RunningFleet::start(sched, setup, label).await?;
+    let result = running.wait_until(|s| s.progress().is_complete()).await;
+    let elapsed = running.elapsed();
+    running.stop(result.is_ok()).await;
+    running.journal_stopped(result)?;
+    let p = running.fleet.with_sched(|s| s.progress());
+    info!("{label}: all {} items done ({} failed)", p.total, p.failed);
+    let outcomes = running.fleet.with_sched(|s| {
         (0..s.task_count())
             .map(|t| {
                 s.outcomes(t)
@@ -160,77 +85,214 @@ pub async fn run_fleet(
     Ok(FleetRun { outcomes, elapsed })
 }
 
-/// Waits for completion, all local workers dying (unless external ones may still come), or Ctrl-C.
-async fn wait(
-    fleet: &Fleet,
-    workers: Option<&mut LocalWorkers>,
+/// A fleet serving a scheduler's tasks, with its workers started: wait for what you need
+/// ([`RunningFleet::wait_until`]), read the scheduler ([`RunningFleet::fleet`]), then
+/// [`RunningFleet::stop`].
+pub struct RunningFleet {
+    fleet: Fleet,
+    server: Option<ServerHandle>,
+    workers: Option<LocalWorkers>,
+    /// External workers may join (`--listen`): all local workers dying is not the end.
     external: bool,
-    label: &str,
-    total: usize,
-) -> Result<(), RunError> {
-    // Until this returns, SIGINT/SIGTERM stop the fleet gracefully (crate::stop).
-    let _graceful = crate::stop::Graceful::new();
-    let bar = ItemsBar::start(label, total as u64);
-    let mut progress = fleet.progress();
-    let watch_bar = async {
-        loop {
-            bar.set(progress.borrow_and_update().done as u64);
-            if progress.changed().await.is_err() {
-                return std::future::pending().await;
+    label: String,
+    started: Instant,
+    /// `setup.journal`: preloaded, fed every accepted result, flushed by [`RunningFleet::stop`].
+    journal: Option<Arc<Journal>>,
+}
+
+impl RunningFleet {
+    /// Serves `sched` (on `setup.listen`, else an ephemeral loopback port) and starts the local
+    /// workers `setup` asks for. `label` titles the progress bar and the job id.
+    pub async fn start(
+        mut sched: Scheduler,
+        setup: &FleetSetup,
+        label: &str,
+    ) -> Result<Self, RunError> {
+        let mut options = setup.options.clone();
+        if options.job_id.is_empty() {
+            options.job_id = format!("{label}-{}", std::process::id());
+        }
+        if let Some(journal) = &setup.journal {
+            journal.preload(&mut sched)?;
+        }
+        let fleet = Fleet::new(options, sched);
+        if let Some(journal) = &setup.journal {
+            fleet.set_result_sink(journal.sink());
+        }
+        let token = match setup.listen {
+            Some(_) => local::read_token(setup.token_file.as_deref())?,
+            None => local::random_token()?,
+        };
+        let bind = setup
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|source| RunError::Bind { addr: bind, source })?;
+        let server = fleet
+            .serve(listener, &token)
+            .map_err(|source| RunError::Bind { addr: bind, source })?;
+        let url = format!("http://{}", server.addr);
+        if setup.listen.is_some() {
+            // On stdout, for scripts that start external workers.
+            println!("listening on {url}");
+        }
+        let devices = SpawnOptions::devices_for(setup.workers, setup.cpu_only);
+        if devices.is_empty() && setup.listen.is_none() {
+            server.stop();
+            return Err(RunError::NoWorkers);
+        }
+        fleet.expect_workers(devices.len());
+        let workers = if devices.is_empty() {
+            None
+        } else {
+            match spawn_workers(setup, devices, &url, token) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    server.stop();
+                    return Err(e);
+                }
+            }
+        };
+        Ok(RunningFleet {
+            fleet,
+            server: Some(server),
+            workers,
+            external: setup.listen.is_some(),
+            label: label.to_string(),
+            started: Instant::now(),
+            journal: setup.journal.clone(),
+        })
+    }
+
+    /// The shared fleet state (the scheduler is behind [`Fleet::with_sched`]).
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Waits until `reached` holds for the scheduler (checked now and after every progress
+    /// change), with the progress bar up; fails if every local worker died (unless external ones
+    /// may still come) or on Ctrl-C.
+    pub async fn wait_until(
+        &mut self,
+        reached: impl Fn(&Scheduler) -> bool,
+    ) -> Result<(), RunError> {
+        let fleet = &self.fleet;
+        let mut progress = fleet.progress();
+        // Until this returns, SIGINT/SIGTERM stop the fleet gracefully (crate::stop).
+        let _graceful = crate::stop::Graceful::new();
+        let bar = ItemsBar::start(&self.label, progress.borrow().total as u64);
+        let goal = async {
+            loop {
+                let p = *progress.borrow_and_update();
+                bar.set_total(p.total as u64);
+                bar.set(p.done as u64);
+                if fleet.with_sched(|s| reached(s)) {
+                    return;
+                }
+                if progress.changed().await.is_err() {
+                    // The sender lives in `fleet`: cannot happen while we hold it.
+                    return std::future::pending().await;
+                }
+            }
+        };
+        let external = self.external;
+        let all_dead = async {
+            match self.workers.as_mut() {
+                Some(w) if !external => w.all_exited().await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // The goal first: once every worker has exited after `Finished`, both are ready.
+            biased;
+            () = goal => Ok(()),
+            // Before the workers' deaths: Ctrl-C in a terminal signals local workers too.
+            signal = crate::stop::requested() => Err(RunError::Interrupted {
+                signal: signal.into(),
+                resume: String::new(),
+            }),
+            report = all_dead => Err(RunError::AllWorkersDied(report)),
+        }
+    }
+
+    /// The generation phase so far, as HF's predict_runtime (model already loaded): from the
+    /// first moment a worker had its model loaded (`ModelReady`) until now. Falls back to the
+    /// first lease for workers that never report it, then to the start.
+    pub fn elapsed(&self) -> Duration {
+        self.fleet
+            .model_ready_at()
+            .or_else(|| self.fleet.first_lease_at())
+            .unwrap_or(self.started)
+            .elapsed()
+    }
+
+    /// Tells the workers to exit (`ok`: the job finished, else it failed), waits for them, and
+    /// stops the server. The scheduler stays readable through [`RunningFleet::fleet`].
+    pub async fn stop(&mut self, ok: bool) {
+        self.fleet
+            .shutdown_workers(if ok { "job finished" } else { "job failed" });
+        if let Some(w) = self.workers.take() {
+            w.shutdown(Duration::from_secs(10)).await;
+        }
+        self.fleet.wait_disconnected(Duration::from_secs(2)).await;
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+
+    /// After [`RunningFleet::stop`]: flushes the journal (a failure there costs only a resume,
+    /// so it is logged, not fatal), logs how many results this run computed, and on a signal
+    /// puts how to resume into the error.
+    pub fn journal_stopped(&self, result: Result<(), RunError>) -> Result<(), RunError> {
+        let progress = self.fleet.with_sched(|s| s.progress());
+        let journal = self.journal.as_deref();
+        if let Some(journal) = journal {
+            match journal.finish_writing() {
+                Ok(n) => info!(
+                    "{}: {n} results computed in this run, {} taken from the journal",
+                    self.label,
+                    journal.loaded_count()
+                ),
+                Err(e) => warn!("{e}"),
             }
         }
-    };
-    let all_dead = async {
-        match workers {
-            Some(w) if !external => w.all_exited().await,
-            _ => std::future::pending().await,
+        match result {
+            Err(RunError::Interrupted { signal, .. }) => Err(RunError::Interrupted {
+                signal,
+                resume: journal.map_or_else(
+                    || "nothing was saved: a new run starts over".to_string(),
+                    |j| j.resume_hint(progress.done - progress.failed, progress.total),
+                ),
+            }),
+            other => other,
         }
-    };
-    tokio::select! {
-        // Completion first: once every worker has exited after `Finished`, both are ready.
-        biased;
-        p = fleet.wait_complete() => {
-            bar.set(p.done as u64);
-            info!("{label}: all {} items done ({} failed)", p.total, p.failed);
-            Ok(())
-        }
-        // Before the workers' deaths: Ctrl-C in a terminal signals local workers too.
-        signal = crate::stop::requested() => Err(RunError::Interrupted {
-            signal: signal.into(),
-            resume: String::new(),
-        }),
-        report = all_dead => Err(RunError::AllWorkersDied(report)),
-        never = watch_bar => never,
     }
 }
 
-/// After the stop: flushes the journal (a failure there costs only a resume, so it is logged,
-/// not fatal), logs how many results this run computed, and on a signal puts how to resume
-/// into the error.
-fn journal_stopped(
-    journal: Option<&Journal>,
-    fleet: &Fleet,
-    label: &str,
-    result: Result<(), RunError>,
-) -> Result<(), RunError> {
-    let progress = fleet.with_sched(|s| s.progress());
-    if let Some(journal) = journal {
-        match journal.finish_writing() {
-            Ok(n) => info!(
-                "{label}: {n} results computed in this run, {} taken from the journal",
-                journal.loaded_count()
-            ),
-            Err(e) => warn!("{e}"),
-        }
-    }
-    match result {
-        Err(RunError::Interrupted { signal, .. }) => Err(RunError::Interrupted {
-            signal,
-            resume: journal.map_or_else(
-                || "nothing was saved: a new run starts over".to_string(),
-                |j| j.resume_hint(progress.done - progress.failed, progress.total),
-            ),
-        }),
-        other => other,
-    }
+/// Spawns one local worker per device, connecting to `url` with `token`.
+fn spawn_workers(
+    setup: &FleetSetup,
+    devices: Vec<String>,
+    url: &str,
+    token: String,
+) -> Result<LocalWorkers, RunError> {
+    let bin = match &setup.worker_bin {
+        Some(bin) => bin.clone(),
+        None => local::worker_binary()?,
+    };
+    info!(
+        "starting {} local worker(s) on {} ({url})",
+        devices.len(),
+        devices.join(", ")
+    );
+    let opts = SpawnOptions {
+        bin,
+        coordinator_url: url.to_string(),
+        token,
+        devices,
+        batch_size: setup.batch_size,
+        extra_args: setup.worker_args.clone(),
+    };
+    Ok(LocalWorkers::spawn(&opts)?)
 }

@@ -3,6 +3,7 @@
 //! - [`fleet`]: runs tasks on local and/or external workers and waits for every outcome.
 //! - [`step1`]: SFT predict: samples → generate items → metrics → the three step-1 files.
 //! - [`step2`]: semantic similarity: step-1 rows → embed items → scores into the step-1 files.
+//! - [`chain`]: step 1 then step 2 in one fleet, step 2 fed from step 1's results as they arrive.
 //! - [`score`]: `evalfleet score text`, the metrics of an existing predictions file.
 //!
 //! ## `predict_runtime`
@@ -14,6 +15,7 @@
 //! loads its model later does so while another already generates, so that time does count).
 //! Samples and steps per second divide by this runtime.
 
+pub mod chain;
 pub mod fleet;
 pub mod score;
 pub mod step1;
@@ -24,7 +26,8 @@ pub mod step4;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use fleet::{FleetRun, FleetSetup, run_fleet};
+pub use chain::{ChainReport, run_chain};
+pub use fleet::{FleetRun, FleetSetup, RunningFleet, run_fleet};
 pub use step1::{Step1Report, run_step1};
 pub use step2::run_step2;
 pub use step3::run_step3;
@@ -47,36 +50,30 @@ pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>
         );
     }
     let mut files = Vec::new();
-    for step in &job.steps {
+    let mut steps = job.steps.iter().peekable();
+    while let Some(step) = steps.next() {
         match step {
+            // Step 2 right after step 1 on its output: one fleet for both, step 2 fed from step
+            // 1's results as they arrive (see `chain`).
+            StepConfig::Step1(cfg)
+                if matches!(steps.peek(), Some(StepConfig::Step2(cfg2)) if chain::can_chain(cfg, cfg2)) =>
+            {
+                let Some(StepConfig::Step2(cfg2)) = steps.next() else {
+                    unreachable!("peeked above")
+                };
+                let report = chain::run_chain(cfg, cfg2, setup).await?;
+                files.extend(step1_paths(report.step1.files));
+                files.extend(report.step2.paths());
+            }
             StepConfig::Step1(cfg) => {
                 let report = run_step1(cfg, setup).await?;
-                let f = report.summary.rouge1.f;
-                info!(
-                    "step1: {} samples in {:.1} s; rouge-1 {f:.4}, rouge-2 {:.4}, rouge-l {:.4}, bleu-4 {:.4}",
-                    report.samples,
-                    report.runtime,
-                    report.summary.rouge2.f,
-                    report.summary.rougel.f,
-                    report.summary.bleu4
-                );
-                let written = report.files;
-                files.extend([
-                    written.predictions,
-                    written.predict_results,
-                    written.all_results,
-                ]);
+                step1::log_report(&report);
+                files.extend(step1_paths(report.files));
             }
-            // After step 1 has finished, in its own fleet (chaining them concurrently is
-            // future work).
+            // A step 2 on another output_dir than the step 1 before it, or without step 1.
             StepConfig::Step2(cfg) => {
                 let outputs = run_step2(cfg, setup).await?;
-                files.extend([
-                    outputs.predictions,
-                    outputs.predict_results,
-                    outputs.distribution_json,
-                    outputs.histogram_svg,
-                ]);
+                files.extend(outputs.paths());
             }
             StepConfig::Step3(cfg) => {
                 for report in run_step3(cfg, setup).await? {
@@ -89,6 +86,15 @@ pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>
         }
     }
     Ok(files)
+}
+
+/// The three step-1 files.
+fn step1_paths(written: crate::output::Step1Files) -> [PathBuf; 3] {
+    [
+        written.predictions,
+        written.predict_results,
+        written.all_results,
+    ]
 }
 
 /// Why a step could not finish.

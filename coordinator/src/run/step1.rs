@@ -4,6 +4,7 @@
 //! and all_results.json with HF's speed metrics.
 
 use std::slice;
+use std::time::Duration;
 
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
@@ -44,6 +45,18 @@ pub async fn run_step1(cfg: &Step1Config, setup: &FleetSetup) -> Result<Step1Rep
     let journal = Journal::attach(&mut setup, &cfg.output_dir, "step1", slice::from_ref(&task))?;
     let run = run_fleet(vec![task], &setup, "step1").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
+    let report = finish_step1(cfg, outcomes, run.elapsed).await?;
+    journal.complete()?;
+    Ok(report)
+}
+
+/// Step 1 after the fleet: the outcomes (in sample order) are scored and averaged, and the three
+/// files written in `cfg.output_dir`; `elapsed` is the generation phase (`predict_runtime`).
+pub(crate) async fn finish_step1(
+    cfg: &Step1Config,
+    outcomes: Vec<ItemOutcome>,
+    elapsed: Duration,
+) -> Result<Step1Report, RunError> {
     let results = generate_results(outcomes)?;
 
     // Scoring is CPU work (jieba, LCS): keep it off the async threads.
@@ -54,7 +67,7 @@ pub async fn run_step1(cfg: &Step1Config, setup: &FleetSetup) -> Result<Step1Rep
     let summary = tokio::task::spawn_blocking(move || score_pairs(&pairs))
         .await
         .map_err(|e| RunError::Scoring(format!("scoring thread failed: {e}")))??;
-    let runtime = run.elapsed.as_secs_f64();
+    let runtime = elapsed.as_secs_f64();
     let speed = SpeedMetrics::new(results.len(), cfg.per_device_eval_batch_size, runtime);
     let rows: Vec<PredictionRow> = results
         .into_iter()
@@ -64,13 +77,21 @@ pub async fn run_step1(cfg: &Step1Config, setup: &FleetSetup) -> Result<Step1Rep
         })
         .collect();
     let files = output::write_step1(&cfg.output_dir, &rows, &summary.metric_pairs(), &speed)?;
-    journal.complete()?;
     Ok(Step1Report {
         files,
         summary,
         samples: rows.len(),
         runtime,
     })
+}
+
+/// Logs the one-line summary of a finished step 1.
+pub fn log_report(report: &Step1Report) {
+    let s = &report.summary;
+    info!(
+        "step1: {} samples in {:.1} s; rouge-1 {:.4}, rouge-2 {:.4}, rouge-l {:.4}, bleu-4 {:.4}",
+        report.samples, report.runtime, s.rouge1.f, s.rouge2.f, s.rougel.f, s.bleu4
+    );
 }
 
 /// Scores (predict, label) pairs in order and averages them as LLaMA-Factory's ComputeMetrics.

@@ -7,8 +7,8 @@
 //! - `generated_predictions.jsonl` rewritten with a `score` per line ([`files`]);
 //! - `avg_sem_sim_score`, the float32 mean, appended to `predict_results.json`
 //!   (`all_results.json` is left alone, as the SEED left it);
-//! - `sem_sim_distribution.json` and `sem_sim_histogram.svg` ([`distribution`], [`svg`]), and a
-//!   one-line summary for the terminal.
+//! - `sem_sim_distribution.json`, `sem_sim_histogram.svg` and `sem_sim_histogram.png`
+//!   ([`distribution`], [`svg`], [`raster`]), and a one-line summary for the terminal.
 //!
 //! [`plan`] orders the rows for queueing (longest first) and puts the workers' scores back in
 //! row order.
@@ -19,6 +19,7 @@
 pub mod distribution;
 pub mod files;
 pub mod plan;
+pub mod raster;
 pub mod svg;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub const AVG_KEY: &str = "avg_sem_sim_score";
 pub const DISTRIBUTION_JSON: &str = "sem_sim_distribution.json";
 /// The histogram plot written next to the step-1 files.
 pub const HISTOGRAM_SVG: &str = "sem_sim_histogram.svg";
+/// The same plot as a PNG raster (no text).
+pub const HISTOGRAM_PNG: &str = "sem_sim_histogram.png";
 
 /// Why step 2's files cannot be read or written; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,7 @@ pub struct Step2Outputs {
     pub predict_results: PathBuf,
     pub distribution_json: PathBuf,
     pub histogram_svg: PathBuf,
+    pub histogram_png: PathBuf,
     pub distribution: Distribution,
     /// The one-line terminal summary.
     pub summary: String,
@@ -74,6 +78,7 @@ impl Step2Outputs {
             self.predict_results.clone(),
             self.distribution_json.clone(),
             self.histogram_svg.clone(),
+            self.histogram_png.clone(),
         ]
     }
 }
@@ -144,12 +149,19 @@ pub fn write_step2(
     output::write_atomic(&distribution_json, json.as_bytes())?;
     let histogram_svg = output_dir.join(HISTOGRAM_SVG);
     output::write_atomic(&histogram_svg, svg::histogram_svg(&distribution).as_bytes())?;
+    let histogram_png = output_dir.join(HISTOGRAM_PNG);
+    let png_bytes = raster::histogram_png(&distribution).map_err(|e| OutputError::Write {
+        path: histogram_png.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    output::write_atomic(&histogram_png, &png_bytes)?;
     let summary = distribution.summary_line();
     Ok(Step2Outputs {
         predictions,
         predict_results,
         distribution_json,
         histogram_svg,
+        histogram_png,
         distribution,
         summary,
     })

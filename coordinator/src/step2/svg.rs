@@ -6,14 +6,15 @@ use std::fmt::Write;
 use super::distribution::{Distribution, HISTOGRAM_RANGE};
 use crate::output::svg::{self, FIGURE_WIDTH as WIDTH, PlotArea};
 
-const HEIGHT: f64 = 400.0;
-const LEFT: f64 = 60.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 50.0;
-const BOTTOM: f64 = 50.0;
+// The figure's geometry, in pixels (the PNG raster uses the same, see [`super::png`]).
+pub(super) const HEIGHT: f64 = 400.0;
+pub(super) const LEFT: f64 = 60.0;
+pub(super) const RIGHT: f64 = 20.0;
+pub(super) const TOP: f64 = 50.0;
+pub(super) const BOTTOM: f64 = 50.0;
 
 /// Maps a score in the histogram range to an x pixel.
-fn x_of(score: f64) -> f64 {
+pub(super) fn x_of(score: f64) -> f64 {
     let (lo, hi) = HISTOGRAM_RANGE;
     LEFT + (score.clamp(lo, hi) - lo) / (hi - lo) * (WIDTH - LEFT - RIGHT)
 }

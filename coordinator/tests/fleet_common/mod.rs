@@ -99,6 +99,21 @@ pub fn worker_bin() -> PathBuf {
     path
 }
 
+/// The all-MiniLM-L6-v2 sentence-transformers folder (`$EVALFLEET_MODELS/all-minilm-l6-v2`,
+/// default `<repo>/.models`); fails saying how to get it.
+pub fn minilm() -> PathBuf {
+    let models = std::env::var_os("EVALFLEET_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".models"));
+    let dir = models.join("all-minilm-l6-v2");
+    assert!(
+        dir.join("modules.json").is_file(),
+        "{} is missing: run scripts/fetch-models.sh (or set EVALFLEET_MODELS)",
+        dir.display()
+    );
+    dir
+}
+
 /// The worker crate's tiny random-weight llama (f32, 256-token vocabulary, 64 positions).
 fn tiny_llama_weights() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures/tiny-llama/model")

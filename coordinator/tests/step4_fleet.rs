@@ -1,4 +1,6 @@
-//! End to end: `evalfleet step4` on the first 4 demo dialogues (yamls/demo/charactereval) with
+//! End to end: `evalfleet step4` on the first 4 demo dialogues (yamls/demo/charactereval, each
+//! role profile cut to its first three entries so that CPU prefill stays short: a full profile
+//! makes a prompt of thousands of tokens) with
 //! SmolLM2-135M-Instruct (GGUF, greedy, its own chat template) as the generator and the worker
 //! crate's tiny random-weight BaichuanCharRM (`worker/tests/fixtures/reward/tiny-rm-alibi4`, bf16)
 //! as the reward model, on real `evalfleet-worker` processes. Every output file is checked
@@ -53,6 +55,31 @@ fn demo_dir() -> PathBuf {
     repo().join("yamls/demo/charactereval")
 }
 
+/// The demo task folder with each profile cut to its first three entries, under `dir`.
+fn short_task_dir(dir: &Path) -> PathBuf {
+    let task = dir.join("task");
+    std::fs::create_dir_all(&task).unwrap();
+    for name in ["test_data.jsonl", "id2metric.jsonl"] {
+        std::fs::copy(demo_dir().join(name), task.join(name)).unwrap();
+    }
+    let PyJson::Object(roles) = read_json(&demo_dir().join("character_profiles.json")).unwrap()
+    else {
+        panic!("profiles")
+    };
+    let short = roles
+        .into_iter()
+        .map(|(role, profile)| match profile {
+            PyJson::Object(entries) => {
+                (role, PyJson::Object(entries.into_iter().take(3).collect()))
+            }
+            other => (role, other),
+        })
+        .collect();
+    let text = evalfleet::output::dumps_pretty(&PyJson::Object(short), false, false);
+    std::fs::write(task.join("character_profiles.json"), text).unwrap();
+    task
+}
+
 fn write_yaml(dir: &Path, out: &Path) -> PathBuf {
     let yaml = format!(
         "model_path: {model}\nreward_model_path: {rm}\ntask_dir: {task}\noutput_dir: {out}\n\n\
@@ -60,7 +87,7 @@ fn write_yaml(dir: &Path, out: &Path) -> PathBuf {
          batch_size: 4\n",
         model = smollm2().display(),
         rm = tiny_reward_model().display(),
-        task = demo_dir().display(),
+        task = short_task_dir(dir).display(),
         out = out.display(),
     );
     let path = dir.join("step4.yaml");

@@ -15,21 +15,26 @@ pub struct Group {
     pub scores: Vec<f64>,
 }
 
+/// Python's `sum(xs)` of floats: from 0, left to right, one rounding per addition.
+fn py_sum(xs: impl IntoIterator<Item = f64>) -> f64 {
+    let mut total = 0.0;
+    for x in xs {
+        total += x;
+    }
+    total
+}
+
 impl Group {
     /// `sum(vals) / len(vals)`, summed left to right as Python's `sum`.
     pub fn mean(&self) -> f64 {
-        self.scores.iter().fold(0.0, |acc, x| acc + x) / self.scores.len() as f64
+        py_sum(self.scores.iter().copied()) / self.scores.len() as f64
     }
 
     /// The population standard deviation (numpy's `std` with `ddof=0`), two-pass.
     pub fn std(&self) -> f64 {
         let mean = self.mean();
-        let var = self
-            .scores
-            .iter()
-            .map(|x| (x - mean) * (x - mean))
-            .fold(0.0, |acc, x| acc + x)
-            / self.scores.len() as f64;
+        let var =
+            py_sum(self.scores.iter().map(|x| (x - mean) * (x - mean))) / self.scores.len() as f64;
         var.sqrt()
     }
 }
@@ -140,7 +145,7 @@ impl Summary {
                 metric: g.name,
             })
             .collect();
-        let average = metrics.iter().fold(0.0, |acc, m| acc + m.mean) / metrics.len().max(1) as f64;
+        let average = py_sum(metrics.iter().map(|m| m.mean)) / metrics.len().max(1) as f64;
         let roles = group(scored.iter().map(|(r, _, _)| (r.clone(), 0.0)));
         let characters = roles
             .into_iter()

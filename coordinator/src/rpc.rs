@@ -58,6 +58,14 @@ impl Default for FleetOptions {
     }
 }
 
+/// The largest message a worker may send (a result is a few KiB; one long generation at most a
+/// few hundred). Larger ones end that stream with `OUT_OF_RANGE` before they are buffered whole,
+/// so a bad client cannot make the coordinator hold gigabytes.
+pub const MAX_WORKER_MESSAGE_BYTES: usize = 4 << 20;
+/// HTTP/2 streams one connection may open at once (a worker needs one; probes open their own
+/// connections): a client cannot multiply its streams on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 8;
+
 /// Shared state of a running fleet: the scheduler plus the signals the driver watches.
 #[derive(Clone)]
 pub struct Fleet {
@@ -186,18 +194,18 @@ impl Fleet {
             .is_ok()
     }
 
-    /// The tonic service with bearer-token checking in front.
+    /// The tonic service with bearer-token checking in front, refusing any worker message over
+    /// [`MAX_WORKER_MESSAGE_BYTES`].
     pub fn service(
         &self,
         token: &str,
     ) -> tonic::service::interceptor::InterceptedService<FleetServer<FleetService>, BearerAuth>
     {
-        FleetServer::with_interceptor(
-            FleetService {
-                fleet: self.clone(),
-            },
-            BearerAuth::new(token),
-        )
+        let server = FleetServer::new(FleetService {
+            fleet: self.clone(),
+        })
+        .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES);
+        tonic::service::interceptor::InterceptedService::new(server, BearerAuth::new(token))
     }
 
     /// Serves the fleet (token required) and the gRPC health service (no token) on `listener`
@@ -217,6 +225,7 @@ impl Fleet {
                 reporter.set_serving::<FleetServer<FleetService>>().await;
                 let incoming = TcpListenerStream::new(listener);
                 if let Err(e) = tonic::transport::Server::builder()
+                    .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                     .add_service(health)
                     .add_service(service)
                     .serve_with_incoming(incoming)

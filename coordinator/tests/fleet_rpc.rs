@@ -124,6 +124,23 @@ async fn wrong_token_is_refused() {
 }
 
 #[tokio::test]
+async fn an_oversized_message_is_refused_and_the_server_keeps_serving() {
+    let (_fleet, server) = start(1).await;
+    let huge = msg(Up::Hello(pb::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: "x".repeat(evalfleet::rpc::MAX_WORKER_MESSAGE_BYTES + 1),
+        ..Default::default()
+    }));
+    let err = open(&server, Some(TOKEN), huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    let (_tx, mut inbound) = open(&server, Some(TOKEN), hello(PROTOCOL_VERSION))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut inbound).await, Down::Welcome(_)));
+    server.stop();
+}
+
+#[tokio::test]
 async fn missing_token_is_refused() {
     let (_fleet, server) = start(1).await;
     let err = open(&server, None, hello(PROTOCOL_VERSION))

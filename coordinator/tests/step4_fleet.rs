@@ -142,6 +142,9 @@ fn step4_end_to_end_with_smollm2_and_a_tiny_reward_model() {
     let yaml = write_yaml(dir.path(), &out);
     let stdout = run_step4(&yaml, &[]);
 
+    // Each sub-step's journal is removed once its file is written.
+    assert!(!out.join(evalfleet::journal::JOURNAL_DIR).exists());
+
     // Sub-step 1: the demo records in order, `model_output` appended.
     let generated = check_layout(&out.join("step1_generation.jsonl"));
     let demo = read_records(&demo_dir().join("test_data.jsonl")).unwrap();

@@ -14,8 +14,12 @@
 //!
 //! Generation and scoring run as two fleets one after the other (the reward task needs the
 //! transformed rows; a fleet feed is one item per result, while a dialogue has several metrics).
+//! Each fleet journals its results as they arrive (`crate::journal`, one journal per sub-step in
+//! `output_dir`), so a stopped run resumes with only the missing items; the journal is removed
+//! once the sub-step's file is written.
 
 use std::path::PathBuf;
+use std::slice;
 
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
@@ -23,6 +27,7 @@ use tracing::{info, warn};
 
 use super::{FleetSetup, RunError, absolute, run_fleet};
 use crate::config::{Step4Config, Step4Stage};
+use crate::journal::Journal;
 use crate::output::PyJson;
 use crate::sched::{ItemOutcome, TaskSpec};
 use crate::step4::aggregate::{Summary, format_log_data, metric_groups};
@@ -55,7 +60,7 @@ pub async fn run_step4(
 
     let generated = if stage == Step4Stage::Generate {
         let records = generate(cfg, &setup).await?;
-        files.push(write_records(out, GENERATION_FILE, &records)?);
+        files.push(out.join(GENERATION_FILE));
         Some(records)
     } else {
         None
@@ -83,7 +88,7 @@ pub async fn run_step4(
             None => read_stage_records(out, TRANSFORM_FILE, "--stage transform")?,
         };
         let rows = score(cfg, &setup, rows).await?;
-        files.push(write_records(out, EVALUATION_FILE, &rows)?);
+        files.push(out.join(EVALUATION_FILE));
         rows
     } else {
         read_stage_records(out, EVALUATION_FILE, "--stage score")?
@@ -102,7 +107,14 @@ async fn generate(cfg: &Step4Config, setup: &FleetSetup) -> Result<Vec<Record>, 
         cfg.task_dir.display()
     );
     let task = generate_task(cfg, &records, &task_data.profiles)?;
-    let run = run_fleet(vec![task], setup, "step4 generate").await?;
+    let mut setup = setup.clone();
+    let journal = Journal::attach(
+        &mut setup,
+        &cfg.output_dir,
+        GENERATE_TASK,
+        slice::from_ref(&task),
+    )?;
+    let run = run_fleet(vec![task], &setup, "step4 generate").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
     let mut failed = 0;
     for (i, (record, outcome)) in records.iter_mut().zip(outcomes).enumerate() {
@@ -119,6 +131,8 @@ async fn generate(cfg: &Step4Config, setup: &FleetSetup) -> Result<Vec<Record>, 
     if failed > 0 {
         warn!("step4: {failed} dialogues failed to generate; sub-step 2 skips them");
     }
+    write_records(&cfg.output_dir, GENERATION_FILE, &records)?;
+    journal.complete()?;
     Ok(records)
 }
 
@@ -211,7 +225,14 @@ async fn score(
         cfg.reward_model_path.display()
     );
     let ids: Vec<String> = task.items.iter().map(|i| i.item_id.clone()).collect();
-    let run = run_fleet(vec![task], setup, "step4 score").await?;
+    let mut setup = setup.clone();
+    let journal = Journal::attach(
+        &mut setup,
+        &cfg.output_dir,
+        REWARD_TASK,
+        slice::from_ref(&task),
+    )?;
+    let run = run_fleet(vec![task], &setup, "step4 score").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
     let results = super::collect_outcomes("row", ids.into_iter().zip(outcomes), |id, o| match o {
         Outcome::Reward(r) => Some((id.to_owned(), r)),
@@ -244,6 +265,8 @@ async fn score(
             "step4: {truncated} reward inputs were longer than {RM_MAX_TOKENS} tokens (start cut)"
         );
     }
+    write_records(&cfg.output_dir, EVALUATION_FILE, &rows)?;
+    journal.complete()?;
     Ok(rows)
 }
 

@@ -99,7 +99,7 @@ pub fn is_printable(c: char) -> bool {
     let cp = u32::from(c);
     // The first range whose end is at or after `cp` holds it if it starts at or before `cp`.
     let i = NON_PRINTABLE.partition_point(|&(_, last)| last < cp);
-    !NON_PRINTABLE.get(i).is_some_and(|&(first, _)| first <= cp)
+    NON_PRINTABLE.get(i).is_none_or(|&(first, _)| first > cp)
 }
 
 #[cfg(test)]

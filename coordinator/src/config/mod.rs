@@ -66,7 +66,7 @@ pub use step4::{
 /// The step names a run file may list; only [`SUPPORTED_STEPS`] run today.
 pub const KNOWN_STEPS: &[&str] = &["step1", "step2", "step3", "step4"];
 /// The steps evalfleet can run now.
-pub const SUPPORTED_STEPS: &[&str] = &["step1", "step2", "step3"];
+pub const SUPPORTED_STEPS: &[&str] = &["step1", "step2", "step3", "step4"];
 
 /// Why a job YAML cannot be used. Every variant names the file; key names are shown as written
 /// (`step1.cutoff_len` for a key inside a `step1:` mapping).
@@ -294,6 +294,7 @@ pub fn parse_job(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
         configs.push(match step.as_str() {
             "step2" => StepConfig::Step2(build_step2(file, entries)?),
             "step3" => StepConfig::Step3(step3::build(file, entries, &mut ignored)?),
+            "step4" => StepConfig::Step4(step4::build(file, entries)?),
             _ => StepConfig::Step1(build_step1(file, entries, &mut ignored)?),
         });
     }
@@ -310,6 +311,7 @@ fn step_knows(step: &str, key: &str) -> bool {
         "step1" => keys::STEP1_KEYS.contains(&key) || keys::is_ignored(key),
         "step2" => STEP2_KEYS.contains(&key),
         "step3" => STEP3_KEYS.contains(&key) || step3::is_ignored(key),
+        "step4" => STEP4_KEYS.contains(&key),
         _ => false,
     }
 }

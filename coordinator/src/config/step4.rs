@@ -282,6 +282,18 @@ mod tests {
     }
 
     #[test]
+    fn a_run_file_can_list_step4() {
+        let text = format!("steps: [step4]\n{SEED}\nstep4:\n  max_samples: 2\n");
+        let job = crate::config::parse_job(Path::new("job.yaml"), &text).unwrap();
+        let c = job.step4().expect("step 4");
+        assert_eq!(
+            (c.max_samples, c.template.as_deref()),
+            (Some(2), Some("qwen"))
+        );
+        assert!(job.step1().is_none());
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = parse(&format!("{SEED}\nreward_modl_path: x"))
             .unwrap_err()

@@ -20,6 +20,8 @@
 #   LF_BATCH    default 4; EF_BATCH (evalfleet questions per forward pass) default 8
 #   WORKERS     evalfleet CPU worker processes (default 1); THREADS torch threads (default: torch's)
 #   SIDES       default "evalfleet llamafactory"
+#   EVALFLEET_BIN_DIR  a folder with release evalfleet, evalfleet-worker and evalfleet-bench (default:
+#               build them with cargo --release)
 #   FULL_MMLU=1 also times evalfleet on the whole MMLU test split (14042 questions) per mode
 # Results are also appended to out/bench-step3/results.jsonl.
 set -euo pipefail
@@ -47,8 +49,11 @@ GGUF="$MODELS/smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
 [[ -f "$GGUF" ]] || { echo "no SmolLM2 GGUF under $MODELS: run scripts/fetch-models.sh first" >&2; exit 1; }
 [[ -f "$SEED_EVAL/$TASK/mapping.json" ]] || { echo "no $SEED_EVAL/$TASK/mapping.json: set SEED_EVAL" >&2; exit 1; }
 
-(cd "$ROOT" && cargo build --release -p evalfleet -p evalfleet-worker --bins)
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+BIN="${EVALFLEET_BIN_DIR:-}"
+if [[ -z "$BIN" ]]; then
+  (cd "$ROOT" && cargo build --release -p evalfleet -p evalfleet-worker --bins)
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+fi
 if [[ ! -f "$HF_DIR/model.safetensors" ]]; then
   "$BIN/evalfleet-bench" convert-gguf --gguf "$GGUF" --out "$HF_DIR"
 fi

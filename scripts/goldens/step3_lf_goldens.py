@@ -26,7 +26,9 @@ Three phases, each in the Python stack it needs (the evaluator's era does not fi
    model, on the small tasks. LF's `load_model` needs peft/trl and this folder's safetensors lack
    the `format: pt` metadata transformers 4.41 wants, so the model is built from its config and
    the state dict loaded directly (f32, eval mode: the same module LF's loader returns on a CPU).
-   Writes coordinator/tests/fixtures/step3_lf_predictions.json: per small task its subjects,
+   Writes coordinator/tests/fixtures/step3_lf_predictions.json (SMALL_ROWS 6; other values add
+   `_<rows>` to the name; the committed _25 one was made with SMALL_ROWS=25 in phases 1 and 3):
+   per small task its subjects, the rows kept and the cut files' SHA-256,
    LF's results.json and results.log text, and per question the prediction, the four choice logits
    and the margin between the two largest (to explain any difference).
        python step3_lf_goldens.py predict <f32 model dir> <prompts.jsonl> [batch_size]
@@ -48,9 +50,9 @@ SMALL = {
     "cmmlu": ["college_engineering_hydrology", "philosophy", "college_education"],
     "ceval": ["middle_school_geography", "discrete_mathematics", "basic_medicine"],
 }
-# The small tasks keep the first SMALL_ROWS questions of each evaluated file (the LF evaluator
-# runs at about one question per second on this CPU); dev files are whole.
-SMALL_ROWS = 25
+# The small tasks keep the first SMALL_ROWS questions of each evaluated file (env SMALL_ROWS,
+# default 6: evalfleet's end-to-end test scores them all in a debug build); dev files are whole.
+SMALL_ROWS = int(os.environ.get("SMALL_ROWS", "6"))
 SMALL_FILES = {"mmlu": "data/test/{}_test.csv", "cmmlu": "test/{}.csv", "ceval": "val/{}_val.csv"}
 SUBJECTS = ["Average", "STEM", "Social Sciences", "Humanities", "Other"]
 
@@ -265,7 +267,8 @@ def predict(model_dir, prompts_path, batch_size=4):
         out["tasks"][task] = {"subjects": subjects, "rows": SMALL_ROWS, "files": files[task], "results_json": json.dumps(results, indent=2),
                               "results_log": score_info, "questions": questions}
         print(score_info, file=sys.stderr)
-    path = ROOT / "coordinator" / "tests" / "fixtures" / "step3_lf_predictions.json"
+    suffix = "" if SMALL_ROWS == 6 else f"_{SMALL_ROWS}"
+    path = ROOT / "coordinator" / "tests" / "fixtures" / f"step3_lf_predictions{suffix}.json"
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
 

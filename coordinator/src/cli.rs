@@ -39,7 +39,7 @@ pub enum Command {
     /// evalfleet's batch_size and workers. Adds a `score` to every line of
     /// <output_dir>/generated_predictions.jsonl and avg_sem_sim_score to predict_results.json
     /// (all_results.json is left as it is), writes sem_sim_distribution.json and
-    /// sem_sim_histogram.svg, and prints a one-line summary. Every file is replaced atomically.
+    /// sem_sim_histogram.svg / .png, and prints a one-line summary. Every file is replaced atomically.
     /// Same fleet options as `step1` (--batch-size = pairs per lease and texts per forward pass).
     Step2(StepArgs),
     /// Step 3: MMLU, CMMLU and C-Eval accuracy, 5-shot, prompts byte-identical to LLaMA-Factory's.
@@ -70,6 +70,16 @@ pub enum Command {
     /// Each step reads and writes what its own subcommand does; steps run one after the other.
     /// Same fleet options as `step1`.
     Run(StepArgs),
+    /// Trains a CharacterEval reward model (ranking + regression losses) that step 4 can load.
+    ///
+    /// Runs `evalfleet-train train-rm YAML` (installed next to `evalfleet`, like the worker; or
+    /// $EVALFLEET_TRAIN_BIN): start model, JSONL data, loss weights, LoRA or chosen layers,
+    /// AdamW schedule, ranks, checkpoints every N steps with resume, held-out Pearson/Spearman.
+    /// See yamls/train_rm.yaml.
+    TrainRm {
+        /// The train-rm YAML.
+        yaml: PathBuf,
+    },
     /// Recomputes metrics from existing output files, without a model.
     #[command(subcommand)]
     Score(ScoreCommand),
@@ -252,6 +262,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::TrainRm { yaml } => train_rm(&yaml),
         Command::Report { dir } => {
             let files = crate::report::build_report(&dir)?;
             for path in [&files.summary_md, &files.summary_csv, &files.report_html] {
@@ -265,4 +276,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `evalfleet train-rm`: the trainer lives in the worker crate (it needs the models), so this runs
+/// its binary and passes its exit status on.
+fn train_rm(yaml: &std::path::Path) -> anyhow::Result<()> {
+    let bin = match std::env::var_os("EVALFLEET_TRAIN_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()?
+            .with_file_name(format!("evalfleet-train{}", std::env::consts::EXE_SUFFIX)),
+    };
+    if !bin.is_file() {
+        anyhow::bail!(
+            "{}: the trainer binary is missing; build it with `cargo build --release -p evalfleet-worker --bin evalfleet-train` or set EVALFLEET_TRAIN_BIN",
+            bin.display()
+        );
+    }
+    let status = std::process::Command::new(&bin)
+        .arg("train-rm")
+        .arg(yaml)
+        .status()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", bin.display()))?;
+    if !status.success() {
+        anyhow::bail!("train-rm failed ({status})");
+    }
+    Ok(())
 }

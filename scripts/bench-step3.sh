@@ -87,7 +87,8 @@ EOF
 
 # Runs evalfleet step3 on task folder $1 in mode $2; prints a JSON line.
 run_evalfleet() {
-  local tasks="$1" mode="$2" label="$3" yaml="$WORK/step3-$label-$mode.yaml" out="$WORK/out-$label-$mode"
+  local tasks="$1" mode="$2" label="$3"
+  local yaml="$WORK/step3-$label-$mode.yaml" out="$WORK/out-$label-$mode"
   cat >"$yaml" <<EOF
 model_name_or_path: $HF_DIR
 task_dir: $tasks

@@ -10,9 +10,10 @@
 # its progress bars time), so the ratio is conservative.
 #
 # Environment:
-#   LF_PYTHON   python with llmtuner 0.7.1 + transformers 4.41.2 (default /work/pyenv-lf/bin/python)
+#   LF_PYTHON   python with llmtuner 0.7.1 + transformers 4.41.2 (required; e.g. a venv made with
+#               pip install --no-deps llmtuner==0.7.1 transformers==4.41.2 tokenizers accelerate)
 #   TORCH_PATH  a PYTHONPATH entry that makes torch importable there (default: a folder under out/
-#               linking torch and its dist-info from TORCH_FROM, default /work/pyenv's site-packages)
+#               linking torch and its dist-info from TORCH_FROM, another venv's site-packages)
 #   SEED_EVAL   the benchmarks folder (default <repo>/../shared/seed/evaluation)
 #   TASK, LANG, SPLIT   default mmlu, en, test
 #   SUBJECTS    comma-separated subjects of TASK (default abstract_algebra: 100 questions)
@@ -28,7 +29,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODELS="${EVALFLEET_MODELS:-$ROOT/.models}"
-LF_PYTHON="${LF_PYTHON:-/work/pyenv-lf/bin/python}"
+LF_PYTHON="${LF_PYTHON:?set LF_PYTHON to a python with llmtuner 0.7.1 and transformers 4.41.2}"
 SEED_EVAL="${SEED_EVAL:-$ROOT/../shared/seed/evaluation}"
 TASK="${TASK:-mmlu}"
 LANG_="${LANG_:-${STEP3_LANG:-en}}"
@@ -58,8 +59,8 @@ if [[ ! -f "$HF_DIR/model.safetensors" ]]; then
   "$BIN/evalfleet-bench" convert-gguf --gguf "$GGUF" --out "$HF_DIR"
 fi
 
-if [[ -z "${TORCH_PATH:-}" ]]; then
-  TORCH_FROM="${TORCH_FROM:-/work/pyenv/lib/python3.11/site-packages}"
+if [[ -z "${TORCH_PATH:-}" ]] && ! "$LF_PYTHON" -c "import torch" 2>/dev/null; then
+  TORCH_FROM="${TORCH_FROM:?set TORCH_PATH, or TORCH_FROM to a site-packages folder holding torch}"
   TORCH_PATH="$WORK/torch-path"
   mkdir -p "$TORCH_PATH"
   for p in "$TORCH_FROM"/torch "$TORCH_FROM"/torch-*.dist-info "$TORCH_FROM"/torchgen "$TORCH_FROM"/functorch \

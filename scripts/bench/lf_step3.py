@@ -14,7 +14,7 @@ Shots: `llamafactory` draws one `Dataset.shuffle()` per question as datasets 2.1
 `np.random.seed(42)` (the raw MT19937 word, one `np.random.random()`, a PCG64 permutation);
 `fixed` takes the dev rows in file order.
 
-Needs llmtuner 0.7.1 + transformers 4.41.2 (/work/pyenv-lf) and torch importable (e.g.
+Needs llmtuner 0.7.1 + transformers 4.41.2 (LF_PYTHON in bench-step3.sh) and torch importable (e.g.
 PYTHONPATH pointing at a folder that links torch and its dist-info from another venv).
     python lf_step3.py --model <f32 dir> --task-dir <dir with mapping.json and <task>.zip> \
         --task mmlu --lang en --split test --mode fixed --batch-size 4

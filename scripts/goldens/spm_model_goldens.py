@@ -66,7 +66,23 @@ def train(data, prefix, **kwargs):
         minloglevel=2,
         **kwargs,
     )
+    strip_machine_paths(str(prefix) + ".model")
     return spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+
+
+def strip_machine_paths(path):
+    """The trainer records its output prefix (an absolute path here) in trainer_spec; keep only
+    the file name so that no path of the machine that made the fixture is committed. Encoding
+    does not read these fields."""
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    proto = model_pb2.ModelProto()
+    with open(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    proto.trainer_spec.model_prefix = Path(proto.trainer_spec.model_prefix).name
+    del proto.trainer_spec.input[:]
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
 
 
 def sample_texts(held_out, english):

@@ -3,7 +3,7 @@
 
 Three phases, each in the Python stack it needs (the evaluator's era does not fit one venv here):
 
-1. `prompts` (datasets 2.16.0, pandas 2.1.4, numpy 1.26.4: /work/pyenv-ds or the venv described in
+1. `prompts` (datasets 2.16.0, pandas 2.1.4, numpy 1.26.4: a venv as described in
    step3_goldens.py): the evaluator's data path exactly as step3_goldens.py runs it (LF's task
    scripts, `np.random.seed(42)` per task, one seedless `Dataset.shuffle()` per question, LF's
    `EvalTemplate.format_example`), for the three full benchmarks and for a small task per benchmark
@@ -12,7 +12,7 @@ Three phases, each in the Python stack it needs (the evaluator's era does not fi
    their first SMALL_ROWS questions. Writes one JSON line per question (SMALL_ONLY=1: only the
    small tasks).
        python step3_lf_goldens.py prompts <LLaMA-Factory clone> <llmtuner dir> <seed evaluation> <out.jsonl>
-2. `tokens` (llmtuner 0.7.1 + transformers 4.41.2: /work/pyenv-lf): `get_template_and_fix_tokenizer`
+2. `tokens` (llmtuner 0.7.1 + transformers 4.41.2, a venv of its own): `get_template_and_fix_tokenizer`
    (template `qwen`) and `encode_oneturn(tokenizer, messages)` as the evaluator calls them, on the
    tokenizer of the f32 SmolLM2 folder (`evalfleet-bench convert-gguf`). Writes
    worker/tests/fixtures/step3_token_hashes.json: per task and subject the question count, the sum

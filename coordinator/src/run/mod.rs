@@ -55,8 +55,7 @@ pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>
         match step {
             // Step 2 right after step 1 on its output: one fleet for both, step 2 fed from step
             // 1's results as they arrive (see `chain`).
-            StepConfig::Step1(cfg)
-                if matches!(steps.peek(), Some(StepConfig::Step2(cfg2)) if chain::can_chain(cfg, cfg2)) =>
+            StepConfig::Step1(cfg) if matches!(steps.peek(), Some(StepConfig::Step2(cfg2)) if chain::can_chain(cfg, cfg2)) =>
             {
                 let Some(StepConfig::Step2(cfg2)) = steps.next() else {
                     unreachable!("peeked above")

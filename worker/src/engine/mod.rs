@@ -141,18 +141,32 @@ fn validate(r: &GenRequest) -> Result<()> {
 /// Cuts the requests `todo` into batches: longest prompts first (an out-of-memory shows at once),
 /// equal lengths in input order, each batch within `opts`.
 fn plan_batches(requests: &[GenRequest], todo: &[usize], opts: &GenOptions) -> Vec<Vec<usize>> {
-    let mut order = todo.to_vec();
-    order.sort_by_key(|&i| (std::cmp::Reverse(requests[i].prompt_ids.len()), i));
-    let max_batch = opts.max_batch.max(1);
+    length_batches(
+        todo,
+        |i| requests[i].prompt_ids.len(),
+        opts.max_batch,
+        opts.max_batch_tokens,
+    )
+}
+
+/// Cuts `indices` into batches by `len`: longest first, equal lengths in index order, at most
+/// `max_batch` rows and (when `max_batch_tokens` > 0) `max_batch_tokens` padded tokens each. One
+/// policy for generation and choice scoring.
+pub(crate) fn length_batches(
+    indices: &[usize],
+    len: impl Fn(usize) -> usize,
+    max_batch: usize,
+    max_batch_tokens: usize,
+) -> Vec<Vec<usize>> {
+    let mut order = indices.to_vec();
+    order.sort_by_key(|&i| (std::cmp::Reverse(len(i)), i));
+    let max_batch = max_batch.max(1);
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     for i in order {
         // Sorted longest first, so the first row of a batch sets its padded width.
-        let width = current.first().map_or(requests[i].prompt_ids.len(), |&f| {
-            requests[f].prompt_ids.len()
-        });
-        let over_tokens =
-            opts.max_batch_tokens > 0 && (current.len() + 1) * width > opts.max_batch_tokens;
+        let width = current.first().map_or(len(i), |&f| len(f));
+        let over_tokens = max_batch_tokens > 0 && (current.len() + 1) * width > max_batch_tokens;
         if !current.is_empty() && (current.len() == max_batch || over_tokens) {
             batches.push(std::mem::take(&mut current));
         }

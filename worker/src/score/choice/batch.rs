@@ -16,26 +16,12 @@ use crate::models::{Decoder, ForwardInput, KvCache, LogitsAt};
 /// Cuts `indices` (jobs sharing one prefix) into batches: longest suffix first (an
 /// out-of-memory shows at once), equal lengths in index order, each within `opts`.
 pub(super) fn plan(jobs: &[ChoiceJob], indices: &[usize], opts: &ScoreOptions) -> Vec<Vec<usize>> {
-    let len = |i: usize| jobs[i].suffix().len();
-    let mut order = indices.to_vec();
-    order.sort_by_key(|&i| (std::cmp::Reverse(len(i)), i));
-    let max_batch = opts.max_batch.max(1);
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    for i in order {
-        // Longest first, so the first row of a batch sets its padded width.
-        let width = current.first().map_or(len(i), |&f| len(f));
-        let over_tokens =
-            opts.max_batch_tokens > 0 && (current.len() + 1) * width > opts.max_batch_tokens;
-        if !current.is_empty() && (current.len() == max_batch || over_tokens) {
-            batches.push(std::mem::take(&mut current));
-        }
-        current.push(i);
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    batches
+    crate::engine::length_batches(
+        indices,
+        |i| jobs[i].suffix().len(),
+        opts.max_batch,
+        opts.max_batch_tokens,
+    )
 }
 
 /// Runs the suffixes of `rows` (all after the same prefix, whose one-row cache is `prefix`, or

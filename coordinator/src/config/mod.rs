@@ -208,23 +208,31 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Parses the text of a step-1 file; `file` is only used in messages.
-pub fn parse_step1(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
-    let top = parse_mapping(file, text)?;
+/// The top-level keys of a single-step file, in file order, each shown under its own name.
+fn top_entries(file: &Path, text: &str) -> Result<Vec<Entry>, ConfigError> {
     let mut entries = Vec::new();
-    for (key, value) in top.iter() {
+    for (key, value) in parse_mapping(file, text)?.iter() {
         let key = key_name(file, key)?;
-        if key == "steps" || KNOWN_STEPS.contains(&key.as_str()) {
-            return Err(ConfigError::Invalid {
-                file: file.to_owned(),
-                key,
-                message: "belongs to a run file; use `evalfleet run` for it".to_owned(),
-            });
-        }
         entries.push(Entry {
             shown: key.clone(),
             key,
             value: value.clone(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Parses the text of a step-1 file; `file` is only used in messages.
+pub fn parse_step1(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
+    let entries = top_entries(file, text)?;
+    if let Some(e) = entries
+        .iter()
+        .find(|e| e.key == "steps" || KNOWN_STEPS.contains(&e.key.as_str()))
+    {
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            key: e.key.clone(),
+            message: "belongs to a run file; use `evalfleet run` for it".to_owned(),
         });
     }
     let mut ignored = Vec::new();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::fields::{Entry, Fields};
 use super::step1::{ModelConfig, parse_model};
-use super::{ConfigError, JobConfig, StepConfig, key_name, keys, parse_mapping, read};
+use super::{ConfigError, JobConfig, StepConfig, keys, read, top_entries};
 use crate::step3::{FewShotOrder, Split};
 
 /// Keys step 3 applies.
@@ -221,15 +221,7 @@ pub fn load_step3(path: &Path) -> Result<JobConfig, ConfigError> {
 
 /// Parses the text of a step-3 file; `file` is only used in messages.
 pub fn parse_step3(file: &Path, text: &str) -> Result<JobConfig, ConfigError> {
-    let mut entries = Vec::new();
-    for (key, value) in parse_mapping(file, text)?.iter() {
-        let key = key_name(file, key)?;
-        entries.push(Entry {
-            shown: key.clone(),
-            key,
-            value: value.clone(),
-        });
-    }
+    let entries = top_entries(file, text)?;
     let mut ignored = Vec::new();
     let config = build(file, entries, &mut ignored)?;
     Ok(JobConfig {

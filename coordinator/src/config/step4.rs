@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::fields::{Entry, Fields, split_commas};
 use super::step1::parse_generation;
-use super::{
-    ConfigError, Dtype, FinetuningType, GenerationConfig, key_name, keys, parse_mapping, read,
-};
+use super::{ConfigError, Dtype, FinetuningType, GenerationConfig, keys, read, top_entries};
 
 /// Keys step 4 applies.
 pub const STEP4_KEYS: &[&str] = &[
@@ -123,15 +121,7 @@ pub fn load_step4(path: &Path) -> Result<Step4Config, ConfigError> {
 
 /// Parses the text of a step-4 file; `file` is only used in messages.
 pub fn parse_step4(file: &Path, text: &str) -> Result<Step4Config, ConfigError> {
-    let mut entries = Vec::new();
-    for (key, value) in parse_mapping(file, text)?.iter() {
-        let key = key_name(file, key)?;
-        entries.push(Entry {
-            shown: key.clone(),
-            key,
-            value: value.clone(),
-        });
-    }
+    let entries = top_entries(file, text)?;
     build(file, entries)
 }
 

@@ -104,9 +104,21 @@ pub fn score_pairs(pairs: &[(String, String)]) -> Result<Summary, RunError> {
     Ok(metrics::summarize(&rows))
 }
 
+/// The lease's generation parameters from a step's generation keys (steps 1 and 4).
+pub(crate) fn generation_params(g: &crate::config::GenerationConfig) -> pb::GenerationParams {
+    pb::GenerationParams {
+        do_sample: g.do_sample,
+        temperature: g.temperature as f32,
+        top_p: g.top_p as f32,
+        top_k: g.top_k as u32,
+        repetition_penalty: g.repetition_penalty as f32,
+        max_new_tokens: g.max_new_tokens as u32,
+        seed: g.seed,
+    }
+}
+
 /// The step-1 task: one generate item per sample, and the lease fields they share.
 pub fn step1_task(cfg: &Step1Config, samples: &[Sample]) -> TaskSpec {
-    let gen_cfg = &cfg.generation;
     let template = pb::Lease {
         model: Some(model_spec(&cfg.model)),
         prompt: Some(pb::PromptSpec {
@@ -114,15 +126,7 @@ pub fn step1_task(cfg: &Step1Config, samples: &[Sample]) -> TaskSpec {
             cutoff_len: cfg.data.cutoff_len as u32,
             reserved_label_len: cfg.data.reserved_label_len as u32,
         }),
-        generation: Some(pb::GenerationParams {
-            do_sample: gen_cfg.do_sample,
-            temperature: gen_cfg.temperature as f32,
-            top_p: gen_cfg.top_p as f32,
-            top_k: gen_cfg.top_k as u32,
-            repetition_penalty: gen_cfg.repetition_penalty as f32,
-            max_new_tokens: gen_cfg.max_new_tokens as u32,
-            seed: gen_cfg.seed,
-        }),
+        generation: Some(generation_params(&cfg.generation)),
         ..Default::default()
     };
     let items = samples.iter().map(work_item).collect();

@@ -168,7 +168,6 @@ pub fn generate_task(
             })
         })
         .collect::<Result<Vec<_>, Step4Error>>()?;
-    let g = &cfg.generation;
     let template = pb::Lease {
         model: Some(generator_model(cfg)),
         prompt: Some(pb::PromptSpec {
@@ -176,15 +175,7 @@ pub fn generate_task(
             cutoff_len: 0,
             reserved_label_len: 1,
         }),
-        generation: Some(pb::GenerationParams {
-            do_sample: g.do_sample,
-            temperature: g.temperature as f32,
-            top_p: g.top_p as f32,
-            top_k: g.top_k as u32,
-            repetition_penalty: g.repetition_penalty as f32,
-            max_new_tokens: g.max_new_tokens as u32,
-            seed: g.seed,
-        }),
+        generation: Some(super::step1::generation_params(&cfg.generation)),
         ..Default::default()
     };
     Ok(TaskSpec {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_common::{evalfleet_bin, repo, wait, worker_bin};
+use fleet_common::{evalfleet_bin, repo, smollm2, wait, worker_bin};
 
 /// Step 1 samples: 4 from each of the two demo datasets.
 const ITEMS: usize = 8;
@@ -39,20 +39,6 @@ fn write_yaml(path: &Path, model: &Path, template: &str, out: &Path, max_new_tok
         out = out.display(),
     );
     std::fs::write(path, yaml).unwrap();
-}
-
-/// The SmolLM2 GGUF fetched by scripts/fetch-models.sh.
-fn smollm2() -> PathBuf {
-    let models = std::env::var_os("EVALFLEET_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".models"));
-    let path = models.join("smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-models.sh (or set EVALFLEET_MODELS)",
-        path.display()
-    );
-    path
 }
 
 /// `evalfleet step1 <yaml> --workers N --batch-size B [extra]`, stderr to `log`; `hold` sets the

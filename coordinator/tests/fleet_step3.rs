@@ -20,7 +20,7 @@ use std::process::Command;
 use evalfleet::step3::csvtok::records;
 use evalfleet::step3::data::read_mapping;
 use evalfleet::step3::source::TaskSource;
-use fleet_common::{evalfleet_bin, repo, worker_bin};
+use fleet_common::{evalfleet_bin, repo, smollm2_f32, worker_bin};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -42,20 +42,6 @@ const TASKS: [(&str, &str, &str, &str, &str); 3] = [
         "dev/{}_dev.csv",
     ),
 ];
-
-fn f32_model() -> PathBuf {
-    let models = std::env::var_os("EVALFLEET_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".models"));
-    let dir = models.join("smollm2-135m-instruct-f32");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "{} is missing: run scripts/test.sh (it converts the GGUF of scripts/fetch-models.sh with \
-         evalfleet-bench convert-gguf), or set EVALFLEET_MODELS",
-        dir.display()
-    );
-    dir
-}
 
 fn seed_evaluation() -> PathBuf {
     let dir = std::env::var_os("EVALFLEET_SEED")
@@ -177,7 +163,7 @@ fn run_step3(
         format!(
             "model_name_or_path: {}\ntask_dir: {}\ntasks: [{}]\nlangs: [{}]\nsplits: [{}]\n\
              template: qwen\nsave_dir: {}\nbatch_size: {batch}\n{extra_yaml}",
-            f32_model().display(),
+            smollm2_f32().display(),
             dir.join("tasks").display(),
             list(0),
             list(1),

@@ -21,24 +21,10 @@ use evalfleet::step4::data::{read_id2metric, read_json, read_records};
 use evalfleet::step4::files::records_json;
 use evalfleet::step4::transform::transform;
 use evalfleet::step4::{Record, get, get_str};
-use fleet_common::{evalfleet_bin, repo, wait_ok, worker_bin};
+use fleet_common::{evalfleet_bin, repo, smollm2, wait_ok, worker_bin};
 
 /// Dialogues generated (the demo set has five).
 const DIALOGUES: usize = 4;
-
-/// The SmolLM2 GGUF fetched by scripts/fetch-models.sh.
-fn smollm2() -> PathBuf {
-    let models = std::env::var_os("EVALFLEET_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".models"));
-    let path = models.join("smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-models.sh (or set EVALFLEET_MODELS)",
-        path.display()
-    );
-    path
-}
 
 /// The worker crate's tiny reward model (Baichuan ALiBi layout, random weights).
 fn tiny_reward_model() -> PathBuf {

@@ -99,13 +99,40 @@ pub fn worker_bin() -> PathBuf {
     path
 }
 
+/// `$EVALFLEET_MODELS`, default `<repo>/.models` (filled by scripts/fetch-models.sh).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("EVALFLEET_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".models"))
+}
+
+/// The SmolLM2 GGUF fetched by scripts/fetch-models.sh; fails saying how to get it.
+pub fn smollm2() -> PathBuf {
+    let path = models_dir().join("smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-models.sh (or set EVALFLEET_MODELS)",
+        path.display()
+    );
+    path
+}
+
+/// The f32 SmolLM2 folder scripts/test.sh converts from the GGUF; fails saying how to make it.
+pub fn smollm2_f32() -> PathBuf {
+    let dir = models_dir().join("smollm2-135m-instruct-f32");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/test.sh (it converts the GGUF of scripts/fetch-models.sh with \
+         evalfleet-bench convert-gguf), or set EVALFLEET_MODELS",
+        dir.display()
+    );
+    dir
+}
+
 /// The all-MiniLM-L6-v2 sentence-transformers folder (`$EVALFLEET_MODELS/all-minilm-l6-v2`,
 /// default `<repo>/.models`); fails saying how to get it.
 pub fn minilm() -> PathBuf {
-    let models = std::env::var_os("EVALFLEET_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".models"));
-    let dir = models.join("all-minilm-l6-v2");
+    let dir = models_dir().join("all-minilm-l6-v2");
     assert!(
         dir.join("modules.json").is_file(),
         "{} is missing: run scripts/fetch-models.sh (or set EVALFLEET_MODELS)",

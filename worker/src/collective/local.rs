@@ -77,6 +77,16 @@ impl LocalCollective {
         Ok(st.result.clone())
     }
 
+    fn check_root(&self, root: usize) -> Result<()> {
+        if root >= self.shared.world {
+            return Err(Error::Unsupported(format!(
+                "broadcast from rank {root} in a group of {}",
+                self.shared.world
+            )));
+        }
+        Ok(())
+    }
+
     fn tensor_round(&self, t: &Tensor, root: usize, combine: Combine) -> Result<Tensor> {
         let data: Vec<f32> = t
             .to_dtype(candle_core::DType::F32)?
@@ -127,13 +137,20 @@ impl Collective for LocalCollective {
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
-        if root >= self.shared.world {
-            return Err(Error::Unsupported(format!(
-                "broadcast from rank {root} in a group of {}",
-                self.shared.world
-            )));
-        }
+        self.check_root(root)?;
         self.tensor_round(t, root, take_root)
+    }
+
+    fn broadcast_bytes(&self, bytes: &[u8], root: usize) -> Result<Vec<u8>> {
+        self.check_root(root)?;
+        // Bytes travel as f32 values (exact for 0..=255): one kind of round for every operation.
+        let data = if self.rank == root {
+            bytes.iter().map(|&b| f32::from(b)).collect()
+        } else {
+            Vec::new()
+        };
+        let out = self.round(data, root, take_root)?;
+        Ok(out.iter().map(|&v| v as u8).collect())
     }
 
     fn barrier(&self) -> Result<()> {
@@ -159,6 +176,9 @@ mod tests {
                         let t = Tensor::new(&[v, 1.0], &Device::Cpu).unwrap();
                         let s: Vec<f32> = c.all_reduce_sum(&t).unwrap().to_vec1().unwrap();
                         let b: Vec<f32> = c.broadcast(&t, 2).unwrap().to_vec1().unwrap();
+                        let msg = vec![round as u8, 255, 0, c.rank() as u8];
+                        let got = c.broadcast_bytes(&msg, 1).unwrap();
+                        assert_eq!(got, vec![round as u8, 255, 0, 1]);
                         c.barrier().unwrap();
                         sums.push((s, b));
                     }

@@ -1,15 +1,22 @@
-//! Collectives for data-parallel training: the [`Collective`] trait (all-reduce sum, broadcast,
-//! barrier over f32 tensors between `world_size` ranks) and [`LocalCollective`], its in-process
-//! implementation for N ranks on threads of one process (CPU data parallelism and tests).
+//! Collectives between the ranks of a data-parallel (training) or tensor-parallel (inference)
+//! group: the [`Collective`] trait (all-reduce sum, broadcast, byte messages, barrier) and its
+//! implementations:
+//! - [`LocalCollective`]: N ranks on threads of one process, exchanging through host memory (CPU
+//!   data/tensor parallelism, tests, and several ranks on one GPU);
+//! - `NcclCollective` (feature `nccl`): one rank per GPU, over NCCL, ranks in one process or in
+//!   several (the unique id travels through a file).
 //!
-//! The trainer only talks to the trait. An NCCL implementation (one rank per GPU of a node,
-//! issue 8's tensor-parallel collectives) plugs in behind the same trait: `all_reduce_sum` maps
-//! to `ncclAllReduce(sum)`, `broadcast` to `ncclBroadcast`, `barrier` to an all-reduce of one
-//! element; nothing in `train` changes.
+//! Models and the trainer only talk to the trait.
 
 mod local;
+#[cfg(feature = "nccl")]
+mod nccl;
 
 pub use local::LocalCollective;
+#[cfg(feature = "nccl")]
+pub use nccl::NcclCollective;
+
+use std::sync::Arc;
 
 use candle_core::Tensor;
 
@@ -22,11 +29,17 @@ pub trait Collective: Send {
     fn rank(&self) -> usize;
     /// The number of ranks in the group.
     fn world_size(&self) -> usize;
-    /// The element-wise sum of `t` over all ranks (same shape on every rank), in f32. The sum
-    /// is taken in rank order, so every rank gets the same bits.
+    /// The element-wise sum of `t` over all ranks (same shape and dtype on every rank), in `t`'s
+    /// dtype and on `t`'s device. Every rank gets the same bits.
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor>;
     /// Rank `root`'s `t` (every rank passes a tensor of the same shape).
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor>;
+    /// Rank `root`'s `bytes`; the other ranks pass anything (their input is ignored) and do not
+    /// need to know the length. A tensor-parallel leader sends its followers their work this way.
+    fn broadcast_bytes(&self, bytes: &[u8], root: usize) -> Result<Vec<u8>>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
 }
+
+/// A collective shared by the layers of one rank's model (they call it from the rank's thread).
+pub type SharedCollective = Arc<dyn Collective + Sync>;

@@ -90,6 +90,19 @@ struct Shared {
     expected_workers: AtomicUsize,
     /// Receives every accepted result (see [`Fleet::set_result_sink`]).
     result_sink: OnceLock<ResultSink>,
+    /// Watches worker traffic (see [`Fleet::set_observer`]).
+    observer: OnceLock<Arc<dyn FleetObserver>>,
+}
+
+/// Watches a fleet's worker traffic (the Prometheus metrics of `evalfleet run --listen` and
+/// `evalfleet serve`). Called on the gRPC task that received the message: must not block.
+pub trait FleetObserver: Send + Sync {
+    /// Worker `worker` connected and said `hello`.
+    fn joined(&self, worker: WorkerKey, hello: &pb::Hello);
+    /// Its stream closed.
+    fn left(&self, worker: WorkerKey);
+    /// It sent `up`; `reply` went back down (a lease, `NoWork`, ...), if anything did.
+    fn message(&self, worker: WorkerKey, up: &Up, reply: Option<&Down>);
 }
 
 /// Receives `(task name, result)` for every result the scheduler accepted (the first result of
@@ -113,6 +126,7 @@ impl Fleet {
                 first_ready: OnceLock::new(),
                 expected_workers: AtomicUsize::new(0),
                 result_sink: OnceLock::new(),
+                observer: OnceLock::new(),
             }),
         }
     }
@@ -179,6 +193,19 @@ impl Fleet {
     /// returns `false`, keeping the first, if one was already set.
     pub fn set_result_sink(&self, sink: ResultSink) -> bool {
         self.inner.result_sink.set(sink).is_ok()
+    }
+
+    /// Reports worker traffic to `observer` from now on. Only one per fleet: returns `false`,
+    /// keeping the first, if one was already set.
+    pub fn set_observer(&self, observer: Arc<dyn FleetObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
+    }
+
+    /// Handles one message of worker `key` (named `name` in logs) as its stream would, and
+    /// returns the reply to send down. For a front end that owns the worker streams itself
+    /// (`evalfleet serve` routes each worker's messages to the job fleet they concern).
+    pub fn handle_message(&self, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
+        handle_observed(self, key, name, msg)
     }
 
     /// Tells every connected worker (and any that connects later) to exit.
@@ -374,6 +401,9 @@ impl FleetRpc for FleetService {
         };
         check_version(hello.protocol_version)?;
         let key = shared.next_worker.fetch_add(1, Ordering::Relaxed);
+        if let Some(observer) = shared.observer.get() {
+            observer.joined(key, &hello);
+        }
         let from = peer.map_or_else(|| "?".into(), |a| a.to_string());
         info!(
             "worker {:?} connected from {from} (device {})",
@@ -427,7 +457,7 @@ async fn session(
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(msg)) => {
-                    let Some(reply) = msg.msg.and_then(|m| handle(&fleet, key, &name, m)) else { continue };
+                    let Some(reply) = msg.msg.and_then(|m| handle_observed(&fleet, key, &name, m)) else { continue };
                     if tx.send(Ok(down(reply))).await.is_err() {
                         break;
                     }
@@ -452,7 +482,21 @@ async fn session(
             "worker {name:?} disconnected holding leases {reclaimed:?}; their items go back to the queue"
         );
     }
+    if let Some(observer) = fleet.inner.observer.get() {
+        observer.left(key);
+    }
     fleet.inner.connected.send_modify(|n| *n -= 1);
+}
+
+/// [`handle`], shown to the fleet's observer (if any) with its reply.
+fn handle_observed(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
+    let Some(observer) = fleet.inner.observer.get() else {
+        return handle(fleet, key, name, msg);
+    };
+    let seen = msg.clone();
+    let reply = handle(fleet, key, name, msg);
+    observer.message(key, &seen, reply.as_ref());
+    reply
 }
 
 /// Waits for the shutdown signal. Returns an owned reason, so no watch guard (not `Send`) is held

@@ -14,6 +14,7 @@ pub mod chart;
 pub mod discover;
 pub mod html;
 pub mod read;
+pub mod stats;
 pub mod table;
 
 use std::path::{Path, PathBuf};

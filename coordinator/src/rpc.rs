@@ -7,6 +7,14 @@
 //!
 //! The same port serves the standard gRPC health service (`grpc.health.v1.Health`) without the
 //! bearer token, because Kubernetes' gRPC probes cannot send one; it reveals only a serving status.
+//!
+//! Exposure: [`tls`] (rustls, certificate and key from PEM files), [`limits`] (calls, connections
+//! and messages per client), plus the message-size and stream caps below. A fleet may serve on
+//! several sockets at once ([`Fleet::serve_on`]): with `--listen` and TLS, local workers use a
+//! plain loopback socket next to the public TLS one.
+
+pub mod limits;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,14 +31,18 @@ use pb::worker_message::Msg as Up;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
 use crate::sched::{Assignment, Progress, Recorded, SchedConfig, Scheduler, WorkerKey};
+use limits::{CallLimiter, ConnectionGate, Counters, LimitStats, Limits, TokenBucket};
+use tls::{ServerTls, TlsFiles};
 
 /// How the coordinator talks to its workers.
 #[derive(Debug, Clone)]
@@ -44,6 +56,11 @@ pub struct FleetOptions {
     /// A worker must send `Hello` within this time after connecting.
     pub hello_timeout: Duration,
     pub sched: SchedConfig,
+    /// Per-client limits (see [`limits`]).
+    pub limits: Limits,
+    /// Serve the public (`--listen`) socket over TLS with these files; loaded and checked by the
+    /// driver before it binds ([`ServerTls::load`]).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for FleetOptions {
@@ -54,6 +71,8 @@ impl Default for FleetOptions {
             no_work_retry: Duration::from_millis(250),
             hello_timeout: Duration::from_secs(30),
             sched: SchedConfig::default(),
+            limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -92,6 +111,16 @@ struct Shared {
     result_sink: OnceLock<ResultSink>,
     /// Watches worker traffic (see [`Fleet::set_observer`]).
     observer: OnceLock<Arc<dyn FleetObserver>>,
+    /// What the limits refused or delayed.
+    counters: Arc<Counters>,
+    calls: Arc<CallLimiter>,
+    connections: Arc<ConnectionGate>,
+}
+
+/// One socket to serve on, with or without TLS.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub tls: Option<ServerTls>,
 }
 
 /// Watches a fleet's worker traffic (the Prometheus metrics of `evalfleet run --listen` and
@@ -103,6 +132,9 @@ pub trait FleetObserver: Send + Sync {
     fn left(&self, worker: WorkerKey);
     /// It sent `up`; `reply` went back down (a lease, `NoWork`, ...), if anything did.
     fn message(&self, worker: WorkerKey, up: &Up, reply: Option<&Down>);
+    /// `fleet` starts serving the step `label` (a job may run several fleets, one after the
+    /// other): where gauges such as outstanding leases are read from.
+    fn serving(&self, _fleet: &Fleet, _label: &str) {}
 }
 
 /// Receives `(task name, result)` for every result the scheduler accepted (the first result of
@@ -114,6 +146,9 @@ impl Fleet {
     /// A fleet around `sched` (tasks may be added before or after serving starts).
     pub fn new(opts: FleetOptions, sched: Scheduler) -> Self {
         let progress = watch::Sender::new(sched.progress());
+        let counters = Arc::new(Counters::default());
+        let calls = Arc::new(CallLimiter::new(&opts.limits, counters.clone()));
+        let connections = ConnectionGate::new(&opts.limits, counters.clone());
         Fleet {
             inner: Arc::new(Shared {
                 opts,
@@ -127,6 +162,9 @@ impl Fleet {
                 expected_workers: AtomicUsize::new(0),
                 result_sink: OnceLock::new(),
                 observer: OnceLock::new(),
+                counters,
+                calls,
+                connections,
             }),
         }
     }
@@ -208,6 +246,11 @@ impl Fleet {
         handle_observed(self, key, name, msg)
     }
 
+    /// What the per-client limits have refused or delayed so far.
+    pub fn limit_stats(&self) -> LimitStats {
+        self.inner.counters.snapshot()
+    }
+
     /// Tells every connected worker (and any that connects later) to exit.
     pub fn shutdown_workers(&self, reason: &str) {
         self.inner.shutdown.send_replace(Some(reason.to_string()));
@@ -221,54 +264,86 @@ impl Fleet {
             .is_ok()
     }
 
-    /// The tonic service with bearer-token checking in front, refusing any worker message over
-    /// [`MAX_WORKER_MESSAGE_BYTES`].
+    /// The tonic service with the call-rate limit and bearer-token checking in front, refusing
+    /// any worker message over [`MAX_WORKER_MESSAGE_BYTES`].
     pub fn service(
         &self,
         token: &str,
-    ) -> tonic::service::interceptor::InterceptedService<FleetServer<FleetService>, BearerAuth>
-    {
+    ) -> InterceptedService<FleetServer<FleetService>, BearerAuth> {
         let server = FleetServer::new(FleetService {
             fleet: self.clone(),
         })
         .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES);
-        tonic::service::interceptor::InterceptedService::new(server, BearerAuth::new(token))
+        let auth = BearerAuth::new(token).with_limiter(self.inner.calls.clone());
+        InterceptedService::new(server, auth)
     }
 
     /// Serves the fleet (token required) and the gRPC health service (no token) on `listener`
-    /// until the returned handle is stopped, and reclaims expired leases in the background.
+    /// (plain gRPC) until the returned handle is stopped; see [`Fleet::serve_on`].
+    pub fn serve(&self, listener: TcpListener, token: &str) -> std::io::Result<ServerHandle> {
+        self.serve_on(
+            vec![Listener {
+                socket: listener,
+                tls: None,
+            }],
+            token,
+        )
+    }
+
+    /// Serves the fleet (token required) and the gRPC health service (no token, but rate
+    /// limited) on every listener, each with its own TLS setting, until the returned handle is
+    /// stopped, and reclaims expired leases in the background.
     ///
     /// Health: the overall status (service `""`) and `evalfleet.v1.Fleet` are `SERVING` from the
     /// start and turn `NOT_SERVING` once [`Fleet::shutdown_workers`] begins the stop, so a
     /// readiness probe stops routing new workers to a coordinator that would only dismiss them.
-    pub fn serve(&self, listener: TcpListener, token: &str) -> std::io::Result<ServerHandle> {
-        let addr = listener.local_addr()?;
-        let service = self.service(token);
+    pub fn serve_on(&self, listeners: Vec<Listener>, token: &str) -> std::io::Result<ServerHandle> {
+        if listeners.iter().any(|l| l.tls.is_some()) {
+            tls::install_crypto_provider();
+        }
         let (reporter, health) = tonic_health::server::health_reporter();
-        let server = {
+        let health = InterceptedService::new(health, RateOnly(self.inner.calls.clone()));
+        let service = self.service(token);
+        let mut addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for Listener { socket, tls } in listeners {
+            addrs.push(socket.local_addr()?);
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = &tls {
+                builder = builder
+                    .tls_config(tls.config())
+                    .map_err(std::io::Error::other)?;
+            }
+            let router = builder
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+                .add_service(health.clone())
+                .add_service(service.clone());
+            let gate = self.inner.connections.clone();
+            let incoming = TcpListenerStream::new(socket).filter_map(move |conn| match conn {
+                Ok(tcp) => gate.admit(tcp).map(Ok),
+                Err(e) => Some(Err(e)),
+            });
             let reporter = reporter.clone();
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 // Set before the first connection is accepted, so no probe sees it unknown.
                 reporter.set_serving::<FleetServer<FleetService>>().await;
-                let incoming = TcpListenerStream::new(listener);
-                if let Err(e) = tonic::transport::Server::builder()
-                    .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-                    .add_service(health)
-                    .add_service(service)
-                    .serve_with_incoming(incoming)
-                    .await
-                {
+                if let Err(e) = router.serve_with_incoming(incoming).await {
                     warn!("gRPC server stopped: {e}");
                 }
-            })
-        };
+            }));
+        }
         let fleet = self.clone();
-        let reaper = tokio::spawn(async move { fleet.reap_expired_leases().await });
+        tasks.push(tokio::spawn(
+            async move { fleet.reap_expired_leases().await },
+        ));
         let fleet = self.clone();
-        let health_on_stop = tokio::spawn(async move { fleet.not_serving_on_stop(reporter).await });
+        tasks.push(tokio::spawn(async move {
+            fleet.not_serving_on_stop(reporter).await
+        }));
         Ok(ServerHandle {
-            addr,
-            tasks: vec![server, reaper, health_on_stop],
+            addr: addrs[0],
+            addrs,
+            tasks,
         })
     }
 
@@ -315,8 +390,10 @@ impl Shared {
 
 /// The running server; dropping it does not stop it, [`ServerHandle::stop`] does.
 pub struct ServerHandle {
-    /// The bound address (useful with port 0).
+    /// The first listener's bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// Every listener's bound address, in the order given.
+    pub addrs: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -329,22 +406,46 @@ impl ServerHandle {
     }
 }
 
-/// Checks `authorization: Bearer <token>` on every call, in constant time.
+/// Checks `authorization: Bearer <token>` on every call, in constant time, after the call-rate
+/// limit (if any).
 #[derive(Clone)]
 pub struct BearerAuth {
     expected: Arc<[u8]>,
+    limiter: Option<Arc<CallLimiter>>,
 }
 
 impl BearerAuth {
     pub fn new(token: &str) -> Self {
         BearerAuth {
             expected: format!("Bearer {token}").into_bytes().into(),
+            limiter: None,
         }
+    }
+
+    fn with_limiter(self, limiter: Arc<CallLimiter>) -> Self {
+        BearerAuth {
+            limiter: Some(limiter),
+            ..self
+        }
+    }
+}
+
+/// Only the call-rate limit (the health service, which needs no token).
+#[derive(Clone)]
+pub struct RateOnly(Arc<CallLimiter>);
+
+impl Interceptor for RateOnly {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        self.0.check(req.remote_addr().map(|a| a.ip()))?;
+        Ok(req)
     }
 }
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(limiter) = &self.limiter {
+            limiter.check(req.remote_addr().map(|a| a.ip()))?;
+        }
         let given = req.metadata().get("authorization").map(|v| v.as_bytes());
         match given {
             Some(given) if constant_time_eq(given, &self.expected) => Ok(req),
@@ -453,10 +554,19 @@ async fn session(
 ) {
     fleet.inner.connected.send_modify(|n| *n += 1);
     let mut shutdown = fleet.inner.shutdown.subscribe();
+    let limits = &fleet.inner.opts.limits;
+    let mut rate = TokenBucket::new(
+        limits.messages_per_second,
+        limits.message_burst,
+        Instant::now(),
+    );
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(msg)) => {
+                    if let Some(rate) = rate.as_mut() {
+                        throttle(&fleet, &name, rate).await;
+                    }
                     let Some(reply) = msg.msg.and_then(|m| handle_observed(&fleet, key, &name, m)) else { continue };
                     if tx.send(Ok(down(reply))).await.is_err() {
                         break;
@@ -497,6 +607,27 @@ fn handle_observed(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option
     let reply = handle(fleet, key, name, msg);
     observer.message(key, &seen, reply.as_ref());
     reply
+}
+
+/// Takes one message's token from the stream's bucket; over the rate, waits until the debt is
+/// paid. Meanwhile nothing more is read from the stream, so HTTP/2 flow control slows the sender.
+async fn throttle(fleet: &Fleet, name: &str, rate: &mut TokenBucket) {
+    let wait = rate.take_or_wait(Instant::now());
+    if wait.is_zero() {
+        return;
+    }
+    let n = fleet
+        .inner
+        .counters
+        .messages_delayed
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    if n.is_power_of_two() {
+        warn!(
+            "worker {name:?} sends messages faster than the limit; reading them more slowly ({n} delayed so far)"
+        );
+    }
+    tokio::time::sleep(wait).await;
 }
 
 /// Waits for the shutdown signal. Returns an owned reason, so no watch guard (not `Send`) is held

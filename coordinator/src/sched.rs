@@ -24,7 +24,9 @@
 //! a task: every successful result of the producer becomes an item of the consumer (same item id,
 //! payload made by a pure function of the producer's item and result), in the same call that
 //! records the result, and the consumer's input closes when the producer completes. This is how
-//! `evalfleet run` chains step 2 onto step 1 (`run::chain`).
+//! `evalfleet run` chains step 2 onto step 1 (`run::chain`). [`Scheduler::feed_many`] is the same
+//! with any number of items (each with its own id) per producer result: step 4 expands each
+//! generated dialogue into its (dialogue, metric) reward items (`run::step4`).
 //!
 //! Which task a lease comes from: a fed task that has a full lease (the asking worker's batch)
 //! queued goes first, so downstream work drains as it arrives, in well-filled batches, while the
@@ -148,6 +150,18 @@ pub enum SchedError {
 /// (`None`: that result needs no further work). See [`Scheduler::feed`].
 pub type Derive = Box<dyn FnMut(&pb::WorkItem, &Outcome) -> Option<pb::work_item::Payload> + Send>;
 
+/// Makes the items of a fed task (0 or more, each with its own item id, unique across the
+/// task) from a producer's item and its successful result. See [`Scheduler::feed_many`].
+pub type DeriveMany = Box<dyn FnMut(&pb::WorkItem, &Outcome) -> Vec<pb::WorkItem> + Send>;
+
+/// How a feed makes its items.
+enum FeedFn {
+    /// One item under the producer's item id ([`Scheduler::feed`]).
+    One(Derive),
+    /// Any number of items with their own ids ([`Scheduler::feed_many`]).
+    Many(DeriveMany),
+}
+
 /// One entry of [`Scheduler::timeline`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -164,7 +178,7 @@ pub enum Event {
 /// A producer's link to the task it feeds.
 struct Feed {
     consumer: usize,
-    derive: Derive,
+    derive: FeedFn,
 }
 
 impl std::fmt::Debug for Feed {
@@ -316,6 +330,22 @@ impl Scheduler {
         consumer: usize,
         derive: Derive,
     ) -> Result<(), SchedError> {
+        self.link(producer, consumer, FeedFn::One(derive))
+    }
+
+    /// [`Scheduler::feed`] where each successful result of `producer` becomes any number of
+    /// items of `consumer`, which `derive` makes with their own item ids (unique across
+    /// `consumer`: a repeated id is dropped with the items fed after it in that call).
+    pub fn feed_many(
+        &mut self,
+        producer: usize,
+        consumer: usize,
+        derive: DeriveMany,
+    ) -> Result<(), SchedError> {
+        self.link(producer, consumer, FeedFn::Many(derive))
+    }
+
+    fn link(&mut self, producer: usize, consumer: usize, derive: FeedFn) -> Result<(), SchedError> {
         let bad = |why| SchedError::BadFeed {
             producer: self.tasks[producer].spec.name.clone(),
             consumer: self.tasks[consumer].spec.name.clone(),
@@ -563,6 +593,18 @@ impl Scheduler {
             })
     }
 
+    /// The model keys (`ModelSpec.key` of each task's lease template) of the tasks that have
+    /// items waiting for a lease, in task order: what this scheduler's next leases will need, so
+    /// that a front end serving several jobs can prefer a worker that already holds one.
+    pub fn queued_models(&self) -> Vec<&str> {
+        self.tasks
+            .iter()
+            // The queue may hold stale entries; the first live one answers (usually at once).
+            .filter(|t| t.queue.iter().any(|&i| t.state[i] == ItemState::Queued))
+            .filter_map(|t| t.spec.template.model.as_ref().map(|m| m.key.as_str()))
+            .collect()
+    }
+
     /// Number of live leases.
     pub fn active_leases(&self) -> usize {
         self.leases.len()
@@ -682,19 +724,22 @@ impl TaskState {
         else {
             return None;
         };
-        let items = std::mem::take(unfed)
-            .into_iter()
-            .filter_map(|i| match &outcomes[i] {
-                Some(ItemOutcome::Done(outcome)) => {
-                    let item = &spec.items[i];
-                    (feed.derive)(item, outcome).map(|payload| pb::WorkItem {
+        let mut items = Vec::new();
+        for i in std::mem::take(unfed) {
+            let Some(ItemOutcome::Done(outcome)) = &outcomes[i] else {
+                continue;
+            };
+            let item = &spec.items[i];
+            match &mut feed.derive {
+                FeedFn::One(derive) => {
+                    items.extend(derive(item, outcome).map(|payload| pb::WorkItem {
                         item_id: item.item_id.clone(),
                         payload: Some(payload),
-                    })
+                    }))
                 }
-                _ => None,
-            })
-            .collect();
+                FeedFn::Many(derive) => items.extend(derive(item, outcome)),
+            }
+        }
         Some((feed.consumer, items, complete))
     }
 
@@ -1257,6 +1302,68 @@ mod tests {
             .collect();
         assert_eq!(fed, ["first", "late"]);
         assert_eq!(s.progress().open, 0);
+    }
+
+    /// A producer result `text` becomes one item `<id>/<k>` per character of `text`.
+    fn per_char() -> DeriveMany {
+        Box::new(|item, outcome| match outcome {
+            Outcome::Generate(g) => g
+                .predict
+                .chars()
+                .enumerate()
+                .map(|(k, c)| pb::WorkItem {
+                    item_id: format!("{}/{k}", item.item_id),
+                    payload: Some(pb::work_item::Payload::Reward(pb::RewardItem {
+                        text: c.to_string(),
+                    })),
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    #[test]
+    fn feed_many_expands_each_result_and_preloaded_results_feed_too() {
+        let now = Instant::now();
+        let mut s = sched(3);
+        let c = s.add_streaming_task(streaming("c", 0)).unwrap();
+        s.feed_many(0, c, per_char()).unwrap();
+        // A journaled result, as on resume: its items exist at once, before any lease.
+        let kept = Outcome::Generate(pb::GenerateResult {
+            predict: "xy".into(),
+            ..Default::default()
+        });
+        assert_eq!(s.mark_done(0, "1", kept), Ok(true));
+        let fed: Vec<&str> = s.items(c).iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(fed, ["1/0", "1/1"]);
+        let reward = Outcome::Reward(pb::RewardResult::default());
+        assert_eq!(s.mark_done(c, "1/1", reward.clone()), Ok(true));
+        // Batch 2: "1/0" is all the fed task has left; then the producer's remaining items.
+        let a = lease(&mut s, 1, 2, now);
+        assert_eq!((a.task.as_str(), ids(&a)), ("c", vec!["1/0"]));
+        let b = lease(&mut s, 1, 2, now);
+        assert_eq!((b.task.as_str(), ids(&b)), ("t", vec!["0", "2"]));
+        assert_eq!(s.record(ok(&b, "0", "abc")), Recorded::Accepted);
+        // Three new items: a full lease of the fed task while the producer still runs.
+        let d = lease(&mut s, 2, 2, now);
+        assert_eq!((d.task.as_str(), ids(&d)), ("c", vec!["0/0", "0/1"]));
+        // An empty result feeds nothing; the producer completes and closes the input.
+        assert_eq!(s.record(ok(&b, "2", "")), Recorded::Accepted);
+        assert!(s.task_complete(0) && !s.task_complete(c));
+        assert_eq!(s.progress().open, 0);
+        let e = lease(&mut s, 1, 8, now);
+        assert_eq!(ids(&e), ["0/2"]);
+        for (l, i) in [(&a, "1/0"), (&d, "0/0"), (&d, "0/1"), (&e, "0/2")] {
+            let mut res = ok(l, i, "");
+            res.outcome = Some(reward.clone());
+            assert_eq!(s.record(res), Recorded::Accepted);
+        }
+        assert!(s.progress().is_complete());
+        assert_eq!(s.items(c).len(), 5);
+        assert!(matches!(
+            s.feed_many(0, c, per_char()),
+            Err(SchedError::BadFeed { .. })
+        ));
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! standard base64 of the protobuf encoding of an `ItemResult` holding only the outcome. One
 //! encoding for every kind of result (generate, embed, choice, reward, and any added later)
 //! round-trips exactly, floats included, with no per-kind conversion to keep in step.
+//!
+//! Or (format 2) a timing line, `{"task": "step1", "elapsed_s": 12.5}`: the task's generation
+//! time so far, over every run of the job, up to its latest result written above it (see
+//! [`super::writer`]). A resumed run adds the last one to its own time, so `predict_runtime`
+//! covers the whole job. Format-1 journals (no timing lines) are still read.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -19,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use super::fingerprint::Fingerprint;
 
 /// The format version in the header.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
+/// The oldest format this version reads (format 1 has no timing lines).
+const OLDEST_FORMAT: u32 = 1;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Header {
@@ -71,6 +78,13 @@ struct ResultLine {
     result: String,
 }
 
+/// One timing line.
+#[derive(Debug, Serialize, Deserialize)]
+struct ElapsedLine {
+    task: String,
+    elapsed_s: f64,
+}
+
 /// A result read back from the journal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -99,6 +113,37 @@ pub fn push_result(out: &mut Vec<u8>, task: &str, result: &pb::ItemResult) {
     if serde_json::to_writer(&mut *out, &line).is_ok() {
         out.push(b'\n');
     }
+}
+
+/// Appends the timing line of task `task`: `elapsed` of generation over every run so far.
+pub fn push_elapsed(out: &mut Vec<u8>, task: &str, elapsed: std::time::Duration) {
+    let line = ElapsedLine {
+        task: task.to_string(),
+        elapsed_s: elapsed.as_secs_f64(),
+    };
+    if serde_json::to_writer(&mut *out, &line).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// One line after the header.
+enum Line {
+    Result(Entry),
+    Elapsed(String, f64),
+}
+
+/// Parses a result or a timing line (without its newline).
+fn parse_line(line: &[u8]) -> Result<Line, String> {
+    if let Ok(t) = serde_json::from_slice::<ElapsedLine>(line) {
+        if !(t.elapsed_s.is_finite() && t.elapsed_s >= 0.0) {
+            return Err(format!(
+                "task {:?}: elapsed_s {} is not a duration",
+                t.task, t.elapsed_s
+            ));
+        }
+        return Ok(Line::Elapsed(t.task, t.elapsed_s));
+    }
+    parse_result(line).map(Line::Result)
 }
 
 /// Parses one result line (without its newline); the error says what is wrong.
@@ -138,6 +183,8 @@ fn kind(outcome: &Outcome) -> &'static str {
 pub struct Contents {
     pub header: Header,
     pub entries: Vec<Entry>,
+    /// Each task's largest timing line: its generation time over every earlier run.
+    pub elapsed: std::collections::BTreeMap<String, std::time::Duration>,
     /// Length of the valid prefix; bytes after it are a torn tail to cut before appending.
     pub valid_len: u64,
 }
@@ -153,26 +200,34 @@ pub fn parse(bytes: &[u8]) -> Result<Contents, String> {
         .ok_or("line 1: no complete header line")?;
     let header: Header = serde_json::from_slice(&bytes[..header_end])
         .map_err(|e| format!("line 1: not an evalfleet journal header: {e}"))?;
-    if header.evalfleet_journal != FORMAT {
+    if !(OLDEST_FORMAT..=FORMAT).contains(&header.evalfleet_journal) {
         return Err(format!(
-            "line 1: journal format {} (this evalfleet reads format {FORMAT})",
+            "line 1: journal format {} (this evalfleet reads formats {OLDEST_FORMAT} to {FORMAT})",
             header.evalfleet_journal
         ));
     }
     let mut entries = Vec::new();
+    let mut elapsed = std::collections::BTreeMap::new();
     let mut offset = header_end + 1;
     let mut first_bad: Option<(usize, usize, String)> = None;
     for (n, line) in bytes[offset..].split_inclusive(|&b| b == b'\n').enumerate() {
         let line_no = n + 2;
         let complete = line.ends_with(b"\n");
         let parsed = if complete {
-            parse_result(&line[..line.len() - 1])
+            parse_line(&line[..line.len() - 1])
         } else {
             Err("cut off (no newline)".to_string())
         };
         match (parsed, &first_bad) {
-            (Ok(entry), None) => {
-                entries.push(entry);
+            (Ok(parsed), None) => {
+                match parsed {
+                    Line::Result(entry) => entries.push(entry),
+                    Line::Elapsed(task, secs) => {
+                        let secs = std::time::Duration::from_secs_f64(secs);
+                        let e = elapsed.entry(task).or_default();
+                        *e = secs.max(*e);
+                    }
+                }
                 offset += line.len();
             }
             (Ok(_), Some((bad_line, _, why))) => {
@@ -185,6 +240,7 @@ pub fn parse(bytes: &[u8]) -> Result<Contents, String> {
     Ok(Contents {
         header,
         entries,
+        elapsed,
         valid_len: offset as u64,
     })
 }
@@ -254,6 +310,42 @@ mod tests {
             ("e", &embed.outcome.unwrap())
         );
         assert_eq!(c.entries[2].outcome, choice.outcome.unwrap());
+    }
+
+    #[test]
+    fn timing_lines_keep_each_tasks_largest_and_format_1_is_still_read() {
+        use std::time::Duration;
+        let mut bytes = journal(&[generate("0", "a")]);
+        push_elapsed(&mut bytes, "step1", Duration::from_millis(2500));
+        push_elapsed(&mut bytes, "step2", Duration::from_millis(700));
+        // Written out of order by two threads: the largest counts.
+        push_elapsed(&mut bytes, "step1", Duration::from_millis(2400));
+        bytes.extend(
+            journal(&[generate("1", "b")])
+                .split(|&b| b == b'\n')
+                .nth(1)
+                .unwrap(),
+        );
+        bytes.push(b'\n');
+        let c = parse(&bytes).unwrap();
+        assert_eq!(c.entries.len(), 2);
+        assert_eq!(c.elapsed["step1"], Duration::from_millis(2500));
+        assert_eq!(c.elapsed["step2"], Duration::from_millis(700));
+        assert!(
+            String::from_utf8_lossy(&bytes).contains(r#"{"task":"step1","elapsed_s":2.5}"#),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+
+        let text = String::from_utf8(bytes).unwrap();
+        let old = text.replacen(r#""evalfleet_journal":2"#, r#""evalfleet_journal":1"#, 1);
+        assert_eq!(parse(old.as_bytes()).unwrap().entries.len(), 2);
+        let future = text.replacen(r#""evalfleet_journal":2"#, r#""evalfleet_journal":3"#, 1);
+        let err = parse(future.as_bytes()).unwrap_err();
+        assert!(err.contains("journal format 3"), "{err}");
+        let negative = text.replacen(r#""elapsed_s":0.7"#, r#""elapsed_s":-1.0"#, 1);
+        let err = parse(negative.as_bytes()).unwrap_err();
+        assert!(err.contains("is not a duration"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,15 @@
 //!
 //! Failed items (every attempt failed) are not journaled: a resumed run tries them again.
 //!
+//! Fed tasks ([`crate::sched`]'s feeds, e.g. step 2 chained on step 1, step 4's reward items fed
+//! from its generations) share one journal with their producer: on resume the producer's results
+//! are marked done first, which re-creates the fed items they made, then the fed items' own
+//! results are marked (so a resume knows which fed items exist without storing them).
+//!
+//! Timing: the journal also keeps each task's generation time up to its latest result (see
+//! [`writer`]), and [`Journal::prior_elapsed`] gives a resumed run the time of the earlier runs,
+//! so that `predict_runtime` and the per-second figures cover the whole job.
+//!
 //! ## Using it from a step driver (step 1 and 2 do exactly this; step 3/4 drivers can too)
 //!
 //! ```ignore
@@ -42,12 +51,13 @@ pub mod writer;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 pub use fingerprint::Fingerprint;
 use lines::{Entry, Header};
-use writer::{Msg, Writer};
+use writer::{Msg, Timing, Writer};
 
 use crate::output;
 use crate::rpc::ResultSink;
@@ -98,6 +108,8 @@ pub struct Journal {
     writer: Mutex<Option<Writer>>,
     /// Results appended by this run (known once writing has finished).
     appended: Mutex<Option<u64>>,
+    /// The earlier runs' generation times and this run's clock (see [`writer`]).
+    timing: Arc<Timing>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -136,7 +148,7 @@ impl Journal {
             }
             other => other,
         };
-        let entries = match existing {
+        let (entries, prior) = match existing {
             Some(bytes) => Self::resume(&path, &fp, &bytes)?,
             None => {
                 let header = Header::new(step, &fp).to_line();
@@ -144,11 +156,15 @@ impl Journal {
                     path: path.clone(),
                     source: std::io::Error::other(e.to_string()),
                 })?;
-                Vec::new()
+                Default::default()
             }
         };
+        let timing = Arc::new(Timing {
+            clock: Mutex::new(None),
+            prior,
+        });
         let file = OpenOptions::new().append(true).open(&path).map_err(io)?;
-        let writer = Writer::spawn(file, path.clone()).map_err(io)?;
+        let writer = Writer::spawn(file, path.clone(), timing.clone()).map_err(io)?;
         Ok(Journal {
             path,
             step: step.to_string(),
@@ -156,11 +172,13 @@ impl Journal {
             loaded: Mutex::new(entries),
             writer: Mutex::new(Some(writer)),
             appended: Mutex::new(None),
+            timing,
         })
     }
 
-    /// Checks an existing journal against `fp`, cuts a torn tail, returns its results.
-    fn resume(path: &Path, fp: &Fingerprint, bytes: &[u8]) -> Result<Vec<Entry>, JournalError> {
+    /// Checks an existing journal against `fp`, cuts a torn tail, returns its results and each
+    /// task's generation time so far.
+    fn resume(path: &Path, fp: &Fingerprint, bytes: &[u8]) -> Result<Resumed, JournalError> {
         let contents = lines::parse(bytes).map_err(|message| JournalError::Damaged {
             path: path.to_path_buf(),
             message,
@@ -187,7 +205,7 @@ impl Journal {
                 source,
             })?;
         }
-        Ok(contents.entries)
+        Ok((contents.entries, contents.elapsed))
     }
 
     /// Opens the journal of `step` under `output_dir` for `tasks` (restarting it if
@@ -214,9 +232,13 @@ impl Journal {
     }
 
     /// Marks every result read from disk as done in `sched` (whose tasks must be those the
-    /// journal was opened for). Returns how many; a second call marks nothing.
+    /// journal was opened for), in task order: a producer's results first, so that the items
+    /// they feed exist when their own results are marked. Returns how many; a second call marks
+    /// nothing.
     pub fn preload(&self, sched: &mut Scheduler) -> Result<usize, JournalError> {
-        let entries = std::mem::take(&mut *lock(&self.loaded));
+        let mut entries = std::mem::take(&mut *lock(&self.loaded));
+        // Stable: each task's results keep their order. Unknown tasks sort last (and fail).
+        entries.sort_by_key(|e| sched.task_index(&e.task).unwrap_or(usize::MAX));
         let mut marked = 0;
         for e in entries {
             let bad = |message: String| JournalError::BadEntry {
@@ -254,9 +276,31 @@ impl Journal {
         Box::new(move |task, result| {
             if let Some(tx) = &tx {
                 // Fails only once writing has finished or failed (already reported).
-                let _ = tx.send(Msg::Result(task, result));
+                let _ = tx.send(Msg::Result(task, result, Instant::now()));
             }
         })
+    }
+
+    /// Sets this run's clock: when generation started (the fleet's first `ModelReady`), for the
+    /// timing lines. Until it is set, and after writing ends, none are written.
+    pub fn set_clock(&self, clock: impl Fn() -> Option<Instant> + Send + Sync + 'static) {
+        *lock(&self.timing.clock) = Some(Box::new(clock));
+    }
+
+    /// Generation time of the earlier runs of this job: the largest of any task's (the whole
+    /// fleet's, up to its last result); zero for a new journal.
+    pub fn prior_elapsed(&self) -> Duration {
+        self.timing
+            .prior
+            .values()
+            .copied()
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Generation time of task `task` in the earlier runs, up to its last result.
+    pub fn prior_elapsed_of(&self, task: &str) -> Duration {
+        self.timing.prior.get(task).copied().unwrap_or_default()
     }
 
     /// Writes and syncs everything received, then stops writing (later results are not kept).
@@ -265,7 +309,10 @@ impl Journal {
         let Some(writer) = lock(&self.writer).take() else {
             return Ok(lock(&self.appended).unwrap_or(0));
         };
-        let n = writer.finish().map_err(|source| JournalError::Io {
+        let n = writer.finish();
+        // The clock may hold the fleet: let it go with the writer.
+        lock(&self.timing.clock).take();
+        let n = n.map_err(|source| JournalError::Io {
             path: self.path.clone(),
             source,
         })?;
@@ -298,6 +345,19 @@ impl Journal {
         Ok(())
     }
 }
+
+impl Drop for Journal {
+    /// A driver that returns early (an error) without finishing still flushes what it received
+    /// and ends the writer thread.
+    fn drop(&mut self) {
+        if let Err(e) = self.finish_writing() {
+            warn!("{e}");
+        }
+    }
+}
+
+/// A journal's results and each task's generation time, as read on opening.
+type Resumed = (Vec<Entry>, std::collections::BTreeMap<String, Duration>);
 
 /// "its generation differs (journal: …; now: …)", every differing part named.
 fn describe_differences(on_disk: &Fingerprint, now: &Fingerprint) -> String {

@@ -1,7 +1,7 @@
 //! Journal lifecycle: a new journal, results appended and read back into a scheduler on reopen,
 //! a torn tail cut, another job refused (naming what differs), `--restart`, completion.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
@@ -168,4 +168,97 @@ fn complete_deletes_the_journal_and_its_empty_folder() {
     );
     other.complete().unwrap();
     assert!(!dir.path().join(JOURNAL_DIR).exists());
+}
+
+#[test]
+fn timing_lines_give_a_resumed_run_the_earlier_runs_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(8, 4);
+    let before = Instant::now();
+    // This run's generation "started" 5 s ago: every result arrives at least 5 s into it.
+    let start = before
+        .checked_sub(Duration::from_secs(5))
+        .expect("a clock 5 s back");
+    let j = Journal::open(dir.path(), "step1", std::slice::from_ref(&t), false).unwrap();
+    assert_eq!(j.prior_elapsed(), Duration::ZERO);
+    j.set_clock(move || Some(start));
+    j.sink()("step1".into(), result(0));
+    j.sink()("step1".into(), result(2));
+    j.finish_writing().unwrap();
+    let took = before.elapsed();
+
+    let again = Journal::open(dir.path(), "step1", std::slice::from_ref(&t), false).unwrap();
+    let prior = again.prior_elapsed_of("step1");
+    assert!(
+        prior >= Duration::from_secs(5) && prior <= Duration::from_secs(5) + took,
+        "{prior:?}"
+    );
+    assert_eq!(again.prior_elapsed(), prior);
+    assert_eq!(again.prior_elapsed_of("step2"), Duration::ZERO);
+    assert_eq!(again.loaded_count(), 2, "timing lines are not results");
+
+    // The resumed run adds to it: its own 1 s on top of the earlier runs' time.
+    let start = Instant::now()
+        .checked_sub(Duration::from_secs(1))
+        .expect("a clock 1 s back");
+    again.set_clock(move || Some(start));
+    again.sink()("step1".into(), result(1));
+    again.finish_writing().unwrap();
+    let third = Journal::open(dir.path(), "step1", std::slice::from_ref(&t), false).unwrap();
+    assert!(
+        third.prior_elapsed() >= prior + Duration::from_secs(1),
+        "{:?}",
+        third.prior_elapsed()
+    );
+    // Without a clock (no fleet), results are kept but no time is added.
+    third.sink()("step1".into(), result(3));
+    third.finish_writing().unwrap();
+    let fourth = Journal::open(dir.path(), "step1", std::slice::from_ref(&t), false).unwrap();
+    assert_eq!(fourth.prior_elapsed(), third.prior_elapsed());
+    assert_eq!(fourth.loaded_count(), 4);
+}
+
+#[test]
+fn fed_results_are_marked_after_their_producers_whatever_their_order_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let producer = task(8, 2);
+    let consumer = TaskSpec {
+        name: "step2".into(),
+        template: pb::Lease::default(),
+        items: Vec::new(),
+    };
+    let tasks = [producer.clone(), consumer.clone()];
+    let embed = |item: usize| pb::ItemResult {
+        lease_id: 2,
+        item_id: item.to_string(),
+        outcome: Some(Outcome::Embed(pb::EmbedResult { score: 0.5 })),
+    };
+    let j = Journal::open(dir.path(), "chain", &tasks, false).unwrap();
+    let sink = j.sink();
+    // Two gRPC threads may hand the journal a fed result before its producer's.
+    sink("step2".into(), embed(1));
+    sink("step1".into(), result(1));
+    sink("step1".into(), result(0));
+    j.finish_writing().unwrap();
+
+    let j = Journal::open(dir.path(), "chain", &tasks, false).unwrap();
+    let mut s = Scheduler::new(SchedConfig::default());
+    let p = s.add_task(producer).unwrap();
+    let c = s.add_streaming_task(consumer).unwrap();
+    s.feed(
+        p,
+        c,
+        Box::new(|_, _| Some(pb::work_item::Payload::Embed(pb::EmbedItem::default()))),
+    )
+    .unwrap();
+    assert_eq!(j.preload(&mut s).unwrap(), 3);
+    // Both step-1 results fed step 2; item 1's score was kept, item 0 is still to compute.
+    assert!(s.task_complete(p));
+    assert_eq!(s.items(c).len(), 2);
+    assert_eq!(s.progress().done, 3);
+    let Assignment::Lease(lease) = s.request_lease(1, 10, 1, Instant::now()) else {
+        panic!("expected a lease")
+    };
+    assert_eq!((lease.task.as_str(), lease.items.len()), ("step2", 1));
+    assert_eq!(lease.items[0].item_id, "0");
 }

@@ -12,8 +12,12 @@
 //! Workers keep both models (the decoder and the embedder are cached apart), so the interleaved
 //! leases load each model once per worker.
 //!
-//! The chain keeps no result journal (`crate::journal`): a chained run that is stopped starts
-//! over; `evalfleet step1` and `evalfleet step2` run separately resume.
+//! Both steps' results go to one journal (`crate::journal`, [`CHAIN_JOURNAL`] in `output_dir`)
+//! as they arrive: a chained run that is stopped or killed resumes, the same command computing
+//! only the step-1 and step-2 items the journal lacks (the step-2 items of journaled step-1
+//! results are fed again on resume, and those with a journaled score are not recomputed). Step
+//! 1's `predict_runtime` adds step 1's generation time in the earlier runs. The journal is
+//! removed once step 2's files are written.
 
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
@@ -24,6 +28,7 @@ use super::step2::{STEP2_TASK, embed_payload, finish_step2, step2_lease};
 use super::{FleetSetup, RunError, RunningFleet};
 use crate::config::{Step1Config, Step2Config};
 use crate::datasets;
+use crate::journal::Journal;
 use crate::sched::{Derive, Event, ItemOutcome, Scheduler, TaskSpec};
 use crate::step2::{self, Step2Outputs};
 
@@ -40,6 +45,10 @@ pub struct ChainReport {
 pub const STEP1: usize = 0;
 /// Index of step 2's task in the chain's scheduler.
 pub const STEP2: usize = 1;
+/// The name [`step1_task`] gives step 1's task (its timing lines in the journal).
+const STEP1_TASK: &str = "step1";
+/// The chain's journal name (`<output_dir>/.evalfleet-journal/step1+step2.jsonl`).
+pub const CHAIN_JOURNAL: &str = "step1+step2";
 
 /// Whether `step2` can be chained onto `step1`: step 2 scores the files step 1 writes.
 pub fn can_chain(step1: &Step1Config, step2: &Step2Config) -> bool {
@@ -63,19 +72,24 @@ pub async fn run_chain(
     setup.workers = setup.workers.or(cfg1.workers).or(cfg2.workers);
     let yaml_batch = cfg1.batch_size.or(cfg2.batch_size);
     setup.batch_size = setup.batch_size.or(yaml_batch.map(|b| b as u32));
-    let sched = chained_scheduler(&setup, step1_task(cfg1, &samples), cfg2)?;
+    let tasks = [step1_task(cfg1, &samples), step2_stream_task(cfg2)];
+    let journal = Journal::attach(&mut setup, &cfg1.output_dir, CHAIN_JOURNAL, &tasks)?;
+    let sched = chained_scheduler(&setup, tasks)?;
     let mut fleet = RunningFleet::start(sched, &setup, "step1+step2").await?;
-    let result = run_steps(&mut fleet, cfg1, cfg2).await;
+    let result = run_steps(&mut fleet, &journal, cfg1, cfg2).await;
     fleet.stop(result.is_ok()).await;
     let (step1, step2) = match result {
         Ok(steps) => steps,
-        // Adds what an interruption saved (nothing: the chain keeps no journal) to the error.
+        // Flushes the journal and adds what an interruption saved to the error.
         Err(e) => {
             return fleet
                 .journal_stopped(Err(e))
                 .map(|()| unreachable!("still an error"));
         }
     };
+    // Logs how many results were computed and how many came from the journal.
+    fleet.journal_stopped(Ok(()))?;
+    journal.complete()?;
     let timeline = fleet.fleet().with_sched(|s| s.timeline().to_vec());
     Ok(ChainReport {
         step1,
@@ -84,19 +98,24 @@ pub async fn run_chain(
     })
 }
 
-/// A scheduler with step 1's task and a streaming step-2 task fed from it.
-fn chained_scheduler(
-    setup: &FleetSetup,
-    step1: TaskSpec,
-    cfg2: &Step2Config,
-) -> Result<Scheduler, RunError> {
-    let mut sched = Scheduler::new(setup.options.sched.clone());
-    let producer = sched.add_task(step1)?;
-    let consumer = sched.add_streaming_task(TaskSpec {
+/// Step 2's task in the chain: no items until step 1's results feed it.
+fn step2_stream_task(cfg2: &Step2Config) -> TaskSpec {
+    TaskSpec {
         name: STEP2_TASK.into(),
         template: step2_lease(cfg2),
         items: Vec::new(),
-    })?;
+    }
+}
+
+/// A scheduler with step 1's task and the streaming step-2 task fed from it.
+fn chained_scheduler(
+    setup: &FleetSetup,
+    [step1, step2]: [TaskSpec; 2],
+) -> Result<Scheduler, RunError> {
+    let mut sched = Scheduler::new(setup.options.sched.clone());
+    debug_assert_eq!(step1.name, STEP1_TASK);
+    let producer = sched.add_task(step1)?;
+    let consumer = sched.add_streaming_task(step2)?;
     debug_assert_eq!((producer, consumer), (STEP1, STEP2));
     sched.feed(producer, consumer, embed_from_generate())?;
     Ok(sched)
@@ -114,11 +133,13 @@ fn embed_from_generate() -> Derive {
 /// Waits for step 1, writes its files, waits for step 2, merges its scores.
 async fn run_steps(
     fleet: &mut RunningFleet,
+    journal: &Journal,
     cfg1: &Step1Config,
     cfg2: &Step2Config,
 ) -> Result<(Step1Report, Step2Outputs), RunError> {
     fleet.wait_until(|s| s.task_complete(STEP1)).await?;
-    let elapsed = fleet.elapsed();
+    // Step 1's own time: this run's, plus step 1's in the runs before (not step 2's after it).
+    let elapsed = fleet.run_elapsed() + journal.prior_elapsed_of(STEP1_TASK);
     let (outcomes, step2_done, step2_total) = fleet.fleet().with_sched(|s| {
         let outcomes: Vec<ItemOutcome> = s.outcomes(STEP1).iter().flatten().cloned().collect();
         let done = s.outcomes(STEP2).iter().flatten().count();

@@ -118,6 +118,8 @@ impl RunningFleet {
         let fleet = Fleet::new(options, sched);
         if let Some(journal) = &setup.journal {
             fleet.set_result_sink(journal.sink());
+            let clock = fleet.clone();
+            journal.set_clock(move || clock.model_ready_at().or_else(|| clock.first_lease_at()));
         }
         let token = match setup.listen {
             Some(_) => local::read_token(setup.token_file.as_deref())?,
@@ -216,10 +218,18 @@ impl RunningFleet {
         }
     }
 
-    /// The generation phase so far, as HF's predict_runtime (model already loaded): from the
-    /// first moment a worker had its model loaded (`ModelReady`) until now. Falls back to the
-    /// first lease for workers that never report it, then to the start.
+    /// The generation phase so far, as HF's predict_runtime (model already loaded): this run's
+    /// ([`RunningFleet::run_elapsed`]) plus, on resume, the earlier runs' from the journal
+    /// ([`Journal::prior_elapsed`]), so that a resumed job's runtime covers all of it.
     pub fn elapsed(&self) -> Duration {
+        let prior = self.journal.as_ref().map(|j| j.prior_elapsed());
+        self.run_elapsed() + prior.unwrap_or_default()
+    }
+
+    /// This run's generation phase so far: from the first moment a worker had its model loaded
+    /// (`ModelReady`) until now. Falls back to the first lease for workers that never report
+    /// it, then to the start.
+    pub fn run_elapsed(&self) -> Duration {
         self.fleet
             .model_ready_at()
             .or_else(|| self.fleet.first_lease_at())

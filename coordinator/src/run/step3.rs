@@ -5,6 +5,11 @@
 //! table into `<save_dir>/<task>/` (removed first, as the original tool did) and prints
 //! results.log to stdout, as LLaMA-Factory's evaluator does.
 //!
+//! Every question's probabilities are journaled as they arrive (`crate::journal`,
+//! [`STEP3_JOURNAL`] under `save_dir`): a stopped or killed run resumes, the same command scoring
+//! only the questions the journal lacks. The journal is removed once every task's files are
+//! written. Without `save_dir` nothing is written, so nothing is journaled either.
+//!
 //! ## Queue order and shared prefixes
 //!
 //! A lease is a run of consecutive queued items, and a worker computes the keys and values of an
@@ -24,8 +29,12 @@ use tracing::info;
 use super::step1::model_spec;
 use super::{FleetSetup, RunError, run_fleet};
 use crate::config::{Step3Config, Step3Task};
+use crate::journal::Journal;
 use crate::sched::{ItemOutcome, TaskSpec};
 use crate::step3::{ItemResult, PlanOptions, Step3Error, TaskPlan, TaskResults, plan_task};
+
+/// The journal's name (`<save_dir>/.evalfleet-journal/step3.jsonl`).
+pub const STEP3_JOURNAL: &str = "step3";
 
 /// LF's `encode_oneturn` default `cutoff_len`: no truncation for any real prompt.
 const NO_CUTOFF: u32 = 1_000_000;
@@ -70,6 +79,14 @@ pub async fn run_step3(
                 .collect()
         })
         .collect();
+    // Opened before anything is removed: a journal of another job stops the run first.
+    let journal = match &cfg.save_dir {
+        Some(dir) => Some(Journal::attach(&mut setup, dir, STEP3_JOURNAL, &tasks)?),
+        None => {
+            info!("step3: no save_dir, so no journal: a stopped run starts over");
+            None
+        }
+    };
     if let Some(save_dir) = &cfg.save_dir {
         for (task, _) in &planned {
             remove_previous(&save_dir.join(&task.name))?;
@@ -91,6 +108,9 @@ pub async fn run_step3(
             log,
             files,
         });
+    }
+    if let Some(journal) = journal {
+        journal.complete()?;
     }
     Ok(reports)
 }
@@ -200,7 +220,7 @@ pub fn queue_order(plan: &TaskPlan, prefix_pairs: usize) -> Vec<(usize, usize)> 
 
 /// Every question's probabilities in plan order (`order[k]` is the plan index of `outcomes[k]`),
 /// or an error naming the questions (`subject/index`) that failed.
-fn choice_results(
+pub(crate) fn choice_results(
     plan: &TaskPlan,
     order: &[usize],
     outcomes: Vec<ItemOutcome>,

@@ -11,8 +11,9 @@
 #       Qwen2.5-0.5B-shaped bf16 model created here, the same random prompt ids (256 tokens),
 #       128 new tokens, batch 1 and 32: tokens/s of both and the ratio;
 #   (e) prefill throughput (last-position logits only, as multiple-choice scoring does).
-# (b) NCCL at world size 1 and (c) in-process tensor parallelism run when the worker binary offers
-# them (`evalfleet-bench tp-check`), else they are reported as not available in this build.
+#   (b) NCCL at world size 1 and (c) tensor parallelism over in-process ranks on the one GPU
+#       (`evalfleet-bench tp-check`: logits and greedy tokens against the unsplit model);
+#   (p) a profile of generation and prefill by model span (PROFILE=0 skips it).
 #
 # Every part runs under `timeout`; the whole script stays under ~6 minutes. Everything printed is
 # also written to $OUT/device-check.txt (OUT defaults to out/device-check). DRY_RUN=1 runs the
@@ -254,11 +255,34 @@ EOF
 fi
 
 # ---------------------------------------------------------------------------------------------
-say "(b)/(c) NCCL world size 1, in-process tensor parallel"
-if "$EF" --help 2>/dev/null | grep -q tp-check; then
-  guard 90 "$EF" tp-check --model "$FIX/tiny-qwen2/model" --device "$DEVICE" | tee -a "$SUMMARY"
-else
-  echo "not in this build (no tp-check subcommand)"
+say "(b)/(c) NCCL world size 1, in-process tensor parallel on one device"
+# tp-check prints one JSON line per check: NCCL primitives and the model through an NCCL
+# communicator at world size 1 (b), and the model split over 2 in-process ranks vs unsplit (c).
+for arch in llama qwen2; do
+  for dt in f32 bf16; do
+    echo "--- tiny-$arch $dt"
+    guard 90 "$EF" tp-check --model "$FIX/tiny-$arch/model" --device "$DEVICE" --dtype "$dt" --worlds 2 \
+      | tee -a "$SUMMARY"
+  done
+done
+if [[ $GEN_OK == 1 ]]; then
+  echo "--- random Qwen2.5-0.5B-shaped model, bf16"
+  guard 120 "$EF" tp-check --model "$MODEL" --device "$DEVICE" --dtype bf16 --worlds 2 --new-tokens 8 \
+    | tee -a "$SUMMARY"
+fi
+
+# ---------------------------------------------------------------------------------------------
+if [[ $GEN_OK == 1 && "${PROFILE:-1}" == 1 ]]; then
+  say "(p) where the time goes: model spans (host launch time; then GPU time with CUDA_LAUNCH_BLOCKING=1)"
+  for blocking in 0 1; do
+    echo "--- CUDA_LAUNCH_BLOCKING=$blocking"
+    CUDA_LAUNCH_BLOCKING=$blocking EVALFLEET_PROFILE=1 RUST_LOG=evalfleet_worker::engine=debug guard 90 \
+      "$EF" generate --model "$MODEL" --prompt-ids "$WORK/ids32.json" --batch-size 32 --new-tokens 32 \
+      --device "$DEVICE" --dtype bf16 --warmup 2>&1 | grep -E 'batch done|profile|tokens_per_second' | tail -n 4
+    CUDA_LAUNCH_BLOCKING=$blocking EVALFLEET_PROFILE=1 guard 60 "$EF" score-prefill --model "$MODEL" \
+      --prompt-ids "$WORK/ids32.json" --batch-size 32 --device "$DEVICE" --dtype bf16 --warmup 2>&1 \
+      | grep -E 'profile|tokens_per_second'
+  done
 fi
 
 say "summary (card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo none))"

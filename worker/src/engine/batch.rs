@@ -2,7 +2,7 @@
 //! `cumsum(attention_mask) - 1`), the key mask over past and current columns, and rows leaving
 //! the batch as they finish.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -80,18 +80,35 @@ pub(super) fn run<D: Decoder>(
         })
         .collect();
 
+    // Where the time goes, for the debug log: queueing the forward passes (on a GPU this is the
+    // host's launch cost), waiting for and fetching the logits, and sampling on the CPU.
+    let mut times = StepTimes::default();
     let mut cache = decoder.new_cache();
-    let mut logits = decoder.forward(
-        &prefill_input(&rows, width, decoder.device())?,
-        &mut cache,
-        LogitsAt::Last,
-    )?;
+    let mut logits = times.forward(|| {
+        decoder.forward(
+            &prefill_input(&rows, width, decoder.device())?,
+            &mut cache,
+            LogitsAt::Last,
+        )
+    })?;
     let mut new_tokens = 0usize;
     loop {
-        let (mut scores, width) = row_logits(&logits, rows.len())?;
-        for (row, scores) in rows.iter_mut().zip(scores.chunks_mut(width.max(1))) {
-            let token = row.sampler.next_token(scores);
-            row.generated.push(token);
+        match times.fetch(|| device_greedy(&logits, &rows))? {
+            Some(tokens) => {
+                for (row, token) in rows.iter_mut().zip(tokens) {
+                    row.sampler.observe(token);
+                    row.generated.push(token);
+                }
+            }
+            None => {
+                let (mut scores, width) = times.fetch(|| row_logits(&logits, rows.len()))?;
+                let sampling = Instant::now();
+                for (row, scores) in rows.iter_mut().zip(scores.chunks_mut(width.max(1))) {
+                    let token = row.sampler.next_token(scores);
+                    row.generated.push(token);
+                }
+                times.sample += sampling.elapsed();
+            }
         }
         new_tokens += rows.len();
         let before = rows.len();
@@ -107,11 +124,13 @@ pub(super) fn run<D: Decoder>(
             r.slot = slot;
             r.mask.push(1);
         });
-        logits = decoder.forward(
-            &step_input(&rows, decoder.device())?,
-            &mut cache,
-            LogitsAt::Last,
-        )?;
+        logits = times.forward(|| {
+            decoder.forward(
+                &step_input(&rows, decoder.device())?,
+                &mut cache,
+                LogitsAt::Last,
+            )
+        })?;
     }
     let secs = started.elapsed().as_secs_f64();
     tracing::debug!(
@@ -120,9 +139,36 @@ pub(super) fn run<D: Decoder>(
         new_tokens,
         secs,
         tokens_per_s = new_tokens as f64 / secs.max(1e-9),
+        forward_s = times.forward.as_secs_f64(),
+        fetch_s = times.fetch.as_secs_f64(),
+        sample_s = times.sample.as_secs_f64(),
         "batch done"
     );
     Ok(())
+}
+
+/// Time spent in the three phases of a decode step (see [`run`]).
+#[derive(Debug, Default)]
+struct StepTimes {
+    forward: Duration,
+    fetch: Duration,
+    sample: Duration,
+}
+
+impl StepTimes {
+    fn forward<T>(&mut self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let out = f();
+        self.forward += t.elapsed();
+        out
+    }
+
+    fn fetch<T>(&mut self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let out = f();
+        self.fetch += t.elapsed();
+        out
+    }
 }
 
 /// Reports and removes the rows that just finished.
@@ -186,6 +232,52 @@ fn key_mask(rows: &[Row], device: &Device) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::from_vec(flat, (rows.len(), columns), device)?))
 }
 
+/// On a GPU, when every row decodes greedily without a repetition penalty: each row's first
+/// maximum, found on the device, so only one id per row crosses to the host instead of the whole
+/// vocabulary's logits. `None` (use the host path) on the CPU, for sampling or penalised rows, and
+/// when a row holds NaN or an infinity (the host path's `remove_inf_nan` decides those).
+///
+/// The first maximum is `vocab - max((logits == row max) * (vocab - index))`: candle's argmax
+/// kernel does not promise the first index among equal values, and bf16 logits tie often.
+fn device_greedy(logits: &Tensor, rows: &[Row]) -> Result<Option<Vec<u32>>> {
+    let plain_greedy =
+        |r: &Row| r.request.sampling.is_greedy() && r.request.sampling.repetition_penalty == 1.0;
+    if logits.device().is_cpu() || !rows.iter().all(plain_greedy) {
+        return Ok(None);
+    }
+    let vocab = logits.dim(candle_core::D::Minus1)?;
+    let x = logits.to_dtype(DType::F32)?.reshape((rows.len(), vocab))?;
+    let max = x.max_keepdim(1)?;
+    let finite_max: Vec<f32> = max.flatten_all()?.to_vec1()?;
+    // NaN never wins a comparison, so a NaN row could hide behind a finite max: count them too.
+    let nans = x
+        .ne(&x)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    if nans > 0.0 || finite_max.iter().any(|m| !m.is_finite()) {
+        return Ok(None);
+    }
+    Ok(Some(first_argmax(&x, &max)?))
+}
+
+/// Each row's index of its first maximum, for `x` `(rows, vocab)` f32 and its row maxima `max`
+/// `(rows, 1)`, computed on `x`'s device (see [`device_greedy`]).
+fn first_argmax(x: &Tensor, max: &Tensor) -> Result<Vec<u32>> {
+    let vocab = x.dim(1)?;
+    let rank = Tensor::arange(0u32, vocab as u32, x.device())?
+        .to_dtype(DType::F32)?
+        .affine(-1.0, vocab as f64)?;
+    let first = x
+        .broadcast_eq(max)?
+        .to_dtype(DType::F32)?
+        .broadcast_mul(&rank)?
+        .max_keepdim(1)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(first.iter().map(|&r| (vocab as f32 - r) as u32).collect())
+}
+
 /// The `(rows, 1, vocab)` logits as one flat f32 vector on the CPU, row after row, and the
 /// width of a row.
 fn row_logits(logits: &Tensor, rows: usize) -> Result<(Vec<f32>, usize)> {
@@ -202,4 +294,26 @@ fn row_logits(logits: &Tensor, rows: usize) -> Result<(Vec<f32>, usize)> {
         .to_device(&Device::Cpu)?
         .flatten_all()?;
     Ok((flat.to_vec1::<f32>()?, width))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sampling::argmax;
+
+    #[test]
+    fn first_argmax_on_a_device_matches_the_host_argmax_with_ties() {
+        let rows: [&[f32]; 4] = [
+            &[1.0, 3.0, 3.0, 2.0],
+            &[5.0, 1.0, 5.0, 5.0],
+            &[-1.0, -2.0, -3.0, -1.0],
+            &[0.0, 0.0, 0.0, 7.5],
+        ];
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        let x = Tensor::from_vec(flat, (4, 4), &Device::Cpu).unwrap();
+        let max = x.max_keepdim(1).unwrap();
+        let want: Vec<u32> = rows.iter().map(|r| argmax(r)).collect();
+        assert_eq!(want, vec![1, 0, 0, 3]);
+        assert_eq!(first_argmax(&x, &max).unwrap(), want);
+    }
 }

@@ -475,6 +475,7 @@ impl LoadedEntry {
         let opts = LoadOptions {
             device: device.clone(),
             dtype: parse_dtype(&spec.dtype)?,
+            ..LoadOptions::default()
         };
         let model = load_causal_lm(path, &adapters, &opts)?;
         // LLaMA-Factory loads the tokenizer from the base model, never from the adapter.

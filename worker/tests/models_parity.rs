@@ -57,6 +57,7 @@ fn load(fx: &Fixture, adapters: &[&str]) -> LoadedModel {
     let opts = LoadOptions {
         device: Device::Cpu,
         dtype: DTypeChoice::Auto,
+        ..LoadOptions::default()
     };
     load_causal_lm(&fx.dir.join("model"), &adapters, &opts).unwrap()
 }
@@ -222,6 +223,7 @@ fn bf16_weights_stay_close_to_f32() {
     let opts = LoadOptions {
         device: Device::Cpu,
         dtype: DTypeChoice::BF16,
+        ..LoadOptions::default()
     };
     let model = load_causal_lm(&fx.dir.join("model"), &[], &opts).unwrap();
     let n = fx.single.len();
@@ -304,6 +306,7 @@ fn check_qwen2_gguf(dtype: DTypeChoice) {
     let opts = LoadOptions {
         device: Device::Cpu,
         dtype,
+        ..LoadOptions::default()
     };
     let model = load_causal_lm(&fx.dir.join("model.gguf"), &[], &opts).unwrap();
     assert_eq!(model.source_kind(), SourceKind::Gguf);

@@ -34,6 +34,7 @@ fn tiny(arch: &str) -> LoadedModel {
     let opts = LoadOptions {
         device: Device::Cpu,
         dtype: DTypeChoice::F32,
+        ..LoadOptions::default()
     };
     load_causal_lm(&dir, &[], &opts).expect("tiny model loads")
 }

@@ -286,7 +286,11 @@ fn load(args: &ModelArgs) -> anyhow::Result<(LoadedModel, f64)> {
         DTypeArg::Bf16 => DTypeChoice::BF16,
     };
     let start = Instant::now();
-    let model = load_causal_lm(&args.model, &[], &LoadOptions { device, dtype })
+    let model = load_causal_lm(&args.model, &[], &LoadOptions {
+        device,
+        dtype,
+        ..LoadOptions::default()
+    })
         .with_context(|| format!("loading {}", args.model.display()))?;
     synchronize(model.device())?;
     Ok((model, start.elapsed().as_secs_f64()))

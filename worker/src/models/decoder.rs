@@ -13,6 +13,7 @@ use super::config::DecoderConfig;
 use super::linear::{Linear, Weight};
 use super::mask::attention_mask;
 use super::rope::Rope;
+use super::shard::{RowLinear, Split, TpGroup};
 use super::{ForwardInput, LogitsAt};
 use crate::{Error, Result};
 
@@ -21,27 +22,31 @@ use crate::{Error, Result};
 pub(crate) trait WeightSource {
     /// A dense tensor in the compute dtype (embeddings, norm weights, biases).
     fn tensor(&mut self, name: &str) -> Result<Tensor>;
-    /// The weight of linear layer `prefix` (`{prefix}.weight`).
-    fn linear_weight(&mut self, prefix: &str) -> Result<Weight>;
+    /// This rank's `split` of the weight of linear layer `prefix` (`{prefix}.weight`), cut
+    /// after any LoRA delta is merged into the full matrix.
+    fn linear_weight(&mut self, prefix: &str, split: Split) -> Result<Weight>;
     /// The LM head: `lm_head.weight`, or the embedding matrix when tied or absent.
     fn lm_head(&mut self, tied: bool) -> Result<Weight>;
     fn device(&self) -> &Device;
     fn dtype(&self) -> DType;
 }
 
-fn linear(
+/// A row-parallel layer (o_proj, down_proj): this rank's input columns, the bias whole (it is
+/// added once, after the all-reduce).
+fn row_linear(
     ws: &mut dyn WeightSource,
     prefix: &str,
     bias: bool,
+    tp: &TpGroup,
     name: &'static str,
-) -> Result<Linear> {
-    let w = ws.linear_weight(prefix)?;
+) -> Result<RowLinear> {
+    let w = ws.linear_weight(prefix, tp.cols())?;
     let b = if bias {
         Some(ws.tensor(&format!("{prefix}.bias"))?)
     } else {
         None
     };
-    Linear::new(w, b, name)
+    RowLinear::new(w, b, tp, name)
 }
 
 /// Projections that read the same input: fused into one matmul when the weights allow it.
@@ -52,21 +57,25 @@ enum Proj {
 }
 
 impl Proj {
+    /// Column-parallel parts: each part's weight and bias cut by `split` (this rank's output
+    /// rows), then fused per rank.
     fn load(
         ws: &mut dyn WeightSource,
         prefixes: &[String],
         bias: bool,
+        split: Split,
         names: &[&'static str],
         fused_name: &'static str,
     ) -> Result<Self> {
         let mut parts = Vec::with_capacity(prefixes.len());
         for p in prefixes {
             let b = if bias {
-                Some(ws.tensor(&format!("{p}.bias"))?)
+                let name = format!("{p}.bias");
+                Some(split.apply(&ws.tensor(&name)?, &name)?)
             } else {
                 None
             };
-            parts.push((ws.linear_weight(p)?, b));
+            parts.push((ws.linear_weight(p, split)?, b));
         }
         if let Some(f) = Linear::fused(parts.clone(), fused_name)? {
             return Ok(Proj::Fused(f));
@@ -107,7 +116,8 @@ impl Proj {
 #[derive(Debug, Clone)]
 struct Attention {
     qkv: Proj,
-    o: Linear,
+    o: RowLinear,
+    /// This rank's query and KV heads (all of them without tensor parallelism).
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -115,19 +125,20 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, p: &str) -> Result<Self> {
+    fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, p: &str, tp: &TpGroup) -> Result<Self> {
         let prefixes = ["q_proj", "k_proj", "v_proj"].map(|n| format!("{p}.{n}"));
         Ok(Self {
             qkv: Proj::load(
                 ws,
                 &prefixes,
                 cfg.qkv_bias,
+                tp.rows(1),
                 &["q_proj", "k_proj", "v_proj"],
                 "qkv_proj",
             )?,
-            o: linear(ws, &format!("{p}.o_proj"), cfg.o_bias, "o_proj")?,
-            heads: cfg.heads,
-            kv_heads: cfg.kv_heads,
+            o: row_linear(ws, &format!("{p}.o_proj"), cfg.o_bias, tp, "o_proj")?,
+            heads: tp.share(&cfg.architecture, "attention heads", cfg.heads)?,
+            kv_heads: tp.share(&cfg.architecture, "key/value heads", cfg.kv_heads)?,
             head_dim: cfg.head_dim,
             span: tracing::trace_span!("attn"),
         })
@@ -184,24 +195,26 @@ impl Attention {
 #[derive(Debug, Clone)]
 struct Mlp {
     gate_up: Proj,
-    down: Linear,
+    down: RowLinear,
+    /// This rank's share of the intermediate size.
     intermediate: usize,
     span: tracing::Span,
 }
 
 impl Mlp {
-    fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, p: &str) -> Result<Self> {
+    fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, p: &str, tp: &TpGroup) -> Result<Self> {
         let prefixes = ["gate_proj", "up_proj"].map(|n| format!("{p}.{n}"));
         Ok(Self {
             gate_up: Proj::load(
                 ws,
                 &prefixes,
                 cfg.mlp_bias,
+                tp.rows(1),
                 &["gate_proj", "up_proj"],
                 "gate_up_proj",
             )?,
-            down: linear(ws, &format!("{p}.down_proj"), cfg.mlp_bias, "down_proj")?,
-            intermediate: cfg.intermediate,
+            down: row_linear(ws, &format!("{p}.down_proj"), cfg.mlp_bias, tp, "down_proj")?,
+            intermediate: tp.share(&cfg.architecture, "intermediate units", cfg.intermediate)?,
             span: tracing::trace_span!("mlp"),
         })
     }
@@ -245,17 +258,17 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, i: usize) -> Result<Self> {
+    fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, i: usize, tp: &TpGroup) -> Result<Self> {
         let p = format!("model.layers.{i}");
         Ok(Self {
             input_norm: RmsNorm::new(ws, &format!("{p}.input_layernorm.weight"), cfg.rms_norm_eps)?,
-            attn: Attention::new(cfg, ws, &format!("{p}.self_attn"))?,
+            attn: Attention::new(cfg, ws, &format!("{p}.self_attn"), tp)?,
             post_norm: RmsNorm::new(
                 ws,
                 &format!("{p}.post_attention_layernorm.weight"),
                 cfg.rms_norm_eps,
             )?,
-            mlp: Mlp::new(cfg, ws, &format!("{p}.mlp"))?,
+            mlp: Mlp::new(cfg, ws, &format!("{p}.mlp"), tp)?,
             span: tracing::trace_span!("layer", i),
         })
     }
@@ -276,7 +289,8 @@ impl Layer {
     }
 }
 
-/// The llama-family decoder with its weights loaded.
+/// The llama-family decoder with its weights loaded (one rank's part of them under tensor
+/// parallelism: its heads and MLP units; embeddings, norms and the LM head are whole).
 #[derive(Debug, Clone)]
 pub struct DecoderModel {
     cfg: DecoderConfig,
@@ -290,10 +304,17 @@ pub struct DecoderModel {
 }
 
 impl DecoderModel {
-    pub(crate) fn load(cfg: DecoderConfig, ws: &mut dyn WeightSource) -> Result<Self> {
+    /// Loads the weights of `ws`; with a group of several ranks, this rank's part of them
+    /// (see [`check_tensor_parallel`] for what must divide).
+    pub(crate) fn load(
+        cfg: DecoderConfig,
+        ws: &mut dyn WeightSource,
+        tp: &TpGroup,
+    ) -> Result<Self> {
+        check_tensor_parallel(&cfg, &cfg.architecture, tp)?;
         let embed = ws.tensor("model.embed_tokens.weight")?;
         let layers = (0..cfg.layers)
-            .map(|i| Layer::new(&cfg, ws, i))
+            .map(|i| Layer::new(&cfg, ws, i, tp))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(ws, "model.norm.weight", cfg.rms_norm_eps)?;
         // The head stays `(vocab, hidden)`: a transposed view is the faster layout for so wide a
@@ -381,4 +402,13 @@ impl DecoderModel {
     pub fn vocab_size(&self) -> usize {
         self.embed.dim(0).unwrap_or(self.cfg.vocab)
     }
+}
+
+/// Fails unless the world size of `tp` divides the attention heads, the KV heads and the
+/// intermediate size of `cfg` (`model` names it in the message).
+pub(crate) fn check_tensor_parallel(cfg: &DecoderConfig, model: &str, tp: &TpGroup) -> Result<()> {
+    tp.share(model, "attention heads", cfg.heads)?;
+    tp.share(model, "key/value heads", cfg.kv_heads)?;
+    tp.share(model, "intermediate units", cfg.intermediate)?;
+    Ok(())
 }

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::{DecoderConfig, RopeLayout, RopeScaling};
 use super::decoder::WeightSource;
 use super::linear::Weight;
+use super::shard::Split;
 use crate::{Error, Result};
 
 /// `general.architecture` values this loader understands.
@@ -270,12 +271,13 @@ impl WeightSource for GgufWeights {
         Ok(q.dequantize(&self.device)?)
     }
 
-    fn linear_weight(&mut self, prefix: &str) -> Result<Weight> {
-        let q = self.qtensor_hf(&format!("{prefix}.weight"))?;
+    fn linear_weight(&mut self, prefix: &str, split: Split) -> Result<Weight> {
+        let name = format!("{prefix}.weight");
+        let q = self.qtensor_hf(&name)?;
         if self.dequantize {
-            return Ok(Weight::Dense(q.dequantize(&self.device)?));
+            return split.apply_weight(Weight::Dense(q.dequantize(&self.device)?), &name);
         }
-        Ok(match q.dtype() {
+        let w = match q.dtype() {
             // Unquantized tensors are plain matmuls (and can then fuse with other dense ones).
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 Weight::Dense(q.dequantize(&self.device)?)
@@ -284,7 +286,8 @@ impl WeightSource for GgufWeights {
                 Weight::Quantized(QMatMul::from_qtensor(requantize_q8_0(&q, &self.device)?)?)
             }
             _ => Weight::Quantized(QMatMul::from_qtensor(q)?),
-        })
+        };
+        split.apply_weight(w, &name)
     }
 
     fn lm_head(&mut self, _tied: bool) -> Result<Weight> {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::decoder::WeightSource;
 use super::linear::Weight;
 use super::lora::Adapter;
+use super::shard::Split;
 use crate::{Error, Result};
 
 const EMBED: &str = "model.embed_tokens.weight";
@@ -133,8 +134,9 @@ impl WeightSource for HfWeights {
         Ok(t)
     }
 
-    fn linear_weight(&mut self, prefix: &str) -> Result<Weight> {
-        let w = self.load_raw(&format!("{prefix}.weight"))?;
+    fn linear_weight(&mut self, prefix: &str, split: Split) -> Result<Weight> {
+        let name = format!("{prefix}.weight");
+        let w = self.load_raw(&name)?;
         let mut merged_any = false;
         let mut w32 = None;
         for a in &self.adapters {
@@ -161,12 +163,16 @@ impl WeightSource for HfWeights {
         if merged_any {
             self.merged.insert(prefix.to_string());
         }
-        Ok(Weight::Dense(w32.unwrap_or(w).to_dtype(self.dtype)?))
+        // Cut after merging (a LoRA delta is a full-matrix update), before the cast.
+        let full = w32.unwrap_or(w);
+        Ok(Weight::Dense(
+            split.apply(&full, &name)?.to_dtype(self.dtype)?,
+        ))
     }
 
     fn lm_head(&mut self, tied: bool) -> Result<Weight> {
         if !tied && self.st.get("lm_head.weight").is_ok() {
-            return self.linear_weight("lm_head");
+            return self.linear_weight("lm_head", Split::Full);
         }
         if !tied {
             return Err(Error::bad_file(

@@ -8,11 +8,13 @@ use candle_core::{DType, Device, Tensor};
 
 use super::cache::KvCache;
 use super::config::{DecoderConfig, RopeScaling};
-use super::decoder::DecoderModel;
+use super::decoder::{DecoderModel, check_tensor_parallel};
 use super::gguf::{GgufWeights, rope_freq_factors};
 use super::hf::HfWeights;
 use super::lora::Adapter;
+use super::shard::TpGroup;
 use super::{Decoder, ForwardInput, LogitsAt};
+use crate::collective::SharedCollective;
 use crate::{Error, Result};
 
 /// The compute dtype to load weights in.
@@ -27,10 +29,25 @@ pub enum DTypeChoice {
 }
 
 /// How to load a model.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: DTypeChoice,
+    /// Tensor parallelism: the group this rank belongs to (its rank and world size come from
+    /// it). The loaded model holds this rank's heads and MLP units and all-reduces over the group
+    /// in every forward pass, which every rank must run with the same inputs. `None`: the whole
+    /// model (a world of one).
+    pub tp: Option<SharedCollective>,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("device", &self.device)
+            .field("dtype", &self.dtype)
+            .field("tp", &TpGroup::new(self.tp.clone()))
+            .finish()
+    }
 }
 
 impl Default for LoadOptions {
@@ -38,6 +55,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: DTypeChoice::Auto,
+            tp: None,
         }
     }
 }
@@ -149,6 +167,11 @@ pub fn resolve_model_path(model_path: &Path) -> Result<(SourceKind, PathBuf)> {
 /// LoRA on a GGUF model is refused: merging into quantized blocks would need a dequantize and
 /// requantize that changes the base weights; convert the GGUF with
 /// [`super::convert_gguf_to_hf`] and load the adapter on that folder instead.
+///
+/// With [`LoadOptions::tp`], the model is this rank's part (see `shard`): the world size must
+/// divide the attention heads, KV heads and intermediate size (else an error naming the model,
+/// the count and the world size), and a GGUF model must be dequantized (`dtype` f32), since
+/// quantized blocks cannot be cut between ranks.
 pub fn load_causal_lm(
     model_path: &Path,
     adapters: &[PathBuf],
@@ -156,9 +179,12 @@ pub fn load_causal_lm(
 ) -> Result<LoadedModel> {
     let (kind, path) = resolve_model_path(model_path)?;
     let _span = tracing::info_span!("load_model", path = %path.display()).entered();
+    let tp = TpGroup::new(opts.tp.clone());
     match kind {
         SourceKind::HfFolder => {
             let cfg = DecoderConfig::from_hf_file(&path.join("config.json"))?;
+            // Before any weight is read: a bad world size fails at once, naming the folder.
+            check_tensor_parallel(&cfg, &model_label(&path, &cfg), &tp)?;
             let adapters = adapters
                 .iter()
                 .map(|a| Adapter::load(a))
@@ -170,7 +196,7 @@ pub fn load_causal_lm(
                 DTypeChoice::BF16 => Some(DType::BF16),
             };
             let mut ws = HfWeights::open(&path, adapters, dtype, &opts.device)?;
-            let model = DecoderModel::load(cfg, &mut ws)?;
+            let model = DecoderModel::load(cfg, &mut ws, &tp)?;
             ws.check_adapters_used()?;
             Ok(LoadedModel {
                 model,
@@ -188,6 +214,15 @@ pub fn load_causal_lm(
                     path.display()
                 )));
             }
+            if tp.is_sharded() && opts.dtype != DTypeChoice::F32 {
+                return Err(Error::Unsupported(format!(
+                    "tensor parallelism over {} ranks with the quantized GGUF model {}: quantized \
+                     weights cannot be split between ranks (use dtype f32 to dequantize them, or \
+                     convert the GGUF to an HF folder)",
+                    tp.world(),
+                    path.display()
+                )));
+            }
             let dequantize = match opts.dtype {
                 DTypeChoice::Auto => false,
                 DTypeChoice::F32 => true,
@@ -201,10 +236,11 @@ pub fn load_causal_lm(
             };
             let mut ws = GgufWeights::open(&path, &opts.device, dequantize)?;
             let mut cfg = ws.config()?;
+            check_tensor_parallel(&cfg, &model_label(&path, &cfg), &tp)?;
             if let Some(ff) = rope_freq_factors(&mut ws)? {
                 cfg.rope_scaling = Some(RopeScaling::FreqFactors(ff));
             }
-            let model = DecoderModel::load(cfg, &mut ws)?;
+            let model = DecoderModel::load(cfg, &mut ws, &tp)?;
             Ok(LoadedModel {
                 model,
                 kind,
@@ -213,4 +249,9 @@ pub fn load_causal_lm(
             })
         }
     }
+}
+
+/// How messages name a model: its path and architecture.
+fn model_label(path: &Path, cfg: &DecoderConfig) -> String {
+    format!("the model {} ({})", path.display(), cfg.architecture)
 }

@@ -10,6 +10,8 @@
 //!   `cache` ([`KvCache`]) are its parts.
 //! - `hf` (safetensors folders), `gguf` (GGUF files), `lora` (PEFT adapters): weight sources.
 //! - `loader`: [`load_causal_lm`] and [`LoadedModel`]; `convert`: [`convert_gguf_to_hf`].
+//! - `shard`: tensor parallelism (which part of each weight a rank keeps, the row-parallel
+//!   layer's all-reduce); a group is given as [`LoadOptions::tp`].
 //! - `baichuan`: step 4's reward model ([`BaichuanRewardModel`], PROTOCOL 4.5), not a
 //!   [`Decoder`]: its `baichuan_config`, `baichuan_weights` (safetensors or PyTorch `.bin`
 //!   shards) and `alibi` are its parts.
@@ -35,6 +37,7 @@ mod loader;
 mod lora;
 mod mask;
 mod rope;
+mod shard;
 
 pub use alibi::{alibi_bias, alibi_slopes};
 pub use baichuan::{BaichuanRewardModel, DEFAULT_MAX_BATCH_TOKENS};

@@ -11,6 +11,8 @@
 //! - [`embed`]: sentence-transformers embedding models and the cosine similarity (step 2).
 //! - [`train`]: reward-model training (issue 10): losses, AdamW, data-parallel steps, checkpoints.
 //! - [`collective`]: all-reduce/broadcast/barrier between data-parallel ranks (in-process now).
+//! - [`tp`]: tensor-parallel groups (k ranks as one worker: the leader's commands, the
+//!   followers' loop, status rounds, process liveness).
 //! - [`device`]: `--device` parsing (`cpu`, `cuda:N`) and the default dtype per device.
 
 pub mod collective;
@@ -19,10 +21,12 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod models;
+pub mod profile;
 pub mod rpc;
 pub mod score;
 pub mod tasks;
 pub mod tokenize;
+pub mod tp;
 pub mod train;
 
 pub use error::{Error, Result};

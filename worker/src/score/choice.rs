@@ -31,6 +31,30 @@ use crate::models::{Decoder, KvCache};
 use crate::tokenize::{ChatMessage, PromptBuilder, TextTokenizer};
 use crate::{Error, Result};
 
+/// What choice scoring needs of a decoder's cache besides [`Decoder`]: its length and size, and a
+/// new cache of some of its rows (a kept prefix expanded into a batch). [`KvCache`] has it, and
+/// so has the tensor-parallel leader's cache (`crate::tp`), whose copies its followers mirror.
+pub trait RowCache: Sized {
+    /// Positions held (the same for every row).
+    fn seq_len(&self) -> usize;
+    /// Bytes of the key and value buffers (this rank's share under tensor parallelism).
+    fn bytes(&self) -> usize;
+    /// A new cache of `rows` of this one, in that order (repeats allowed).
+    fn select_rows(&self, rows: &[usize]) -> Result<Self>;
+}
+
+impl RowCache for KvCache {
+    fn seq_len(&self) -> usize {
+        KvCache::seq_len(self)
+    }
+    fn bytes(&self) -> usize {
+        KvCache::bytes(self)
+    }
+    fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        KvCache::select_rows(self, rows)
+    }
+}
+
 /// LLaMA-Factory's evaluator encodes with `cutoff_len=1_000_000`: in effect no truncation.
 pub const NO_TRUNCATION: usize = 1_000_000;
 
@@ -169,11 +193,11 @@ pub fn probabilities(logits: &[f32]) -> Vec<f32> {
 /// Scores every job, calling `on_done(index into jobs, probabilities)` for each as soon as its
 /// batch is done. Jobs are grouped by prefix (tokens and pair ends; first appearance first);
 /// each group's prefix comes from `prefixes` or is computed there, pair by pair.
-pub fn score_jobs<D: Decoder<Cache = KvCache>>(
+pub fn score_jobs<D: Decoder<Cache: RowCache>>(
     decoder: &D,
     jobs: &[ChoiceJob],
     opts: &ScoreOptions,
-    prefixes: &mut PrefixCache,
+    prefixes: &mut PrefixCache<D::Cache>,
     on_done: &mut dyn FnMut(usize, Vec<f32>),
 ) -> Result<()> {
     for group in group_by_prefix(jobs) {
@@ -214,12 +238,12 @@ fn group_by_prefix(jobs: &[ChoiceJob]) -> Vec<Vec<usize>> {
 /// Runs a step-3 lease: one [`pb::ChoiceResult`] per item through `sink` as soon as its batch is
 /// done; items that cannot be prepared get a non-retryable [`pb::ItemError`]. A decoder failure
 /// fails the lease (its remaining items go back to the queue).
-pub fn run_lease<D: Decoder<Cache = KvCache>>(
+pub fn run_lease<D: Decoder<Cache: RowCache>>(
     decoder: &D,
     builder: &PromptBuilder,
     lease: &pb::Lease,
     opts: &ScoreOptions,
-    prefixes: &mut PrefixCache,
+    prefixes: &mut PrefixCache<D::Cache>,
     sink: &mut dyn FnMut(pb::ItemResult),
 ) -> Result<()> {
     let result = |item_id: &str, outcome: Outcome| pb::ItemResult {

@@ -9,9 +9,9 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use super::{ChoiceJob, ScoreOptions};
+use super::{ChoiceJob, RowCache, ScoreOptions};
 use crate::Result;
-use crate::models::{Decoder, ForwardInput, KvCache, LogitsAt};
+use crate::models::{Decoder, ForwardInput, LogitsAt};
 
 /// Cuts `indices` (jobs sharing one prefix) into batches: longest suffix first (an
 /// out-of-memory shows at once), equal lengths in index order, each within `opts`.
@@ -26,14 +26,14 @@ pub(super) fn plan(jobs: &[ChoiceJob], indices: &[usize], opts: &ScoreOptions) -
 
 /// Runs the suffixes of `rows` (all after the same prefix, whose one-row cache is `prefix`, or
 /// from scratch when `None`) and returns each row's logits at its choice ids, in `rows` order.
-pub(super) fn run<D: Decoder<Cache = KvCache>>(
+pub(super) fn run<D: Decoder<Cache: RowCache>>(
     decoder: &D,
     jobs: &[ChoiceJob],
     rows: &[usize],
-    prefix: Option<&KvCache>,
+    prefix: Option<&D::Cache>,
 ) -> Result<Vec<Vec<f32>>> {
     let b = rows.len();
-    let past = prefix.map_or(0, KvCache::seq_len);
+    let past = prefix.map_or(0, RowCache::seq_len);
     let longest = rows
         .iter()
         .map(|&i| jobs[i].suffix().len())
@@ -91,10 +91,10 @@ pub(super) fn run<D: Decoder<Cache = KvCache>>(
 /// run first (their logits, of one row, are not read), then the last two with all logits. Every
 /// pass has at least two rows and attention reads the same keys in the same order, so the split
 /// does not change a bit. Three tokens or fewer run in one pass.
-fn one_row_logits<D: Decoder<Cache = KvCache>>(
+fn one_row_logits<D: Decoder<Cache: RowCache>>(
     decoder: &D,
     input: &ForwardInput,
-    cache: &mut KvCache,
+    cache: &mut D::Cache,
 ) -> Result<Tensor> {
     let width = input.tokens.dim(1)?;
     if width <= 3 {

@@ -10,6 +10,7 @@
 
 use candle_core::Tensor;
 
+use super::RowCache;
 use crate::Result;
 use crate::models::{Decoder, ForwardInput, KvCache, LogitsAt};
 
@@ -19,31 +20,31 @@ const DEFAULT_PREFIXES: usize = 12;
 /// prefix): about 23 000 SmolLM2-135M f32 tokens, 2 000 of a 7B llama in f16.
 const DEFAULT_BYTES: usize = 1 << 30;
 
-struct Entry {
+struct Entry<C> {
     /// The prefix's tokens and where its pairs end (the same tokens cut otherwise are another
     /// computation, hence another entry).
     ids: Vec<u32>,
     ends: Vec<usize>,
-    cache: KvCache,
+    cache: C,
     bytes: usize,
 }
 
-/// One-row KV caches of prompt prefixes, most recently used last.
-pub struct PrefixCache {
-    entries: Vec<Entry>,
+/// One-row KV caches of prompt prefixes, most recently used last (`C`: the decoder's cache).
+pub struct PrefixCache<C = KvCache> {
+    entries: Vec<Entry<C>>,
     max_prefixes: usize,
     max_bytes: usize,
     hits: u64,
     misses: u64,
 }
 
-impl Default for PrefixCache {
+impl<C> Default for PrefixCache<C> {
     fn default() -> Self {
         PrefixCache::new(DEFAULT_PREFIXES, DEFAULT_BYTES)
     }
 }
 
-impl PrefixCache {
+impl<C> PrefixCache<C> {
     /// Keeps at most `max_prefixes` levels (at least 1) and `max_bytes` of key/value buffers in
     /// all; a larger level is still computed and kept alone until the next one comes.
     pub fn new(max_prefixes: usize, max_bytes: usize) -> Self {
@@ -84,12 +85,15 @@ impl PrefixCache {
     /// The one-row cache of `prompt[..ends.last()]`, whose pairs end at `ends` (increasing, not
     /// empty). Missing levels are computed from the deepest one held; each becomes the most
     /// recently used.
-    pub fn get_or_compute<D: Decoder<Cache = KvCache>>(
+    pub fn get_or_compute<D: Decoder<Cache = C>>(
         &mut self,
         decoder: &D,
         prompt: &[u32],
         ends: &[usize],
-    ) -> Result<&KvCache> {
+    ) -> Result<&C>
+    where
+        C: RowCache,
+    {
         let top = ends.len();
         let mut held = top;
         while held > 0 && !self.touch(&prompt[..ends[held - 1]], &ends[..held]) {
@@ -119,7 +123,7 @@ impl PrefixCache {
         Ok(self.last())
     }
 
-    fn last(&self) -> &KvCache {
+    fn last(&self) -> &C {
         &self
             .entries
             .last()
@@ -155,12 +159,7 @@ impl PrefixCache {
 
 /// Runs `ids` (one row, no padding) at positions from `start` after what `cache` holds; the
 /// logits are not read.
-fn extend<D: Decoder<Cache = KvCache>>(
-    decoder: &D,
-    cache: &mut KvCache,
-    ids: &[u32],
-    start: usize,
-) -> Result<()> {
+fn extend<D: Decoder>(decoder: &D, cache: &mut D::Cache, ids: &[u32], start: usize) -> Result<()> {
     let n = ids.len();
     let device = decoder.device();
     let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();

@@ -79,6 +79,15 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// A model built from the HF folder `path` (by [`super::BaseCache`]).
+    pub(crate) fn from_hf(model: DecoderModel, path: PathBuf) -> Self {
+        LoadedModel {
+            model,
+            kind: SourceKind::HfFolder,
+            path,
+            gguf: None,
+        }
+    }
     pub fn source_kind(&self) -> SourceKind {
         self.kind
     }

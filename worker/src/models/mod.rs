@@ -9,7 +9,8 @@
 //! - `decoder`: the transformer itself; `linear` (dense or quantized, fusable), `rope`, `mask`,
 //!   `cache` ([`KvCache`]) are its parts.
 //! - `hf` (safetensors folders), `gguf` (GGUF files), `lora` (PEFT adapters): weight sources.
-//! - `loader`: [`load_causal_lm`] and [`LoadedModel`]; `convert`: [`convert_gguf_to_hf`].
+//! - `loader`: [`load_causal_lm`] and [`LoadedModel`]; `convert`: [`convert_gguf_to_hf`];
+//!   `base_cache`: [`BaseCache`], one base read once for many adapters (sweeps).
 //! - `shard`: tensor parallelism (which part of each weight a rank keeps, the row-parallel
 //!   layer's all-reduce); a group is given as [`LoadOptions::tp`].
 //! - `baichuan`: step 4's reward model ([`BaichuanRewardModel`], PROTOCOL 4.5), not a
@@ -25,6 +26,7 @@ mod attention;
 mod baichuan;
 mod baichuan_config;
 mod baichuan_weights;
+mod base_cache;
 pub(crate) use baichuan_weights::RmWeights;
 mod cache;
 mod config;
@@ -42,6 +44,7 @@ mod shard;
 pub use alibi::{alibi_bias, alibi_slopes};
 pub use baichuan::{BaichuanRewardModel, DEFAULT_MAX_BATCH_TOKENS};
 pub use baichuan_config::{BaichuanConfig, PositionEncoding};
+pub use base_cache::BaseCache;
 pub use cache::KvCache;
 /// The GGUF header type (metadata and tensor table), re-exported for the tokenizer.
 pub use candle_core::quantized::gguf_file::{Content as GgufContent, Value as GgufValue};

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
@@ -25,6 +26,7 @@ use evalfleet_worker::models::{
     self, DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, LogitsAt, SourceKind,
     load_causal_lm,
 };
+use evalfleet_worker::profile::SpanTimes;
 use evalfleet_worker::score::choice;
 use evalfleet_worker::tokenize::{
     ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, get_template,
@@ -143,6 +145,20 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         max_batch_tokens: usize,
     },
+    /// Tensor-parallel and NCCL checks on one device (issue 8's device check (b) and (c)): logits
+    /// and greedy generation of the model split over in-process ranks (threads, one shared
+    /// device) against the unsplit model, and, in a build with `nccl`, NCCL at world size 1
+    /// (collective primitives and the model through an NCCL communicator). One JSON line each.
+    TpCheck {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// World sizes for the in-process ranks.
+        #[arg(long, value_delimiter = ',', default_value = "2,4")]
+        worlds: Vec<usize>,
+        /// Tokens generated greedily by each configuration.
+        #[arg(long, default_value_t = 16)]
+        new_tokens: usize,
+    },
     /// Converts a GGUF file into an f32 HF folder (model.safetensors, config.json, tokenizer files).
     ConvertGguf {
         #[arg(long)]
@@ -189,11 +205,11 @@ struct PromptArgs {
     seed: u64,
 }
 
+/// Set when `EVALFLEET_PROFILE` is: time per model span, printed after generate / score-prefill.
+static PROFILE: OnceLock<SpanTimes> = OnceLock::new();
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing();
     match Cli::parse().cmd {
         Cmd::Logits { model, tokens, out } => logits(&model, &tokens, &out),
         Cmd::Generate {
@@ -229,6 +245,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::ConvertGguf { gguf, out } => convert_gguf(&gguf, &out),
+        Cmd::TpCheck {
+            model,
+            worlds,
+            new_tokens,
+        } => tp_check::run(&model, &worlds, new_tokens),
         Cmd::ScoreChoices {
             model,
             items,
@@ -265,12 +286,67 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Logs to stderr by RUST_LOG; with `EVALFLEET_PROFILE=1` also times every span of the model code
+/// (see `evalfleet_worker::profile`; add `CUDA_LAUNCH_BLOCKING=1` for GPU time per span).
+fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter};
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(env_filter());
+    if std::env::var_os("EVALFLEET_PROFILE").is_some() {
+        let times = PROFILE.get_or_init(SpanTimes::default).clone();
+        let spans = times.with_filter(
+            filter::Targets::new().with_target("evalfleet_worker", filter::LevelFilter::TRACE),
+        );
+        tracing_subscriber::registry().with(log).with(spans).init();
+    } else {
+        tracing_subscriber::registry().with(log).init();
+    }
+}
+
+/// Starts the profile afresh (after a warm-up).
+fn profile_reset() {
+    if let Some(p) = PROFILE.get() {
+        p.reset();
+    }
+}
+
+/// Prints the span totals as one JSON line, when profiling.
+fn profile_print(what: &str, batch_size: usize) {
+    let Some(p) = PROFILE.get() else { return };
+    let spans: serde_json::Map<String, serde_json::Value> = p
+        .totals()
+        .into_iter()
+        .map(|(name, (count, time))| {
+            (
+                name.to_string(),
+                json!({"count": count, "seconds": round3(time.as_secs_f64())}),
+            )
+        })
+        .collect();
+    let blocking = std::env::var("CUDA_LAUNCH_BLOCKING").is_ok_and(|v| v == "1");
+    println!(
+        "{}",
+        json!({"profile": what, "batch_size": batch_size, "launch_blocking": blocking, "spans": spans})
+    );
+}
+
 fn env_filter() -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())
 }
 
 /// Loads the model on the requested device; returns it with the load time in seconds.
 fn load(args: &ModelArgs) -> anyhow::Result<(LoadedModel, f64)> {
+    load_rank(args, None)
+}
+
+/// [`load`] as one rank of a tensor-parallel group (`None`: the whole model).
+fn load_rank(
+    args: &ModelArgs,
+    tp: Option<evalfleet_worker::collective::SharedCollective>,
+) -> anyhow::Result<(LoadedModel, f64)> {
     let device = parse_device(&args.device)?;
     let dtype = match args.dtype {
         // On the CPU the loader's Auto keeps GGUF weights quantized (and HF folders f32), which is
@@ -286,14 +362,213 @@ fn load(args: &ModelArgs) -> anyhow::Result<(LoadedModel, f64)> {
         DTypeArg::Bf16 => DTypeChoice::BF16,
     };
     let start = Instant::now();
-    let model = load_causal_lm(&args.model, &[], &LoadOptions {
-        device,
-        dtype,
-        ..LoadOptions::default()
-    })
+    let model = load_causal_lm(&args.model, &[], &LoadOptions { device, dtype, tp })
         .with_context(|| format!("loading {}", args.model.display()))?;
     synchronize(model.device())?;
     Ok((model, start.elapsed().as_secs_f64()))
+}
+
+mod tp_check {
+    //! `evalfleet-bench tp-check`: see the subcommand's help.
+
+    use std::sync::Arc;
+
+    use evalfleet_worker::collective::{LocalCollective, SharedCollective};
+
+    use super::*;
+
+    /// A fixed left-padded batch: row 0 full, row 1 with 5 pad columns.
+    fn input(vocab: usize, device: &Device) -> anyhow::Result<ForwardInput> {
+        let (rows, width, pad) = (2usize, 24usize, 5usize);
+        let ids: Vec<u32> = (0..rows * width)
+            .map(|i| ((i * 7919 + 13) % vocab) as u32)
+            .collect();
+        let mut mask = vec![1u8; rows * width];
+        mask[width..width + pad].fill(0);
+        let mut pos: Vec<u32> = (0..width as u32).collect();
+        pos.extend(std::iter::repeat_n(0, pad).chain(0..(width - pad) as u32));
+        Ok(ForwardInput {
+            tokens: Tensor::from_vec(ids, (rows, width), device)?,
+            positions: Tensor::from_vec(pos, (rows, width), device)?,
+            key_mask: Some(Tensor::from_vec(mask, (rows, width), device)?),
+        })
+    }
+
+    /// The model's logits at every position (f32, on the host) and its greedy continuations.
+    fn outputs(
+        model: &LoadedModel,
+        new_tokens: usize,
+    ) -> anyhow::Result<(Vec<f32>, Vec<Vec<u32>>)> {
+        let mut cache = model.new_cache();
+        let logits = model
+            .forward(
+                &input(model.vocab_size(), model.device())?,
+                &mut cache,
+                LogitsAt::All,
+            )?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let prompts: Vec<Vec<u32>> = (0..4)
+            .map(|r| {
+                (0..8 + 3 * r)
+                    .map(|i| ((i * 31 + r * 101 + 7) % model.vocab_size()) as u32)
+                    .collect()
+            })
+            .collect();
+        let generated = engine::generate(
+            model,
+            &requests(&prompts, new_tokens),
+            &GenOptions::default(),
+        )?;
+        Ok((logits, generated.into_iter().map(|o| o.tokens).collect()))
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// Runs every rank of `group` on its own thread; returns rank 0's outputs.
+    fn run_group(
+        args: &ModelArgs,
+        group: Vec<SharedCollective>,
+        new_tokens: usize,
+    ) -> anyhow::Result<(Vec<f32>, Vec<Vec<u32>>)> {
+        let results: Vec<anyhow::Result<(Vec<f32>, Vec<Vec<u32>>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = group
+                .into_iter()
+                .map(|c| s.spawn(move || outputs(&load_rank(args, Some(c))?.0, new_tokens)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a rank panicked")))
+                })
+                .collect()
+        });
+        let mut first = None;
+        for (rank, r) in results.into_iter().enumerate() {
+            let r = r.with_context(|| format!("rank {rank}"))?;
+            first.get_or_insert(r);
+        }
+        first.context("an empty group")
+    }
+
+    fn report(
+        check: &str,
+        world: usize,
+        dtype: DType,
+        reference: &(Vec<f32>, Vec<Vec<u32>>),
+        got: &(Vec<f32>, Vec<Vec<u32>>),
+    ) {
+        let same_tokens = reference.1 == got.1;
+        println!(
+            "{}",
+            json!({"check": check, "world_size": world, "dtype": format!("{dtype:?}"),
+                "max_abs_diff_logits": max_diff(&reference.0, &got.0), "greedy_tokens_identical": same_tokens})
+        );
+    }
+
+    pub(super) fn run(args: &ModelArgs, worlds: &[usize], new_tokens: usize) -> anyhow::Result<()> {
+        let (whole, _) = load(args)?;
+        let dtype = whole.dtype();
+        let reference = outputs(&whole, new_tokens)?;
+        drop(whole);
+        // A failing NCCL check must not hide the in-process results.
+        if let Err(e) = nccl_world1(args, dtype, &reference, new_tokens) {
+            println!(
+                "{}",
+                json!({"check": "nccl", "world_size": 1, "error": format!("{e:#}")})
+            );
+        }
+        for &world in worlds {
+            let group = LocalCollective::group(world)
+                .into_iter()
+                .map(|c| Arc::new(c) as SharedCollective)
+                .collect();
+            match run_group(args, group, new_tokens) {
+                Ok(got) => report("tp_in_process", world, dtype, &reference, &got),
+                Err(e) => println!(
+                    "{}",
+                    json!({"check": "tp_in_process", "world_size": world, "error": format!("{e:#}")})
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "nccl")]
+    fn nccl_world1(
+        args: &ModelArgs,
+        dtype: DType,
+        reference: &(Vec<f32>, Vec<Vec<u32>>),
+        new_tokens: usize,
+    ) -> anyhow::Result<()> {
+        use evalfleet_worker::collective::{Collective, NcclCollective};
+        let device = parse_device(&args.device)?;
+        if device.is_cpu() {
+            println!(
+                "{}",
+                json!({"check": "nccl_primitives", "skipped": "NCCL needs a GPU (--device cuda:N)"})
+            );
+            return Ok(());
+        }
+        let id_file =
+            std::env::temp_dir().join(format!("evalfleet-nccl-{}.id", std::process::id()));
+        let nccl =
+            NcclCollective::join(0, 1, &device, &id_file, std::time::Duration::from_secs(30))?;
+        // The primitives on their own: a sum over one rank and a broadcast return the input.
+        let t = Tensor::arange(0f32, 64., &device)?.reshape((8, 8))?;
+        let mut prim = serde_json::Map::new();
+        for dt in [DType::F32, DType::BF16] {
+            let x = t.to_dtype(dt)?;
+            let sum = nccl
+                .all_reduce_sum(&x)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let b = nccl
+                .broadcast(&x, 0)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let want = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            prim.insert(format!("{dt:?}_all_reduce_ok"), json!(sum == want));
+            prim.insert(format!("{dt:?}_broadcast_ok"), json!(b == want));
+        }
+        let msg: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        prim.insert(
+            "broadcast_bytes_ok".into(),
+            json!(nccl.broadcast_bytes(&msg, 0)? == msg),
+        );
+        prim.insert("barrier_ok".into(), json!(nccl.barrier().is_ok()));
+        println!(
+            "{}",
+            json!({"check": "nccl_primitives", "world_size": 1, "results": prim})
+        );
+        let got = outputs(&load_rank(args, Some(Arc::new(nccl)))?.0, new_tokens)?;
+        report("nccl_model", 1, dtype, reference, &got);
+        let _ = std::fs::remove_file(&id_file);
+        Ok(())
+    }
+
+    #[cfg(not(feature = "nccl"))]
+    fn nccl_world1(
+        _: &ModelArgs,
+        _: DType,
+        _: &(Vec<f32>, Vec<Vec<u32>>),
+        _: usize,
+    ) -> anyhow::Result<()> {
+        println!(
+            "{}",
+            json!({"check": "nccl_primitives", "skipped": "built without the nccl feature"})
+        );
+        Ok(())
+    }
 }
 
 /// Waits for queued GPU work so a timer read afterwards covers it (no-op on the CPU).
@@ -469,10 +744,12 @@ fn generate(
         None
     };
     let reqs = requests(&prompts, new_tokens);
+    profile_reset();
     let start = Instant::now();
     let outputs = engine::generate(&model, &reqs, &opts)?;
     synchronize(model.device())?;
     let seconds = start.elapsed().as_secs_f64();
+    profile_print("generate", batch_size);
     let generated: usize = outputs.iter().map(|o| o.tokens.len()).sum();
     if let Some(path) = save_ids {
         let ids: Vec<&Vec<u32>> = outputs.iter().map(|o| &o.tokens).collect();
@@ -519,11 +796,13 @@ fn score_prefill(
     } else {
         None
     };
+    profile_reset();
     let start = Instant::now();
     for chunk in prompts.chunks(batch_size) {
         prefill_batch(&model, chunk)?;
     }
     let seconds = start.elapsed().as_secs_f64();
+    profile_print("prefill", batch_size);
     let tokens: usize = prompts.iter().map(Vec::len).sum();
     let line = json!({"side": "evalfleet", "mode": "prefill", "batch_size": batch_size, "prompts": prompts.len(),
         "prompt_tokens": tokens, "seconds": round3(seconds), "tokens_per_second": round2(tokens as f64 / seconds),

@@ -163,6 +163,24 @@ pub struct FleetArgs {
     /// is resumed (only missing items are computed) and one of another job is refused.
     #[arg(long)]
     pub restart: bool,
+    /// Serve --listen over TLS with this PEM certificate chain (and --tls-key). Local workers
+    /// keep a plain loopback socket; external workers pass --tls-ca (or trust the system roots).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "listen"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// RPC calls per second per client address (bursts of ten seconds' worth); over it, calls
+    /// are refused with RESOURCE_EXHAUSTED. 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = crate::rpc::limits::DEFAULT_CALLS_PER_SECOND)]
+    pub max_calls_per_second: f64,
+    /// Messages per second read from one worker's stream (faster senders are read more slowly,
+    /// nothing is lost). 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = crate::rpc::limits::DEFAULT_MESSAGES_PER_SECOND)]
+    pub max_messages_per_second: f64,
+    /// Open connections per client address; more are closed at once. 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = crate::rpc::limits::DEFAULT_CONNECTIONS_PER_CLIENT)]
+    pub max_connections_per_client: usize,
 }
 
 impl FleetArgs {
@@ -176,7 +194,19 @@ impl FleetArgs {
             cpu_only: self.cpu,
             worker_bin: None,
             worker_args: Vec::new(),
-            options: Default::default(),
+            options: crate::rpc::FleetOptions {
+                tls: self
+                    .tls_cert
+                    .clone()
+                    .zip(self.tls_key.clone())
+                    .map(|(cert, key)| crate::rpc::tls::TlsFiles { cert, key }),
+                limits: crate::rpc::limits::Limits::from_rates(
+                    self.max_calls_per_second,
+                    self.max_messages_per_second,
+                    self.max_connections_per_client,
+                ),
+                ..Default::default()
+            },
             journal: None,
             restart: self.restart,
         }

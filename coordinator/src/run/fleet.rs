@@ -16,7 +16,8 @@ use tracing::{info, warn};
 use crate::journal::Journal;
 use crate::local::{self, LocalWorkers, SpawnOptions};
 use crate::progress::ItemsBar;
-use crate::rpc::{Fleet, FleetOptions, ServerHandle};
+use crate::rpc::tls::ServerTls;
+use crate::rpc::{Fleet, FleetOptions, Listener, ServerHandle};
 use crate::sched::{ItemOutcome, Scheduler, TaskSpec};
 
 use super::RunError;
@@ -125,20 +126,7 @@ impl RunningFleet {
             Some(_) => local::read_token(setup.token_file.as_deref())?,
             None => local::random_token()?,
         };
-        let bind = setup
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let listener = TcpListener::bind(bind)
-            .await
-            .map_err(|source| RunError::Bind { addr: bind, source })?;
-        let server = fleet
-            .serve(listener, &token)
-            .map_err(|source| RunError::Bind { addr: bind, source })?;
-        let url = format!("http://{}", server.addr);
-        if setup.listen.is_some() {
-            // On stdout, for scripts that start external workers.
-            println!("listening on {url}");
-        }
+        let (server, url) = serve(&fleet, setup, &token).await?;
         let devices = SpawnOptions::devices_for(setup.workers, setup.cpu_only);
         if devices.is_empty() && setup.listen.is_none() {
             server.stop();
@@ -278,6 +266,54 @@ impl RunningFleet {
             other => other,
         }
     }
+}
+
+/// Binds and serves `setup.listen` (over TLS if `setup.options.tls` names files), else an
+/// ephemeral loopback port. With TLS, local workers get a plain loopback socket of their own (as
+/// in local mode: loopback only, token required). Returns the server and the URL local workers
+/// dial.
+async fn serve(
+    fleet: &Fleet,
+    setup: &FleetSetup,
+    token: &str,
+) -> Result<(ServerHandle, String), RunError> {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let tls = match (&setup.options.tls, setup.listen) {
+        (Some(files), Some(_)) => Some(ServerTls::load(files)?),
+        (Some(_), None) => {
+            warn!("TLS files are used only with --listen; local mode serves plain loopback");
+            None
+        }
+        (None, _) => None,
+    };
+    let bind = setup.listen.unwrap_or(loopback);
+    let with_tls = tls.is_some();
+    let mut listeners = vec![Listener {
+        socket: bind_to(bind).await?,
+        tls,
+    }];
+    if with_tls {
+        listeners.push(Listener {
+            socket: bind_to(loopback).await?,
+            tls: None,
+        });
+    }
+    let server = fleet
+        .serve_on(listeners, token)
+        .map_err(|source| RunError::Bind { addr: bind, source })?;
+    if setup.listen.is_some() {
+        let scheme = if with_tls { "https" } else { "http" };
+        // On stdout, for scripts that start external workers.
+        println!("listening on {scheme}://{}", server.addr);
+    }
+    let local = server.addrs.last().copied().unwrap_or(server.addr);
+    Ok((server, format!("http://{local}")))
+}
+
+async fn bind_to(addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })
 }
 
 /// Spawns one local worker per device, connecting to `url` with `token`.

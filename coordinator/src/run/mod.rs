@@ -118,6 +118,8 @@ pub enum RunError {
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error(transparent)]
+    Tls(#[from] crate::rpc::tls::TlsError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Dataset(#[from] DatasetError),

@@ -1,4 +1,4 @@
-//! The `evalfleet` command line (clap derive): `step1`, `step2`, `step3`, `step4`, `run`, `score text`, `report`. Glue only: each
+//! The `evalfleet` command line (clap derive): `step1`, `step2`, `step3`, `step4`, `run`, `sweep`, `score text`, `report`. Glue only: each
 //! subcommand parses its options and calls a driver in [`crate::run`].
 
 use std::net::SocketAddr;
@@ -70,6 +70,17 @@ pub enum Command {
     /// Each step reads and writes what its own subcommand does; steps run one after the other.
     /// Same fleet options as `step1`.
     Run(StepArgs),
+    /// Evaluates a training run's checkpoints (LoRA adapters over one base, or full models) on
+    /// the same steps in one fleet, then writes the report of all of them.
+    ///
+    /// Reads a sweep YAML: a run file (steps, shared keys, step1:...step4: sections) whose
+    /// model_name_or_path is the base, plus `checkpoints` (a glob such as runs/x/checkpoint-*,
+    /// ordered by step number, or a list of adapter/model folders). Each checkpoint's outputs go
+    /// to <output_dir>/<checkpoint name>/ with the original layout. Finished checkpoints are
+    /// skipped, so re-running resumes a stopped sweep and adding checkpoints evaluates only the
+    /// new ones (--restart evaluates all again). Writes summary.md, summary.csv and report.html
+    /// into output_dir at the end. Same fleet options as `step1`. See yamls/sweep.yaml.
+    Sweep(StepArgs),
     /// Trains a CharacterEval reward model (ranking + regression losses) that step 4 can load.
     ///
     /// Runs `evalfleet-train train-rm YAML` (installed next to `evalfleet`, like the worker; or
@@ -288,6 +299,23 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let job = crate::config::load_job(&args.yaml)?;
             let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
             for path in files {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Sweep(args) => {
+            let cfg = crate::sweep::load_sweep(&args.yaml)?;
+            let report = match crate::sweep::run_sweep(&cfg, &args.fleet.setup()).await {
+                Ok(report) => report,
+                // A RunError stays one, so that an interrupted sweep exits as a stopped run.
+                Err(crate::sweep::SweepError::Run(e)) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
+            };
+            for path in [
+                &report.report.summary_md,
+                &report.report.summary_csv,
+                &report.report.report_html,
+            ] {
                 println!("wrote {}", path.display());
             }
             Ok(())

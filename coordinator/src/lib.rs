@@ -13,6 +13,7 @@
 //! - [`run`]: the step drivers (step 1: plan items, run the fleet, score, write the files).
 //! - [`step2`]: step 2's files: scores into the step-1 files, the score distribution and plot.
 //! - [`step4`]: CharacterEval: prompts, transform, reward-model inputs, score means and files.
+//! - [`sweep`]: `evalfleet sweep`: a training run's checkpoints in one fleet, then one report.
 //! - [`progress`]: the progress bar and a log writer that does not tear it.
 //! - [`cli`]: the `evalfleet` command line.
 
@@ -32,3 +33,4 @@ pub mod step2;
 pub mod step3;
 pub mod step4;
 pub mod stop;
+pub mod sweep;

@@ -105,9 +105,21 @@ impl RunningFleet {
     /// Serves `sched` (on `setup.listen`, else an ephemeral loopback port) and starts the local
     /// workers `setup` asks for. `label` titles the progress bar and the job id.
     pub async fn start(
+        sched: Scheduler,
+        setup: &FleetSetup,
+        label: &str,
+    ) -> Result<Self, RunError> {
+        Self::start_with(sched, setup, label, |_| {}).await
+    }
+
+    /// [`RunningFleet::start`], calling `before_serving` with the fleet before any worker can
+    /// connect: a driver that keeps several journals (a sweep: one per checkpoint and step)
+    /// sets its result sink there.
+    pub async fn start_with(
         mut sched: Scheduler,
         setup: &FleetSetup,
         label: &str,
+        before_serving: impl FnOnce(&Fleet),
     ) -> Result<Self, RunError> {
         let mut options = setup.options.clone();
         if options.job_id.is_empty() {
@@ -122,6 +134,7 @@ impl RunningFleet {
             let clock = fleet.clone();
             journal.set_clock(move || clock.model_ready_at().or_else(|| clock.first_lease_at()));
         }
+        before_serving(&fleet);
         let token = match setup.listen {
             Some(_) => local::read_token(setup.token_file.as_deref())?,
             None => local::random_token()?,

@@ -1,0 +1,293 @@
+//! `evalfleet sweep` end to end, with real processes on loopback: three LoRA checkpoints made
+//! here from the tiny llama's committed PEFT adapters (the worker crate's fixtures; a copy with
+//! another `lora_alpha` is a different adapter) over the tiny chat model, two CPU workers, step 1
+//! on the demo data.
+//!
+//! - each worker reads the base once (its log says `loaded base` at most once) while the fleet
+//!   applies all three adapters;
+//! - every checkpoint folder holds the step-1 files, no journal and the finished marker, and a
+//!   checkpoint's predictions equal `evalfleet step1` with that adapter (merged at load);
+//! - summary.csv has one row per checkpoint, in step order, with the numbers of each folder's
+//!   predict_results.json;
+//! - a fourth checkpoint added (`checkpoint-1000`, which sorts last by step, first by name) and
+//!   the sweep re-run: only it is evaluated, the others are skipped and left untouched, and the
+//!   report has four rows.
+//!
+//! Step 3 is not run here: the tiny model's 64 positions cannot hold an MMLU prompt.
+
+mod fleet_common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fleet_common::{evalfleet_bin, repo, tiny_chat_model, wait, worker_bin};
+
+/// Guard against hangs only; no assertion depends on it.
+const LIMIT: Duration = Duration::from_secs(600);
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The worker crate's tiny-llama adapter fixture `name`.
+fn adapter_fixture(name: &str) -> PathBuf {
+    repo().join("worker/tests/fixtures/tiny-llama").join(name)
+}
+
+/// Copies adapter fixture `from` to `to`, with `lora_alpha` set to `alpha` when given.
+fn make_checkpoint(from: &str, to: &Path, alpha: Option<u32>) {
+    std::fs::create_dir_all(to).unwrap();
+    let src = adapter_fixture(from);
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        to.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&read(&src.join("adapter_config.json"))).unwrap();
+    if let Some(alpha) = alpha {
+        config["lora_alpha"] = alpha.into();
+    }
+    std::fs::write(to.join("adapter_config.json"), config.to_string()).unwrap();
+}
+
+/// The shared keys of the sweep and of the reference step-1 run.
+fn step1_keys() -> String {
+    format!(
+        "finetuning_type: lora\ndataset_dir: {}\ndataset: demo_alpaca,demo_sharegpt\n\
+         template: default\ncutoff_len: 40\nmax_samples: 3\nper_device_eval_batch_size: 2\n\
+         max_new_tokens: 6\ndo_sample: false\ndtype: f32\n",
+        repo().join("yamls/demo").display()
+    )
+}
+
+/// Runs `evalfleet <args>` with two CPU workers to the end; asserts success, returns stderr.
+fn evalfleet(args: &[&str], yaml: &Path, log: &Path) -> String {
+    let child = Command::new(evalfleet_bin())
+        .args(args)
+        .arg(yaml)
+        .args(["--workers", "2", "--batch-size", "2", "--cpu"])
+        .env("EVALFLEET_WORKER_BIN", worker_bin())
+        .env("RUST_LOG", "info")
+        .env_remove("EVALFLEET_TEST_CRASH_ONCE")
+        .env_remove("EVALFLEET_TEST_HOLD_ONCE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait(child, LIMIT).status;
+    let text = read(log);
+    assert!(
+        status.success(),
+        "evalfleet {args:?} failed ({status}):\n{text}"
+    );
+    text
+}
+
+/// How many lines of worker `i`'s forwarded log contain `what`.
+fn worker_lines(log: &str, i: usize, what: &str) -> usize {
+    let prefix = format!("[worker {i}]");
+    log.lines()
+        .filter(|l| l.contains(&prefix) && l.contains(what))
+        .count()
+}
+
+/// summary.csv as (model, column → cell) rows.
+fn summary_rows(csv: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut lines = csv.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    lines
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            let named = header[1..]
+                .iter()
+                .cloned()
+                .zip(cells[1..].iter().map(|c| c.to_string()))
+                .collect();
+            (cells[0].to_string(), named)
+        })
+        .collect()
+}
+
+fn cell<'a>(row: &'a [(String, String)], column: &str) -> &'a str {
+    &row.iter()
+        .find(|(c, _)| c == column)
+        .unwrap_or_else(|| panic!("no column {column}"))
+        .1
+}
+
+/// A number of predict_results.json.
+fn metric(dir: &Path, key: &str) -> f64 {
+    let json: serde_json::Value =
+        serde_json::from_str(&read(&dir.join("predict_results.json"))).unwrap();
+    json[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{}: no number {key}", dir.display()))
+}
+
+/// Checks the report rows against the checkpoint folders, in `names` order.
+fn check_summary(sweep: &Path, names: &[&str]) {
+    let rows = summary_rows(&read(&sweep.join("summary.csv")));
+    let models: Vec<&str> = rows.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(models, names);
+    for (name, row) in &rows {
+        let dir = sweep.join(name);
+        for (column, key) in [
+            ("rouge-1", "predict_rouge-1"),
+            ("rouge-l", "predict_rouge-l"),
+            ("samples_per_second", "predict_samples_per_second"),
+        ] {
+            let text = cell(row, column);
+            let shown: f64 = text
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} {column}: {text:?}"));
+            assert_eq!(shown, metric(&dir, key), "{name} {column}");
+        }
+    }
+}
+
+fn check_complete(dir: &Path) {
+    for f in [
+        "generated_predictions.jsonl",
+        "predict_results.json",
+        "all_results.json",
+        ".evalfleet-sweep.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{} lacks {f}", dir.display());
+    }
+    assert!(
+        !dir.join(".evalfleet-journal").exists(),
+        "{}: a journal is left",
+        dir.display()
+    );
+    assert_eq!(
+        read(&dir.join("generated_predictions.jsonl"))
+            .lines()
+            .count(),
+        6
+    );
+}
+
+#[test]
+fn three_adapters_one_base_load_per_worker_then_a_fourth_checkpoint_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_chat_model(tmp.path());
+    let ckpts = tmp.path().join("run");
+    make_checkpoint("lora", &ckpts.join("checkpoint-100"), None);
+    make_checkpoint("lora2", &ckpts.join("checkpoint-200"), None);
+    make_checkpoint("lora", &ckpts.join("checkpoint-300"), Some(24));
+    let sweep = tmp.path().join("sweep");
+    let yaml = tmp.path().join("sweep.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "model_name_or_path: {}\ncheckpoints: {}/checkpoint-*\nsteps: [step1]\noutput_dir: {}\n{}",
+            base.display(),
+            ckpts.display(),
+            sweep.display(),
+            step1_keys()
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("log");
+    let text = evalfleet(&["sweep"], &yaml, &log);
+
+    // The base is read at most once per worker, and the fleet applied all three adapters.
+    let mut applied = 0;
+    for i in 0..2 {
+        assert!(
+            worker_lines(&text, i, "loaded base") <= 1,
+            "worker {i}:\n{text}"
+        );
+        applied += worker_lines(&text, i, "applied adapter");
+    }
+    let loads: usize = (0..2).map(|i| worker_lines(&text, i, "loaded base")).sum();
+    assert!((1..=2).contains(&loads), "{text}");
+    assert!(applied >= 3, "{applied} adapters applied:\n{text}");
+    for name in ["checkpoint-100", "checkpoint-200", "checkpoint-300"] {
+        assert!(
+            text.contains(&format!("applied adapter {}", ckpts.join(name).display())),
+            "{name}:\n{text}"
+        );
+        check_complete(&sweep.join(name));
+    }
+    let predictions = |name: &str| read(&sweep.join(name).join("generated_predictions.jsonl"));
+    assert_ne!(predictions("checkpoint-100"), predictions("checkpoint-200"));
+    assert_ne!(predictions("checkpoint-100"), predictions("checkpoint-300"));
+    check_summary(
+        &sweep,
+        &["checkpoint-100", "checkpoint-200", "checkpoint-300"],
+    );
+    assert!(sweep.join("report.html").is_file());
+
+    // A checkpoint equals evaluating its adapter alone (merged at load, no base cache).
+    let single = tmp.path().join("single");
+    let single_yaml = tmp.path().join("single.yaml");
+    std::fs::write(
+        &single_yaml,
+        format!(
+            "model_name_or_path: {}\nadapter_name_or_path: {}\noutput_dir: {}\n{}",
+            base.display(),
+            ckpts.join("checkpoint-200").display(),
+            single.display(),
+            step1_keys()
+        ),
+    )
+    .unwrap();
+    evalfleet(&["step1"], &single_yaml, &tmp.path().join("single.log"));
+    assert_eq!(
+        read(&single.join("generated_predictions.jsonl")),
+        predictions("checkpoint-200")
+    );
+
+    // A fourth checkpoint: only it is evaluated.
+    let before: Vec<String> = ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
+        .iter()
+        .map(|n| read(&sweep.join(n).join("all_results.json")))
+        .collect();
+    make_checkpoint("lora2", &ckpts.join("checkpoint-1000"), Some(2));
+    let text = evalfleet(&["sweep"], &yaml, &log);
+    for name in ["checkpoint-100", "checkpoint-200", "checkpoint-300"] {
+        assert!(
+            text.contains(&format!("sweep: skipping {name}: evaluated earlier")),
+            "{name}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("sweep: evaluating 1 of 4 checkpoints: checkpoint-1000"),
+        "{text}"
+    );
+    let applied: usize = (0..2)
+        .map(|i| worker_lines(&text, i, "applied adapter"))
+        .sum();
+    assert!(applied >= 1, "{text}");
+    assert!(!text.contains("checkpoint-100/step1"), "{text}");
+    for (n, old) in ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
+        .iter()
+        .zip(&before)
+    {
+        assert_eq!(
+            &read(&sweep.join(n).join("all_results.json")),
+            old,
+            "{n} was rewritten"
+        );
+    }
+    check_complete(&sweep.join("checkpoint-1000"));
+    check_summary(
+        &sweep,
+        &[
+            "checkpoint-100",
+            "checkpoint-200",
+            "checkpoint-300",
+            "checkpoint-1000",
+        ],
+    );
+}

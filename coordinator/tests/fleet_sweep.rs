@@ -11,7 +11,10 @@
 //!   predict_results.json;
 //! - a fourth checkpoint added (`checkpoint-1000`, which sorts last by step, first by name) and
 //!   the sweep re-run: only it is evaluated, the others are skipped and left untouched, and the
-//!   report has four rows.
+//!   report has four rows;
+//! - a sweep stopped by SIGTERM while one worker holds an item of its first checkpoint (the
+//!   worker's EVALFLEET_TEST_HOLD_ONCE hook) exits 130 with its journal intact, and the same
+//!   command resumes from it and writes the files of an uninterrupted sweep.
 //!
 //! Step 3 is not run here: the tiny model's 64 positions cannot hold an MMLU prompt.
 
@@ -19,8 +22,9 @@ mod fleet_common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use std::time::Instant;
 
 use fleet_common::{evalfleet_bin, repo, tiny_chat_model, wait, worker_bin};
 
@@ -63,21 +67,34 @@ fn step1_keys() -> String {
     )
 }
 
-/// Runs `evalfleet <args>` with two CPU workers to the end; asserts success, returns stderr.
-fn evalfleet(args: &[&str], yaml: &Path, log: &Path) -> String {
-    let child = Command::new(evalfleet_bin())
-        .args(args)
+/// Starts `evalfleet <args> <yaml>` with `workers` CPU workers of batch size `workers` (the
+/// worker hold hook `hold` = `MARKER:ITEM` set when given), stderr to `log`.
+fn spawn(args: &[&str], yaml: &Path, workers: usize, log: &Path, hold: Option<String>) -> Child {
+    let n = workers.to_string();
+    let mut cmd = Command::new(evalfleet_bin());
+    cmd.args(args)
         .arg(yaml)
-        .args(["--workers", "2", "--batch-size", "2", "--cpu"])
+        .args(["--workers", &n, "--batch-size", &n, "--cpu"])
         .env("EVALFLEET_WORKER_BIN", worker_bin())
         .env("RUST_LOG", "info")
         .env_remove("EVALFLEET_TEST_CRASH_ONCE")
         .env_remove("EVALFLEET_TEST_HOLD_ONCE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(File::create(log).unwrap());
+    if let Some(spec) = hold {
+        cmd.env("EVALFLEET_TEST_HOLD_ONCE", spec);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Runs `evalfleet <args>` with two CPU workers to the end; asserts success, returns stderr.
+fn evalfleet(args: &[&str], yaml: &Path, log: &Path) -> String {
+    finish(spawn(args, yaml, 2, log, None), args, log)
+}
+
+/// Waits for `child` to succeed; returns its log.
+fn finish(child: Child, args: &[&str], log: &Path) -> String {
     let status = wait(child, LIMIT).status;
     let text = read(log);
     assert!(
@@ -176,27 +193,114 @@ fn check_complete(dir: &Path) {
     );
 }
 
-#[test]
-fn three_adapters_one_base_load_per_worker_then_a_fourth_checkpoint_alone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tiny_chat_model(tmp.path());
-    let ckpts = tmp.path().join("run");
+/// Three adapter checkpoints under `<root>/run` and a step-1 sweep YAML over them writing to
+/// `out`; returns the YAML's path.
+fn three_checkpoint_sweep(root: &Path, base: &Path, out: &Path, file: &str) -> PathBuf {
+    let ckpts = root.join("run");
     make_checkpoint("lora", &ckpts.join("checkpoint-100"), None);
     make_checkpoint("lora2", &ckpts.join("checkpoint-200"), None);
     make_checkpoint("lora", &ckpts.join("checkpoint-300"), Some(24));
-    let sweep = tmp.path().join("sweep");
-    let yaml = tmp.path().join("sweep.yaml");
+    let yaml = root.join(file);
     std::fs::write(
         &yaml,
         format!(
             "model_name_or_path: {}\ncheckpoints: {}/checkpoint-*\nsteps: [step1]\noutput_dir: {}\n{}",
             base.display(),
             ckpts.display(),
-            sweep.display(),
+            out.display(),
             step1_keys()
         ),
     )
     .unwrap();
+    yaml
+}
+
+/// Complete result lines of a journal (not its header or timing lines).
+fn journal_results(path: &Path) -> usize {
+    let text = String::from_utf8(std::fs::read(path).unwrap_or_default()).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && l.contains(r#""item":"#))
+        .count()
+}
+
+/// Polls `cond` until it holds (the hang guard aside, no timing is involved).
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < LIMIT, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+#[test]
+fn a_stopped_sweep_resumes_from_the_checkpoints_journals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_chat_model(tmp.path());
+    let (reference, out) = (tmp.path().join("reference"), tmp.path().join("out"));
+    let ref_yaml = three_checkpoint_sweep(tmp.path(), &base, &reference, "ref.yaml");
+    let yaml = three_checkpoint_sweep(tmp.path(), &base, &out, "sweep.yaml");
+    let log = tmp.path().join("log");
+    finish(
+        spawn(&["sweep"], &ref_yaml, 1, &log, None),
+        &["sweep"],
+        &log,
+    );
+
+    // One worker, one item per lease: items 0-2 of checkpoint-100 are journaled, then it holds.
+    let marker = tmp.path().join("held");
+    let hold = Some(format!("{}:3", marker.display()));
+    let coordinator = spawn(&["sweep"], &yaml, 1, &log, hold);
+    let journal = out.join("checkpoint-100/.evalfleet-journal/step1.jsonl");
+    let mut worker = None;
+    wait_until("a held worker and 3 journaled results", || {
+        worker = read_pid(&marker);
+        worker.is_some() && journal_results(&journal) == 3
+    });
+    kill(coordinator.id(), "-TERM");
+    let status = wait(coordinator, LIMIT).status;
+    kill(worker.unwrap(), "-9");
+    let text = read(&log);
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(
+        text.contains("run the same command again to resume"),
+        "{text}"
+    );
+    assert_eq!(journal_results(&journal), 3, "the journal is intact");
+
+    let text = finish(spawn(&["sweep"], &yaml, 1, &log, None), &["sweep"], &log);
+    assert!(
+        text.contains("3 of 18 items were done by an earlier run"),
+        "{text}"
+    );
+    for name in ["checkpoint-100", "checkpoint-200", "checkpoint-300"] {
+        check_complete(&out.join(name));
+        let file = |dir: &Path| read(&dir.join(name).join("generated_predictions.jsonl"));
+        assert_eq!(file(&out), file(&reference), "{name}");
+    }
+    check_summary(
+        &out,
+        &["checkpoint-100", "checkpoint-200", "checkpoint-300"],
+    );
+}
+
+fn read_pid(marker: &Path) -> Option<u32> {
+    std::fs::read_to_string(marker).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn three_adapters_one_base_load_per_worker_then_a_fourth_checkpoint_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_chat_model(tmp.path());
+    let ckpts = tmp.path().join("run");
+    let sweep = tmp.path().join("sweep");
+    let yaml = three_checkpoint_sweep(tmp.path(), &base, &sweep, "sweep.yaml");
     let log = tmp.path().join("log");
     let text = evalfleet(&["sweep"], &yaml, &log);
 

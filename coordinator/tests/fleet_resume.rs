@@ -4,6 +4,10 @@
 //! - the coordinator killed (`kill -9`) mid step 1 on SmolLM2 (GGUF, greedy): a torn last line
 //!   added to its journal, a run of another job refused, then the same command resumes and
 //!   computes exactly the items the journal lacks, and the files equal an uninterrupted run's;
+//!   the resumed `predict_runtime` includes the earlier run's generation time from the journal;
+//! - the same mid step 1 → step 2 chain (`evalfleet run`, steps [step1, step2]) and mid step 3
+//!   (`evalfleet step3`): the re-run takes both steps' (or every question's) finished results
+//!   from the journal and the files equal an uninterrupted run's;
 //! - SIGTERM on the coordinator: exit 130 with the resume message, journal intact, a re-run
 //!   finishes with identical predictions;
 //! - SIGTERM on a worker: it gives its lease back, which the coordinator logs as a returned
@@ -44,9 +48,22 @@ fn write_yaml(path: &Path, model: &Path, template: &str, out: &Path, max_new_tok
 /// `evalfleet step1 <yaml> --workers N --batch-size B [extra]`, stderr to `log`; `hold` sets the
 /// worker hook (inherited by the spawned workers) as `MARKER:ITEM`.
 fn step1(yaml: &Path, workers: usize, batch: usize, log: &Path, hold: Option<String>) -> Child {
+    evalfleet("step1", yaml, workers, batch, log, hold)
+}
+
+/// `evalfleet <command> <yaml> --workers N --batch-size B --cpu`, as [`step1`].
+fn evalfleet(
+    command: &str,
+    yaml: &Path,
+    workers: usize,
+    batch: usize,
+    log: &Path,
+    hold: Option<String>,
+) -> Child {
     let mut cmd = Command::new(evalfleet_bin());
-    cmd.arg("step1")
+    cmd.arg(command)
         .arg(yaml)
+        .arg("--cpu")
         .args(["--workers", &workers.to_string()])
         .args(["--batch-size", &batch.to_string()])
         .env("EVALFLEET_WORKER_BIN", worker_bin())
@@ -99,14 +116,13 @@ fn journal(out: &Path) -> PathBuf {
     out.join(".evalfleet-journal/step1.jsonl")
 }
 
-/// Complete result lines in a journal (every line after the header that ends in a newline).
+/// Complete result lines in a journal (its lines that end in a newline and name an item: not
+/// the header, not the timing lines).
 fn journal_results(path: &Path) -> usize {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    bytes
-        .iter()
-        .filter(|&&b| b == b'\n')
+    let text = String::from_utf8(std::fs::read(path).unwrap_or_default()).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && l.contains(r#""item":"#))
         .count()
-        .saturating_sub(1)
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -151,6 +167,16 @@ fn metrics(out: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The speed keys of all_results.json.
+fn speed(out: &Path) -> std::collections::BTreeMap<String, f64> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&read(&out.join("all_results.json"))).unwrap();
+    map.into_iter()
+        .filter(|(k, _)| k.contains("_runtime") || k.contains("_per_second"))
+        .map(|(k, v)| (k, v.as_f64().unwrap()))
+        .collect()
+}
+
 fn exit_code(status: ExitStatus) -> Option<i32> {
     status.code()
 }
@@ -180,8 +206,13 @@ fn coordinator_killed_mid_step1_resumes_computing_only_what_the_journal_lacks() 
     let saved = journal_results(&journal(&out));
     assert_eq!(saved, 3);
 
+    // The killed run journaled its generation time after each result.
+    let text = read(&journal(&out));
+    assert!(text.contains(r#"{"task":"step1","elapsed_s":"#), "{text}");
+    // Say the earlier runs took 1000 s: the resumed run's predict_runtime must include them.
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(b"{\"task\":\"step1\",\"elapsed_s\":1000.0}\n");
     // A power cut tore the last line.
-    let mut bytes = std::fs::read(journal(&out)).unwrap();
     bytes.extend_from_slice(br#"{"task":"step1","item":"3","kind":"generate","result":"CgVo"#);
     std::fs::write(journal(&out), &bytes).unwrap();
 
@@ -205,9 +236,23 @@ fn coordinator_killed_mid_step1_resumes_computing_only_what_the_journal_lacks() 
     );
 
     // The same command again: resumes.
+    let started = Instant::now();
     let text = finish(step1(&yaml, 1, 1, &log, None), &log);
+    let took = started.elapsed().as_secs_f64();
     assert!(text.contains("ignoring a torn last line"), "{text}");
     assert_eq!(computed_and_loaded(&text), (ITEMS - saved, saved), "{text}");
+    // 1000 s before, plus this run's generation (which took less than the whole command).
+    let speed = speed(&out);
+    let runtime = speed["predict_runtime"];
+    assert!(
+        (1000.0..=1000.0 + took).contains(&runtime),
+        "{runtime} (the re-run took {took} s)"
+    );
+    let per_second = speed["predict_samples_per_second"];
+    assert!(
+        (per_second - ITEMS as f64 / runtime).abs() < 1e-3,
+        "{per_second} vs {ITEMS} / {runtime}"
+    );
     assert_eq!(
         read(&out.join("generated_predictions.jsonl")),
         read(&reference.join("generated_predictions.jsonl"))
@@ -295,4 +340,169 @@ fn sigterm_on_a_worker_gives_its_lease_back_at_once() {
     }
     let lines = read(&out.join("generated_predictions.jsonl"));
     assert_eq!(lines.split('\n').count(), ITEMS, "{lines}");
+}
+
+/// A run file with steps [step1, step2] on `out`: the tiny chat model, all-MiniLM-L6-v2.
+fn write_chain_yaml(path: &Path, model: &Path, out: &Path) {
+    let yaml = format!(
+        "steps: [step1, step2]\nmodel_name_or_path: {model}\ndataset_dir: {data}\n\
+         dataset: demo_alpaca,demo_sharegpt\ntemplate: default\ncutoff_len: 40\nmax_samples: 4\n\
+         output_dir: {out}\nper_device_eval_batch_size: 1\npredict_with_generate: true\n\
+         max_new_tokens: 8\ndo_sample: false\nstep2:\n  model_path: {embedder}\n",
+        model = model.display(),
+        data = repo().join("yamls/demo").display(),
+        out = out.display(),
+        embedder = fleet_common::minilm().display(),
+    );
+    std::fs::write(path, yaml).unwrap();
+}
+
+/// A results file without its speed metrics (timings differ between any two runs).
+fn without_speed(text: String) -> String {
+    text.lines()
+        .filter(|l| !l.contains("_runtime\"") && !l.contains("_per_second\""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Kills the coordinator once `journal` holds `results` results, and the held worker.
+fn kill_at(mut coordinator: Child, marker: &Path, journal: &Path, results: usize) {
+    let worker = held_worker(marker);
+    wait_until("the journal's results", || {
+        journal_results(journal) == results
+    });
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
+    reap(worker);
+    assert_eq!(journal_results(journal), results);
+}
+
+#[test]
+fn coordinator_killed_mid_chain_resumes_step1_and_step2_from_one_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fleet_common::tiny_chat_model(dir.path());
+    let (reference, out) = (dir.path().join("reference"), dir.path().join("out"));
+    let (yaml_ref, yaml) = (dir.path().join("ref.yaml"), dir.path().join("job.yaml"));
+    write_chain_yaml(&yaml_ref, &model, &reference);
+    write_chain_yaml(&yaml, &model, &out);
+    let log = dir.path().join("log");
+    finish(evalfleet("run", &yaml_ref, 1, 1, &log, None), &log);
+
+    // One worker, one item per lease: each step-1 result's step-2 item goes out next (a fed
+    // task's full lease comes first), so the leases alternate step1 0, step2 0, step1 1, ...
+    // The worker hangs at the first result for item 3 (step 1's): 3 of each step are journaled.
+    let marker = dir.path().join("held");
+    let hold = Some(format!("{}:3", marker.display()));
+    let coordinator = evalfleet("run", &yaml, 1, 1, &log, hold);
+    let chain_journal = out.join(".evalfleet-journal/step1+step2.jsonl");
+    kill_at(coordinator, &marker, &chain_journal, 6);
+    let text = read(&chain_journal);
+    for task in ["step1", "step2"] {
+        let results = format!(r#"{{"task":"{task}","item":"#);
+        assert_eq!(text.matches(&results).count(), 3, "{task}:\n{text}");
+    }
+    assert!(
+        !out.join("generated_predictions.jsonl").exists(),
+        "step 1 was not complete"
+    );
+
+    let text = finish(evalfleet("run", &yaml, 1, 1, &log, None), &log);
+    assert_eq!(computed_and_loaded(&text), (2 * ITEMS - 6, 6), "{text}");
+    for name in [
+        "generated_predictions.jsonl",
+        "sem_sim_distribution.json",
+        "sem_sim_histogram.svg",
+        "sem_sim_histogram.png",
+    ] {
+        let bytes = |dir: &Path| std::fs::read(dir.join(name)).unwrap();
+        assert!(bytes(&out) == bytes(&reference), "{name} differs");
+    }
+    for name in ["predict_results.json", "all_results.json"] {
+        let (a, b) = (read(&out.join(name)), read(&reference.join(name)));
+        assert!(a.contains("\"predict_runtime\""), "{name}: {a}");
+        assert_eq!(without_speed(a), without_speed(b), "{name} differs");
+    }
+    let results = read(&out.join("predict_results.json"));
+    assert!(results.contains("\"avg_sem_sim_score\""), "{results}");
+    assert!(
+        !chain_journal.exists(),
+        "a finished chain deletes its journal"
+    );
+}
+
+/// Questions of the step-3 benchmark (one subject, MMLU layout).
+const QUESTIONS: usize = 8;
+
+/// A benchmark of our own in the MMLU layout under `dir/tasks/mine`: one subject, two dev rows,
+/// [`QUESTIONS`] test rows.
+fn write_benchmark(dir: &Path) {
+    let task = dir.join("tasks/mine");
+    std::fs::create_dir_all(task.join("data/dev")).unwrap();
+    std::fs::create_dir_all(task.join("data/test")).unwrap();
+    std::fs::write(
+        task.join("mapping.json"),
+        r#"{"arithmetic": {"name": "arithmetic", "category": "STEM"}}"#,
+    )
+    .unwrap();
+    let row = |a: usize, b: usize| {
+        let sum = a + b;
+        let answer = ["A", "B", "C", "D"][sum % 4];
+        let choices: Vec<String> = (0..4).map(|k| (sum - sum % 4 + k).to_string()).collect();
+        format!("What is {a} + {b}?,{},{answer}\n", choices.join(","))
+    };
+    let dev: String = (0..2).map(|i| row(i + 1, 2)).collect();
+    let test: String = (0..QUESTIONS).map(|i| row(3 * i + 4, i + 5)).collect();
+    std::fs::write(task.join("data/dev/arithmetic_dev.csv"), dev).unwrap();
+    std::fs::write(task.join("data/test/arithmetic_test.csv"), test).unwrap();
+}
+
+fn write_step3_yaml(path: &Path, dir: &Path, save: &Path) {
+    let yaml = format!(
+        "model_name_or_path: {model}\ntask_dir: {tasks}\ntasks: [mine]\nlangs: [en]\n\
+         splits: [test]\ntemplate: qwen\nn_shot: 1\nfew_shot_order: fixed\nsave_dir: {save}\n",
+        model = fleet_common::smollm2_f32().display(),
+        tasks = dir.join("tasks").display(),
+        save = save.display(),
+    );
+    std::fs::write(path, yaml).unwrap();
+}
+
+#[test]
+fn coordinator_killed_mid_step3_resumes_scoring_only_the_missing_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    write_benchmark(dir.path());
+    let (reference, out) = (dir.path().join("reference"), dir.path().join("out"));
+    let (yaml_ref, yaml) = (dir.path().join("ref.yaml"), dir.path().join("job.yaml"));
+    write_step3_yaml(&yaml_ref, dir.path(), &reference);
+    write_step3_yaml(&yaml, dir.path(), &out);
+    let log = dir.path().join("log");
+    finish(evalfleet("step3", &yaml_ref, 1, 1, &log, None), &log);
+    let files: Vec<PathBuf> = std::fs::read_dir(reference.join("mine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 4, "{files:?}");
+
+    // One worker, one question per lease, in queue order (every question has the same shot):
+    // the worker hangs at question 5 with questions 0-4 journaled.
+    let marker = dir.path().join("held");
+    let hold = Some(format!("{}:5", marker.display()));
+    let coordinator = evalfleet("step3", &yaml, 1, 1, &log, hold);
+    let step3_journal = out.join(".evalfleet-journal/step3.jsonl");
+    kill_at(coordinator, &marker, &step3_journal, 5);
+
+    let text = finish(evalfleet("step3", &yaml, 1, 1, &log, None), &log);
+    assert_eq!(computed_and_loaded(&text), (QUESTIONS - 5, 5), "{text}");
+    for file in &files {
+        let name = file.file_name().unwrap();
+        assert_eq!(
+            read(&out.join("mine").join(name)),
+            read(file),
+            "{name:?} differs"
+        );
+    }
+    assert!(
+        !step3_journal.exists(),
+        "a finished step 3 deletes its journal"
+    );
 }

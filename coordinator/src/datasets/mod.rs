@@ -147,9 +147,10 @@ pub enum DatasetError {
     /// A data file of a kind that is not read here, or that does not exist.
     #[error("{}: {message}", path.display())]
     Unsupported { path: PathBuf, message: String },
-    /// Nothing left to predict (LF: "Cannot find valid samples").
-    #[error("no usable samples in dataset(s) {}", names.join(", "))]
-    NoSamples { names: Vec<String> },
+    /// Nothing left to predict (LF: "Cannot find valid samples"): a dataset whose files have
+    /// no rows, or datasets whose every row was dropped; `why` names the file or the rule.
+    #[error("no usable samples in dataset(s) {}: {why}", names.join(", "))]
+    NoSamples { names: Vec<String>, why: String },
 }
 
 /// serde_json's messages end in " at line L column C", which the error already says.
@@ -199,6 +200,9 @@ pub fn load_samples(
     if samples.is_empty() {
         return Err(DatasetError::NoSamples {
             names: names.to_vec(),
+            why: "every row was dropped (LLaMA-Factory keeps a row only when its prompt ends on \
+                  a user turn)"
+                .into(),
         });
     }
     Ok(samples)
@@ -221,6 +225,17 @@ fn load_aligned(
                 .into_iter()
                 .map(|r| (path.clone(), r)),
         );
+    }
+    // A named dataset without a single row is a mistake (a truncated export, a wrong file),
+    // even when other datasets have rows: say which file instead of running without it.
+    if rows.is_empty() {
+        return Err(DatasetError::NoSamples {
+            names: vec![attr.name.clone()],
+            why: format!(
+                "{} has no rows (expected a JSON array of objects, or one JSON object per line)",
+                info::data_path(dataset_dir, attr).display()
+            ),
+        });
     }
     rows.truncate(max_samples.unwrap_or(usize::MAX));
     let mut out = Vec::with_capacity(rows.len());

@@ -53,6 +53,13 @@ pub enum OutputError {
         line: usize,
         message: String,
     },
+    /// The output directory cannot be created, or a file cannot be created in it.
+    #[error(
+        "{}: the output directory is not writable: {source} (expected a directory this user can \
+         create files in)",
+        path.display()
+    )]
+    DirNotWritable { path: PathBuf, source: io::Error },
     /// An existing metrics file holds something other than a JSON object.
     #[error("{}: expected a JSON object of metrics at the top level", path.display())]
     NotAnObject { path: PathBuf },
@@ -86,7 +93,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), OutputError> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(wrap)?;
-    tmp.write_all(contents).map_err(wrap)?;
+    write_contents(tmp.as_file_mut(), path, contents).map_err(wrap)?;
     set_readable_permissions(tmp.as_file()).map_err(wrap)?;
     tmp.as_file().sync_all().map_err(wrap)?;
     tmp.persist(path).map_err(|e| wrap(e.error))?;
@@ -95,6 +102,36 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), OutputError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Test hook for the disk-full fault test (`tests/bad_input_files.rs`): a file whose name equals
+/// this variable's value gets half its bytes, then fails with ENOSPC, as on a full disk.
+const TEST_DISK_FULL_ENV: &str = "EVALFLEET_TEST_DISK_FULL";
+
+fn write_contents(file: &mut fs::File, path: &Path, contents: &[u8]) -> io::Result<()> {
+    let full = std::env::var_os(TEST_DISK_FULL_ENV);
+    if full.is_some_and(|name| path.file_name() == Some(name.as_os_str())) {
+        file.write_all(&contents[..contents.len() / 2])?;
+        const ENOSPC: i32 = 28;
+        return Err(io::Error::from_raw_os_error(ENOSPC));
+    }
+    file.write_all(contents)
+}
+
+/// Creates `dir` if missing and checks that a file can be created in it, so that a run fails
+/// before any work rather than when its results are ready to be written.
+pub fn check_output_dir(dir: &Path) -> Result<(), OutputError> {
+    let wrap = |source| OutputError::DirNotWritable {
+        path: dir.to_owned(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(wrap)?;
+    // The probe is deleted when dropped.
+    tempfile::Builder::new()
+        .prefix(".evalfleet-probe-")
+        .tempfile_in(dir)
+        .map(drop)
+        .map_err(wrap)
 }
 
 /// Temporary files are created 0600; Python's `open(path, "w")` gives 0644 under the usual

@@ -42,6 +42,7 @@ pub async fn run_step1(cfg: &Step1Config, setup: &FleetSetup) -> Result<Step1Rep
     setup.workers = setup.workers.or(cfg.workers);
     setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
     let task = step1_task(cfg, &samples);
+    output::check_output_dir(&cfg.output_dir)?;
     let journal = Journal::attach(&mut setup, &cfg.output_dir, "step1", slice::from_ref(&task))?;
     let run = run_fleet(vec![task], &setup, "step1").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();

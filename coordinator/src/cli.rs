@@ -68,8 +68,8 @@ pub enum Command {
     /// sections.
     ///
     /// Each step reads and writes what its own subcommand does; steps run one after the other.
-    /// Same fleet options as `step1`.
-    Run(StepArgs),
+    /// Same fleet options as `step1`, plus --metrics-listen.
+    Run(RunArgs),
     /// Evaluates a training run's checkpoints (LoRA adapters over one base, or full models) on
     /// the same steps in one fleet, then writes the report of all of them.
     ///
@@ -81,6 +81,26 @@ pub enum Command {
     /// new ones (--restart evaluates all again). Writes summary.md, summary.csv and report.html
     /// into output_dir at the end. Same fleet options as `step1`. See yamls/sweep.yaml.
     Sweep(StepArgs),
+    /// Runs a long-lived coordinator that workers join and that accepts jobs (`evalfleet submit`).
+    ///
+    /// Workers dial it as they dial `evalfleet run --listen` (same binary, protocol and token).
+    /// Submitted jobs (the YAMLs `evalfleet run` takes) queue and run through the same drivers,
+    /// --max-jobs at a time, sharing the workers: a worker is offered first to the jobs needing a
+    /// model it holds. Each job writes its files exactly as `evalfleet run` does, with its
+    /// journal (a cancelled or interrupted job resumes when submitted again). `evalfleet status`
+    /// shows queued, running and finished jobs (done/total, rate, ETA) and the workers;
+    /// `evalfleet cancel` stops one. Prometheus metrics with --metrics-listen.
+    Serve(crate::serve::cli::ServeArgs),
+    /// Queues a job YAML on an `evalfleet serve` coordinator and prints its id.
+    ///
+    /// The YAML's text is sent; its paths are resolved on the coordinator's side.
+    Submit(crate::serve::cli::SubmitArgs),
+    /// Shows the jobs of an `evalfleet serve` coordinator (state, step, done/total, rate, ETA)
+    /// and its workers (items, rate, leases, model loads, models held).
+    Status(crate::serve::cli::StatusArgs),
+    /// Cancels a queued or running job of an `evalfleet serve` coordinator (its leases are
+    /// returned at once; its journal is kept, so submitting it again resumes).
+    Cancel(crate::serve::cli::CancelArgs),
     /// Trains a CharacterEval reward model (ranking + regression losses) that step 4 can load.
     ///
     /// Runs `evalfleet-train train-rm YAML` (installed next to `evalfleet`, like the worker; or
@@ -126,6 +146,17 @@ pub struct StepArgs {
     pub yaml: PathBuf,
     #[command(flatten)]
     pub fleet: FleetArgs,
+}
+
+/// `evalfleet run`: the step options plus the metrics endpoint.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub step: StepArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the job runs (items done per step,
+    /// items per second per worker, leases outstanding, workers, model loads).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `evalfleet step4`: the job YAML, the sub-step to start from, the fleet options.
@@ -220,6 +251,8 @@ impl FleetArgs {
             },
             journal: None,
             restart: self.restart,
+            host: None,
+            observer: None,
         }
     }
 }
@@ -295,9 +328,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run(args) => {
+        Command::Run(RunArgs {
+            step: args,
+            metrics_listen,
+        }) => {
             let job = crate::config::load_job(&args.yaml)?;
-            let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
+            let mut setup = args.fleet.setup();
+            // Kept until the job ends: dropping it stops the endpoint.
+            let _metrics = crate::serve::cli::run_metrics(&mut setup, metrics_listen).await?;
+            let files = crate::run::run_job(&job, &setup).await?;
             for path in files {
                 println!("wrote {}", path.display());
             }
@@ -320,6 +359,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Serve(args) => crate::serve::cli::serve(args).await,
+        Command::Submit(args) => crate::serve::cli::submit(args).await,
+        Command::Status(args) => crate::serve::cli::status(args).await,
+        Command::Cancel(args) => crate::serve::cli::cancel(args).await,
         Command::TrainRm { yaml } => train_rm(&yaml),
         Command::Report { dir } => {
             let files = crate::report::build_report(&dir)?;

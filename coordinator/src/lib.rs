@@ -14,6 +14,8 @@
 //! - [`step2`]: step 2's files: scores into the step-1 files, the score distribution and plot.
 //! - [`step4`]: CharacterEval: prompts, transform, reward-model inputs, score means and files.
 //! - [`sweep`]: `evalfleet sweep`: a training run's checkpoints in one fleet, then one report.
+//! - [`serve`]: `evalfleet serve` (a long-lived fleet accepting jobs), `submit`, `status`, `cancel`,
+//!   and the Prometheus metrics endpoint.
 //! - [`progress`]: the progress bar and a log writer that does not tear it.
 //! - [`cli`]: the `evalfleet` command line.
 
@@ -29,6 +31,7 @@ pub mod report;
 pub mod rpc;
 pub mod run;
 pub mod sched;
+pub mod serve;
 pub mod step2;
 pub mod step3;
 pub mod step4;

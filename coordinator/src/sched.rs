@@ -593,15 +593,22 @@ impl Scheduler {
             })
     }
 
-    /// The model keys (`ModelSpec.key` of each task's lease template) of the tasks that have
-    /// items waiting for a lease, in task order: what this scheduler's next leases will need, so
-    /// that a front end serving several jobs can prefer a worker that already holds one.
+    /// The model keys (`ModelSpec.key` of each task's lease template, `""` for none) of the
+    /// tasks that have items waiting for a lease, in task order: what this scheduler's next
+    /// leases will need, so that a front end serving several jobs can prefer a worker that
+    /// already holds one.
     pub fn queued_models(&self) -> Vec<&str> {
         self.tasks
             .iter()
             // The queue may hold stale entries; the first live one answers (usually at once).
             .filter(|t| t.queue.iter().any(|&i| t.state[i] == ItemState::Queued))
-            .filter_map(|t| t.spec.template.model.as_ref().map(|m| m.key.as_str()))
+            .map(|t| {
+                t.spec
+                    .template
+                    .model
+                    .as_ref()
+                    .map_or("", |m| m.key.as_str())
+            })
             .collect()
     }
 

@@ -80,10 +80,18 @@ pub async fn requested() -> &'static str {
         return std::future::pending().await;
     };
     let mut rx = tx.subscribe();
-    match rx.wait_for(Option::is_some).await {
-        Ok(name) => name.unwrap_or("a signal"),
+    // The name is copied out in its own statement: the watch guard (not `Send`) must not live
+    // across the await below, so that drivers awaiting this can run on spawned tasks
+    // (`evalfleet serve` runs each job on one).
+    let name = rx
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .map(|name| (*name).unwrap_or("a signal"));
+    match name {
+        Some(name) => name,
         // The sender is a static: never dropped.
-        Err(_) => std::future::pending().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -17,7 +17,7 @@ use crate::journal::Journal;
 use crate::local::{self, LocalWorkers, SpawnOptions};
 use crate::progress::ItemsBar;
 use crate::rpc::tls::ServerTls;
-use crate::rpc::{Fleet, FleetOptions, Listener, ServerHandle};
+use crate::rpc::{Fleet, FleetObserver, FleetOptions, Listener, ServerHandle};
 use crate::sched::{ItemOutcome, Scheduler, TaskSpec};
 
 use super::RunError;
@@ -45,6 +45,36 @@ pub struct FleetSetup {
     pub journal: Option<Arc<Journal>>,
     /// `--restart`: discard a journal found in the output directory instead of resuming from it.
     pub restart: bool,
+    /// A long-lived fleet (`evalfleet serve`) whose workers run the tasks: no port is bound and
+    /// no worker spawned; `listen`, `workers` and the worker options are then unused.
+    pub host: Option<Arc<dyn FleetHost>>,
+    /// Shown every served fleet's worker traffic (the metrics of `evalfleet run
+    /// --metrics-listen`); unused with `host`, which observes its own workers.
+    pub observer: Option<Observer>,
+}
+
+/// [`FleetSetup::observer`]: a [`FleetObserver`] (named only, in `Debug` output).
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn FleetObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+/// A long-lived fleet that lends its workers to jobs (`evalfleet serve`). A driver's
+/// [`RunningFleet::start`] attaches its fleet here instead of serving it: the host routes its
+/// workers' lease requests and results to the attached fleets.
+pub trait FleetHost: Send + Sync + std::fmt::Debug {
+    /// Starts lending workers to `fleet` (`label` names the step in status and metrics);
+    /// returns the attachment for [`FleetHost::detach`]. Fails with [`RunError::Cancelled`] if
+    /// the job was cancelled meanwhile.
+    fn attach(&self, fleet: &Fleet, label: &str) -> Result<u64, RunError>;
+    /// Stops lending workers to that fleet (it stopped, finished or not).
+    fn detach(&self, attachment: u64);
+    /// Resolves once the job was cancelled (never, if it is not).
+    fn cancelled(&self) -> futures::future::BoxFuture<'static, ()>;
 }
 
 /// The outcome of every item of every task, in task and item order.
@@ -99,6 +129,18 @@ pub struct RunningFleet {
     started: Instant,
     /// `setup.journal`: preloaded, fed every accepted result, flushed by [`RunningFleet::stop`].
     journal: Option<Arc<Journal>>,
+    /// `setup.host` and the attachment it gave (detached by [`RunningFleet::stop`] or on drop).
+    host: Option<(Arc<dyn FleetHost>, u64)>,
+}
+
+impl Drop for RunningFleet {
+    /// A driver dropped without [`RunningFleet::stop`] (an error, a cancelled task) must not
+    /// leave its fleet attached to a host's workers.
+    fn drop(&mut self) {
+        if let Some((host, attachment)) = self.host.take() {
+            host.detach(attachment);
+        }
+    }
 }
 
 impl RunningFleet {
@@ -135,6 +177,23 @@ impl RunningFleet {
             journal.set_clock(move || clock.model_ready_at().or_else(|| clock.first_lease_at()));
         }
         before_serving(&fleet);
+        if let Some(host) = &setup.host {
+            let attachment = host.attach(&fleet, label)?;
+            return Ok(RunningFleet {
+                fleet,
+                server: None,
+                workers: None,
+                external: true,
+                label: label.to_string(),
+                started: Instant::now(),
+                journal: setup.journal.clone(),
+                host: Some((host.clone(), attachment)),
+            });
+        }
+        if let Some(Observer(observer)) = &setup.observer {
+            fleet.set_observer(observer.clone());
+            observer.serving(&fleet, label);
+        }
         let token = match setup.listen {
             Some(_) => local::read_token(setup.token_file.as_deref())?,
             None => local::random_token()?,
@@ -165,6 +224,7 @@ impl RunningFleet {
             label: label.to_string(),
             started: Instant::now(),
             journal: setup.journal.clone(),
+            host: None,
         })
     }
 
@@ -206,10 +266,15 @@ impl RunningFleet {
                 _ => std::future::pending().await,
             }
         };
+        let cancelled = match &self.host {
+            Some((host, _)) => host.cancelled(),
+            None => Box::pin(std::future::pending()),
+        };
         tokio::select! {
             // The goal first: once every worker has exited after `Finished`, both are ready.
             biased;
             () = goal => Ok(()),
+            () = cancelled => Err(RunError::Cancelled),
             // Before the workers' deaths: Ctrl-C in a terminal signals local workers too.
             signal = crate::stop::requested() => Err(RunError::Interrupted {
                 signal: signal.into(),
@@ -243,6 +308,9 @@ impl RunningFleet {
     pub async fn stop(&mut self, ok: bool) {
         self.fleet
             .shutdown_workers(if ok { "job finished" } else { "job failed" });
+        if let Some((host, attachment)) = self.host.take() {
+            host.detach(attachment);
+        }
         if let Some(w) = self.workers.take() {
             w.shutdown(Duration::from_secs(10)).await;
         }

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use chain::{ChainReport, run_chain};
-pub use fleet::{FleetRun, FleetSetup, RunningFleet, run_fleet};
+pub use fleet::{FleetHost, FleetRun, FleetSetup, RunningFleet, run_fleet};
 pub use step1::{Step1Report, run_step1};
 pub use step2::run_step2;
 pub use step3::run_step3;
@@ -110,6 +110,9 @@ pub enum RunError {
     },
     #[error("no workers: --workers 0 needs --listen ADDR so that external workers can join")]
     NoWorkers,
+    /// `evalfleet cancel` stopped the job (see [`FleetHost`]).
+    #[error("the job was cancelled")]
+    Cancelled,
     #[error("every local worker exited before the job was done:\n{0}")]
     AllWorkersDied(String),
     /// SIGINT/SIGTERM stopped the fleet; `resume` says what was saved and how to go on.

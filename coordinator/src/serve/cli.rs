@@ -1,0 +1,159 @@
+//! The `evalfleet serve`, `submit`, `status` and `cancel` subcommands: arguments and glue.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{ServeOptions, control, view};
+
+/// `evalfleet serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve workers and job control on ADDR (e.g. 0.0.0.0:50051).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// File whose first line is the bearer token that workers and `evalfleet submit` / `status` /
+    /// `cancel` must present (default: $EVALFLEET_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (items done per job and step, items per
+    /// second per worker, leases outstanding, workers, model loads).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Jobs that run at once (they share the workers); more wait in the queue. Jobs writing to
+    /// the same output directory never run at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_jobs: usize,
+    /// Local worker processes to start next to the coordinator (default 0: external workers
+    /// only, `evalfleet-worker --coordinator URL`).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Start the local workers on the CPU even when GPUs are visible.
+    #[arg(long)]
+    pub cpu: bool,
+    /// Items per lease = generation batch size of each local worker.
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+}
+
+/// Where a long-lived coordinator is and its token.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The coordinator's URL (as `evalfleet serve` prints it).
+    #[arg(
+        long,
+        env = "EVALFLEET_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+    /// File whose first line is the bearer token (default: $EVALFLEET_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `evalfleet submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The job YAML (what `evalfleet run` takes). Its text is sent to the coordinator, and the
+    /// paths in it (models, data sets, output_dir) are resolved THERE, against the coordinator's
+    /// working directory: use paths the coordinator can see (absolute, or shared volumes).
+    pub yaml: PathBuf,
+    /// Discard the result journal of an earlier, unfinished run of the job and start over.
+    #[arg(long)]
+    pub restart: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `evalfleet status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One job (default: every job, and the workers).
+    pub job: Option<String>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `evalfleet cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The job to cancel (as `evalfleet submit` printed it).
+    pub job: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Runs `evalfleet serve` until SIGINT/SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    super::serve(ServeOptions {
+        listen: args.listen,
+        token_file: args.token_file,
+        metrics_listen: args.metrics_listen,
+        max_jobs: args.max_jobs,
+        workers: args.workers,
+        cpu_only: args.cpu,
+        batch_size: args.batch_size,
+        worker_bin: None,
+        fleet: Default::default(),
+    })
+    .await?;
+    Ok(())
+}
+
+fn token(client: &ClientArgs) -> anyhow::Result<String> {
+    Ok(crate::local::read_token(client.token_file.as_deref())?)
+}
+
+/// `evalfleet submit`: prints the job id.
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let token = token(&args.client)?;
+    let id = control::submit(&args.client.coordinator, &token, &args.yaml, args.restart).await?;
+    println!("{id}");
+    Ok(())
+}
+
+/// `evalfleet status`.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let token = token(&args.client)?;
+    let reply = control::status(&args.client.coordinator, &token, args.job.as_deref()).await?;
+    if args.json {
+        println!("{}", view::json(&reply));
+    } else {
+        print!("{}", view::table(&reply, args.job.is_some()));
+    }
+    Ok(())
+}
+
+/// `evalfleet cancel`: prints the job's state afterwards.
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+    let token = token(&args.client)?;
+    let state = control::cancel(&args.client.coordinator, &token, &args.job).await?;
+    println!("{} {state}", args.job);
+    Ok(())
+}
+
+/// `evalfleet run --metrics-listen ADDR`: serves the metrics of `setup`'s fleets on ADDR (one
+/// per step, observed through [`crate::run::FleetSetup::observer`]) until the returned server
+/// is dropped.
+pub async fn run_metrics(
+    setup: &mut crate::run::FleetSetup,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<Option<super::http::MetricsServer>> {
+    let Some(addr) = listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
+    let metrics = super::metrics::Metrics::new();
+    let server = super::http::MetricsServer::start(listener, metrics.clone())?;
+    // On stdout next to `listening on`, for scripts that scrape.
+    println!("metrics on http://{}/metrics", server.addr);
+    let observer = super::metrics::RunObserver::new(metrics, "run");
+    setup.observer = Some(crate::run::fleet::Observer(observer));
+    Ok(Some(server))
+}

@@ -1,0 +1,447 @@
+//! The job queue of `evalfleet serve`: submitted jobs wait in submission order and run, up to
+//! `max_running` at a time, through the same driver as `evalfleet run` ([`crate::run::run_job`]),
+//! whose fleets attach to the [`Hub`] instead of serving a port of their own. So each job writes
+//! exactly the files `evalfleet run` writes, with its journal: a job that is cancelled or stopped
+//! resumes when it is submitted again.
+//!
+//! Two jobs never run on the same output directory at once (their files and journals would
+//! mix): a job whose output directory a running job uses waits until that one ends.
+//!
+//! States: queued → running → finished | failed | cancelled. Cancelling a running job detaches its
+//! fleets from the hub at once (its leases are returned: results still coming for them are
+//! dropped) and tells its driver, which stops, flushes its journal and returns; the job is
+//! `cancelling` until then.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use evalfleet_proto::v1 as pb;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use super::hub::Hub;
+use crate::config::{ConfigError, JobConfig, StepConfig};
+use crate::rpc::FleetOptions;
+use crate::run::{FleetHost, FleetSetup, RunError};
+use crate::sched::Progress;
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    /// Cancel requested while running; its driver is stopping.
+    Cancelling,
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    /// The name shown by `evalfleet status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Cancelling => "cancelling",
+            JobState::Finished => "finished",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The job has ended (finished, failed or cancelled).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Finished | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    fn is_active(self) -> bool {
+        matches!(self, JobState::Running | JobState::Cancelling)
+    }
+}
+
+/// Why a job was not accepted or found.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no job {0:?} (evalfleet status lists the jobs)")]
+    NotFound(String),
+}
+
+/// What a running job's driver and the queue share.
+struct Shared {
+    cancel: watch::Sender<bool>,
+    /// The steps whose fleets completed, in order.
+    steps_done: Mutex<Vec<String>>,
+    /// The last fleet that detached and its progress (status of an ended job).
+    last: Mutex<Option<(String, Progress)>>,
+}
+
+struct Job {
+    id: String,
+    name: String,
+    seq: u64,
+    state: JobState,
+    /// Taken when the job starts.
+    config: Option<JobConfig>,
+    output_dirs: Vec<PathBuf>,
+    restart: bool,
+    shared: Arc<Shared>,
+    error: String,
+    files: Vec<String>,
+    ended_seq: u64,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: Vec<Job>,
+    next_seq: u64,
+    next_end: u64,
+}
+
+/// The queue (see the module docs).
+pub struct Jobs {
+    hub: Arc<Hub>,
+    options: FleetOptions,
+    max_running: usize,
+    state: Mutex<State>,
+    wake: Notify,
+    /// Set when the coordinator stops: queued jobs stay queued.
+    closed: AtomicBool,
+}
+
+impl Jobs {
+    /// A queue running at most `max_running` jobs at once on `hub`'s workers; their fleets use
+    /// `options` (lease TTL, attempts, ...).
+    pub fn new(hub: Arc<Hub>, options: FleetOptions, max_running: usize) -> Arc<Self> {
+        Arc::new(Jobs {
+            hub,
+            options,
+            max_running: max_running.max(1),
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues the job YAML `text` (`name`: the file it came from, for messages). Its paths are
+    /// resolved here, against the coordinator's working directory. Returns the job id.
+    pub fn submit(&self, text: &str, name: &str, restart: bool) -> Result<String, JobError> {
+        let file = if name.is_empty() { "job.yaml" } else { name };
+        let config = crate::config::parse_job(Path::new(file), text)?;
+        let mut st = self.lock();
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        let id = format!("job-{seq}");
+        st.jobs.push(Job {
+            id: id.clone(),
+            name: file.to_string(),
+            seq,
+            state: JobState::Queued,
+            output_dirs: output_dirs(&config),
+            config: Some(config),
+            restart,
+            shared: Arc::new(Shared {
+                cancel: watch::Sender::new(false),
+                steps_done: Mutex::new(Vec::new()),
+                last: Mutex::new(None),
+            }),
+            error: String::new(),
+            files: Vec::new(),
+            ended_seq: 0,
+        });
+        drop(st);
+        info!("job {id} ({file}) queued");
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Cancels job `id`; returns its state afterwards (`cancelling` while a running job's driver
+    /// stops; a job that already ended keeps its state).
+    pub fn cancel(&self, id: &str) -> Result<JobState, JobError> {
+        let mut st = self.lock();
+        let end = st.next_end + 1;
+        let job = st
+            .jobs
+            .iter_mut()
+            .find(|j| j.id == id)
+            .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+        let before = job.state;
+        match before {
+            JobState::Queued => {
+                job.state = JobState::Cancelled;
+                job.ended_seq = end;
+                job.config = None;
+            }
+            JobState::Running => {
+                job.state = JobState::Cancelling;
+                job.shared.cancel.send_replace(true);
+            }
+            _ => {}
+        }
+        let (state, shared) = (job.state, job.shared.clone());
+        if before == JobState::Queued {
+            st.next_end = end;
+            info!("job {id} cancelled before it started");
+        }
+        drop(st);
+        if before == JobState::Running {
+            // Its leases are returned now, not when the driver gets round to stopping.
+            if let Some(last) = self.hub.detach_job(id).pop() {
+                *lock(&shared.last) = Some(last);
+            }
+            info!("job {id}: cancelling");
+        }
+        Ok(state)
+    }
+
+    /// Starts queued jobs while fewer than `max_running` run; waits for a change, and again.
+    pub async fn dispatch(self: Arc<Self>) {
+        loop {
+            self.start_ready();
+            // `notify_one` keeps a permit when nobody waits: no change is missed.
+            self.wake.notified().await;
+        }
+    }
+
+    /// Starts no more jobs, then waits until none runs (their drivers stop on the signal that
+    /// stops the coordinator).
+    pub async fn wait_idle(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        while self.lock().jobs.iter().any(|j| j.state.is_active()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts every queued job that may start now.
+    fn start_ready(self: &Arc<Self>) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut st = self.lock();
+        loop {
+            let active: Vec<&Job> = st.jobs.iter().filter(|j| j.state.is_active()).collect();
+            if active.len() >= self.max_running {
+                return;
+            }
+            let busy: Vec<PathBuf> = active
+                .iter()
+                .flat_map(|j| j.output_dirs.iter().cloned())
+                .collect();
+            let Some(job) = st.jobs.iter_mut().find(|j| {
+                j.state == JobState::Queued && !j.output_dirs.iter().any(|d| busy.contains(d))
+            }) else {
+                return;
+            };
+            let Some(config) = job.config.take() else {
+                return;
+            };
+            job.state = JobState::Running;
+            let host: Arc<dyn FleetHost> = Arc::new(JobHost {
+                hub: self.hub.clone(),
+                job: job.id.clone(),
+                seq: job.seq,
+                shared: job.shared.clone(),
+            });
+            let setup = FleetSetup {
+                options: self.options.clone(),
+                restart: job.restart,
+                host: Some(host),
+                ..Default::default()
+            };
+            let (jobs, id) = (self.clone(), job.id.clone());
+            info!("job {id} ({}) started", job.name);
+            tokio::spawn(async move {
+                let result = crate::run::run_job(&config, &setup).await;
+                jobs.finish(&id, result);
+            });
+        }
+    }
+
+    /// Records how job `id`'s driver ended.
+    fn finish(&self, id: &str, result: Result<Vec<PathBuf>, RunError>) {
+        let mut st = self.lock();
+        st.next_end += 1;
+        let end = st.next_end;
+        let Some(job) = st.jobs.iter_mut().find(|j| j.id == id) else {
+            return;
+        };
+        job.ended_seq = end;
+        match result {
+            Ok(files) => {
+                job.state = JobState::Finished;
+                job.files = files.iter().map(|p| p.display().to_string()).collect();
+                info!("job {id} finished: {} files written", job.files.len());
+            }
+            Err(e) if job.state == JobState::Cancelling || matches!(e, RunError::Cancelled) => {
+                job.state = JobState::Cancelled;
+                info!("job {id} cancelled");
+            }
+            Err(e) => {
+                job.state = JobState::Failed;
+                job.error = error_text(&e);
+                warn!("job {id} failed: {}", job.error);
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// The status of job `id`, or of every job (`None`), in submission order.
+    pub fn status(&self, id: Option<&str>) -> Result<Vec<pb::JobStatus>, JobError> {
+        let st = self.lock();
+        let jobs: Vec<&Job> = st
+            .jobs
+            .iter()
+            .filter(|j| id.is_none_or(|id| j.id == id))
+            .collect();
+        if let (Some(id), true) = (id, jobs.is_empty()) {
+            return Err(JobError::NotFound(id.to_string()));
+        }
+        Ok(jobs.into_iter().map(|j| self.job_status(j)).collect())
+    }
+
+    fn job_status(&self, job: &Job) -> pb::JobStatus {
+        let mut status = pb::JobStatus {
+            job_id: job.id.clone(),
+            name: job.name.clone(),
+            state: job.state.as_str().to_string(),
+            steps_done: lock(&job.shared.steps_done).clone(),
+            error: job.error.clone(),
+            files: job.files.clone(),
+            submitted_seq: job.seq,
+            ended_seq: job.ended_seq,
+            eta_seconds: -1.0,
+            ..Default::default()
+        };
+        let fleets = if job.state.is_active() {
+            self.hub.job_progress(&job.id)
+        } else {
+            Vec::new()
+        };
+        if fleets.is_empty() {
+            if let Some((label, p)) = lock(&job.shared.last).clone() {
+                status.step = if job.state.is_final() {
+                    String::new()
+                } else {
+                    label
+                };
+                (status.done, status.total, status.failed) =
+                    (p.done as u64, p.total as u64, p.failed as u64);
+            }
+            return status;
+        }
+        let labels: Vec<&str> = fleets.iter().map(|f| f.label.as_str()).collect();
+        status.step = labels.join(", ");
+        for f in &fleets {
+            status.done += f.progress.done as u64;
+            status.total += f.progress.total as u64;
+            status.failed += f.progress.failed as u64;
+            status.leases_outstanding += f.leases as u32;
+            status.items_per_second += f.items_per_second;
+        }
+        if status.items_per_second > 0.0 {
+            status.eta_seconds =
+                status.total.saturating_sub(status.done) as f64 / status.items_per_second;
+        }
+        status
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The output directories a job writes (its steps' `output_dir` / `save_dir`).
+fn output_dirs(config: &JobConfig) -> Vec<PathBuf> {
+    config
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            StepConfig::Step1(c) => Some(c.output_dir.clone()),
+            StepConfig::Step2(c) => Some(c.output_dir.clone()),
+            StepConfig::Step3(c) => c.save_dir.clone(),
+            StepConfig::Step4(c) => Some(c.output_dir.clone()),
+        })
+        .map(|d| PathBuf::from(crate::run::absolute(&d)))
+        .collect()
+}
+
+/// The error and its causes on one line, without repeating a cause the message already quotes.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// A running job's side of the hub: what its driver's fleets attach through.
+struct JobHost {
+    hub: Arc<Hub>,
+    job: String,
+    seq: u64,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for JobHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JobHost({})", self.job)
+    }
+}
+
+impl FleetHost for JobHost {
+    fn attach(&self, fleet: &crate::rpc::Fleet, label: &str) -> Result<u64, RunError> {
+        if *self.shared.cancel.borrow() {
+            return Err(RunError::Cancelled);
+        }
+        Ok(self.hub.attach(&self.job, self.seq, fleet, label))
+    }
+
+    fn detach(&self, attachment: u64) {
+        if let Some((label, progress)) = self.hub.detach(attachment) {
+            if progress.is_complete() {
+                lock(&self.shared.steps_done).push(label.clone());
+            }
+            *lock(&self.shared.last) = Some((label, progress));
+        }
+    }
+
+    fn cancelled(&self) -> futures::future::BoxFuture<'static, ()> {
+        let mut rx = self.shared.cancel.subscribe();
+        Box::pin(async move {
+            // The sender lives as long as the job; if it went, nobody can cancel any more.
+            if rx.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_named_and_ordered() {
+        assert_eq!(JobState::Cancelling.as_str(), "cancelling");
+        assert!(JobState::Cancelled.is_final() && !JobState::Cancelling.is_final());
+        assert!(JobState::Cancelling.is_active() && !JobState::Queued.is_active());
+    }
+}

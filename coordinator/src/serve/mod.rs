@@ -1,0 +1,195 @@
+//! `evalfleet serve`: a long-lived coordinator that workers join and that accepts jobs
+//! (`evalfleet submit`, `status`, `cancel`), plus the Prometheus metrics endpoint it shares with
+//! `evalfleet run --listen`.
+//!
+//! - [`hub`]: the workers' streams, routed to the fleets of the running jobs (model preference).
+//! - [`jobs`]: the job queue; each job runs through the `evalfleet run` driver.
+//! - [`control`]: the `Control` gRPC service and its client.
+//! - [`view`]: the status table and JSON.
+//! - [`metrics`], [`http`]: the metrics registry and the HTTP/1 responder that serves it.
+//! - [`cli`]: the `serve`, `submit`, `status` and `cancel` subcommands.
+//!
+//! One port serves the workers' `Fleet` service, the `Control` service (both behind the bearer
+//! token) and the gRPC health service (no token, for probes). A first SIGINT/SIGTERM stops the
+//! running jobs as `evalfleet run` stops (journals flushed: submitting them again resumes), tells
+//! the workers to exit and returns; a second exits at once.
+
+pub mod cli;
+pub mod control;
+pub mod http;
+pub mod hub;
+pub mod jobs;
+pub mod metrics;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use evalfleet_proto::v1::control_server::ControlServer;
+use evalfleet_proto::v1::fleet_server::FleetServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tracing::{info, warn};
+
+use crate::local::{self, LocalError, LocalWorkers, SpawnOptions};
+use crate::rpc::{BearerAuth, FleetOptions, MAX_STREAMS_PER_CONNECTION, MAX_WORKER_MESSAGE_BYTES};
+
+/// How `evalfleet serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Where workers and control clients connect.
+    pub listen: SocketAddr,
+    /// The bearer token's file (else `$EVALFLEET_TOKEN`).
+    pub token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Jobs running at once.
+    pub max_jobs: usize,
+    /// Local worker processes to start (0: only external workers).
+    pub workers: usize,
+    /// Start the local workers on the CPU even when GPUs are visible.
+    pub cpu_only: bool,
+    /// `--batch-size` of the local workers.
+    pub batch_size: Option<u32>,
+    /// The worker binary (default: `$EVALFLEET_WORKER_BIN`, else next to this executable).
+    pub worker_bin: Option<PathBuf>,
+    /// Heartbeats, lease TTL, attempts: for the hub and every job's fleet.
+    pub fleet: FleetOptions,
+}
+
+/// Why `evalfleet serve` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the coordinator until SIGINT/SIGTERM (see the module docs).
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let token = local::read_token(opts.token_file.as_deref())?;
+    let metrics = metrics::Metrics::new();
+    let hub = hub::Hub::new(opts.fleet.clone(), metrics.clone());
+    let jobs = jobs::Jobs::new(hub.clone(), opts.fleet.clone(), opts.max_jobs);
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })
+    };
+    let listener = bind(opts.listen).await?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
+    let metrics_server = match opts.metrics_listen {
+        Some(at) => {
+            let server = http::MetricsServer::start(bind(at).await?, metrics.clone())
+                .map_err(|source| ServeError::Bind { addr: at, source })?;
+            Some(server)
+        }
+        None => None,
+    };
+    let grpc = tokio::spawn(serve_grpc(listener, &token, &hub, &jobs, &metrics));
+    // On stdout, for scripts and tests that start workers or scrape.
+    println!("listening on http://{addr}");
+    if let Some(m) = &metrics_server {
+        println!("metrics on http://{}/metrics", m.addr);
+    }
+    let background = [
+        tokio::spawn(hub.clone().reap_expired_leases()),
+        tokio::spawn(jobs.clone().dispatch()),
+    ];
+    let workers = start_local_workers(&opts, addr, token)?;
+    // While serving, the first signal is a graceful stop (crate::stop).
+    let graceful = crate::stop::Graceful::new();
+    let signal = crate::stop::requested().await;
+    info!(
+        "{signal}: stopping the running jobs (their journals are flushed; submit them again to resume)"
+    );
+    // Every driver waiting on its fleet saw the same signal and stops on its own.
+    let stopped = tokio::time::timeout(Duration::from_secs(30), jobs.wait_idle()).await;
+    if stopped.is_err() {
+        warn!("jobs still running after 30 s; stopping anyway");
+    }
+    hub.shutdown_workers("the coordinator is stopping");
+    if let Some(w) = workers {
+        w.shutdown(Duration::from_secs(10)).await;
+    }
+    hub.wait_disconnected(Duration::from_secs(5)).await;
+    drop(graceful);
+    grpc.abort();
+    for task in background {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// The gRPC server: the hub's `Fleet` service and `Control` (token required), health (none).
+fn serve_grpc(
+    listener: TcpListener,
+    token: &str,
+    hub: &Arc<hub::Hub>,
+    jobs: &Arc<jobs::Jobs>,
+    metrics: &Arc<metrics::Metrics>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let fleet = FleetServer::new(hub::HubService { hub: hub.clone() })
+        .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES);
+    let fleet = InterceptedService::new(fleet, BearerAuth::new(token));
+    let control = ControlServer::new(control::ControlService {
+        jobs: jobs.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+    });
+    let control = InterceptedService::new(control, BearerAuth::new(token));
+    async move {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<FleetServer<hub::HubService>>().await;
+        let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .add_service(health)
+            .add_service(fleet)
+            .add_service(control)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+        if let Err(e) = result {
+            warn!("gRPC server stopped: {e}");
+        }
+    }
+}
+
+/// Starts `opts.workers` local workers dialling this coordinator (loopback when it listens on
+/// every interface).
+fn start_local_workers(
+    opts: &ServeOptions,
+    addr: SocketAddr,
+    token: String,
+) -> Result<Option<LocalWorkers>, ServeError> {
+    if opts.workers == 0 {
+        return Ok(None);
+    }
+    let mut dial = addr;
+    if dial.ip().is_unspecified() {
+        dial.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let bin = match &opts.worker_bin {
+        Some(bin) => bin.clone(),
+        None => local::worker_binary()?,
+    };
+    let spawn = SpawnOptions {
+        bin,
+        coordinator_url: format!("http://{dial}"),
+        token,
+        devices: SpawnOptions::devices_for(Some(opts.workers), opts.cpu_only),
+        batch_size: opts.batch_size,
+        extra_args: Vec::new(),
+    };
+    info!("starting {} local worker(s)", opts.workers);
+    Ok(Some(LocalWorkers::spawn(&spawn)?))
+}

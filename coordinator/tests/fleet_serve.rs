@@ -1,0 +1,410 @@
+//! End to end: `evalfleet serve` with external `evalfleet-worker` processes, jobs submitted with
+//! `evalfleet submit`, watched with `evalfleet status --json`, cancelled with `evalfleet cancel`,
+//! and its Prometheus endpoint scraped while a job runs.
+//!
+//! Jobs are step-1 YAMLs over two copies of the tiny chat model (`a/` and `b/`: the same weights,
+//! so the same predictions, under two model keys). What is checked, none of it by timing:
+//!
+//! - three jobs (model a, b, a) queued before any worker exists, then ONE worker: it holds model a
+//!   after job 1, so it takes job 3 (model a) before job 2 (model b, submitted earlier): its
+//!   leases go job 1, job 3, job 2, and it loaded 2 models, not 3;
+//! - a second worker joins, two more jobs run on both: every job's files equal those of
+//!   `evalfleet run` on the same YAML (timings aside), and status lists all of them finished;
+//! - a sixth job held mid-lease by a worker (the hold test hook): the metrics show its lease
+//!   outstanding, one worker, the finished jobs' item counters and the model loads; cancelling
+//!   it makes status say cancelled with no lease outstanding, and the metrics agree.
+
+mod fleet_common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fleet_common::{evalfleet_bin, repo, tiny_chat_model, wait, wait_ok, worker_bin};
+use serde_json::Value;
+
+const TOKEN: &str = "serve-test-token";
+/// Samples per demo data set (two data sets): 8 items per job.
+const SAMPLES: usize = 4;
+/// A guard against hangs only; nothing waits for a duration to pass.
+const LIMIT: Duration = Duration::from_secs(600);
+
+/// A step-1 job on `model`, writing to `out`.
+fn write_yaml(dir: &Path, name: &str, model: &Path, out: &Path) -> PathBuf {
+    let yaml = format!(
+        "steps: [step1]\nmodel_name_or_path: {model}\nstage: sft\ndo_predict: true\nfinetuning_type: lora\n\
+         dataset_dir: {data}\ndataset: demo_alpaca,demo_sharegpt\ntemplate: default\n\
+         cutoff_len: 40\nmax_samples: {SAMPLES}\noutput_dir: {out}\n\
+         per_device_eval_batch_size: 1\nmax_new_tokens: 8\ndo_sample: false\n",
+        model = model.display(),
+        data = repo().join("yamls/demo").display(),
+        out = out.display(),
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// `evalfleet ARGS` against the coordinator at `url`, with the test token.
+fn client(url: &str, args: &[&str]) -> Value {
+    let token_file =
+        std::env::temp_dir().join(format!("evalfleet-serve-token-{}", std::process::id()));
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let child = Command::new(evalfleet_bin())
+        .args(args)
+        .args(["--coordinator", url, "--token-file"])
+        .arg(&token_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_ok(
+        child,
+        Duration::from_secs(60),
+        &format!("evalfleet {args:?}"),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.trim().to_string()))
+}
+
+fn submit(url: &str, yaml: &Path) -> String {
+    match client(url, &["submit", yaml.to_str().unwrap()]) {
+        Value::String(id) => id,
+        other => panic!("submit printed {other}"),
+    }
+}
+
+fn status(url: &str) -> Value {
+    client(url, &["status", "--json"])
+}
+
+/// The status entry of job `id`.
+fn job<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == id)
+        .unwrap_or_else(|| panic!("no job {id} in {status}"))
+}
+
+/// Polls status until `done` holds for it (or panics after [`LIMIT`], showing the last one).
+fn wait_status(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let s = status(url);
+        if done(&s) {
+            return s;
+        }
+        assert!(started.elapsed() < LIMIT, "still not {what}: {s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn all_in_state(ids: &[&str], state: &'static str) -> impl Fn(&Value) -> bool {
+    move |s: &Value| ids.iter().all(|id| job(s, id)["state"] == state)
+}
+
+/// `evalfleet serve` on loopback ports; returns it with its gRPC and metrics URLs.
+fn start_serve(dir: &Path) -> (Child, String, String) {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let mut child = Command::new(evalfleet_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = |prefix: &str| {
+        let mut l = String::new();
+        stdout.read_line(&mut l).unwrap();
+        l.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {l:?}"))
+            .to_string()
+    };
+    let url = line("listening on ");
+    let metrics = line("metrics on ");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (child, url, metrics)
+}
+
+fn start_worker(url: &str, name: &str, hold: Option<&str>) -> Child {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args([
+        "--coordinator",
+        url,
+        "--worker-id",
+        name,
+        "--batch-size",
+        "2",
+    ])
+    .env("EVALFLEET_TOKEN", TOKEN)
+    .env_remove("EVALFLEET_TEST_CRASH_ONCE")
+    .env_remove("EVALFLEET_TEST_HOLD_ONCE");
+    if let Some(spec) = hold {
+        cmd.env("EVALFLEET_TEST_HOLD_ONCE", spec);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {}", child.id());
+}
+
+/// Kills the processes it names if the test panics before they exit (a passing test has ended
+/// them all by then, so this then signals nothing of ours: pids are not reused that fast).
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for pid in &self.0 {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 GET of `url` (`http://host:port/path`), the body as text.
+fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `series` (name plus labels, as exposed) in `metrics`.
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A results file without its speed metrics (timings differ between any two runs).
+fn without_speed(text: String) -> String {
+    text.lines()
+        .filter(|l| !l.contains("_runtime\"") && !l.contains("_per_second\""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asserts that `out` holds what `evalfleet run` wrote to `reference`.
+fn assert_same_outputs(out: &Path, reference: &Path) {
+    assert_eq!(
+        read(&out.join("generated_predictions.jsonl")),
+        read(&reference.join("generated_predictions.jsonl")),
+        "{}",
+        out.display()
+    );
+    for file in ["predict_results.json", "all_results.json"] {
+        assert_eq!(
+            without_speed(read(&out.join(file))),
+            without_speed(read(&reference.join(file))),
+            "{}",
+            out.join(file).display()
+        );
+    }
+    assert!(!out.join(".evalfleet-journal").join("step1.jsonl").exists());
+}
+
+#[test]
+fn serve_shares_workers_between_jobs_prefers_held_models_cancels_and_exposes_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model_a = tiny_chat_model(&d.join("a"));
+    let model_b = tiny_chat_model(&d.join("b"));
+    let out = |n: usize| d.join(format!("out{n}"));
+    let yamls: Vec<PathBuf> = [
+        (1, &model_a),
+        (2, &model_b),
+        (3, &model_a),
+        (4, &model_a),
+        (5, &model_b),
+        (6, &model_a),
+    ]
+    .iter()
+    .map(|(n, m)| write_yaml(d, &format!("job{n}"), m, &out(*n)))
+    .collect();
+
+    // The reference: `evalfleet run` of job 1's YAML (to its own output directory).
+    let reference = d.join("reference");
+    let ref_yaml = write_yaml(d, "reference", &model_a, &reference);
+    let run = Command::new(evalfleet_bin())
+        .args([
+            "run",
+            ref_yaml.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--cpu",
+            "--batch-size",
+            "3",
+        ])
+        .env("EVALFLEET_WORKER_BIN", worker_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ok(run, LIMIT, "evalfleet run (reference)");
+
+    let (serve, url, metrics_url) = start_serve(d);
+    let mut guard = KillOnDrop(vec![serve.id()]);
+
+    // Three jobs queued and planned before any worker exists.
+    let ids: Vec<String> = yamls[..3].iter().map(|y| submit(&url, y)).collect();
+    assert_eq!(ids, ["job-1", "job-2", "job-3"]);
+    wait_status(&url, "attached", |s| {
+        ids.iter()
+            .all(|id| job(s, id)["state"] == "running" && job(s, id)["total"] == 8)
+    });
+    let w1 = start_worker(&url, "w1", None);
+    guard.0.push(w1.id());
+    let s = wait_status(
+        &url,
+        "finished",
+        all_in_state(&["job-1", "job-2", "job-3"], "finished"),
+    );
+    let w = &s["workers"][0];
+    assert_eq!(w["worker_id"], "w1");
+    let mut order: Vec<&str> = w["lease_jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap())
+        .collect();
+    order.dedup();
+    assert_eq!(order, ["job-1", "job-3", "job-2"], "{s:#}");
+    assert_eq!(w["model_loads"], 2, "{s:#}");
+    assert_eq!(w["items_done"], 24, "{s:#}");
+
+    // A second worker; two jobs at once on both.
+    let w2 = start_worker(&url, "w2", None);
+    guard.0.push(w2.id());
+    let more: Vec<String> = yamls[3..5].iter().map(|y| submit(&url, y)).collect();
+    let s = wait_status(
+        &url,
+        "finished",
+        all_in_state(&["job-4", "job-5"], "finished"),
+    );
+    assert_eq!(more, ["job-4", "job-5"]);
+    for id in ["job-4", "job-5"] {
+        let j = job(&s, id);
+        assert_eq!(
+            (j["done"].as_u64(), j["total"].as_u64()),
+            (Some(8), Some(8)),
+            "{j}"
+        );
+        assert_eq!(j["files"].as_array().unwrap().len(), 3, "{j}");
+    }
+    assert_eq!(s["workers"].as_array().unwrap().len(), 2, "{s:#}");
+    for n in 1..=5 {
+        assert_same_outputs(&out(n), &reference);
+    }
+
+    // Only a worker that will hold job 6 mid-lease is left.
+    for w in [&w1, &w2] {
+        sigterm(w);
+    }
+    wait_ok(w1, Duration::from_secs(60), "worker w1 after SIGTERM");
+    wait_ok(w2, Duration::from_secs(60), "worker w2 after SIGTERM");
+    let marker = d.join("hold-marker");
+    let mut w3 = start_worker(&url, "w3", Some(&format!("{}:0", marker.display())));
+    guard.0.push(w3.id());
+    let held = submit(&url, &yamls[5]);
+    assert_eq!(held, "job-6");
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed() < LIMIT, "worker w3 never reached item 0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // w1 and w2 have exited; wait until the coordinator has seen their streams close.
+    let s = wait_status(&url, "down to one worker", |s| {
+        s["workers"].as_array().unwrap().len() == 1
+    });
+    assert_eq!(s["workers"][0]["worker_id"], "w3", "{s:#}");
+    assert_eq!(job(&s, "job-6")["state"], "running", "{s:#}");
+    assert_eq!(job(&s, "job-6")["leases_outstanding"], 1, "{s:#}");
+
+    let m = scrape(&metrics_url);
+    assert_eq!(metric(&m, "evalfleet_leases_outstanding"), 1.0, "{m}");
+    assert_eq!(metric(&m, "evalfleet_workers"), 1.0, "{m}");
+    for job_id in ["job-1", "job-2", "job-3", "job-4", "job-5"] {
+        let series = format!("evalfleet_items_done_total{{job=\"{job_id}\",step=\"step1\"}}");
+        assert_eq!(metric(&m, &series), 8.0, "{m}");
+    }
+    let w2_items = metric(&m, "evalfleet_worker_items_total{worker=\"w2\"}");
+    let w1_items = metric(&m, "evalfleet_worker_items_total{worker=\"w1\"}");
+    assert!(w1_items >= 24.0, "jobs 1-3 ran on w1 alone: {m}");
+    assert_eq!(w1_items + w2_items, 24.0 + 16.0, "jobs 4-5 on both: {m}");
+    let model_key = |m: &Path| {
+        // The key names the model folder; find the series that does.
+        let folder = m.display().to_string();
+        move |line: &&str| {
+            line.starts_with("evalfleet_model_loads_total{worker=\"w1\"") && line.contains(&folder)
+        }
+    };
+    assert_eq!(m.lines().filter(model_key(&model_a)).count(), 1, "{m}");
+    assert_eq!(m.lines().filter(model_key(&model_b)).count(), 1, "{m}");
+    assert!(
+        m.contains("# TYPE evalfleet_worker_items_per_second gauge"),
+        "{m}"
+    );
+
+    let state = client(&url, &["cancel", "job-6"]);
+    assert!(
+        state == "job-6 cancelling" || state == "job-6 cancelled",
+        "{state}"
+    );
+    let s = wait_status(&url, "cancelled", all_in_state(&["job-6"], "cancelled"));
+    assert_eq!(job(&s, "job-6")["leases_outstanding"], 0, "{s:#}");
+    assert_eq!(s["workers"][0]["leases_outstanding"], 0, "{s:#}");
+    let m = scrape(&metrics_url);
+    assert_eq!(metric(&m, "evalfleet_leases_outstanding"), 0.0, "{m}");
+    assert!(!out(6).join("generated_predictions.jsonl").exists());
+
+    let _ = w3.kill();
+    let _ = w3.wait();
+    sigterm(&serve);
+    let stopped = wait(serve, Duration::from_secs(60));
+    assert!(
+        stopped.status.success(),
+        "serve after SIGTERM: {}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use evalfleet::report::{ReportError, build_report};
 
-/// The columns of summary.csv, in order.
+/// The Result-table columns that open summary.csv, in order (the change columns follow).
 const HEADER: [&str; 23] = [
     "model",
     "rouge-1",
@@ -121,10 +121,12 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
     records
 }
 
-/// The Markdown table's rows (header first, separator dropped), cells trimmed.
+/// The Markdown Result table's rows (header first, separator dropped), cells trimmed: the
+/// lines up to the first blank one (the change section follows).
 fn parse_markdown(text: &str) -> Vec<Vec<String>> {
     let mut rows: Vec<Vec<String>> = text
         .lines()
+        .take_while(|l| !l.is_empty())
         .map(|l| {
             let inner = l.strip_prefix("| ").and_then(|l| l.strip_suffix(" |"));
             let inner = inner.unwrap_or_else(|| panic!("not a table row: {l:?}"));
@@ -166,7 +168,10 @@ fn seed_output_dir_table_equals_its_files() {
     assert_eq!(files.checkpoints, ["output"]);
 
     let csv = parse_csv(&read(&files.summary_csv));
-    assert_eq!(csv[0], HEADER);
+    assert_eq!(csv[0][..HEADER.len()], HEADER);
+    assert_eq!(csv[0][HEADER.len()], "rouge-1_delta");
+    // One checkpoint: nothing to compare, every change field is empty.
+    assert!(csv[1][HEADER.len()..].iter().all(String::is_empty));
     assert_eq!(csv.len(), 2);
     let predict: serde_json::Value =
         serde_json::from_str(&read(&dir.join("predict_results.json"))).expect("json");
@@ -334,7 +339,7 @@ fn sweep_of_three_checkpoints_with_missing_steps() {
     );
     assert_eq!(files.summary_csv, sweep.join("summary.csv"));
     let csv = parse_csv(&read(&files.summary_csv));
-    assert_eq!(csv[0], HEADER);
+    assert_eq!(csv[0][..HEADER.len()], HEADER);
     assert_eq!(csv.len(), 4);
     let models: Vec<&str> = csv[1..].iter().map(|r| r[0].as_str()).collect();
     assert_eq!(models, files.checkpoints);
@@ -368,10 +373,25 @@ fn sweep_of_three_checkpoints_with_missing_steps() {
     assert_eq!((files.charts, svg_count(&html)), (10, 10));
     assert!(html.contains("<polyline"), "trends are lines for a sweep");
     assert_eq!(html.matches("Semantic similarity: ").count(), 2);
+    let (results, rest) = html
+        .split_once("<h2>Change against the previous checkpoint</h2>")
+        .expect("change section");
     assert_eq!(
-        html.matches("<td class=\"empty\"></td>").count(),
+        results.matches("<td class=\"empty\"></td>").count(),
         1 + 2 + 1 + 12
     );
+    // Changes: -1000 vs -500 on mmlu (no results_detail.jsonl: no interval, no mark) ...
+    let change_table = rest.split_once("<h2>").expect("next section").0;
+    assert!(
+        change_table.contains("checkpoint-1000 has no mmlu/results_detail.jsonl"),
+        "{change_table}"
+    );
+    assert!(change_table.contains(">+5.00 (no interval)</td>"));
+    // ... and on ROUGE, over the one line both have, with an interval.
+    assert_eq!(cell(&csv, 1, "rouge-1_significant"), "no");
+    assert_eq!(cell(&csv, 0, "rouge-1_delta"), "");
+    assert_eq!(cell(&csv, 1, "avg_mmlu_delta"), "5.0");
+    assert_eq!(cell(&csv, 1, "avg_mmlu_significant"), "");
 }
 
 #[test]

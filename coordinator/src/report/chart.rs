@@ -7,15 +7,15 @@ use std::fmt::Write;
 use super::html::escape;
 use crate::output::svg::{self, FIGURE_WIDTH as WIDTH, PlotArea};
 
-const LEFT: f64 = 64.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 44.0;
-const PLOT_H: f64 = 240.0;
+pub(super) const LEFT: f64 = 64.0;
+pub(super) const RIGHT: f64 = 20.0;
+pub(super) const TOP: f64 = 44.0;
+pub(super) const PLOT_H: f64 = 240.0;
 /// Room under the plot for the x labels (rotated ones need more).
 const XLABELS_H: f64 = 34.0;
 const XLABELS_ROTATED_H: f64 = 84.0;
-const LEGEND_ROW: f64 = 18.0;
-const LEGEND_ITEM_W: f64 = 190.0;
+pub(super) const LEGEND_ROW: f64 = 18.0;
+pub(super) const LEGEND_ITEM_W: f64 = 190.0;
 /// Bars get value labels only while they are few enough not to overlap.
 const MAX_LABELLED_BARS: usize = 24;
 
@@ -44,16 +44,16 @@ pub struct Chart<'a> {
 
 /// A y axis: range and tick step.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Axis {
-    lo: f64,
-    hi: f64,
-    step: f64,
+pub(super) struct Axis {
+    pub(super) lo: f64,
+    pub(super) hi: f64,
+    pub(super) step: f64,
 }
 
 impl Axis {
     /// A range with round ticks covering `values` (from zero when `from_zero`); `None` without
     /// finite values.
-    fn covering(values: impl Iterator<Item = f64>, from_zero: bool) -> Option<Axis> {
+    pub(super) fn covering(values: impl Iterator<Item = f64>, from_zero: bool) -> Option<Axis> {
         let finite: Vec<f64> = values.filter(|v| v.is_finite()).collect();
         let mut lo = finite.iter().copied().reduce(f64::min)?;
         let mut hi = finite.iter().copied().reduce(f64::max)?;
@@ -78,18 +78,18 @@ impl Axis {
     }
 
     /// The y pixel of `v`.
-    fn y(&self, v: f64) -> f64 {
+    pub(super) fn y(&self, v: f64) -> f64 {
         TOP + PLOT_H - (v - self.lo) / (self.hi - self.lo) * PLOT_H
     }
 
     /// The tick values, bottom up.
-    fn ticks(&self) -> Vec<f64> {
+    pub(super) fn ticks(&self) -> Vec<f64> {
         let n = ((self.hi - self.lo) / self.step).round() as usize;
         (0..=n).map(|k| self.lo + k as f64 * self.step).collect()
     }
 
     /// Decimals that tell the ticks apart.
-    fn decimals(&self) -> usize {
+    pub(super) fn decimals(&self) -> usize {
         (-self.step.log10().floor()).max(0.0) as usize
     }
 }
@@ -121,7 +121,7 @@ pub fn fmt_value(v: f64) -> String {
 }
 
 /// Colour and dash pattern of series `i`.
-fn style(i: usize) -> (&'static str, &'static str) {
+pub(super) fn style(i: usize) -> (&'static str, &'static str) {
     let dash = if i >= PALETTE.len() { "6,3" } else { "none" };
     (PALETTE[i % PALETTE.len()], dash)
 }

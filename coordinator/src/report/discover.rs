@@ -1,6 +1,8 @@
 //! Which output directories a report covers: `dir` itself when it holds result files (the
-//! original layout), else its subfolders that do (a sweep), `checkpoint-<step>` folders first by
-//! step number, then any other result folders by name.
+//! original layout), else its subfolders that do (a sweep): folders whose name ends in a step
+//! number (`checkpoint-500`, the last run of digits, as `evalfleet sweep` orders a glob) first,
+//! by number, then any other result folders by name. A sweep that lists its checkpoints passes
+//! that order ([`in_order`]).
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +21,26 @@ pub fn is_output_dir(dir: &Path) -> bool {
     files.iter().any(|f| f.is_file())
 }
 
-/// The step number of a `checkpoint-<step>` folder name.
+/// The step number of a checkpoint folder name: its last run of digits (`checkpoint-1500`,
+/// `step_1500`, `ckpt1500-lora` give 1500), as `evalfleet sweep` orders a glob's matches.
 pub fn checkpoint_step(name: &str) -> Option<u64> {
-    name.strip_prefix("checkpoint-")?.parse().ok()
+    let end = name.rfind(|c: char| c.is_ascii_digit())? + 1;
+    let start = name[..end]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    name[start..end].parse().ok()
+}
+
+/// `dirs` with the names in `order` first, in that order, then the others as they were.
+pub fn in_order(mut dirs: Vec<(String, PathBuf)>, order: &[String]) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::with_capacity(dirs.len());
+    for name in order {
+        if let Some(i) = dirs.iter().position(|(n, _)| n == name) {
+            out.push(dirs.remove(i));
+        }
+    }
+    out.extend(dirs);
+    out
 }
 
 /// The `(name, path)` of each output directory the report covers, in row order: `dir` itself
@@ -61,7 +80,7 @@ pub fn checkpoint_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, ReportError
 }
 
 /// The last component of `dir` (made absolute first, so `.` has a name).
-fn folder_name(dir: &Path) -> String {
+pub(super) fn folder_name(dir: &Path) -> String {
     let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
     abs.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -75,7 +94,14 @@ mod tests {
     #[test]
     fn sweep_order_is_by_step_then_name() {
         let root = tempfile::tempdir().expect("temp dir");
-        for name in ["checkpoint-1000", "zeta", "checkpoint-500", "base", "empty"] {
+        for name in [
+            "checkpoint-1000",
+            "zeta",
+            "checkpoint-500",
+            "base",
+            "empty",
+            "step_750",
+        ] {
             let d = root.path().join(name);
             std::fs::create_dir(&d).expect("mkdir");
             if name != "empty" {
@@ -87,7 +113,34 @@ mod tests {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        assert_eq!(names, ["checkpoint-500", "checkpoint-1000", "base", "zeta"]);
+        assert_eq!(
+            names,
+            [
+                "checkpoint-500",
+                "step_750",
+                "checkpoint-1000",
+                "base",
+                "zeta"
+            ]
+        );
+        let dirs = checkpoint_dirs(root.path()).expect("dirs");
+        let listed = ["base".to_owned(), "checkpoint-1000".into(), "gone".into()];
+        let names: Vec<String> = in_order(dirs, &listed)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "base",
+                "checkpoint-1000",
+                "checkpoint-500",
+                "step_750",
+                "zeta"
+            ]
+        );
+        assert_eq!(checkpoint_step("ckpt1500-lora"), Some(1500));
+        assert_eq!(checkpoint_step("base"), None);
     }
 
     #[test]

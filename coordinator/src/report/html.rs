@@ -1,14 +1,17 @@
 //! `report.html`: one self-contained page (inline CSS, inline SVG, no script) with the Result
-//! table, trend lines over checkpoints, throughput, step-3 category bars and the step-2 score
-//! histograms. With a single checkpoint the "trends" are drawn as bars, since a line needs two
-//! points.
+//! table (each change against the previous row marked: ▲ / ▼ significant, ≈ within noise, the
+//! interval in the tooltip), the change table, trend lines over checkpoints, throughput, step-3
+//! category bars, the step-2 score histograms and reward-model training curves. With a single
+//! checkpoint the "trends" are drawn as bars, since a line needs two points.
 
 use std::fmt::Write;
 use std::path::Path;
 
+use super::change::Changes;
 use super::chart::{Chart, Series, bar_chart, line_chart};
 use super::read::{Checkpoint, STEP3_TASKS, lookup};
 use super::table::{CE_AVERAGE, CE_PREFIX, Table, display};
+use super::training::TrainingRun;
 use crate::step2::{Distribution, svg::histogram_svg};
 
 /// The rendered page and how many charts (inline SVGs) it holds.
@@ -43,10 +46,27 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}td.empty{background:#f
 tbody tr:nth-child(even){background:#f8f9fb}
 .grid{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;flex:1 1 600px;max-width:720px}
 figcaption{font-size:13px;color:#555;margin-bottom:4px}svg{max-width:100%;height:auto;border:1px solid #eee}
-.none{color:#888;font-style:italic}";
+.none{color:#888;font-style:italic}
+.mark{margin-left:4px;font-size:11px}.sig-up{color:#1a7f37}.sig-down{color:#c62828}.noise{color:#999}
+td.sig-up{background:#e6f4ea;color:#222}td.sig-down{background:#fdecea;color:#222}td.untested{color:#777}";
 
-/// Renders the page for `checkpoints` (read from `dir`) and their `table`.
-pub fn render(dir: &Path, checkpoints: &[Checkpoint], table: &Table) -> Page {
+/// What the page shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Content<'a> {
+    pub checkpoints: &'a [Checkpoint],
+    pub table: &'a Table,
+    pub changes: &'a Changes,
+    pub training: &'a [TrainingRun],
+}
+
+/// Renders the page for the results read from `dir`.
+pub fn render(dir: &Path, content: Content) -> Page {
+    let Content {
+        checkpoints,
+        table,
+        changes,
+        training,
+    } = content;
     let mut page = Builder::default();
     let title = format!("evalfleet report: {}", dir.display());
     let _ = write!(
@@ -56,13 +76,32 @@ pub fn render(dir: &Path, checkpoints: &[Checkpoint], table: &Table) -> Page {
         escape(&dir.display().to_string()),
         checkpoints.len()
     );
-    page.section("Results");
-    results_table(&mut page.html, table);
-    trends(&mut page, table);
-    page.section("Step 3: accuracy by category");
-    step3_bars(&mut page, checkpoints);
-    page.section("Step 2: semantic similarity distribution");
-    histograms(&mut page, checkpoints);
+    if !checkpoints.is_empty() {
+        page.section("Results");
+        results_table(&mut page.html, table, changes);
+        page.section("Change against the previous checkpoint");
+        let models: Vec<String> = table.rows.iter().map(|r| r.model.clone()).collect();
+        super::marks::html_table(&mut page.html, changes, &models);
+        trends(&mut page, table);
+        page.section("Step 3: accuracy by category");
+        step3_bars(&mut page, checkpoints);
+        page.section("Step 2: semantic similarity distribution");
+        histograms(&mut page, checkpoints);
+    }
+    for run in training {
+        page.section(&format!("Reward-model training: {}", run.name));
+        let _ = writeln!(
+            page.html,
+            "<p class=\"meta\">{} ({} optimizer steps, {} held-out evaluations)</p>",
+            escape(&run.path.display().to_string()),
+            run.train.len(),
+            run.eval.len()
+        );
+        for (title, svg) in super::training::charts(run) {
+            page.figure("", svg, &format!("{title}: nothing to draw."));
+        }
+        page.close_grid();
+    }
     page.html.push_str("</body>\n</html>\n");
     Page {
         html: page.html,
@@ -115,23 +154,31 @@ impl Builder {
     }
 }
 
-/// The Result table; the full input text is each cell's tooltip.
-fn results_table(html: &mut String, table: &Table) {
+/// The Result table; the full input text is each cell's tooltip, with the change against the
+/// previous row (its marker after the value).
+fn results_table(html: &mut String, table: &Table, changes: &Changes) {
     html.push_str("<div class=\"scroll\"><table>\n<thead><tr><th>model</th>");
     for c in &table.columns {
         let _ = write!(html, "<th>{}</th>", escape(c));
     }
     html.push_str("</tr></thead>\n<tbody>\n");
-    for row in &table.rows {
+    for (r, row) in table.rows.iter().enumerate() {
         let _ = write!(html, "<tr><th>{}</th>", escape(&row.model));
-        for cell in &row.cells {
+        let previous = changes.rows.get(r).and_then(|(p, _)| p.as_deref());
+        for (column, cell) in table.columns.iter().zip(&row.cells) {
             match cell {
                 Some(n) => {
+                    let change = changes.get(r, column);
+                    let mut title = n.text.clone();
+                    if let (Some(c), Some(p)) = (change, previous) {
+                        title.push_str(&format!("\nchange: {}", c.describe(p)));
+                    }
                     let _ = write!(
                         html,
-                        "<td class=\"num\" title=\"{}\">{}</td>",
-                        escape(&n.text),
-                        escape(&display(cell))
+                        "<td class=\"num\" title=\"{}\">{}{}</td>",
+                        escape(&title),
+                        escape(&display(cell)),
+                        change.map_or("", super::marks::marker)
                     );
                 }
                 None => html.push_str("<td class=\"empty\"></td>"),

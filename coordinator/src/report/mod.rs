@@ -7,15 +7,24 @@
 //! - [`table`]: the seed README's Result table plus CharacterEval columns, as Markdown and CSV.
 //! - [`chart`]: line and grouped-bar charts as inline SVG (no plotting crate, no script).
 //! - [`html`]: the self-contained `report.html` page.
+//! - [`samples`], [`stats`], [`change`], [`marks`]: is each checkpoint's change against the
+//!   previous one larger than noise (issue 7, point 5), and how that is shown.
+//! - [`training`], [`xychart`]: reward-model training curves from `metrics.jsonl` (issue 10,
+//!   point 3).
 //!
 //! Every file is written next to the inputs with [`crate::output::write_atomic`].
 
+pub mod change;
 pub mod chart;
 pub mod discover;
 pub mod html;
+pub mod marks;
 pub mod read;
+pub mod samples;
 pub mod stats;
 pub mod table;
+pub mod training;
+pub mod xychart;
 
 use std::path::{Path, PathBuf};
 
@@ -54,13 +63,16 @@ pub enum ReportError {
     },
     /// The directory holds neither result files nor checkpoint folders with result files.
     #[error(
-        "{}: no results found: expected an output directory (predict_results.json, all_results.json, generated_predictions.jsonl, mmlu|cmmlu|ceval/results.log, CharacterEval/step4_eval_scores.jsonl) or a sweep directory with one such folder per checkpoint",
+        "{}: no results found: expected an output directory (predict_results.json, all_results.json, generated_predictions.jsonl, mmlu|cmmlu|ceval/results.log, CharacterEval/step4_eval_scores.jsonl) or a sweep directory with one such folder per checkpoint, or a reward-model training run (metrics.jsonl)",
         path.display()
     )]
     NoResults { path: PathBuf },
     /// Writing a report file failed.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// Step 4's per-row file cannot be read (the error names the file).
+    #[error(transparent)]
+    Step4(#[from] crate::step4::Step4Error),
 }
 
 /// What [`build_report`] wrote.
@@ -76,6 +88,8 @@ pub struct ReportFiles {
     pub checkpoints: Vec<String>,
     /// The number of charts (inline SVGs) in the page.
     pub charts: usize,
+    /// The `metrics.jsonl` files of reward-model training runs drawn in the page.
+    pub training_runs: Vec<PathBuf>,
 }
 
 /// Reads the output directory or sweep directory `dir` and writes `summary.md`, `summary.csv`
@@ -84,24 +98,65 @@ pub struct ReportFiles {
 /// Everything is read and rendered before the first file is written, so a malformed input
 /// leaves earlier reports untouched.
 pub fn build_report(dir: &Path) -> Result<ReportFiles, ReportError> {
-    let checkpoints = discover::checkpoint_dirs(dir)?
+    build_report_ordered(dir, &[])
+}
+
+/// [`build_report`] with the rows of a sweep in a given order: the checkpoint folders named in
+/// `order` first, in that order (a sweep listing its checkpoints), then any other result
+/// folders in the default order (step number, then name). Names without a result folder are
+/// skipped. Each row's changes are against the row before it.
+pub fn build_report_ordered(dir: &Path, order: &[String]) -> Result<ReportFiles, ReportError> {
+    let training = training::find_runs(dir)?;
+    let dirs = match discover::checkpoint_dirs(dir) {
+        Ok(dirs) => dirs,
+        // A training run's folder alone is worth a report (its curves).
+        Err(ReportError::NoResults { .. }) if !training.is_empty() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let checkpoints = discover::in_order(dirs, order)
         .into_iter()
         .map(|(name, path)| read::read_checkpoint(name, &path))
         .collect::<Result<Vec<_>, _>>()?;
     let table = Table::new(&checkpoints);
-    let page = html::render(dir, &checkpoints, &table);
+    let changes = change::compare(&checkpoints, &table)?;
+    let page = html::render(
+        dir,
+        html::Content {
+            checkpoints: &checkpoints,
+            table: &table,
+            changes: &changes,
+            training: &training,
+        },
+    );
+    let models: Vec<String> = checkpoints.iter().map(|c| c.name.clone()).collect();
+    let mut markdown = if checkpoints.is_empty() {
+        String::new()
+    } else {
+        table.to_markdown() + &marks::markdown(&changes, &models)
+    };
+    for run in &training {
+        let rel = run.path.strip_prefix(dir).unwrap_or(&run.path);
+        if !markdown.is_empty() {
+            markdown.push('\n');
+        }
+        markdown.push_str(&training::markdown(run, &rel.display().to_string()));
+    }
+    let csv = table.to_csv_with(&marks::csv_header(&changes), |row| {
+        marks::csv_cells(&changes, row)
+    });
 
     let summary_md = dir.join(SUMMARY_MD);
     let summary_csv = dir.join(SUMMARY_CSV);
     let report_html = dir.join(REPORT_HTML);
-    write_atomic(&summary_md, table.to_markdown().as_bytes())?;
-    write_atomic(&summary_csv, table.to_csv().as_bytes())?;
+    write_atomic(&summary_md, markdown.as_bytes())?;
+    write_atomic(&summary_csv, csv.as_bytes())?;
     write_atomic(&report_html, page.html.as_bytes())?;
     Ok(ReportFiles {
         summary_md,
         summary_csv,
         report_html,
-        checkpoints: checkpoints.into_iter().map(|c| c.name).collect(),
+        checkpoints: models,
         charts: page.charts,
+        training_runs: training.into_iter().map(|r| r.path).collect(),
     })
 }

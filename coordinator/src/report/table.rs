@@ -98,14 +98,25 @@ impl Table {
 
     /// `summary.csv`: RFC 4180 quoting, input text kept exactly, empty cells for missing steps.
     pub fn to_csv(&self) -> String {
-        let mut out =
-            csv_line(std::iter::once("model").chain(self.columns.iter().map(|c| c.as_str())));
-        for row in &self.rows {
-            let cells: Vec<&str> = row
+        self.to_csv_with(&[], |_| Vec::new())
+    }
+
+    /// [`Table::to_csv`] with `extra` columns after the table's, row `i`'s fields from
+    /// `extra_cells(i)`.
+    pub fn to_csv_with(
+        &self,
+        extra: &[String],
+        extra_cells: impl Fn(usize) -> Vec<String>,
+    ) -> String {
+        let header = self.columns.iter().chain(extra).map(|c| c.as_str());
+        let mut out = csv_line(std::iter::once("model").chain(header));
+        for (i, row) in self.rows.iter().enumerate() {
+            let more = extra_cells(i);
+            let cells = row
                 .cells
                 .iter()
                 .map(|c| c.as_ref().map_or("", |n| n.text.as_str()))
-                .collect();
+                .chain(more.iter().map(|c| c.as_str()));
             out.push_str(&csv_line(std::iter::once(row.model.as_str()).chain(cells)));
         }
         out

@@ -52,6 +52,9 @@ struct Args {
     /// Keep retrying to reach the coordinator for this many seconds.
     #[arg(long, default_value_t = 60)]
     connect_timeout_s: u64,
+    /// PEM CA certificate to verify an https:// coordinator with (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 fn main() {
@@ -77,6 +80,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         device: args.device.clone(),
         batch_size: args.batch_size.max(1),
         connect_timeout: Duration::from_secs(args.connect_timeout_s),
+        tls_ca: args.tls_ca.clone(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let executor = Executor::new(ExecutorOptions {

@@ -12,9 +12,15 @@
 //!
 //! Before running a lease the worker prepares it (loads its model if needed) and then sends
 //! `ModelReady`, so the coordinator can time generation apart from model loading.
+//!
+//! TLS: an `https://` coordinator URL is dialed over TLS (rustls), verifying the coordinator's
+//! certificate against `--tls-ca` or, without it, the system's roots. A coordinator that refuses
+//! the stream with `RESOURCE_EXHAUSTED` (its per-client call limit) is asked again with backoff
+//! until the connect timeout.
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +33,7 @@ use pb::worker_message::Msg as Up;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -64,6 +70,9 @@ pub struct WorkerOptions {
     pub batch_size: u32,
     /// Give up dialing after this long.
     pub connect_timeout: Duration,
+    /// PEM CA certificate(s) to verify an `https://` coordinator with (default: the system's
+    /// roots).
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +86,8 @@ pub enum RpcError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("TLS CA file {}: {message}", .path.display())]
+    BadCa { path: PathBuf, message: String },
     #[error("the token cannot be sent as an HTTP header (it must be printable ASCII)")]
     BadToken,
     #[error("the coordinator refused this worker ({:?}): {}", .0.code(), .0.message())]
@@ -124,7 +135,6 @@ pub async fn run_until(
         req.metadata_mut().insert("authorization", auth.clone());
         Ok(req)
     });
-    let (tx, rx) = mpsc::channel(256);
     let hello = pb::Hello {
         protocol_version: PROTOCOL_VERSION,
         worker_id: opts.worker_id.clone(),
@@ -133,12 +143,7 @@ pub async fn run_until(
         models_held: runner.models_held(),
         hostname: hostname(),
     };
-    send(&tx, Up::Hello(hello)).await?;
-    let mut inbound = client
-        .connect(ReceiverStream::new(rx))
-        .await
-        .map_err(RpcError::Refused)?
-        .into_inner();
+    let (tx, mut inbound) = open_stream(&mut client, &opts, hello).await?;
     let welcome = match next(&mut inbound).await? {
         Down::Welcome(w) => w,
         Down::Shutdown(s) => {
@@ -177,6 +182,49 @@ pub async fn run_until(
     }
     .serve()
     .await
+}
+
+/// Opens the fleet stream with `hello` as its first message; returns the sender for the rest of
+/// the stream and the inbound half. A refusal for the coordinator's call-rate limit
+/// (`RESOURCE_EXHAUSTED`) is retried with backoff until `opts.connect_timeout`; others are final.
+async fn open_stream<S>(
+    client: &mut FleetClient<S>,
+    opts: &WorkerOptions,
+    hello: pb::Hello,
+) -> Result<
+    (
+        mpsc::Sender<pb::WorkerMessage>,
+        Streaming<pb::CoordinatorMessage>,
+    ),
+    RpcError,
+>
+where
+    S: tonic::client::GrpcService<tonic::body::Body>,
+    S::Error: Into<tonic::codegen::StdError>,
+    S::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <S::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let (tx, rx) = mpsc::channel(256);
+        send(&tx, Up::Hello(hello.clone())).await?;
+        match client.connect(ReceiverStream::new(rx)).await {
+            Ok(response) => return Ok((tx, response.into_inner())),
+            Err(status)
+                if status.code() == tonic::Code::ResourceExhausted
+                    && started.elapsed() < opts.connect_timeout =>
+            {
+                warn!(
+                    "the coordinator is busy ({}); asking again in {pause:?}",
+                    status.message()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(status) => return Err(RpcError::Refused(status)),
+        }
+    }
 }
 
 /// The state of one connected worker.
@@ -374,13 +422,63 @@ fn run_and_stream(
     }
 }
 
+/// The TLS settings for `opts`: `None` for `http://`, the CA file's or the system's roots for
+/// `https://`.
+pub fn client_tls(opts: &WorkerOptions) -> Result<Option<ClientTlsConfig>, RpcError> {
+    let https = opts.coordinator.starts_with("https://");
+    match (&opts.tls_ca, https) {
+        (None, false) => Ok(None),
+        (Some(_), false) => Err(RpcError::BadUrl {
+            url: opts.coordinator.clone(),
+            message: "--tls-ca needs an https:// coordinator URL".into(),
+        }),
+        (None, true) => Ok(Some(ClientTlsConfig::new().with_native_roots())),
+        (Some(path), true) => {
+            let pem = read_ca(path)?;
+            Ok(Some(
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            ))
+        }
+    }
+}
+
+/// Reads a PEM CA file, checking it holds at least one certificate.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, RpcError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |message: String| RpcError::BadCa {
+        path: path.to_path_buf(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            bad(format!(
+                "not a PEM file ({e}); expected -----BEGIN CERTIFICATE----- blocks"
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(bad(
+            "no CERTIFICATE block found; expected -----BEGIN CERTIFICATE----- blocks".into(),
+        ));
+    }
+    Ok(pem)
+}
+
 async fn connect(opts: &WorkerOptions) -> Result<Channel, RpcError> {
     let bad_url = |message: String| RpcError::BadUrl {
         url: opts.coordinator.clone(),
         message,
     };
-    let endpoint = Endpoint::from_shared(opts.coordinator.clone())
-        .map_err(|e| bad_url(e.to_string()))?
+    let mut endpoint =
+        Endpoint::from_shared(opts.coordinator.clone()).map_err(|e| bad_url(e.to_string()))?;
+    if let Some(tls) = client_tls(opts)? {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| bad_url(format!("TLS: {e}")))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true);
@@ -454,4 +552,53 @@ fn hostname() -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(url: &str, ca: Option<PathBuf>) -> WorkerOptions {
+        WorkerOptions {
+            coordinator: url.into(),
+            token: "t".into(),
+            worker_id: "w".into(),
+            device: "cpu".into(),
+            batch_size: 1,
+            connect_timeout: Duration::from_secs(1),
+            tls_ca: ca,
+        }
+    }
+
+    #[test]
+    fn plain_urls_need_no_tls_and_refuse_a_ca() {
+        assert!(client_tls(&opts("http://127.0.0.1:1", None)).unwrap().is_none());
+        let err = client_tls(&opts("http://127.0.0.1:1", Some("ca.pem".into()))).unwrap_err();
+        assert!(err.to_string().contains("needs an https://"), "{err}");
+    }
+
+    #[test]
+    fn https_uses_the_system_roots_without_a_ca() {
+        assert!(client_tls(&opts("https://h:1", None)).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_named_with_what_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("evalfleet-ca-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let err = client_tls(&opts("https://h:1", Some(missing))).unwrap_err();
+        assert!(
+            err.to_string().contains("missing.pem") && err.to_string().contains("cannot read"),
+            "{err}"
+        );
+        let text = dir.join("text.pem");
+        std::fs::write(&text, "not a certificate").unwrap();
+        let err = client_tls(&opts("https://h:1", Some(text))).unwrap_err();
+        assert!(
+            err.to_string().contains("text.pem") && err.to_string().contains("no CERTIFICATE"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

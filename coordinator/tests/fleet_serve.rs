@@ -408,3 +408,57 @@ fn serve_shares_workers_between_jobs_prefers_held_models_cancels_and_exposes_met
         String::from_utf8_lossy(&stopped.stderr)
     );
 }
+
+#[test]
+fn a_job_interrupted_by_a_coordinator_stop_runs_again_when_it_restarts_on_its_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_chat_model(&d.join("a"));
+    let yaml = write_yaml(d, "job", &model, &d.join("out"));
+    let state = d.join("state");
+    let token_file = d.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let serve = |extra: &[&str]| {
+        let child = Command::new(evalfleet_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&state)
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        fleet_common::listening_url(child)
+    };
+
+    // No worker: the job runs (its fleet waits) until the coordinator is stopped.
+    let (first, url) = serve(&[]);
+    let mut guard = KillOnDrop(vec![first.id()]);
+    assert_eq!(submit(&url, &yaml), "job-1");
+    wait_status(&url, "attached", |s| job(s, "job-1")["total"] == 8);
+    sigterm(&first);
+    wait_ok(first, Duration::from_secs(60), "serve after SIGTERM");
+    let record = read(&state.join("jobs/job-1.json"));
+    assert!(record.contains("\"state\": \"queued\""), "{record}");
+
+    // Started again on the same folder, with a worker this time: the job runs to its end.
+    let (second, url) = serve(&["--workers", "1", "--cpu"]);
+    guard.0.push(second.id());
+    let s = wait_status(&url, "finished", all_in_state(&["job-1"], "finished"));
+    assert_eq!(job(&s, "job-1")["done"], 8, "{s:#}");
+    assert!(d.join("out/generated_predictions.jsonl").is_file());
+    assert_eq!(
+        submit(&url, &yaml),
+        "job-2",
+        "ids go on from the saved ones"
+    );
+    wait_status(&url, "finished", all_in_state(&["job-2"], "finished"));
+    sigterm(&second);
+    wait_ok(
+        second,
+        Duration::from_secs(60),
+        "the second serve after SIGTERM",
+    );
+}

@@ -25,6 +25,11 @@ pub struct ServeArgs {
     /// the same output directory never run at once.
     #[arg(long, default_value_t = 4)]
     pub max_jobs: usize,
+    /// Keep the job queue here (one JSON record per job): started again with the same folder,
+    /// the coordinator lists its jobs again and re-runs those that were queued or running, which
+    /// resume from their journals. Without it, the queue lives in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Local worker processes to start next to the coordinator (default 0: external workers
     /// only, `evalfleet-worker --coordinator URL`).
     #[arg(long, default_value_t = 0)]
@@ -94,6 +99,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         token_file: args.token_file,
         metrics_listen: args.metrics_listen,
         max_jobs: args.max_jobs,
+        state_dir: args.state_dir,
         workers: args.workers,
         cpu_only: args.cpu,
         batch_size: args.batch_size,

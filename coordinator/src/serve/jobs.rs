@@ -7,6 +7,10 @@
 //! Two jobs never run on the same output directory at once (their files and journals would
 //! mix): a job whose output directory a running job uses waits until that one ends.
 //!
+//! With a state directory ([`super::state`]) every job's record is saved at each change, and a
+//! coordinator started again on it queues the jobs that were queued or running once more (they
+//! resume from their journals).
+//!
 //! States: queued → running → finished | failed | cancelled. Cancelling a running job detaches its
 //! fleets from the hub at once (its leases are returned: results still coming for them are
 //! dropped) and tells its driver, which stops, flushes its journal and returns; the job is
@@ -22,6 +26,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use super::hub::Hub;
+use super::state::{JobRecord, StateDir, StateError};
 use crate::config::{ConfigError, JobConfig, StepConfig};
 use crate::rpc::FleetOptions;
 use crate::run::{FleetHost, FleetSetup, RunError};
@@ -63,6 +68,20 @@ impl JobState {
     fn is_active(self) -> bool {
         matches!(self, JobState::Running | JobState::Cancelling)
     }
+
+    /// The state named `name` ([`JobState::as_str`]).
+    pub fn parse(name: &str) -> Option<JobState> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Cancelling,
+            JobState::Finished,
+            JobState::Failed,
+            JobState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
 }
 
 /// Why a job was not accepted or found.
@@ -87,6 +106,8 @@ struct Job {
     id: String,
     name: String,
     seq: u64,
+    /// The submitted text (saved in the state directory).
+    yaml: String,
     state: JobState,
     /// Taken when the job starts.
     config: Option<JobConfig>,
@@ -114,20 +135,64 @@ pub struct Jobs {
     wake: Notify,
     /// Set when the coordinator stops: queued jobs stay queued.
     closed: AtomicBool,
+    /// Where job records are saved, if anywhere.
+    state_dir: Option<StateDir>,
 }
 
 impl Jobs {
     /// A queue running at most `max_running` jobs at once on `hub`'s workers; their fleets use
-    /// `options` (lease TTL, attempts, ...).
-    pub fn new(hub: Arc<Hub>, options: FleetOptions, max_running: usize) -> Arc<Self> {
-        Arc::new(Jobs {
+    /// `options` (lease TTL, attempts, ...). With `state_dir`, the jobs saved there are listed
+    /// again, those that had not ended queued again (see the module docs).
+    pub fn new(
+        hub: Arc<Hub>,
+        options: FleetOptions,
+        max_running: usize,
+        state_dir: Option<StateDir>,
+    ) -> Result<Arc<Self>, StateError> {
+        let mut state = State::default();
+        if let Some(dir) = &state_dir {
+            for record in dir.load()? {
+                state.next_seq = state.next_seq.max(record.seq);
+                state.next_end = state.next_end.max(record.ended_seq);
+                state.jobs.push(restore(record));
+            }
+        }
+        let jobs = Arc::new(Jobs {
             hub,
             options,
             max_running: max_running.max(1),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
-        })
+            state_dir,
+        });
+        for job in &jobs.lock().jobs {
+            jobs.persist(job);
+        }
+        Ok(jobs)
+    }
+
+    /// Saves `job`'s record (a failure is logged: it costs the record after a restart, not the
+    /// job).
+    fn persist(&self, job: &Job) {
+        let Some(dir) = &self.state_dir else {
+            return;
+        };
+        let record = JobRecord {
+            id: job.id.clone(),
+            name: job.name.clone(),
+            seq: job.seq,
+            yaml: job.yaml.clone(),
+            restart: job.restart,
+            state: job.state.as_str().to_string(),
+            error: job.error.clone(),
+            files: job.files.clone(),
+            steps_done: lock(&job.shared.steps_done).clone(),
+            ended_seq: job.ended_seq,
+        };
+        if let Err(e) = dir.save(&record) {
+            warn!("job {}: cannot save its record: {e}", job.id);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -143,23 +208,22 @@ impl Jobs {
         st.next_seq += 1;
         let seq = st.next_seq;
         let id = format!("job-{seq}");
-        st.jobs.push(Job {
+        let job = Job {
             id: id.clone(),
             name: file.to_string(),
             seq,
+            yaml: text.to_string(),
             state: JobState::Queued,
             output_dirs: output_dirs(&config),
             config: Some(config),
             restart,
-            shared: Arc::new(Shared {
-                cancel: watch::Sender::new(false),
-                steps_done: Mutex::new(Vec::new()),
-                last: Mutex::new(None),
-            }),
+            shared: Shared::new(Vec::new()),
             error: String::new(),
             files: Vec::new(),
             ended_seq: 0,
-        });
+        };
+        self.persist(&job);
+        st.jobs.push(job);
         drop(st);
         info!("job {id} ({file}) queued");
         self.wake.notify_one();
@@ -188,6 +252,9 @@ impl Jobs {
                 job.shared.cancel.send_replace(true);
             }
             _ => {}
+        }
+        if before != job.state {
+            self.persist(job);
         }
         let (state, shared) = (job.state, job.shared.clone());
         if before == JobState::Queued {
@@ -247,6 +314,7 @@ impl Jobs {
                 return;
             };
             job.state = JobState::Running;
+            self.persist(job);
             let host: Arc<dyn FleetHost> = Arc::new(JobHost {
                 hub: self.hub.clone(),
                 job: job.id.clone(),
@@ -271,17 +339,22 @@ impl Jobs {
     /// Records how job `id`'s driver ended.
     fn finish(&self, id: &str, result: Result<Vec<PathBuf>, RunError>) {
         let mut st = self.lock();
-        st.next_end += 1;
-        let end = st.next_end;
+        let end = st.next_end + 1;
         let Some(job) = st.jobs.iter_mut().find(|j| j.id == id) else {
             return;
         };
-        job.ended_seq = end;
         match result {
             Ok(files) => {
                 job.state = JobState::Finished;
                 job.files = files.iter().map(|p| p.display().to_string()).collect();
                 info!("job {id} finished: {} files written", job.files.len());
+            }
+            // The coordinator is stopping: the job has not ended, and its record says so, so
+            // that the next start on the state directory runs it again (from its journal).
+            Err(RunError::Interrupted { .. }) if job.state == JobState::Running => {
+                job.state = JobState::Queued;
+                job.restart = false;
+                info!("job {id} interrupted; it runs again when the coordinator starts again");
             }
             Err(e) if job.state == JobState::Cancelling || matches!(e, RunError::Cancelled) => {
                 job.state = JobState::Cancelled;
@@ -292,6 +365,14 @@ impl Jobs {
                 job.error = error_text(&e);
                 warn!("job {id} failed: {}", job.error);
             }
+        }
+        let ended = job.state.is_final();
+        if ended {
+            job.ended_seq = end;
+        }
+        self.persist(job);
+        if ended {
+            st.next_end = end;
         }
         drop(st);
         self.wake.notify_one();
@@ -356,6 +437,55 @@ impl Jobs {
         }
         status
     }
+}
+
+impl Shared {
+    fn new(steps_done: Vec<String>) -> Arc<Self> {
+        Arc::new(Shared {
+            cancel: watch::Sender::new(false),
+            steps_done: Mutex::new(steps_done),
+            last: Mutex::new(None),
+        })
+    }
+}
+
+/// A saved job as the queue holds it: one that had not ended is queued again (resuming from
+/// its journal, so never with `restart`); one whose YAML no longer parses fails, saying why.
+fn restore(record: JobRecord) -> Job {
+    let saved = JobState::parse(&record.state).unwrap_or(JobState::Failed);
+    let mut job = Job {
+        id: record.id,
+        name: record.name,
+        seq: record.seq,
+        state: saved,
+        config: None,
+        output_dirs: Vec::new(),
+        restart: record.restart && saved == JobState::Queued,
+        shared: Shared::new(record.steps_done),
+        error: record.error,
+        files: record.files,
+        ended_seq: record.ended_seq,
+        yaml: record.yaml,
+    };
+    match saved {
+        JobState::Queued | JobState::Running => {
+            match crate::config::parse_job(Path::new(&job.name), &job.yaml) {
+                Ok(config) => {
+                    job.output_dirs = output_dirs(&config);
+                    job.config = Some(config);
+                    job.state = JobState::Queued;
+                    info!("job {} ({}) queued again", job.id, job.name);
+                }
+                Err(e) => {
+                    job.state = JobState::Failed;
+                    job.error = format!("queued again after a restart, but: {e}");
+                }
+            }
+        }
+        JobState::Cancelling => job.state = JobState::Cancelled,
+        _ => {}
+    }
+    job
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -7,6 +7,7 @@
 //! - [`control`]: the `Control` gRPC service and its client.
 //! - [`view`]: the status table and JSON.
 //! - [`metrics`], [`http`]: the metrics registry and the HTTP/1 responder that serves it.
+//! - [`state`]: job records in `--state-dir`, so that a restarted coordinator resumes its queue.
 //! - [`cli`]: the `serve`, `submit`, `status` and `cancel` subcommands.
 //!
 //! One port serves the workers' `Fleet` service, the `Control` service (both behind the bearer
@@ -20,6 +21,7 @@ pub mod http;
 pub mod hub;
 pub mod jobs;
 pub mod metrics;
+pub mod state;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -48,6 +50,8 @@ pub struct ServeOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Jobs running at once.
     pub max_jobs: usize,
+    /// Keep job records here (see [`state`]).
+    pub state_dir: Option<PathBuf>,
     /// Local worker processes to start (0: only external workers).
     pub workers: usize,
     /// Start the local workers on the CPU even when GPUs are visible.
@@ -65,6 +69,8 @@ pub struct ServeOptions {
 pub enum ServeError {
     #[error(transparent)]
     Local(#[from] LocalError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -77,7 +83,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let token = local::read_token(opts.token_file.as_deref())?;
     let metrics = metrics::Metrics::new();
     let hub = hub::Hub::new(opts.fleet.clone(), metrics.clone());
-    let jobs = jobs::Jobs::new(hub.clone(), opts.fleet.clone(), opts.max_jobs);
+    let state_dir = opts
+        .state_dir
+        .as_deref()
+        .map(state::StateDir::open)
+        .transpose()?;
+    let jobs = jobs::Jobs::new(hub.clone(), opts.fleet.clone(), opts.max_jobs, state_dir)?;
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await

@@ -169,6 +169,11 @@ pub struct Step4Args {
     /// reward model) or aggregate. Default: the YAML's `stage`, else generate.
     #[arg(long, value_parser = parse_stage)]
     pub stage: Option<crate::config::Step4Stage>,
+    /// Run generation and reward scoring as two fleets one after the other (the original tool's
+    /// sub-steps), instead of scoring each dialogue while the others are still being generated.
+    /// The files are the same either way.
+    #[arg(long)]
+    pub stage_by_stage: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
@@ -314,8 +319,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Step4(args) => {
             let cfg = crate::config::load_step4(&args.yaml)?;
-            let files = crate::run::run_step4(&cfg, &args.fleet.setup(), args.stage).await?;
-            for path in files {
+            let options = crate::run::step4::Step4Options {
+                stage: args.stage,
+                stage_by_stage: args.stage_by_stage,
+            };
+            let setup = args.fleet.setup();
+            let report = crate::run::step4::run_step4_with(&cfg, &setup, options).await?;
+            for path in report.files {
                 println!("wrote {}", path.display());
             }
             Ok(())

@@ -168,6 +168,11 @@ fn items_digest(tasks: &[TaskSpec]) -> String {
     format!("{count} items, sha256 {}", &hex(&h.finalize())[..16])
 }
 
+/// A short digest of `text`, for a fingerprint part that stands for data too long to show.
+pub fn digest_text(text: &str) -> String {
+    format!("sha256 {}", short_hash(text.as_bytes()))
+}
+
 fn short_hash(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))[..16].to_string()
 }

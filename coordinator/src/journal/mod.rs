@@ -28,7 +28,7 @@
 //! [`writer`]), and [`Journal::prior_elapsed`] gives a resumed run the time of the earlier runs,
 //! so that `predict_runtime` and the per-second figures cover the whole job.
 //!
-//! ## Using it from a step driver (step 1 and 2 do exactly this; step 3/4 drivers can too)
+//! ## Using it from a step driver (steps 1, 2 and 3 do exactly this)
 //!
 //! ```ignore
 //! let task = my_task(cfg, ...);                       // the TaskSpecs the fleet will run
@@ -135,12 +135,25 @@ impl Journal {
         tasks: &[TaskSpec],
         restart: bool,
     ) -> Result<Journal, JournalError> {
+        Self::open_with(output_dir, step, tasks, &[], restart)
+    }
+
+    /// [`Journal::open`] with `extra` named parts in the job's fingerprint: what the tasks do
+    /// not show, such as the data a feed derives its items from.
+    pub fn open_with(
+        output_dir: &Path,
+        step: &str,
+        tasks: &[TaskSpec],
+        extra: &[(String, String)],
+        restart: bool,
+    ) -> Result<Journal, JournalError> {
         let path = Self::path_for(output_dir, step);
         let io = |source| JournalError::Io {
             path: path.clone(),
             source,
         };
-        let fp = Fingerprint::of(step, tasks);
+        let mut fp = Fingerprint::of(step, tasks);
+        fp.parts.extend(extra.iter().cloned());
         let existing = match read_if_exists(&path).map_err(io)? {
             Some(_) if restart => {
                 info!("{step}: --restart: discarding journal {}", path.display());
@@ -216,7 +229,19 @@ impl Journal {
         step: &str,
         tasks: &[TaskSpec],
     ) -> Result<Arc<Journal>, JournalError> {
-        let journal = Arc::new(Journal::open(output_dir, step, tasks, setup.restart)?);
+        Self::attach_with(setup, output_dir, step, tasks, &[])
+    }
+
+    /// [`Journal::attach`] with `extra` fingerprint parts (see [`Journal::open_with`]).
+    pub fn attach_with(
+        setup: &mut FleetSetup,
+        output_dir: &Path,
+        step: &str,
+        tasks: &[TaskSpec],
+        extra: &[(String, String)],
+    ) -> Result<Arc<Journal>, JournalError> {
+        let journal = Journal::open_with(output_dir, step, tasks, extra, setup.restart)?;
+        let journal = Arc::new(journal);
         setup.journal = Some(journal.clone());
         Ok(journal)
     }

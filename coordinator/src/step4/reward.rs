@@ -30,6 +30,13 @@ pub fn rm_input_text(row: &Record, row_no: usize, profiles: &Profiles) -> Result
     ))
 }
 
+/// The reward item id of metric `k` (0-based, in `id2metric` order) of dialogue `dialogue`
+/// (its index in the test data), when scoring is fed from generation as it runs: such an item
+/// exists before the rows of later dialogues, so it cannot be named by its row number.
+pub fn fed_item_id(dialogue: usize, k: usize) -> String {
+    format!("{dialogue}/{k}")
+}
+
 /// `rw_model(input_ids)[1].item() * 4 + 1`: the sigmoid (a bf16 or f32 value, exact in f32)
 /// widened to a Python float, then the affine map in float64.
 pub fn score_from_sigmoid(sigmoid: f32) -> f64 {

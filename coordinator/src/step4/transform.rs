@@ -11,25 +11,49 @@ use crate::output::PyJson;
 
 /// The transformed rows, in record order then metric order.
 pub fn transform(records: &[Record], id2metric: &HashMap<String, Vec<Metric>>) -> Vec<Record> {
-    let mut rows = Vec::new();
-    for record in records {
-        let output = match get(record, "model_output") {
-            Some(PyJson::Str(s)) if s != ERROR_OUTPUT => s,
-            _ => continue,
-        };
-        let first_line = output.split('\n').next().unwrap_or_default().to_owned();
-        let Some(metrics) = id_key(record).and_then(|id| id2metric.get(&id)) else {
-            continue;
-        };
-        let mut data = record.clone();
-        set(&mut data, "model_output", PyJson::Str(first_line));
-        for metric in metrics {
+    records
+        .iter()
+        .flat_map(|record| transform_one(record, id2metric))
+        .collect()
+}
+
+/// [`transform`]'s rows, each with the index of its record in `records` and its metric number
+/// among that record's rows (how step 4 names the reward item of a row it feeds from a
+/// generation before the other records are generated).
+pub fn transform_indexed(
+    records: &[Record],
+    id2metric: &HashMap<String, Vec<Metric>>,
+) -> Vec<(usize, usize, Record)> {
+    records
+        .iter()
+        .enumerate()
+        .flat_map(|(i, record)| {
+            let rows = transform_one(record, id2metric).into_iter().enumerate();
+            rows.map(move |(k, row)| (i, k, row))
+        })
+        .collect()
+}
+
+/// The rows of one record: [`transform`] depends on nothing but the record and `id2metric`.
+pub fn transform_one(record: &Record, id2metric: &HashMap<String, Vec<Metric>>) -> Vec<Record> {
+    let output = match get(record, "model_output") {
+        Some(PyJson::Str(s)) if s != ERROR_OUTPUT => s,
+        _ => return Vec::new(),
+    };
+    let first_line = output.split('\n').next().unwrap_or_default().to_owned();
+    let Some(metrics) = id_key(record).and_then(|id| id2metric.get(&id)) else {
+        return Vec::new();
+    };
+    let mut data = record.clone();
+    set(&mut data, "model_output", PyJson::Str(first_line));
+    metrics
+        .iter()
+        .map(|metric| {
             set(&mut data, "metric_en", PyJson::Str(metric.en.clone()));
             set(&mut data, "metric_zh", PyJson::Str(metric.zh.clone()));
-            rows.push(data.clone());
-        }
-    }
-    rows
+            data.clone()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -75,5 +99,10 @@ mod tests {
                 r#"{"id": 2, "model_output": "", "metric_en": "C", "metric_zh": "丙"}"#,
             ]
         );
+        let indexed = transform_indexed(&records, &id2metric);
+        let at: Vec<(usize, usize)> = indexed.iter().map(|(i, k, _)| (*i, *k)).collect();
+        assert_eq!(at, [(0, 0), (0, 1), (1, 0)]);
+        let same: Vec<Record> = indexed.into_iter().map(|(_, _, r)| r).collect();
+        assert_eq!(same, rows);
     }
 }

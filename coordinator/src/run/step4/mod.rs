@@ -12,11 +12,16 @@
 //!    4096-token left truncation. Any failed row fails the step.
 //! 4. aggregate: the score log and the summary.
 //!
-//! Generation and scoring run as two fleets one after the other (the reward task needs the
-//! transformed rows; a fleet feed is one item per result, while a dialogue has several metrics).
-//! Each fleet journals its results as they arrive (`crate::journal`, one journal per sub-step in
-//! `output_dir`), so a stopped run resumes with only the missing items; the journal is removed
-//! once the sub-step's file is written.
+//! From `generate`, sub-steps 1 to 3 run in one fleet ([`streamed`]): each generated dialogue
+//! feeds its (dialogue, metric) reward items to the scheduler as it arrives, so reward scoring
+//! starts while generation still runs; the files are the same as the sub-steps one after the
+//! other write. With `--stage-by-stage` (and from any later stage), generation and scoring are
+//! two fleets one after the other, as the original tool's sub-steps. Either way every result is
+//! journaled as it arrives (`crate::journal`: one journal for the streamed fleet, one per
+//! sub-step otherwise, in `output_dir`), so a stopped run resumes with only the missing items; a
+//! journal is removed once the files it stands for are written.
+
+mod streamed;
 
 use std::path::PathBuf;
 use std::slice;
@@ -29,7 +34,7 @@ use super::{FleetSetup, RunError, absolute, run_fleet};
 use crate::config::{Step4Config, Step4Stage};
 use crate::journal::Journal;
 use crate::output::PyJson;
-use crate::sched::{ItemOutcome, TaskSpec};
+use crate::sched::{Event, ItemOutcome, TaskSpec};
 use crate::step4::aggregate::{Summary, format_log_data, metric_groups};
 use crate::step4::data::{self, Profiles, read_profiles};
 use crate::step4::files::{read_stage_records, write_log, write_records, write_summary};
@@ -44,6 +49,26 @@ use crate::step4::{
 const GENERATE_TASK: &str = "step4-generate";
 const REWARD_TASK: &str = "step4-reward";
 
+/// How `evalfleet step4` runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Step4Options {
+    /// The first sub-step (`--stage`; else the YAML's `stage`).
+    pub stage: Option<Step4Stage>,
+    /// `--stage-by-stage`: generation and scoring as two fleets one after the other, instead of
+    /// scoring each dialogue's rows while the others are still being generated.
+    pub stage_by_stage: bool,
+}
+
+/// What step 4 did.
+#[derive(Debug)]
+pub struct Step4Report {
+    /// The files written, in order.
+    pub files: Vec<PathBuf>,
+    /// The streamed fleet's scheduler timeline (task 0 generates, task 1 scores): shows when
+    /// scoring started. Empty when generation and scoring did not share a fleet.
+    pub timeline: Vec<Event>,
+}
+
 /// Runs step 4 from `stage` (else the YAML's `stage`) on; returns the files written. The
 /// YAML's `workers` / `batch_size` apply where the command line left them unset.
 pub async fn run_step4(
@@ -51,11 +76,35 @@ pub async fn run_step4(
     setup: &FleetSetup,
     stage: Option<Step4Stage>,
 ) -> Result<Vec<PathBuf>, RunError> {
-    let stage = stage.unwrap_or(cfg.stage);
+    let options = Step4Options {
+        stage,
+        stage_by_stage: false,
+    };
+    Ok(run_step4_with(cfg, setup, options).await?.files)
+}
+
+/// [`run_step4`] with every option.
+pub async fn run_step4_with(
+    cfg: &Step4Config,
+    setup: &FleetSetup,
+    options: Step4Options,
+) -> Result<Step4Report, RunError> {
+    let stage = options.stage.unwrap_or(cfg.stage);
     let mut setup = setup.clone();
     setup.workers = setup.workers.or(cfg.workers);
     setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
     let out = &cfg.output_dir;
+    if stage == Step4Stage::Generate && !options.stage_by_stage {
+        let done = streamed::generate_and_score(cfg, &setup).await?;
+        let mut files = [GENERATION_FILE, TRANSFORM_FILE, EVALUATION_FILE]
+            .map(|name| out.join(name))
+            .to_vec();
+        files.extend(aggregate(cfg, &done.scored)?);
+        return Ok(Step4Report {
+            files,
+            timeline: done.timeline,
+        });
+    }
     let mut files = Vec::new();
 
     let generated = if stage == Step4Stage::Generate {
@@ -94,7 +143,10 @@ pub async fn run_step4(
         read_stage_records(out, EVALUATION_FILE, "--stage score")?
     };
     files.extend(aggregate(cfg, &scored)?);
-    Ok(files)
+    Ok(Step4Report {
+        files,
+        timeline: Vec::new(),
+    })
 }
 
 /// Sub-step 1: the dialogues with `model_output` set.
@@ -116,6 +168,15 @@ async fn generate(cfg: &Step4Config, setup: &FleetSetup) -> Result<Vec<Record>, 
     )?;
     let run = run_fleet(vec![task], &setup, "step4 generate").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
+    apply_generations(&mut records, outcomes);
+    write_records(&cfg.output_dir, GENERATION_FILE, &records)?;
+    journal.complete()?;
+    Ok(records)
+}
+
+/// Sets each dialogue's `model_output` from its generation (in dialogue order); one that failed
+/// gets `"ERROR"`, with a warning.
+fn apply_generations(records: &mut [Record], outcomes: impl IntoIterator<Item = ItemOutcome>) {
     let mut failed = 0;
     for (i, (record, outcome)) in records.iter_mut().zip(outcomes).enumerate() {
         let output = match outcome {
@@ -131,9 +192,6 @@ async fn generate(cfg: &Step4Config, setup: &FleetSetup) -> Result<Vec<Record>, 
     if failed > 0 {
         warn!("step4: {failed} dialogues failed to generate; sub-step 2 skips them");
     }
-    write_records(&cfg.output_dir, GENERATION_FILE, &records)?;
-    journal.complete()?;
-    Ok(records)
 }
 
 /// The generate task: one item per dialogue, no truncation (the SEED's prompts were not cut).
@@ -206,7 +264,7 @@ fn generator_model(cfg: &Step4Config) -> pb::ModelSpec {
 async fn score(
     cfg: &Step4Config,
     setup: &FleetSetup,
-    mut rows: Vec<Record>,
+    rows: Vec<Record>,
 ) -> Result<Vec<Record>, RunError> {
     let profiles = read_profiles(&cfg.task_dir)?;
     let task = reward_task(cfg, &rows, &profiles)?;
@@ -225,21 +283,52 @@ async fn score(
     )?;
     let run = run_fleet(vec![task], &setup, "step4 score").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
-    let results = super::collect_outcomes("row", ids.into_iter().zip(outcomes), |id, o| match o {
+    let results = reward_results(ids.into_iter().zip(outcomes))?;
+    let n_rows = rows.len();
+    let rows_at = move |id: &str| id.parse().ok().filter(|&n: &usize| n < n_rows);
+    let rows = attach_scores(cfg, rows, results, rows_at)?;
+    journal.complete()?;
+    Ok(rows)
+}
+
+/// `(item id, result)` of every reward item, or an error naming the rows that failed.
+fn reward_results(
+    outcomes: impl IntoIterator<Item = (String, ItemOutcome)>,
+) -> Result<Vec<(String, pb::RewardResult)>, RunError> {
+    super::collect_outcomes("row", outcomes, |id, o| match o {
         Outcome::Reward(r) => Some((id.to_owned(), r)),
         _ => None,
-    })?;
+    })
+}
+
+/// Puts each reward result's score into its row (`row_of` maps an item id to the row, `None`
+/// for an id no row has) and writes step3_evaluation.jsonl; every row must have its score.
+fn attach_scores(
+    cfg: &Step4Config,
+    mut rows: Vec<Record>,
+    results: Vec<(String, pb::RewardResult)>,
+    row_of: impl Fn(&str) -> Option<usize>,
+) -> Result<Vec<Record>, RunError> {
     let path = cfg.output_dir.join(TRANSFORM_FILE);
+    let invalid = |message: String| Step4Error::Invalid {
+        path: path.clone(),
+        message,
+    };
+    if results.len() != rows.len() {
+        return Err(invalid(format!(
+            "{} rows but {} reward results",
+            rows.len(),
+            results.len()
+        ))
+        .into());
+    }
     let mut truncated = 0;
+    let mut scored = vec![false; rows.len()];
     for (id, result) in results {
-        let row_no: usize = id
-            .parse()
-            .ok()
-            .filter(|&n: &usize| n < rows.len())
-            .ok_or_else(|| Step4Error::Invalid {
-                path: path.clone(),
-                message: format!("a reward result for unknown row {id}"),
-            })?;
+        let row_no = row_of(&id)
+            .filter(|&n| !scored[n])
+            .ok_or_else(|| invalid(format!("a reward result for unknown row {id}")))?;
+        scored[row_no] = true;
         truncated += usize::from(result.truncated);
         attach_score(
             &mut rows[row_no],
@@ -257,7 +346,6 @@ async fn score(
         );
     }
     write_records(&cfg.output_dir, EVALUATION_FILE, &rows)?;
-    journal.complete()?;
     Ok(rows)
 }
 
@@ -278,14 +366,28 @@ pub fn reward_task(
     texts.sort_by_key(|(_, t)| std::cmp::Reverse(t.chars().count()));
     let items = texts
         .into_iter()
-        .map(|(i, text)| pb::WorkItem {
-            item_id: i.to_string(),
-            payload: Some(pb::work_item::Payload::Reward(pb::RewardItem { text })),
-        })
+        .map(|(i, text)| reward_item(i.to_string(), text))
         .collect();
+    Ok(TaskSpec {
+        name: REWARD_TASK.into(),
+        template: reward_lease(cfg),
+        items,
+    })
+}
+
+/// The reward item `id` scoring `text`.
+fn reward_item(id: String, text: String) -> pb::WorkItem {
+    pb::WorkItem {
+        item_id: id,
+        payload: Some(pb::work_item::Payload::Reward(pb::RewardItem { text })),
+    }
+}
+
+/// What every reward lease shares: the reward model in `reward_dtype`, the 4096-token cut.
+fn reward_lease(cfg: &Step4Config) -> pb::Lease {
     let model_path = absolute(&cfg.reward_model_path);
     let dtype = cfg.reward_dtype.as_str().to_owned();
-    let template = pb::Lease {
+    pb::Lease {
         model: Some(pb::ModelSpec {
             key: format!("reward|{model_path}|{dtype}"),
             model_path,
@@ -298,12 +400,7 @@ pub fn reward_task(
             reserved_label_len: 0,
         }),
         ..Default::default()
-    };
-    Ok(TaskSpec {
-        name: REWARD_TASK.into(),
-        template,
-        items,
-    })
+    }
 }
 
 /// Sub-step 4: writes the score log (also printed) and the summary.

@@ -1,0 +1,205 @@
+//! Step 4's sub-steps 1 to 3 in one fleet: reward scoring starts while generation still runs.
+//!
+//! The scheduler holds the generate task (one item per dialogue) and a streaming reward task fed
+//! from it ([`Scheduler::feed_many`]): each generated dialogue becomes, in the call that records
+//! its result, one reward item per (dialogue, metric) row that sub-step 2 makes of it (PROTOCOL
+//! 4.3: the first line of the reply, one row per metric of `id2metric`), with the reward input
+//! text of sub-step 3. A dialogue's rows depend only on that dialogue, so they can be made before
+//! the others are generated; their items are named [`fed_item_id`]`(dialogue, metric number)`
+//! because the row numbers are known only once every dialogue is in.
+//!
+//! The files are those of the sub-steps one after the other: when generation completes,
+//! step1_generation.jsonl and step2_generation_trans.jsonl are written (scoring goes on); when
+//! scoring completes, each score goes into its row and step3_evaluation.jsonl is written. A reward
+//! model scores each input on its own (packed without padding), so neither the order of the items
+//! nor how they are leased changes a score.
+//!
+//! Both tasks' results go to one journal ([`STEP4_JOURNAL`]) as they arrive; on resume the
+//! journaled generations feed their reward items again and the journaled scores mark them done,
+//! so a killed run recomputes only what is missing. Its fingerprint also covers `id2metric` of the
+//! selected dialogues, from which the fed items are made.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use evalfleet_proto::v1 as pb;
+use pb::item_result::Outcome;
+use tracing::{info, warn};
+
+use super::{
+    FleetSetup, REWARD_TASK, RunError, apply_generations, attach_scores, generate_task,
+    reward_item, reward_lease, reward_results,
+};
+use crate::config::Step4Config;
+use crate::journal::Journal;
+use crate::output::PyJson;
+use crate::run::RunningFleet;
+use crate::sched::{DeriveMany, Event, ItemOutcome, Scheduler, TaskSpec};
+use crate::step4::data::{TaskData, id_key};
+use crate::step4::files::write_records;
+use crate::step4::reward::{fed_item_id, rm_input_text};
+use crate::step4::transform::{transform_indexed, transform_one};
+use crate::step4::{GENERATION_FILE, Record, TRANSFORM_FILE, set};
+
+/// The journal's name (`<output_dir>/.evalfleet-journal/step4.jsonl`).
+pub const STEP4_JOURNAL: &str = "step4";
+/// The generate task's index in the scheduler.
+const GENERATE: usize = 0;
+/// The reward task's index in the scheduler.
+const REWARD: usize = 1;
+
+/// What the streamed fleet produced.
+pub(super) struct Streamed {
+    /// The scored rows, as written to step3_evaluation.jsonl.
+    pub scored: Vec<Record>,
+    /// The scheduler's timeline.
+    pub timeline: Vec<Event>,
+}
+
+/// Generates every dialogue and scores its rows in one fleet; writes the first three files.
+pub(super) async fn generate_and_score(
+    cfg: &Step4Config,
+    setup: &FleetSetup,
+) -> Result<Streamed, RunError> {
+    let data = TaskData::read(&cfg.task_dir, cfg.max_samples)?;
+    info!(
+        "step4: generating replies for {} dialogues from {}, scoring each one's rows with {} as \
+         it arrives",
+        data.records.len(),
+        cfg.task_dir.display(),
+        cfg.reward_model_path.display()
+    );
+    let reward = TaskSpec {
+        name: REWARD_TASK.into(),
+        template: reward_lease(cfg),
+        items: Vec::new(),
+    };
+    let tasks = [generate_task(cfg, &data.records, &data.profiles)?, reward];
+    let mut setup = setup.clone();
+    let extra = [("fed items".to_string(), metrics_part(&data))];
+    let journal = Journal::attach_with(&mut setup, &cfg.output_dir, STEP4_JOURNAL, &tasks, &extra)?;
+    let [generate, reward] = tasks;
+    let mut sched = Scheduler::new(setup.options.sched.clone());
+    let g = sched.add_task(generate)?;
+    let r = sched.add_streaming_task(reward)?;
+    debug_assert_eq!((g, r), (GENERATE, REWARD));
+    sched.feed_many(g, r, reward_feed(&data))?;
+    let mut fleet = RunningFleet::start(sched, &setup, "step4").await?;
+    let result = run_both(&mut fleet, cfg, data).await;
+    fleet.stop(result.is_ok()).await;
+    let scored = match result {
+        Ok(scored) => scored,
+        // Flushes the journal and adds what an interruption saved to the error.
+        Err(e) => {
+            return fleet
+                .journal_stopped(Err(e))
+                .map(|()| unreachable!("still an error"));
+        }
+    };
+    // Logs how many results were computed and how many came from the journal.
+    fleet.journal_stopped(Ok(()))?;
+    journal.complete()?;
+    let timeline = fleet.fleet().with_sched(|s| s.timeline().to_vec());
+    Ok(Streamed { scored, timeline })
+}
+
+/// Waits for generation, writes sub-steps 1 and 2, waits for scoring, writes sub-step 3.
+async fn run_both(
+    fleet: &mut RunningFleet,
+    cfg: &Step4Config,
+    data: TaskData,
+) -> Result<Vec<Record>, RunError> {
+    fleet.wait_until(|s| s.task_complete(GENERATE)).await?;
+    let (outcomes, scored, fed) = fleet.fleet().with_sched(|s| {
+        let outcomes: Vec<ItemOutcome> = s.outcomes(GENERATE).iter().flatten().cloned().collect();
+        let scored = s.outcomes(REWARD).iter().flatten().count();
+        (outcomes, scored, s.items(REWARD).len())
+    });
+    info!("step4: all dialogues generated; {scored} of {fed} rows are already scored");
+    let mut records = data.records;
+    apply_generations(&mut records, outcomes);
+    write_records(&cfg.output_dir, GENERATION_FILE, &records)?;
+    let indexed = transform_indexed(&records, &data.id2metric);
+    info!(
+        "step4: {} dialogues → {} (dialogue, metric) rows",
+        records.len(),
+        indexed.len()
+    );
+    let row_of: HashMap<String, usize> = indexed
+        .iter()
+        .enumerate()
+        .map(|(row, (dialogue, k, _))| (fed_item_id(*dialogue, *k), row))
+        .collect();
+    let rows: Vec<Record> = indexed.into_iter().map(|(_, _, row)| row).collect();
+    write_records(&cfg.output_dir, TRANSFORM_FILE, &rows)?;
+
+    fleet.wait_until(|s| s.progress().is_complete()).await?;
+    let outcomes: Vec<(String, ItemOutcome)> = fleet.fleet().with_sched(|s| {
+        s.items(REWARD)
+            .iter()
+            .zip(s.outcomes(REWARD))
+            .filter_map(|(item, o)| Some((item.item_id.clone(), o.clone()?)))
+            .collect()
+    });
+    let results = reward_results(outcomes)?;
+    attach_scores(cfg, rows, results, |id| row_of.get(id).copied())
+}
+
+/// The feed from generation to scoring: a generated dialogue's reward items, one per row that
+/// sub-step 2 makes of it, named [`fed_item_id`]. A row whose input text cannot be made (its
+/// role has no profile: generation would have failed on that first) is left out with a warning,
+/// and the step then fails for the missing score.
+fn reward_feed(data: &TaskData) -> DeriveMany {
+    let records = Arc::new(data.records.clone());
+    let id2metric = Arc::new(data.id2metric.clone());
+    let profiles = Arc::new(data.profiles.clone());
+    Box::new(move |item, outcome| {
+        let Outcome::Generate(g) = outcome else {
+            return Vec::new();
+        };
+        let Some(i) = item
+            .item_id
+            .parse()
+            .ok()
+            .filter(|&i: &usize| i < records.len())
+        else {
+            return Vec::new();
+        };
+        let mut record = records[i].clone();
+        set(
+            &mut record,
+            "model_output",
+            PyJson::Str(g.predict_for_metrics.clone()),
+        );
+        let rows = transform_one(&record, &id2metric).into_iter().enumerate();
+        rows.filter_map(|(k, row)| match rm_input_text(&row, i, &profiles) {
+            Ok(text) => Some(reward_item(fed_item_id(i, k), text)),
+            Err(e) => {
+                warn!("step4: dialogue {i}: {e}; its row is not scored");
+                None
+            }
+        })
+        .collect()
+    })
+}
+
+/// The metrics of every selected dialogue, in dialogue order: the fed items are made from them,
+/// so a journal made with other metrics must not be resumed.
+fn metrics_part(data: &TaskData) -> String {
+    let mut text = String::new();
+    for record in &data.records {
+        let id = id_key(record).unwrap_or_default();
+        let metrics = data
+            .id2metric
+            .get(&id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let _ = write!(text, "{id}:");
+        for m in metrics {
+            let _ = write!(text, " {}/{}", m.en, m.zh);
+        }
+        text.push('\n');
+    }
+    crate::journal::fingerprint::digest_text(&text)
+}

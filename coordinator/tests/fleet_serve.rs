@@ -462,3 +462,77 @@ fn a_job_interrupted_by_a_coordinator_stop_runs_again_when_it_restarts_on_its_st
         "the second serve after SIGTERM",
     );
 }
+
+#[test]
+fn evalfleet_run_serves_metrics_while_its_job_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_chat_model(&d.join("a"));
+    let yaml = write_yaml(d, "job", &model, &d.join("out"));
+    let marker = d.join("hold-marker");
+    let mut run = Command::new(evalfleet_bin())
+        .args([
+            "run",
+            yaml.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--cpu",
+            "--batch-size",
+            "2",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("EVALFLEET_WORKER_BIN", worker_bin())
+        .env(
+            "EVALFLEET_TEST_HOLD_ONCE",
+            format!("{}:0", marker.display()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = KillOnDrop(vec![run.id()]);
+    let mut stdout = BufReader::new(run.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("first line {line:?}"))
+        .to_string();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+
+    // The worker holds its first lease at item 0: the job is running, mid-lease.
+    let started = Instant::now();
+    let worker_pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(&marker)
+            && let Ok(pid) = pid.trim().parse::<u32>()
+        {
+            break pid;
+        }
+        assert!(started.elapsed() < LIMIT, "the worker never reached item 0");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    guard.0.push(worker_pid);
+    let m = scrape(&url);
+    assert_eq!(metric(&m, "evalfleet_leases_outstanding"), 1.0, "{m}");
+    assert_eq!(metric(&m, "evalfleet_workers"), 1.0, "{m}");
+    let folder = model.display().to_string();
+    let loads: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("evalfleet_model_loads_total{") && l.contains(&folder))
+        .collect();
+    assert_eq!(loads.len(), 1, "{m}");
+    assert!(loads[0].ends_with(" 1"), "{m}");
+    assert!(
+        m.contains("# TYPE evalfleet_items_done_total counter"),
+        "{m}"
+    );
+
+    for pid in [run.id(), worker_pid] {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let _ = run.wait();
+}

@@ -5,6 +5,7 @@
 //! The KV cache is owned by the caller ([`KvCache`]), the batch is left-padded with per-row
 //! positions, and the LM head runs only at the positions the caller asks for.
 
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
 use super::attention;
@@ -31,6 +32,36 @@ pub(crate) trait WeightSource {
     fn dtype(&self) -> DType;
 }
 
+/// `ws.linear_weight(prefix, split)`, refused naming the tensor when its `(out, in)` shape is
+/// not the `full` one that config.json implies (as cut by `split`): a checkpoint that does not
+/// match its config, or a damaged one, fails at load with both shapes instead of as a matmul
+/// error at the first forward pass.
+fn checked_weight(
+    ws: &mut dyn WeightSource,
+    prefix: &str,
+    split: Split,
+    full: [usize; 2],
+) -> Result<Weight> {
+    let w = ws.linear_weight(prefix, split)?;
+    let [out, inp] = full;
+    let want = match split {
+        Split::Full => [out, inp],
+        Split::Rows { world, .. } => [out / world, inp],
+        Split::Cols { world, .. } => [out, inp / world],
+    };
+    let got = match &w {
+        Weight::Dense(t) => t.dims().to_vec(),
+        Weight::Quantized(QMatMul::QTensor(q)) => q.shape().dims().to_vec(),
+        Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims().to_vec(),
+    };
+    if got != want {
+        return Err(Error::Candle(candle_core::Error::Msg(format!(
+            "tensor `{prefix}.weight` has shape {got:?}, expected {want:?} for this config.json"
+        ))));
+    }
+    Ok(w)
+}
+
 /// A row-parallel layer (o_proj, down_proj): this rank's input columns, the bias whole (it is
 /// added once, after the all-reduce).
 fn row_linear(
@@ -39,8 +70,9 @@ fn row_linear(
     bias: bool,
     tp: &TpGroup,
     name: &'static str,
+    full: [usize; 2],
 ) -> Result<RowLinear> {
-    let w = ws.linear_weight(prefix, tp.cols())?;
+    let w = checked_weight(ws, prefix, tp.cols(), full)?;
     let b = if bias {
         Some(ws.tensor(&format!("{prefix}.bias"))?)
     } else {
@@ -66,16 +98,17 @@ impl Proj {
         split: Split,
         names: &[&'static str],
         fused_name: &'static str,
+        full: &[[usize; 2]],
     ) -> Result<Self> {
         let mut parts = Vec::with_capacity(prefixes.len());
-        for p in prefixes {
+        for (p, &full) in prefixes.iter().zip(full) {
             let b = if bias {
                 let name = format!("{p}.bias");
                 Some(split.apply(&ws.tensor(&name)?, &name)?)
             } else {
                 None
             };
-            parts.push((ws.linear_weight(p, split)?, b));
+            parts.push((checked_weight(ws, p, split, full)?, b));
         }
         if let Some(f) = Linear::fused(parts.clone(), fused_name)? {
             return Ok(Proj::Fused(f));
@@ -127,6 +160,7 @@ struct Attention {
 impl Attention {
     fn new(cfg: &DecoderConfig, ws: &mut dyn WeightSource, p: &str, tp: &TpGroup) -> Result<Self> {
         let prefixes = ["q_proj", "k_proj", "v_proj"].map(|n| format!("{p}.{n}"));
+        let (q, kv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
         Ok(Self {
             qkv: Proj::load(
                 ws,
@@ -135,8 +169,16 @@ impl Attention {
                 tp.rows(1),
                 &["q_proj", "k_proj", "v_proj"],
                 "qkv_proj",
+                &[[q, cfg.hidden], [kv, cfg.hidden], [kv, cfg.hidden]],
             )?,
-            o: row_linear(ws, &format!("{p}.o_proj"), cfg.o_bias, tp, "o_proj")?,
+            o: row_linear(
+                ws,
+                &format!("{p}.o_proj"),
+                cfg.o_bias,
+                tp,
+                "o_proj",
+                [cfg.hidden, q],
+            )?,
             heads: tp.share(&cfg.architecture, "attention heads", cfg.heads)?,
             kv_heads: tp.share(&cfg.architecture, "key/value heads", cfg.kv_heads)?,
             head_dim: cfg.head_dim,
@@ -212,8 +254,16 @@ impl Mlp {
                 tp.rows(1),
                 &["gate_proj", "up_proj"],
                 "gate_up_proj",
+                &[[cfg.intermediate, cfg.hidden]; 2],
             )?,
-            down: row_linear(ws, &format!("{p}.down_proj"), cfg.mlp_bias, tp, "down_proj")?,
+            down: row_linear(
+                ws,
+                &format!("{p}.down_proj"),
+                cfg.mlp_bias,
+                tp,
+                "down_proj",
+                [cfg.hidden, cfg.intermediate],
+            )?,
             intermediate: tp.share(&cfg.architecture, "intermediate units", cfg.intermediate)?,
             span: tracing::trace_span!("mlp"),
         })

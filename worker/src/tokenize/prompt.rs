@@ -39,6 +39,23 @@ pub struct PromptBuilder {
     stop_ids: Vec<u32>,
 }
 
+/// Where a model's chat template was read from, for errors: `chat_template.jinja` when the
+/// folder has one (transformers prefers it), else `tokenizer_config.json`'s key, else the GGUF's
+/// metadata.
+fn template_origin(source: &std::path::Path) -> String {
+    let jinja = source.join("chat_template.jinja");
+    if jinja.is_file() {
+        jinja.display().to_string()
+    } else if source.is_dir() {
+        format!(
+            "{}, key `chat_template`",
+            source.join("tokenizer_config.json").display()
+        )
+    } else {
+        format!("{}, metadata `tokenizer.chat_template`", source.display())
+    }
+}
+
 impl PromptBuilder {
     /// Prepares `style` for `tokenizer` (cloned, then fixed for LLaMA-Factory templates).
     /// `ModelChatTemplate` without a template in the tokenizer is an error.
@@ -56,7 +73,12 @@ impl PromptBuilder {
                         tokenizer.source().display()
                     ))
                 })?;
-                let compiled = ChatTemplate::new(source)?;
+                let compiled = ChatTemplate::new(source).map_err(|e| match e {
+                    Error::Template(why) => {
+                        Error::Template(format!("{}: {why}", template_origin(tokenizer.source())))
+                    }
+                    other => other,
+                })?;
                 let mut stop: Vec<u32> = tokenizer.eos_id().into_iter().collect();
                 for id in tokenizer.additional_special_token_ids() {
                     if !stop.contains(&id) {

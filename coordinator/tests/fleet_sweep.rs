@@ -16,7 +16,10 @@
 //!   worker's EVALFLEET_TEST_HOLD_ONCE hook) exits 130 with its journal intact, and the same
 //!   command resumes from it and writes the files of an uninterrupted sweep.
 //!
-//! Step 3 is not run here: the tiny model's 64 positions cannot hold an MMLU prompt.
+//! Step 3 needs a real model (the tiny one's 64 positions cannot hold an MMLU prompt): a third
+//! test sweeps three small LoRA adapters written here (q_proj of three layers, rank 2) over the
+//! SmolLM2 f32 folder on step 1 and step 3 (two MMLU subjects cut to three questions, 1-shot)
+//! and checks the per-checkpoint files and the report's ROUGE and MMLU columns.
 
 mod fleet_common;
 
@@ -394,4 +397,177 @@ fn three_adapters_one_base_load_per_worker_then_a_fourth_checkpoint_alone() {
             "checkpoint-1000",
         ],
     );
+}
+
+/// The seed's evaluation folder (`$EVALFLEET_SEED/evaluation`, default `../shared/seed`).
+fn seed_evaluation() -> PathBuf {
+    let dir = std::env::var_os("EVALFLEET_SEED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/seed"))
+        .join("evaluation");
+    assert!(
+        dir.join("mmlu/mapping.json").is_file(),
+        "{}: the seed's evaluation data is missing; set EVALFLEET_SEED to the seed folder",
+        dir.display()
+    );
+    dir
+}
+
+/// `<root>/mmlu` with `subjects`: their dev files and their first `rows` test questions.
+fn small_mmlu(root: &Path, subjects: &[&str], rows: usize) {
+    let seed = seed_evaluation().join("mmlu");
+    let dir = root.join("mmlu");
+    let mapping: serde_json::Value =
+        serde_json::from_str(&read(&seed.join("mapping.json"))).unwrap();
+    let kept: serde_json::Map<String, serde_json::Value> = subjects
+        .iter()
+        .map(|s| (s.to_string(), mapping[*s].clone()))
+        .collect();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("mapping.json"),
+        serde_json::Value::Object(kept).to_string(),
+    )
+    .unwrap();
+    let mut source = evalfleet::step3::source::TaskSource::open(&seed).unwrap();
+    for subject in subjects {
+        for (member, cut) in [
+            (format!("data/dev/{subject}_dev.csv"), None),
+            (format!("data/test/{subject}_test.csv"), Some(rows)),
+        ] {
+            let text = source.read(&member).unwrap();
+            // These subjects' questions are one line each (checked: the cut keeps `rows`).
+            let text: String = match cut {
+                Some(n) => text.split_inclusive('\n').take(n).collect(),
+                None => text,
+            };
+            let path = dir.join(&member);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+    }
+}
+
+/// Writes a PEFT LoRA adapter for SmolLM2-135M into `dir`: rank 2 on q_proj of layers 0-2,
+/// deterministic values from `seed`.
+fn smollm2_adapter(dir: &Path, seed: u64) {
+    const HIDDEN: usize = 576;
+    const RANK: usize = 2;
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+    };
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for layer in 0..3 {
+        for (half, shape) in [("A", [RANK, HIDDEN]), ("B", [HIDDEN, RANK])] {
+            let name = format!(
+                "base_model.model.model.layers.{layer}.self_attn.q_proj.lora_{half}.weight"
+            );
+            let start = data.len();
+            for _ in 0..shape[0] * shape[1] {
+                data.extend_from_slice(&next().to_le_bytes());
+            }
+            header.insert(
+                name,
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+            );
+        }
+    }
+    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let mut file = (head.len() as u64).to_le_bytes().to_vec();
+    file.extend(head);
+    file.extend(data);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("adapter_model.safetensors"), file).unwrap();
+    let config = serde_json::json!({"peft_type": "LORA", "r": RANK, "lora_alpha": 4,
+        "target_modules": ["q_proj"], "fan_in_fan_out": false});
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+}
+
+/// The `Average:` of a step-3 results.log.
+fn results_average(log: &str) -> f64 {
+    log.lines()
+        .find_map(|l| l.trim().strip_prefix("Average:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Average in {log:?}"))
+}
+
+#[test]
+fn step1_and_step3_on_smollm2_adapters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpts = tmp.path().join("run");
+    for (i, step) in [50, 100, 150].into_iter().enumerate() {
+        smollm2_adapter(&ckpts.join(format!("checkpoint-{step}")), i as u64 + 1);
+    }
+    let tasks = tmp.path().join("tasks");
+    small_mmlu(&tasks, &["abstract_algebra", "anatomy"], 3);
+    let sweep = tmp.path().join("sweep");
+    let yaml = tmp.path().join("sweep.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "model_name_or_path: {base}\ncheckpoints: {ckpts}/checkpoint-*\nsteps: [step1, step3]\n\
+             output_dir: {out}\ntemplate: chatml\n\
+             step1: {{dataset_dir: {data}, dataset: demo_alpaca, max_samples: 2, max_new_tokens: 4, do_sample: false}}\n\
+             step3: {{task_dir: {tasks}, tasks: [mmlu], langs: [en], splits: [test], n_shot: 1}}\n",
+            base = fleet_common::smollm2_f32().display(),
+            ckpts = ckpts.display(),
+            out = sweep.display(),
+            data = repo().join("yamls/demo").display(),
+            tasks = tasks.display(),
+        ),
+    )
+    .unwrap();
+    let text = evalfleet(&["sweep"], &yaml, &tmp.path().join("log"));
+    for i in 0..2 {
+        assert!(
+            worker_lines(&text, i, "loaded base") <= 1,
+            "worker {i}:\n{text}"
+        );
+    }
+    let names = ["checkpoint-50", "checkpoint-100", "checkpoint-150"];
+    let rows = summary_rows(&read(&sweep.join("summary.csv")));
+    assert_eq!(
+        rows.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+        names
+    );
+    for (name, row) in &rows {
+        let dir = sweep.join(name);
+        assert_eq!(
+            read(&dir.join("generated_predictions.jsonl"))
+                .lines()
+                .count(),
+            2
+        );
+        let results: serde_json::Value =
+            serde_json::from_str(&read(&dir.join("mmlu/results.json"))).unwrap();
+        for subject in ["abstract_algebra", "anatomy"] {
+            assert_eq!(
+                results[subject].as_object().map(|o| o.len()),
+                Some(3),
+                "{name} {subject}"
+            );
+        }
+        let average = results_average(&read(&dir.join("mmlu/results.log")));
+        assert_eq!(
+            cell(row, "avg_mmlu").parse::<f64>().unwrap(),
+            average,
+            "{name}"
+        );
+        let rouge: f64 = cell(row, "rouge-1").parse().unwrap();
+        assert_eq!(rouge, metric(&dir, "predict_rouge-1"), "{name}");
+        assert!(
+            !dir.join(".evalfleet-journal").exists(),
+            "{name}: a journal is left"
+        );
+    }
 }

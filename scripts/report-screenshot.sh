@@ -6,6 +6,8 @@
 # Without arguments it reports a copy of the seed-shaped test fixture
 # (coordinator/tests/fixtures/report_seed_output) and writes report-screenshot.png in the
 # current directory. Exits non-zero if Chromium is missing or the screenshot is blank.
+# The binary is built in $CARGO_TARGET_DIR (default: target/); EVALFLEET_SHOT_SIZE sets the
+# window (default 1280,2000).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 src="${1:-$repo/coordinator/tests/fixtures/report_seed_output}"
@@ -19,9 +21,10 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # Report a copy so that the fixture (or the user's folder) is never written to.
 cp -r "$src" "$work/in"
-(cd "$repo" && cargo build --quiet --bin evalfleet)
-"$repo/target/debug/evalfleet" report "$work/in" >/dev/null
-"$browser" --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,2000 \
+(cd "$repo" && cargo build --quiet -p evalfleet --bin evalfleet)
+"${CARGO_TARGET_DIR:-$repo/target}/debug/evalfleet" report "$work/in" >/dev/null
+"$browser" --headless=new --no-sandbox --disable-gpu --hide-scrollbars \
+    --window-size="${EVALFLEET_SHOT_SIZE:-1280,2000}" \
     --screenshot="$shot" "file://$work/in/report.html" >/dev/null 2>&1
 python3 - "$shot" <<'PY'
 # Decodes the PNG with the standard library only and measures how much of it is drawn.

@@ -61,8 +61,10 @@ impl Axis {
             lo = lo.min(0.0);
             hi = hi.max(0.0);
         }
-        if hi - lo <= f64::EPSILON * hi.abs().max(1.0) {
-            // One value: open a small window around it so the point sits mid-plot.
+        if hi - lo <= 1e-6 * hi.abs().max(lo.abs()).max(1e-300) {
+            // One value (or values equal to 6 digits, e.g. float32 means of one score, whose
+            // ticks would need 9 decimals): open a small window around it so the points sit
+            // mid-plot.
             let pad = if hi != 0.0 { hi.abs() * 0.05 } else { 1.0 };
             hi += pad;
             if !from_zero || lo < 0.0 {

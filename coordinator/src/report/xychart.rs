@@ -10,9 +10,9 @@ use super::html::escape;
 use crate::output::svg::{self, FIGURE_WIDTH as WIDTH, PlotArea};
 
 /// Series with more points than this are drawn without dots (the line says it all).
-const MAX_DOTS: usize = 60;
+const MAX_DOTS: usize = 40;
 /// Room under the plot for the x tick labels and the x axis label.
-const XAXIS_H: f64 = 46.0;
+const XAXIS_H: f64 = 60.0;
 
 /// A named line of `(x, y)` points in x order; non-finite values break the line.
 #[derive(Debug, Clone, PartialEq)]

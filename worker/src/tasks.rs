@@ -21,7 +21,7 @@ use pb::item_result::Outcome;
 
 use crate::embed::Embedder;
 use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
-use crate::models::{DTypeChoice, Decoder, LoadOptions, LoadedModel, load_causal_lm};
+use crate::models::{BaseCache, DTypeChoice, Decoder, LoadOptions, LoadedModel, load_causal_lm};
 use crate::score::choice;
 use crate::score::reward::{self, RewardScorer};
 use crate::tokenize::{
@@ -76,6 +76,8 @@ pub struct Executor {
     embedders: Vec<(String, Embedder)>,
     /// Step-4 reward models by [`pb::ModelSpec::key`], kept like the embedders.
     rewarders: Vec<(String, RewardScorer)>,
+    /// The base model of adapter leases, read once for all its adapters (sweeps).
+    bases: BaseCache,
 }
 
 impl Executor {
@@ -85,7 +87,13 @@ impl Executor {
             models: Vec::new(),
             embedders: Vec::new(),
             rewarders: Vec::new(),
+            bases: BaseCache::new(),
         }
+    }
+
+    /// How many times a base model of adapter leases was read from disk (see [`BaseCache`]).
+    pub fn base_loads(&self) -> usize {
+        self.bases.base_loads()
     }
 
     pub fn options(&self) -> &ExecutorOptions {
@@ -360,7 +368,7 @@ impl Executor {
         let key = model_key(spec);
         let keep = self.opts.keep_models;
         if !touch_or_make_room(&mut self.models, keep, |m| &m.key, &key, "model") {
-            let entry = LoadedEntry::load(key, spec, &self.opts.device)?;
+            let entry = LoadedEntry::load(key, spec, &self.opts.device, &mut self.bases)?;
             self.models.push(entry);
         }
         Ok(self.models.last_mut().expect("a model was just pushed"))
@@ -468,7 +476,14 @@ fn parse_dtype(dtype: &str) -> Result<DTypeChoice> {
 }
 
 impl LoadedEntry {
-    fn load(key: String, spec: &pb::ModelSpec, device: &Device) -> Result<Self> {
+    /// Loads `spec`'s model; with adapters (or when `bases` holds its folder) through `bases`,
+    /// so that a sweep's adapters share one read of their base.
+    fn load(
+        key: String,
+        spec: &pb::ModelSpec,
+        device: &Device,
+        bases: &mut BaseCache,
+    ) -> Result<Self> {
         let started = Instant::now();
         let path = Path::new(&spec.model_path);
         let adapters: Vec<PathBuf> = spec.adapter_paths.iter().map(PathBuf::from).collect();
@@ -477,7 +492,11 @@ impl LoadedEntry {
             dtype: parse_dtype(&spec.dtype)?,
             ..LoadOptions::default()
         };
-        let model = load_causal_lm(path, &adapters, &opts)?;
+        let model = if !adapters.is_empty() || bases.holds(path, opts.dtype) {
+            bases.load(path, &adapters, &opts)?
+        } else {
+            load_causal_lm(path, &adapters, &opts)?
+        };
         // LLaMA-Factory loads the tokenizer from the base model, never from the adapter.
         let (tokenizer, config_eos) = match model.gguf_content() {
             Some(content) => (

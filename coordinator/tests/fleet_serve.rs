@@ -410,7 +410,7 @@ fn serve_shares_workers_between_jobs_prefers_held_models_cancels_and_exposes_met
 }
 
 #[test]
-fn a_job_interrupted_by_a_coordinator_stop_runs_again_when_it_restarts_on_its_state_dir() {
+fn a_job_interrupted_by_a_coordinator_stop_runs_again_when_it_restarts_and_sweeps_run_too() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let model = tiny_chat_model(&d.join("a"));
@@ -455,6 +455,41 @@ fn a_job_interrupted_by_a_coordinator_stop_runs_again_when_it_restarts_on_its_st
         "ids go on from the saved ones"
     );
     wait_status(&url, "finished", all_in_state(&["job-2"], "finished"));
+
+    // A sweep YAML runs as `evalfleet sweep` does: two full-model checkpoints, then the report.
+    for n in [1, 2] {
+        let made = tiny_chat_model(&d.join(format!("c{n}")));
+        std::fs::create_dir_all(d.join("ckpts")).unwrap();
+        std::fs::rename(made, d.join(format!("ckpts/checkpoint-{n}"))).unwrap();
+    }
+    let sweep = d.join("sweep.yaml");
+    std::fs::write(
+        &sweep,
+        format!(
+            "model_name_or_path: {model}\ncheckpoints: {ckpts}/checkpoint-*\nsteps: [step1]\n\
+             output_dir: {out}\ntemplate: default\nstep1:\n  dataset_dir: {data}\n  \
+             dataset: demo_alpaca,demo_sharegpt\n  cutoff_len: 40\n  max_samples: {SAMPLES}\n  \
+             per_device_eval_batch_size: 1\n  max_new_tokens: 8\n  do_sample: false\n",
+            model = model.display(),
+            ckpts = d.join("ckpts").display(),
+            out = d.join("sweep-out").display(),
+            data = repo().join("yamls/demo").display(),
+        ),
+    )
+    .unwrap();
+    assert_eq!(submit(&url, &sweep), "job-3");
+    let s = wait_status(&url, "finished", all_in_state(&["job-3"], "finished"));
+    let files = job(&s, "job-3")["files"].to_string();
+    assert!(files.contains("summary.csv"), "{s:#}");
+    for n in [1, 2] {
+        let predictions = d.join(format!(
+            "sweep-out/checkpoint-{n}/generated_predictions.jsonl"
+        ));
+        assert_eq!(
+            read(&predictions),
+            read(&d.join("out/generated_predictions.jsonl"))
+        );
+    }
     sigterm(&second);
     wait_ok(
         second,

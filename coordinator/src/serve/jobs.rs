@@ -1,5 +1,6 @@
 //! The job queue of `evalfleet serve`: submitted jobs wait in submission order and run, up to
-//! `max_running` at a time, through the same driver as `evalfleet run` ([`crate::run::run_job`]),
+//! `max_running` at a time, through the same driver as `evalfleet run` ([`crate::run::run_job`];
+//! a sweep YAML, one with `checkpoints`, through `evalfleet sweep`'s),
 //! whose fleets attach to the [`Hub`] instead of serving a port of their own. So each job writes
 //! exactly the files `evalfleet run` writes, with its journal: a job that is cancelled or stopped
 //! resumes when it is submitted again.
@@ -31,6 +32,7 @@ use crate::config::{ConfigError, JobConfig, StepConfig};
 use crate::rpc::FleetOptions;
 use crate::run::{FleetHost, FleetSetup, RunError};
 use crate::sched::Progress;
+use crate::sweep::{SweepConfig, SweepError};
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +112,7 @@ struct Job {
     yaml: String,
     state: JobState,
     /// Taken when the job starts.
-    config: Option<JobConfig>,
+    config: Option<Spec>,
     output_dirs: Vec<PathBuf>,
     restart: bool,
     shared: Arc<Shared>,
@@ -203,7 +205,7 @@ impl Jobs {
     /// resolved here, against the coordinator's working directory. Returns the job id.
     pub fn submit(&self, text: &str, name: &str, restart: bool) -> Result<String, JobError> {
         let file = if name.is_empty() { "job.yaml" } else { name };
-        let config = crate::config::parse_job(Path::new(file), text)?;
+        let config = Spec::parse(Path::new(file), text)?;
         let mut st = self.lock();
         st.next_seq += 1;
         let seq = st.next_seq;
@@ -214,7 +216,7 @@ impl Jobs {
             seq,
             yaml: text.to_string(),
             state: JobState::Queued,
-            output_dirs: output_dirs(&config),
+            output_dirs: config.output_dirs(),
             config: Some(config),
             restart,
             shared: Shared::new(Vec::new()),
@@ -330,39 +332,48 @@ impl Jobs {
             let (jobs, id) = (self.clone(), job.id.clone());
             info!("job {id} ({}) started", job.name);
             tokio::spawn(async move {
-                let result = crate::run::run_job(&config, &setup).await;
-                jobs.finish(&id, result);
+                let ended = config.run(&setup).await;
+                jobs.finish(&id, ended);
             });
         }
     }
 
     /// Records how job `id`'s driver ended.
-    fn finish(&self, id: &str, result: Result<Vec<PathBuf>, RunError>) {
+    fn finish(&self, id: &str, ended: Ended) {
         let mut st = self.lock();
         let end = st.next_end + 1;
         let Some(job) = st.jobs.iter_mut().find(|j| j.id == id) else {
             return;
         };
-        match result {
-            Ok(files) => {
+        match ended {
+            Ended::Files(files) => {
                 job.state = JobState::Finished;
                 job.files = files.iter().map(|p| p.display().to_string()).collect();
                 info!("job {id} finished: {} files written", job.files.len());
             }
             // The coordinator is stopping: the job has not ended, and its record says so, so
             // that the next start on the state directory runs it again (from its journal).
-            Err(RunError::Interrupted { .. }) if job.state == JobState::Running => {
+            Ended::Interrupted if job.state == JobState::Running => {
                 job.state = JobState::Queued;
                 job.restart = false;
                 info!("job {id} interrupted; it runs again when the coordinator starts again");
             }
-            Err(e) if job.state == JobState::Cancelling || matches!(e, RunError::Cancelled) => {
+            Ended::Cancelled | Ended::Interrupted | Ended::Failed(_)
+                if job.state == JobState::Cancelling =>
+            {
                 job.state = JobState::Cancelled;
                 info!("job {id} cancelled");
             }
-            Err(e) => {
+            Ended::Cancelled => {
+                job.state = JobState::Cancelled;
+                info!("job {id} cancelled");
+            }
+            Ended::Interrupted | Ended::Failed(_) => {
                 job.state = JobState::Failed;
-                job.error = error_text(&e);
+                job.error = match ended {
+                    Ended::Failed(why) => why,
+                    _ => "stopped by a signal".to_string(),
+                };
                 warn!("job {id} failed: {}", job.error);
             }
         }
@@ -469,9 +480,9 @@ fn restore(record: JobRecord) -> Job {
     };
     match saved {
         JobState::Queued | JobState::Running => {
-            match crate::config::parse_job(Path::new(&job.name), &job.yaml) {
+            match Spec::parse(Path::new(&job.name), &job.yaml) {
                 Ok(config) => {
-                    job.output_dirs = output_dirs(&config);
+                    job.output_dirs = config.output_dirs();
                     job.config = Some(config);
                     job.state = JobState::Queued;
                     info!("job {} ({}) queued again", job.id, job.name);
@@ -492,19 +503,81 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The output directories a job writes (its steps' `output_dir` / `save_dir`).
-fn output_dirs(config: &JobConfig) -> Vec<PathBuf> {
-    config
-        .steps
-        .iter()
-        .filter_map(|step| match step {
-            StepConfig::Step1(c) => Some(c.output_dir.clone()),
-            StepConfig::Step2(c) => Some(c.output_dir.clone()),
-            StepConfig::Step3(c) => c.save_dir.clone(),
-            StepConfig::Step4(c) => Some(c.output_dir.clone()),
+/// What a job runs: a run file (`evalfleet run`) or a sweep (`evalfleet sweep`).
+enum Spec {
+    Run(JobConfig),
+    Sweep(SweepConfig),
+}
+
+/// How a job's driver ended.
+enum Ended {
+    /// The files it wrote.
+    Files(Vec<PathBuf>),
+    Cancelled,
+    /// The coordinator is stopping (SIGINT/SIGTERM).
+    Interrupted,
+    Failed(String),
+}
+
+impl From<RunError> for Ended {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Cancelled => Ended::Cancelled,
+            RunError::Interrupted { .. } => Ended::Interrupted,
+            e => Ended::Failed(error_text(&e)),
+        }
+    }
+}
+
+impl Spec {
+    /// A sweep YAML (one with `checkpoints`) or a run file, as `evalfleet sweep` / `run` read them.
+    fn parse(file: &Path, text: &str) -> Result<Spec, ConfigError> {
+        let is_sweep = serde_yaml::from_str::<serde_yaml::Mapping>(text)
+            .is_ok_and(|top| top.contains_key("checkpoints"));
+        Ok(if is_sweep {
+            Spec::Sweep(crate::sweep::parse_sweep(file, text)?)
+        } else {
+            Spec::Run(crate::config::parse_job(file, text)?)
         })
-        .map(|d| PathBuf::from(crate::run::absolute(&d)))
-        .collect()
+    }
+
+    /// The output directories it writes (its steps' `output_dir` / `save_dir`, a sweep's folder).
+    fn output_dirs(&self) -> Vec<PathBuf> {
+        let dirs = match self {
+            Spec::Sweep(cfg) => vec![cfg.output_dir.clone()],
+            Spec::Run(cfg) => cfg
+                .steps
+                .iter()
+                .filter_map(|step| match step {
+                    StepConfig::Step1(c) => Some(c.output_dir.clone()),
+                    StepConfig::Step2(c) => Some(c.output_dir.clone()),
+                    StepConfig::Step3(c) => c.save_dir.clone(),
+                    StepConfig::Step4(c) => Some(c.output_dir.clone()),
+                })
+                .collect(),
+        };
+        dirs.iter()
+            .map(|d| PathBuf::from(crate::run::absolute(d)))
+            .collect()
+    }
+
+    /// Runs it through its driver on `setup`'s fleet.
+    async fn run(&self, setup: &FleetSetup) -> Ended {
+        match self {
+            Spec::Run(cfg) => match crate::run::run_job(cfg, setup).await {
+                Ok(files) => Ended::Files(files),
+                Err(e) => e.into(),
+            },
+            Spec::Sweep(cfg) => match crate::sweep::run_sweep(cfg, setup).await {
+                Ok(report) => {
+                    let r = report.report;
+                    Ended::Files(vec![r.summary_md, r.summary_csv, r.report_html])
+                }
+                Err(SweepError::Run(e)) => e.into(),
+                Err(e) => Ended::Failed(error_text(&e)),
+            },
+        }
+    }
 }
 
 /// The error and its causes on one line, without repeating a cause the message already quotes.

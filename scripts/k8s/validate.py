@@ -10,7 +10,7 @@ For each kustomization folder (k8s/ and k8s/overlays/*) and each plain manifest 
    one or more `nvidia.com/gpu` on every worker; volumes that name ConfigMaps/PVCs of the same layout;
    workers dialing the Service the coordinator is behind;
 3. command lines: every `--flag` in a container's args is one that the binary's clap definition has
-   (coordinator/src/cli.rs, worker/src/main.rs) or that docker/tp-group.sh adds, so renaming a flag in
+   (coordinator/src/cli.rs and serve/cli.rs, worker/src/main.rs) or that docker/tp-group.sh adds, so renaming a flag in
    the code fails here instead of in a user's cluster. Flags of commands that are documented but not
    written yet are listed in PENDING and reported, not failed.
 
@@ -41,7 +41,7 @@ SECRETISH = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.I
 # Flags k8s/ uses for commands that are documented but not implemented yet (issue 7: serve; issue 8:
 # tensor-parallel groups). Reported on every run until the code has them.
 PENDING = {
-    "evalfleet": {"serve": "issue 7: `evalfleet serve`", "--state-dir": "issue 7: serve's state"},
+    "evalfleet": {},
     "evalfleet-worker": {
         "--tp-rank": "issue 8: tensor-parallel rank",
         "--tp-size": "issue 8: tensor-parallel group size",
@@ -81,6 +81,11 @@ def clap_flags(source: Path) -> tuple[set[str], set[str]]:
         for variant in re.findall(r"^\s{4}(\w+)\s*[({,]", body, re.M):
             commands.add(re.sub(r"(?<!^)(?=[A-Z])", "-", variant).lower())
     return flags, commands
+
+
+def merge_clis(*parts: tuple[set[str], set[str]]) -> tuple[set[str], set[str]]:
+    """The (flags, subcommands) of one binary whose clap definitions span several files."""
+    return set().union(*(p[0] for p in parts)), set().union(*(p[1] for p in parts))
 
 
 def tp_group_flags(script: Path) -> set[str]:
@@ -289,7 +294,11 @@ def main(argv: list[str]) -> int:
         return 2
     root, versions = Path(argv[1]), argv[2:]
     clis = {
-        "evalfleet": clap_flags(root / "coordinator/src/cli.rs"),
+        "evalfleet": merge_clis(
+            # `serve`, `submit`, `status`, `cancel` keep their arguments next to their code.
+            clap_flags(root / "coordinator/src/cli.rs"),
+            clap_flags(root / "coordinator/src/serve/cli.rs"),
+        ),
         "evalfleet-worker": clap_flags(root / "worker/src/main.rs"),
         "tp-group": tp_group_flags(root / "docker/tp-group.sh"),
     }

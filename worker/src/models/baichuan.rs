@@ -13,6 +13,11 @@
 //! 0-based indices, so a batched score equals the one-at-a-time score bit for bit on the CPU
 //! (the CPU gemm gives a row the same bits for any row count from 2 up; a batch of one token is
 //! run twice so that it never takes the one-row path).
+//!
+//! Tensor parallelism ([`BaichuanRewardModel::load_sharded`]): each rank keeps its heads (its
+//! rows of each of W_pack's q, k and v blocks, and their ALiBi slopes) and its MLP units;
+//! o_proj and down_proj sum the ranks' partial outputs; embeddings, norms and the score head
+//! are whole on every rank.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,6 +28,8 @@ use super::alibi::{alibi_bias, alibi_slopes};
 use super::baichuan_config::{BaichuanConfig, PositionEncoding};
 use super::baichuan_weights::RmWeights;
 use super::linear::{Linear, Weight};
+use super::shard::{RowLinear, Split, TpGroup};
+use crate::collective::SharedCollective;
 use crate::{Error, Result};
 
 /// Queries per attention block: bounds the `(heads, block, keys)` score matrix of long inputs
@@ -61,25 +68,29 @@ impl RmsNorm {
 struct Layer {
     input_norm: RmsNorm,
     w_pack: Linear,
-    o_proj: Linear,
+    o_proj: RowLinear,
     post_norm: RmsNorm,
     gate_up: Linear,
-    down: Linear,
+    down: RowLinear,
 }
 
 impl Layer {
-    fn load(cfg: &BaichuanConfig, ws: &RmWeights, i: usize) -> Result<Self> {
+    fn load(cfg: &BaichuanConfig, ws: &RmWeights, i: usize, tp: &TpGroup) -> Result<Self> {
         let p = format!("model.layers.{i}");
         let (h, inter) = (cfg.hidden, cfg.intermediate);
-        let dense = |name: &str, shape: [usize; 2]| -> Result<Weight> {
+        // Checked whole against the config, then cut on the CPU: only this rank's part goes to
+        // the device.
+        let dense = |name: &str, shape: [usize; 2], split: Split| -> Result<Weight> {
+            let name = format!("{p}.{name}.weight");
+            let full = ws.get_as(&name, &shape, ws.dtype())?;
             Ok(Weight::Dense(
-                ws.get(&format!("{p}.{name}.weight"), &shape)?,
+                split.apply(&full, &name)?.to_device(ws.device())?,
             ))
         };
         let gate_up = Linear::fused(
             vec![
-                (dense("mlp.gate_proj", [inter, h])?, None),
-                (dense("mlp.up_proj", [inter, h])?, None),
+                (dense("mlp.gate_proj", [inter, h], tp.rows(1))?, None),
+                (dense("mlp.up_proj", [inter, h], tp.rows(1))?, None),
             ],
             "gate_up_proj",
         )?
@@ -91,8 +102,18 @@ impl Layer {
                 h,
                 cfg.rms_norm_eps,
             )?,
-            w_pack: Linear::new(dense("self_attn.W_pack", [3 * h, h])?, None, "W_pack")?,
-            o_proj: Linear::new(dense("self_attn.o_proj", [h, h])?, None, "o_proj")?,
+            // q, k and v blocks, each cut by heads, re-fused per rank.
+            w_pack: Linear::new(
+                dense("self_attn.W_pack", [3 * h, h], tp.rows(3))?,
+                None,
+                "W_pack",
+            )?,
+            o_proj: RowLinear::new(
+                dense("self_attn.o_proj", [h, h], tp.cols())?,
+                None,
+                tp,
+                "o_proj",
+            )?,
             post_norm: RmsNorm::load(
                 ws,
                 &format!("{p}.post_attention_layernorm.weight"),
@@ -100,7 +121,12 @@ impl Layer {
                 cfg.rms_norm_eps,
             )?,
             gate_up,
-            down: Linear::new(dense("mlp.down_proj", [h, inter])?, None, "down_proj")?,
+            down: RowLinear::new(
+                dense("mlp.down_proj", [h, inter], tp.cols())?,
+                None,
+                tp,
+                "down_proj",
+            )?,
         })
     }
 }
@@ -126,7 +152,11 @@ pub struct BaichuanRewardModel {
     /// batch (a matmul would take another kernel for one row than for several).
     score_weight: Vec<f32>,
     score_bias: f32,
+    /// The ALiBi slopes of this rank's heads.
     slopes: Vec<f64>,
+    /// This rank's attention heads and intermediate units (all of them without a group).
+    heads: usize,
+    intermediate: usize,
     device: Device,
     dtype: DType,
     max_batch_tokens: usize,
@@ -139,9 +169,26 @@ impl BaichuanRewardModel {
     /// Loads the reward model folder `dir` (config.json + safetensors or PyTorch `.bin`
     /// weights) to compute in `dtype` (bf16 like the reference, or f32/f16) on `device`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_sharded(dir, dtype, device, None)
+    }
+
+    /// [`Self::load`] for one rank of the tensor-parallel group `tp` (`None`: the whole model).
+    /// Every rank must then score the same inputs at the same time (the layers all-reduce
+    /// over the group). The world size must divide the attention heads and the intermediate
+    /// size; otherwise the error names the folder, the count and the world size.
+    pub fn load_sharded(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        tp: Option<SharedCollective>,
+    ) -> Result<Self> {
         let cfg = BaichuanConfig::from_file(&dir.join("config.json"))?;
+        let tp = TpGroup::new(tp);
+        let label = format!("the reward model {}", dir.display());
+        tp.share(&label, "attention heads", cfg.heads)?;
+        tp.share(&label, "intermediate units", cfg.intermediate)?;
         let ws = RmWeights::open(dir, dtype, device)?;
-        Self::from_weights(cfg, &ws, false)
+        Self::from_weights(cfg, &ws, false, &tp)
     }
 
     /// A model over in-memory tensors named as in the HF state dict (all of them, `score.*`
@@ -155,15 +202,22 @@ impl BaichuanRewardModel {
         device: &Device,
     ) -> Result<Self> {
         let ws = RmWeights::from_tensors(Path::new("<in-memory weights>"), tensors, dtype, device);
-        Self::from_weights(cfg, &ws, true)
+        Self::from_weights(cfg, &ws, true, &TpGroup::default())
     }
 
-    fn from_weights(cfg: BaichuanConfig, ws: &RmWeights, differentiable: bool) -> Result<Self> {
+    fn from_weights(
+        cfg: BaichuanConfig,
+        ws: &RmWeights,
+        differentiable: bool,
+        tp: &TpGroup,
+    ) -> Result<Self> {
         let dtype = ws.dtype();
         let h = cfg.hidden;
+        let heads = tp.share("the reward model", "attention heads", cfg.heads)?;
+        let intermediate = tp.share("the reward model", "intermediate units", cfg.intermediate)?;
         let embed = ws.get("model.embed_tokens.weight", &[cfg.vocab, h])?;
         let layers = (0..cfg.layers)
-            .map(|i| Layer::load(&cfg, ws, i))
+            .map(|i| Layer::load(&cfg, ws, i, tp))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(ws, "model.norm.weight", h, cfg.rms_norm_eps)?;
         // The head's weight and bias are in the model dtype in the reference; keep those values.
@@ -177,7 +231,9 @@ impl BaichuanRewardModel {
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?[0];
         let slopes = match cfg.position {
-            PositionEncoding::Alibi => alibi_slopes(cfg.heads),
+            PositionEncoding::Alibi => {
+                alibi_slopes(cfg.heads)[tp.rank() * heads..(tp.rank() + 1) * heads].to_vec()
+            }
             PositionEncoding::Rope { .. } => Vec::new(),
         };
         Ok(Self {
@@ -187,6 +243,8 @@ impl BaichuanRewardModel {
             score_weight,
             score_bias,
             slopes,
+            heads,
+            intermediate,
             device: ws.device().clone(),
             dtype: ws.dtype(),
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
@@ -305,16 +363,15 @@ impl BaichuanRewardModel {
         lens: &[usize],
         tables: &PositionTables,
     ) -> Result<Tensor> {
-        let h = self.cfg.hidden;
+        let (heads, d) = (self.heads, self.cfg.head_dim);
+        let h = heads * d; // this rank's width of each of q, k and v
         let qkv = layer.w_pack.forward(&layer.input_norm.forward(x)?)?;
         let mut outs = Vec::with_capacity(lens.len());
         let mut off = 0;
         for &len in lens {
             let part = |i: usize| -> Result<Tensor> {
                 let t = qkv.narrow(0, off, len)?.narrow(1, i * h, h)?;
-                Ok(t.reshape((len, self.cfg.heads, self.cfg.head_dim))?
-                    .transpose(0, 1)?
-                    .contiguous()?)
+                Ok(t.reshape((len, heads, d))?.transpose(0, 1)?.contiguous()?)
             };
             let (mut q, mut k, v) = (part(0)?, part(1)?, part(2)?);
             if let Some((cos, sin)) = &tables.rope {
@@ -329,7 +386,7 @@ impl BaichuanRewardModel {
         let x = (x + layer.o_proj.forward(&attn)?)?;
         let hn = layer.post_norm.forward(&x)?;
         let gu = layer.gate_up.forward(&hn)?;
-        let i = self.cfg.intermediate;
+        let i = self.intermediate;
         let gate = silu_rounded(&gu.narrow(1, 0, i)?)?;
         let mlp = (gate * gu.narrow(1, i, i)?)?;
         Ok((x + layer.down.forward(&mlp)?)?)

@@ -51,7 +51,7 @@ impl TpGroup {
     /// `model`, or an error that names the model, the count and the world size.
     pub fn share(&self, model: &str, what: &str, n: usize) -> Result<usize> {
         let world = self.world();
-        if n % world != 0 {
+        if !n.is_multiple_of(world) {
             return Err(Error::Unsupported(format!(
                 "tensor parallelism: {model} has {n} {what}, which a world size of {world} does \
                  not divide (use a tensor_parallel_size that divides the {what})"
@@ -139,7 +139,7 @@ impl Split {
     }
 
     fn check(&self, n: usize, parts: usize, name: &str, what: &str) -> Result<usize> {
-        if n % parts != 0 {
+        if !n.is_multiple_of(parts) {
             return Err(Error::Unsupported(format!(
                 "tensor parallelism: `{name}` has {n} {what}, which cannot be cut into {parts} \
                  equal parts"

@@ -46,6 +46,10 @@ struct Args {
     /// Seed of the speeds, costs and join times.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Experiment: workers ask for at most ceil(unleased / (F * workers)) items, so leases
+    /// shrink near the end of the job (0: always the batch, as evalfleet-worker does).
+    #[arg(long, default_value_t = 0)]
+    tail_factor: u32,
     /// Lease time to live without a heartbeat, seconds (the coordinator's default).
     #[arg(long, default_value_t = 20.0)]
     ttl: f64,
@@ -186,7 +190,7 @@ struct Outcome {
 }
 
 /// Runs the job on the real scheduler with every worker asking for `batch` items per lease.
-fn simulate(sc: &Scenario, batch: u32, ttl: f64) -> Outcome {
+fn simulate(sc: &Scenario, batch: u32, ttl: f64, tail: u32) -> Outcome {
     let mut sched = Scheduler::new(SchedConfig {
         lease_ttl: Duration::from_secs_f64(ttl),
         max_attempts: 3,
@@ -247,7 +251,12 @@ fn simulate(sc: &Scenario, batch: u32, ttl: f64) -> Outcome {
                 }
                 push(&mut queue, t + HEARTBEAT_S, w, Step::Beat);
             }
-            Step::Request => match sched.request_lease(w as u64, batch, connected, now) {
+            Step::Request => match sched.request_lease(
+                w as u64,
+                ask(&sched, &running, batch, connected, tail),
+                connected,
+                now,
+            ) {
                 Assignment::Lease(lease) => {
                     leases += 1;
                     let idx: Vec<usize> = lease
@@ -314,6 +323,27 @@ fn simulate(sc: &Scenario, batch: u32, ttl: f64) -> Outcome {
     }
 }
 
+/// The lease size a worker asks for: its batch, or with `tail` > 0 (the experiment of
+/// `--tail-factor`) at most `ceil(unleased / (tail * connected))`, so that leases shrink as the
+/// queue drains and no slow worker takes a long lease at the very end. The scheduler already
+/// caps a lease at `ceil(queued / connected)` (`tail` = 1).
+fn ask(
+    sched: &Scheduler,
+    running: &[Option<(u64, Vec<usize>)>],
+    batch: u32,
+    connected: usize,
+    tail: u32,
+) -> u32 {
+    if tail == 0 {
+        return batch;
+    }
+    let progress = sched.progress();
+    let in_flight: usize = running.iter().flatten().map(|(_, items)| items.len()).sum();
+    let unleased = progress.total.saturating_sub(progress.done + in_flight);
+    let share = unleased.div_ceil(tail as usize * connected.max(1)).max(1);
+    batch.min(share as u32)
+}
+
 /// Items of lease `id` if some worker still runs it (a dead worker's, when it expires).
 fn running_items_of(running: &[Option<(u64, Vec<usize>)>], id: u64) -> usize {
     running
@@ -358,7 +388,7 @@ fn main() {
         work / speed
     );
     for &batch in &args.batch {
-        let out = simulate(&sc, batch, args.ttl);
+        let out = simulate(&sc, batch, args.ttl, args.tail_factor);
         println!(
             "batch {batch:>3}: makespan {:.1}s, ratio {:.4} ({:+.2}%), {} leases, {} items \
              reclaimed from expired leases",

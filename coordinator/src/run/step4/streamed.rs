@@ -203,3 +203,102 @@ fn metrics_part(data: &TaskData) -> String {
     }
     crate::journal::fingerprint::digest_text(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::step4::data::{Metric, Profiles};
+    use crate::step4::transform::transform;
+
+    fn data() -> TaskData {
+        let record = |id: i128, role: &str| -> Record {
+            vec![
+                ("id".into(), PyJson::Int(id)),
+                ("role".into(), PyJson::Str(role.into())),
+                ("context".into(), PyJson::Str(format!("context {id}"))),
+            ]
+        };
+        let profile = PyJson::Object(vec![(
+            "甲".into(),
+            PyJson::Object(vec![("性别".into(), PyJson::Str("女".into()))]),
+        )]);
+        let metric = |en: &str, zh: &str| Metric {
+            en: en.into(),
+            zh: zh.into(),
+        };
+        TaskData {
+            records: vec![record(1, "甲"), record(2, "甲")],
+            profiles: Profiles::from_json(Path::new("profiles.json"), &profile).unwrap(),
+            id2metric: HashMap::from([
+                ("1".into(), vec![metric("A", "一"), metric("B", "二")]),
+                ("2".into(), vec![metric("C", "三")]),
+            ]),
+        }
+    }
+
+    fn generated(text: &str) -> Outcome {
+        Outcome::Generate(pb::GenerateResult {
+            predict: format!("decoded differently: {text}"),
+            predict_for_metrics: text.into(),
+            ..Default::default()
+        })
+    }
+
+    fn dialogue(i: usize) -> pb::WorkItem {
+        pb::WorkItem {
+            item_id: i.to_string(),
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn a_generation_feeds_the_reward_items_of_the_rows_sub_step_2_makes_of_it() {
+        let data = data();
+        let mut feed = reward_feed(&data);
+        let items = feed(&dialogue(0), &generated("first line\nsecond"));
+        let ids: Vec<&str> = items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(ids, ["0/0", "0/1"]);
+
+        // The texts the stage-by-stage scoring makes from the transformed file's rows.
+        let mut record = data.records[0].clone();
+        set(
+            &mut record,
+            "model_output",
+            PyJson::Str("first line\nsecond".into()),
+        );
+        let rows = transform(&[record], &data.id2metric);
+        let expected: Vec<String> = rows
+            .iter()
+            .map(|row| rm_input_text(row, 0, &data.profiles).unwrap())
+            .collect();
+        let texts: Vec<&str> = items
+            .iter()
+            .map(|i| match &i.payload {
+                Some(pb::work_item::Payload::Reward(r)) => r.text.as_str(),
+                other => panic!("not a reward item: {other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, expected);
+        assert!(
+            texts[1].ends_with("first line\n\n<Dimension>\n\n二"),
+            "{}",
+            texts[1]
+        );
+
+        // What sub-step 2 skips feeds nothing: an "ERROR" reply; so do unknown dialogues.
+        assert!(feed(&dialogue(1), &generated("ERROR")).is_empty());
+        assert!(feed(&dialogue(7), &generated("x")).is_empty());
+        assert_eq!(feed(&dialogue(1), &generated("y")).len(), 1);
+    }
+
+    #[test]
+    fn the_fingerprint_part_follows_the_selected_dialogues_metrics() {
+        let mut data = data();
+        let before = metrics_part(&data);
+        assert_eq!(before, metrics_part(&data.clone()));
+        data.id2metric.get_mut("2").unwrap()[0].zh = "四".into();
+        assert_ne!(metrics_part(&data), before);
+    }
+}

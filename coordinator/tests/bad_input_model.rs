@@ -127,7 +127,7 @@ fn reshape_tensor(path: &std::path::Path, name: &str, shape: [usize; 2]) {
     let mut text = serde_json::Value::Object(new_header)
         .to_string()
         .into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -143,3 +143,34 @@ async fn refused_tokens_are_logged_without_their_value() {
         "the log shows the expected token:\n{text}"
     );
 }
+
+/// `--listen` with `--tls-key` of another certificate: the run stops before serving, naming both
+/// files.
+#[tokio::test]
+async fn a_fleet_with_a_mismatched_key_stops_naming_the_files() {
+    use evalfleet::rpc::FleetOptions;
+    use evalfleet::run::{FleetSetup, run_fleet};
+    let dir = tempfile::tempdir().unwrap();
+    let files = TestPki::new("a").files(dir.path());
+    std::fs::write(&files.key, TestPki::new("b").key_pem).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let setup = FleetSetup {
+        workers: Some(0),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        token_file: Some(token_file),
+        options: FleetOptions {
+            tls: Some(files),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = run_fleet(vec![rpc_client::task(1)], &setup, "tls")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.key") && err.contains("server.pem") && err.contains("does not match"),
+        "{err}"
+    );
+}

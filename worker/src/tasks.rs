@@ -21,13 +21,14 @@ use pb::item_result::Outcome;
 
 use crate::embed::Embedder;
 use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
-use crate::models::{BaseCache, DTypeChoice, Decoder, LoadOptions, LoadedModel, load_causal_lm};
+use crate::models::{BaseCache, Decoder, KvCache, LoadOptions, LoadedModel, load_causal_lm};
 use crate::score::choice;
 use crate::score::reward::{self, RewardScorer};
 use crate::tokenize::{
     ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, clean_up_tokenization,
     generation_config_eos_ids, get_template,
 };
+use crate::tp::{LoadSpec, TpCache, TpLeader, TpModel, shard_load_options};
 use crate::{Error, Result};
 
 /// How the executor loads models and batches generation.
@@ -40,6 +41,10 @@ pub struct ExecutorOptions {
     pub max_batch_tokens: usize,
     /// Loaded models kept for later leases (at least 1); the least recently used goes first.
     pub keep_models: usize,
+    /// Tensor parallelism: this worker is rank 0 of a group whose followers load their shards
+    /// of each decoder and mirror its calls ([`crate::tp`]); `None`: one rank. Embedding and
+    /// reward models are not sharded: they run on rank 0 alone.
+    pub tp: Option<TpLeader>,
 }
 
 impl Default for ExecutorOptions {
@@ -49,6 +54,7 @@ impl Default for ExecutorOptions {
             max_batch: 8,
             max_batch_tokens: 0,
             keep_models: 1,
+            tp: None,
         }
     }
 }
@@ -56,14 +62,15 @@ impl Default for ExecutorOptions {
 /// A loaded model with what prompts and decoding need from its files.
 struct LoadedEntry {
     key: String,
-    model: LoadedModel,
+    /// Rank 0's shard under tensor parallelism, else the whole model.
+    model: TpModel<LoadedModel>,
     tokenizer: TextTokenizer,
     /// `eos_token_id` of generation_config.json (HF folders), added to every item's stop ids.
     config_eos: Vec<u32>,
     /// Prompt builders by template name ("" = the model's chat template), made on first use.
     builders: HashMap<String, PromptBuilder>,
     /// Step-3 shared-prefix KV caches of this model, kept across leases.
-    prefixes: choice::PrefixCache,
+    prefixes: choice::PrefixCache<TpCache<KvCache>>,
 }
 
 /// Runs leases; holds loaded models by [`pb::ModelSpec::key`].
@@ -368,7 +375,8 @@ impl Executor {
         let key = model_key(spec);
         let keep = self.opts.keep_models;
         if !touch_or_make_room(&mut self.models, keep, |m| &m.key, &key, "model") {
-            let entry = LoadedEntry::load(key, spec, &self.opts.device, &mut self.bases)?;
+            let tp = self.opts.tp.as_ref();
+            let entry = LoadedEntry::load(key, spec, &self.opts.device, tp, &mut self.bases)?;
             self.models.push(entry);
         }
         Ok(self.models.last_mut().expect("a model was just pushed"))
@@ -463,56 +471,61 @@ fn model_key(spec: &pb::ModelSpec) -> String {
     }
 }
 
-fn parse_dtype(dtype: &str) -> Result<DTypeChoice> {
-    match dtype.to_ascii_lowercase().as_str() {
-        "" | "auto" => Ok(DTypeChoice::Auto),
-        "f32" | "float32" => Ok(DTypeChoice::F32),
-        "f16" | "float16" | "fp16" => Ok(DTypeChoice::F16),
-        "bf16" | "bfloat16" => Ok(DTypeChoice::BF16),
-        other => Err(Error::Unsupported(format!(
-            "dtype {other:?}: expected auto, f32, f16 or bf16"
-        ))),
+/// Loads a decoder; with adapters (or when `bases` holds its folder) through `bases`, so that a
+/// sweep's adapters share one read of their base. Tensor-parallel followers load the same way.
+pub(crate) fn load_decoder(
+    path: &Path,
+    adapters: &[PathBuf],
+    opts: &LoadOptions,
+    bases: &mut BaseCache,
+) -> Result<LoadedModel> {
+    if !adapters.is_empty() || bases.holds(path, opts.dtype) {
+        bases.load(path, adapters, opts)
+    } else {
+        load_causal_lm(path, adapters, opts)
     }
 }
 
 impl LoadedEntry {
-    /// Loads `spec`'s model; with adapters (or when `bases` holds its folder) through `bases`,
-    /// so that a sweep's adapters share one read of their base.
+    /// Loads `spec`'s model ([`load_decoder`]); with a tensor-parallel group, every rank loads
+    /// its shard.
     fn load(
         key: String,
         spec: &pb::ModelSpec,
         device: &Device,
+        tp: Option<&TpLeader>,
         bases: &mut BaseCache,
     ) -> Result<Self> {
         let started = Instant::now();
         let path = Path::new(&spec.model_path);
         let adapters: Vec<PathBuf> = spec.adapter_paths.iter().map(PathBuf::from).collect();
-        let opts = LoadOptions {
-            device: device.clone(),
-            dtype: parse_dtype(&spec.dtype)?,
-            ..LoadOptions::default()
+        let opts = shard_load_options(device, &spec.dtype, tp.map(TpLeader::collective))?;
+        let load_spec = LoadSpec {
+            model_path: spec.model_path.clone(),
+            adapter_paths: spec.adapter_paths.clone(),
+            dtype: spec.dtype.clone(),
         };
-        let model = if !adapters.is_empty() || bases.holds(path, opts.dtype) {
-            bases.load(path, &adapters, &opts)?
-        } else {
-            load_causal_lm(path, &adapters, &opts)?
-        };
+        let model = TpModel::load(tp, &load_spec, || {
+            load_decoder(path, &adapters, &opts, bases)
+        })?;
+        let (shard, ranks) = (model.inner(), tp.map_or(1, TpLeader::world_size));
         // LLaMA-Factory loads the tokenizer from the base model, never from the adapter.
-        let (tokenizer, config_eos) = match model.gguf_content() {
+        let (tokenizer, config_eos) = match shard.gguf_content() {
             Some(content) => (
-                TextTokenizer::from_gguf_content(content, model.path())?,
+                TextTokenizer::from_gguf_content(content, shard.path())?,
                 Vec::new(),
             ),
             None => (
-                TextTokenizer::from_hf_dir(model.path())?,
-                generation_config_eos_ids(model.path())?,
+                TextTokenizer::from_hf_dir(shard.path())?,
+                generation_config_eos_ids(shard.path())?,
             ),
         };
         tracing::info!(
             model = key,
-            path = %model.path().display(),
-            dtype = ?model.dtype(),
+            path = %shard.path().display(),
+            dtype = ?shard.dtype(),
             adapters = adapters.len(),
+            tensor_parallel = ranks,
             secs = format!("{:.2}", started.elapsed().as_secs_f64()),
             "model loaded"
         );

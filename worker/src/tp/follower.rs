@@ -13,8 +13,9 @@ use candle_core::{Device, Tensor};
 use super::command::{Command, ForwardCmd, LoadSpec, Message, Release};
 use super::status::status_round;
 use crate::collective::{Collective, SharedCollective};
-use crate::models::{DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, load_causal_lm};
+use crate::models::{BaseCache, DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel};
 use crate::score::choice::RowCache;
+use crate::tasks::load_decoder;
 use crate::{Error, Result};
 
 /// How a follower loads its shard of a model.
@@ -23,11 +24,23 @@ pub trait ShardLoader {
     fn load(&mut self, spec: &LoadSpec) -> Result<Self::Model>;
 }
 
-/// The real loader: HF folders and GGUF files through [`load_causal_lm`] on this rank's device,
-/// sharded by this rank's collective.
+/// The real loader: HF folders and GGUF files on this rank's device, sharded by this rank's
+/// collective, loaded as rank 0's executor loads them (a sweep's base read once, through a
+/// [`BaseCache`] of its own).
 pub struct CausalLmShards {
-    pub device: Device,
-    pub coll: SharedCollective,
+    device: Device,
+    coll: SharedCollective,
+    bases: BaseCache,
+}
+
+impl CausalLmShards {
+    pub fn new(device: Device, coll: SharedCollective) -> Self {
+        CausalLmShards {
+            device,
+            coll,
+            bases: BaseCache::new(),
+        }
+    }
 }
 
 impl ShardLoader for CausalLmShards {
@@ -35,7 +48,7 @@ impl ShardLoader for CausalLmShards {
     fn load(&mut self, spec: &LoadSpec) -> Result<LoadedModel> {
         let adapters: Vec<std::path::PathBuf> = spec.adapter_paths.iter().map(Into::into).collect();
         let opts = shard_load_options(&self.device, &spec.dtype, Some(&self.coll))?;
-        load_causal_lm(spec.model_path.as_ref(), &adapters, &opts)
+        load_decoder(spec.model_path.as_ref(), &adapters, &opts, &mut self.bases)
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod command;
 mod follower;
+pub mod launch;
 mod leader;
 pub mod liveness;
 pub mod status;
@@ -76,9 +77,8 @@ pub fn causal_lm_thread_group(
     device: &Device,
 ) -> Result<(TpLeader, Vec<JoinHandle<Result<()>>>)> {
     let dev = device.clone();
-    thread_group(world, device, move |_, coll| CausalLmShards {
-        device: dev.clone(),
-        coll,
+    thread_group(world, device, move |_, coll| {
+        CausalLmShards::new(dev.clone(), coll)
     })
 }
 

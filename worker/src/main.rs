@@ -12,6 +12,7 @@ use evalfleet_proto::v1 as pb;
 use evalfleet_worker::device::parse_device;
 use evalfleet_worker::rpc::{self, LeaseRunner, WorkerOptions};
 use evalfleet_worker::tasks::{Executor, ExecutorOptions};
+use evalfleet_worker::tp::launch::{self, Group, ProcessRole};
 
 /// Environment variable carrying the bearer token (the coordinator sets it for local workers).
 const TOKEN_ENV: &str = "EVALFLEET_TOKEN";
@@ -35,8 +36,9 @@ const TEST_HOLD_ENV: &str = "EVALFLEET_TEST_HOLD_ONCE";
 #[command(name = "evalfleet-worker", version)]
 struct Args {
     /// Coordinator URL, e.g. http://10.0.0.5:50051 (as printed by `evalfleet run --listen`).
+    /// Not needed by tensor-parallel followers (--tp-rank above 0), which talk only to rank 0.
     #[arg(long, env = "EVALFLEET_COORDINATOR")]
-    coordinator: String,
+    coordinator: Option<String>,
     /// File whose first line is the bearer token (default: $EVALFLEET_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -55,6 +57,25 @@ struct Args {
     /// PEM CA certificate to verify an https:// coordinator with (default: the system's roots).
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+    /// Tensor parallelism in this process: K ranks as threads, all on --device (the CPU, or
+    /// several ranks on one GPU). The group is one worker.
+    #[arg(long, value_name = "K", conflicts_with = "tp_size")]
+    tp_threads: Option<usize>,
+    /// Tensor parallelism over K processes, one per GPU (NCCL: a build with `--features nccl`).
+    /// Start K processes with the same --tp-size and --tp-init-file and ranks 0..K; rank 0 alone
+    /// talks to the coordinator, and every rank exits when another ends.
+    #[arg(long, value_name = "K", requires_all = ["tp_rank", "tp_init_file"])]
+    tp_size: Option<usize>,
+    /// This process's rank in 0..K (with --tp-size).
+    #[arg(long, requires = "tp_size")]
+    tp_rank: Option<usize>,
+    /// File through which the ranks meet: rank 0 writes the NCCL id there (atomically), the
+    /// others wait for it. Use a fresh path for each start of the group.
+    #[arg(long, requires = "tp_size")]
+    tp_init_file: Option<PathBuf>,
+    /// How long ranks 1.. wait for rank 0's init file, in seconds.
+    #[arg(long, default_value_t = 300)]
+    tp_join_timeout_s: u64,
 }
 
 fn main() {
@@ -72,9 +93,22 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    let group = match start_group(&args, &device)? {
+        Some(GroupStart::Follower(follower)) => {
+            follower.serve().context("tensor-parallel follower")?;
+            tracing::info!("tensor-parallel follower done (rank 0 said shutdown)");
+            return Ok(());
+        }
+        Some(GroupStart::Leader(group)) => Some(group),
+        None => None,
+    };
+    let coordinator = args
+        .coordinator
+        .clone()
+        .context("--coordinator URL (or EVALFLEET_COORDINATOR) is required")?;
     let token = read_token(&args)?;
     let opts = WorkerOptions {
-        coordinator: args.coordinator.clone(),
+        coordinator,
         token,
         worker_id: args.worker_id.clone().unwrap_or_else(default_worker_id),
         device: args.device.clone(),
@@ -83,11 +117,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         tls_ca: args.tls_ca.clone(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let executor = Executor::new(ExecutorOptions {
-        device,
-        max_batch: args.batch_size.max(1) as usize,
-        ..Default::default()
-    });
+    let leader = group.as_ref().map(|g| g.leader.clone());
+    let executor = GroupCheck {
+        inner: Executor::new(ExecutorOptions {
+            device,
+            max_batch: args.batch_size.max(1) as usize,
+            tp: leader.clone(),
+            ..Default::default()
+        }),
+        leader,
+    };
     let hook = |var: &str| std::env::var(var).ok().filter(|s| !s.is_empty());
     let fault = match (hook(TEST_CRASH_ENV), hook(TEST_HOLD_ENV)) {
         (Some(spec), _) => Some(Hook::new(Fault::Crash, &spec)?),
@@ -101,6 +140,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             None => rpc::run_until(opts, executor, stop).await?,
         })
     });
+    if let Some(group) = &group {
+        group.stop();
+    }
     // Dropping the runtime would wait for a lease still running on a blocking thread (after a
     // Shutdown, a returned lease or a lost coordinator); the process exits instead.
     runtime.shutdown_background();
@@ -111,6 +153,77 @@ fn run(args: Args) -> anyhow::Result<()> {
         stopped.reason
     );
     Ok(())
+}
+
+/// This process's part of a tensor-parallel group, if the flags ask for one.
+enum GroupStart {
+    Leader(Group),
+    Follower(launch::ProcessFollower),
+}
+
+fn start_group(args: &Args, device: &candle_core::Device) -> anyhow::Result<Option<GroupStart>> {
+    if let Some(k) = args.tp_threads.filter(|&k| k > 1) {
+        let group = launch::threads(k, device).context("starting the tensor-parallel threads")?;
+        tracing::info!(
+            "tensor parallelism: {k} ranks as threads on {}",
+            args.device
+        );
+        return Ok(Some(GroupStart::Leader(group)));
+    }
+    let (Some(k), Some(rank), Some(init)) = (args.tp_size, args.tp_rank, &args.tp_init_file) else {
+        return Ok(None);
+    };
+    if k == 1 {
+        return Ok(None);
+    }
+    let timeout = Duration::from_secs(args.tp_join_timeout_s);
+    let role = launch::process_rank(rank, k, device, init, timeout).with_context(|| {
+        format!(
+            "joining tensor-parallel group {} as rank {rank}",
+            init.display()
+        )
+    })?;
+    tracing::info!("tensor parallelism: rank {rank} of {k} on {}", args.device);
+    Ok(Some(match role {
+        ProcessRole::Leader(group) => GroupStart::Leader(group),
+        ProcessRole::Follower(f) => GroupStart::Follower(f),
+    }))
+}
+
+/// Rank 0's runner: a group whose ranks may be out of step (a forward pass failed on rank 0
+/// mid-way) ends the worker at its next lease (after the failed lease's items were reported),
+/// so that the coordinator re-runs the work elsewhere instead of this worker failing it all.
+struct GroupCheck<R> {
+    inner: R,
+    leader: Option<evalfleet_worker::tp::TpLeader>,
+}
+
+impl<R> GroupCheck<R> {
+    fn check(&self) {
+        if let Some(why) = self.leader.as_ref().and_then(|l| l.broken()) {
+            tracing::error!("exiting: the tensor-parallel group is unusable ({why})");
+            std::process::exit(1);
+        }
+    }
+}
+
+impl<R: LeaseRunner> LeaseRunner for GroupCheck<R> {
+    fn prepare_lease(&mut self, lease: &pb::Lease) -> evalfleet_worker::Result<()> {
+        self.check();
+        self.inner.prepare_lease(lease)
+    }
+
+    fn models_held(&self) -> Vec<String> {
+        self.inner.models_held()
+    }
+
+    fn run_lease(
+        &mut self,
+        lease: &pb::Lease,
+        emit: &mut dyn FnMut(pb::ItemResult),
+    ) -> evalfleet_worker::Result<()> {
+        self.inner.run_lease(lease, emit)
+    }
 }
 
 /// Resolves with the signal's name at the first SIGTERM or SIGINT.

@@ -580,3 +580,106 @@ async fn shutdown_reason(rx: &mut watch::Receiver<Option<String>>) -> String {
         .and_then(|r| r.clone())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched::{Scheduler, TaskSpec};
+
+    /// A fleet with one task of `n` generate items needing model `model`.
+    fn fleet(model: &str, n: usize) -> Fleet {
+        let mut sched = Scheduler::new(Default::default());
+        let template = pb::Lease {
+            model: Some(pb::ModelSpec {
+                key: model.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let items = (0..n)
+            .map(|i| pb::WorkItem {
+                item_id: i.to_string(),
+                payload: Some(pb::work_item::Payload::Generate(Default::default())),
+            })
+            .collect();
+        sched
+            .add_task(TaskSpec {
+                name: "step1".into(),
+                template,
+                items,
+            })
+            .unwrap();
+        Fleet::new(FleetOptions::default(), sched)
+    }
+
+    fn lease(hub: &Hub) -> pb::Lease {
+        match hub.handle(7, "w", Up::LeaseRequest(pb::LeaseRequest { max_items: 2 })) {
+            Some(Down::Lease(lease)) => lease,
+            other => panic!("expected a lease, got {other:?}"),
+        }
+    }
+
+    fn result(lease_id: u64, item: &str) -> Up {
+        Up::Result(pb::ItemResult {
+            lease_id,
+            item_id: item.into(),
+            outcome: Some(pb::item_result::Outcome::Generate(Default::default())),
+        })
+    }
+
+    #[test]
+    fn a_held_model_goes_first_lease_ids_are_translated_and_detached_fleets_drop_results() {
+        let hub = Hub::new(FleetOptions::default(), Metrics::new());
+        let (a, b) = (fleet("A", 2), fleet("B", 2));
+        let id_a = hub.attach("job-1", 1, &a, "step1");
+        hub.attach("job-2", 2, &b, "step1");
+        hub.joined(
+            7,
+            &pb::Hello {
+                worker_id: "w".into(),
+                models_held: vec!["B".into()],
+                ..Default::default()
+            },
+        );
+        // Job 2 is younger, but the worker holds its model.
+        let first = lease(&hub);
+        assert_eq!(first.model.as_ref().unwrap().key, "B");
+        assert_eq!(first.lease_id, 1);
+        // Both fleets number their first lease 1; the hub's ids differ.
+        let second = lease(&hub);
+        assert_eq!(second.model.as_ref().unwrap().key, "A");
+        assert_eq!(second.lease_id, 2);
+        assert_eq!(hub.gauges().leases_outstanding, 2);
+
+        assert_eq!(hub.handle(7, "w", result(2, "0")), None);
+        assert_eq!(a.with_sched(|s| s.progress().done), 1);
+        assert_eq!(b.with_sched(|s| s.progress().done), 0);
+        assert_eq!(hub.job_progress("job-1")[0].progress.done, 1);
+
+        let (label, progress) = hub.detach(id_a).unwrap();
+        assert_eq!((label.as_str(), progress.done), ("step1", 1));
+        hub.handle(7, "w", result(2, "1"));
+        assert_eq!(a.with_sched(|s| s.progress().done), 1, "dropped");
+        assert_eq!(hub.gauges().leases_outstanding, 1);
+        assert_eq!(hub.workers()[0].leases, 1);
+        assert_eq!(hub.workers()[0].lease_jobs, ["job-2", "job-1"]);
+
+        // Nothing left to lease: NoWork, never Shutdown (the fleet outlives its jobs).
+        assert!(matches!(
+            hub.handle(7, "w", Up::LeaseRequest(pb::LeaseRequest { max_items: 2 })),
+            Some(Down::NoWork(_))
+        ));
+        // A stopping worker's LeaseDone is acknowledged even for a lease nobody knows.
+        assert!(matches!(
+            hub.handle(
+                7,
+                "w",
+                Up::LeaseDone(pb::LeaseDone {
+                    lease_id: 99,
+                    stopping: true
+                })
+            ),
+            Some(Down::Shutdown(_))
+        ));
+    }
+}

@@ -641,8 +641,62 @@ impl FleetHost for JobHost {
 mod tests {
     use super::*;
 
+    fn record(state: &str, yaml: &str) -> JobRecord {
+        JobRecord {
+            id: "job-4".into(),
+            name: "a.yaml".into(),
+            seq: 4,
+            yaml: yaml.into(),
+            restart: true,
+            state: state.into(),
+            error: String::new(),
+            files: Vec::new(),
+            steps_done: vec!["step1".into()],
+            ended_seq: 0,
+        }
+    }
+
+    #[test]
+    fn a_restart_queues_unfinished_jobs_again_without_restart_and_ends_the_others() {
+        let yaml = "steps: [step1]\nmodel_name_or_path: m\ndataset: d\noutput_dir: out\n";
+        let running = restore(record("running", yaml));
+        assert_eq!(running.state, JobState::Queued);
+        assert!(
+            running.config.is_some() && !running.restart,
+            "resumes its journal"
+        );
+        assert_eq!(
+            running.output_dirs,
+            [PathBuf::from(crate::run::absolute(Path::new("out")))]
+        );
+        assert!(
+            restore(record("queued", yaml)).restart,
+            "not started: --restart kept"
+        );
+        assert_eq!(
+            restore(record("cancelling", yaml)).state,
+            JobState::Cancelled
+        );
+        let finished = restore(record("finished", yaml));
+        assert_eq!(finished.state, JobState::Finished);
+        assert!(finished.config.is_none());
+        let broken = restore(record("running", "steps: [step9]\n"));
+        assert_eq!(broken.state, JobState::Failed);
+        assert!(broken.error.contains("a.yaml"), "{}", broken.error);
+    }
+
     #[test]
     fn states_are_named_and_ordered() {
+        for state in [
+            "queued",
+            "running",
+            "cancelling",
+            "finished",
+            "failed",
+            "cancelled",
+        ] {
+            assert_eq!(JobState::parse(state).unwrap().as_str(), state);
+        }
         assert_eq!(JobState::Cancelling.as_str(), "cancelling");
         assert!(JobState::Cancelled.is_final() && !JobState::Cancelling.is_final());
         assert!(JobState::Cancelling.is_active() && !JobState::Queued.is_active());

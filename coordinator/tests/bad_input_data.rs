@@ -79,7 +79,7 @@ fn mapping_json_naming_a_missing_subject_names_the_subject_and_file() {
             .join("data/dev/geometry_dev.csv")
             .display()
             .to_string(),
-        "file not found",
+        "file not found (expected for every subject mapping.json lists)",
     ]);
 }
 

@@ -173,7 +173,10 @@ pub fn load_split(
     if !source.contains(&member) {
         return Err(Step3Error::MissingFile {
             file: source.display(&member),
-            message: format!("subject `{subject}`: file not found"),
+            message: format!(
+                "subject `{subject}`: file not found (expected for every subject mapping.json \
+                 lists)"
+            ),
         });
     }
     let shown = source.display(&member);

@@ -123,7 +123,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let progress = fleet.wait_complete().await;
     let received = started.elapsed();
     let merge_start = Instant::now();
-    let outcomes = merge(&fleet);
+    let outcomes = merge(&fleet).len();
     let merged = merge_start.elapsed();
     let flush_start = Instant::now();
     let journaled = journal.finish_writing().context("flushing the journal")?;
@@ -166,15 +166,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every outcome collected in item order, as a step driver does; returns how many.
-fn merge(fleet: &Fleet) -> usize {
-    fleet.with_sched(|s| {
-        s.outcomes(0)
-            .iter()
-            .filter(|o| matches!(o, Some(ItemOutcome::Done(_))))
-            .cloned()
-            .count()
-    })
+/// Every outcome collected in item order, as a step driver does (unfinished items skipped).
+fn merge(fleet: &Fleet) -> Vec<ItemOutcome> {
+    fleet.with_sched(|s| s.outcomes(0).iter().flatten().cloned().collect())
 }
 
 /// One fake worker: leases until Shutdown, answering every item with the same result text.

@@ -269,6 +269,8 @@ fn one_change_per_step_is_significant_and_one_is_not() {
         "vs checkpoint-100: significant (paired bootstrap, 95% interval, 60 shared samples)"
     ));
     assert!(html.contains("<td class=\"num sig-up\" title="));
+    // Trend charts ring the same six points (ROUGE x3, mmlu, CharacterEval average, Fluency).
+    assert_eq!(html.matches("r=\"7\" fill=\"none\"").count(), 6);
     assert!(!html.contains("<script"));
 
     // The same inputs give the same report (the bootstrap's seed is fixed).

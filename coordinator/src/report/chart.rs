@@ -27,10 +27,13 @@ const PALETTE: [&str; 13] = [
 ];
 
 /// A named sequence of values, one per x position (`None`: no value there).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Series {
     pub name: String,
     pub values: Vec<Option<f64>>,
+    /// Positions whose change from the previous one is larger than noise (line charts ring
+    /// them); empty when not tested.
+    pub significant: Vec<bool>,
 }
 
 /// What to draw: title, y-axis label, x categories, series.
@@ -207,13 +210,27 @@ pub fn line_chart(chart: &Chart) -> Option<String> {
         }
         for (x, v) in series.values.iter().enumerate() {
             if let Some(v) = v.filter(|v| v.is_finite()) {
+                let ring = series.significant.get(x).copied().unwrap_or(false);
+                if ring {
+                    let _ = writeln!(
+                        s,
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="7" fill="none" stroke="{colour}" stroke-width="1.5"/>"#,
+                        frame.x(x),
+                        frame.axis.y(v)
+                    );
+                }
                 let _ = writeln!(
                     s,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{}: {}</title></circle>"#,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{}: {}{}</title></circle>"#,
                     frame.x(x),
                     frame.axis.y(v),
                     escape(&format!("{} · {}", label(chart, x), series.name)),
-                    fmt_value(v)
+                    fmt_value(v),
+                    if ring {
+                        " (change larger than noise)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -411,15 +428,19 @@ mod tests {
         let series = [Series {
             name: "rouge<1>".into(),
             values: vec![Some(1.0), Some(2.0), None, Some(3.0)],
+            significant: vec![false, true, false, false],
         }];
         let svg = line_chart(&chart(&x, &series)).expect("svg");
         assert_eq!(svg.matches("<polyline").count(), 1);
-        assert_eq!(svg.matches("<circle").count(), 3);
+        // Three points, one ringed as significant.
+        assert_eq!(svg.matches("<circle").count(), 4);
+        assert_eq!(svg.matches("(change larger than noise)").count(), 1);
         assert!(svg.contains("A &lt;b&gt;&amp;") && svg.contains("rouge&lt;1&gt;"));
         assert!(!svg.contains("<b>"));
         let empty = [Series {
             name: "x".into(),
             values: vec![None; 4],
+            ..Default::default()
         }];
         assert!(line_chart(&chart(&x, &empty)).is_none());
     }
@@ -431,10 +452,12 @@ mod tests {
             Series {
                 name: "a".into(),
                 values: vec![Some(50.0), Some(60.0)],
+                ..Default::default()
             },
             Series {
                 name: "b".into(),
                 values: vec![None, Some(70.0)],
+                ..Default::default()
             },
         ];
         let svg = bar_chart(&chart(&x, &series)).expect("svg");

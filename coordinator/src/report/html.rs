@@ -46,7 +46,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}td.empty{background:#f
 tbody tr:nth-child(even){background:#f8f9fb}
 .grid{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;flex:1 1 600px;max-width:720px}
 figcaption{font-size:13px;color:#555;margin-bottom:4px}svg{max-width:100%;height:auto;border:1px solid #eee}
-.none{color:#888;font-style:italic}
+.none{color:#888;font-style:italic}.notes{margin-top:10px}
 .mark{margin-left:4px;font-size:11px}.sig-up{color:#1a7f37}.sig-down{color:#c62828}.noise{color:#999}
 td.sig-up{background:#e6f4ea;color:#222}td.sig-down{background:#fdecea;color:#222}td.untested{color:#777}";
 
@@ -82,7 +82,7 @@ pub fn render(dir: &Path, content: Content) -> Page {
         page.section("Change against the previous checkpoint");
         let models: Vec<String> = table.rows.iter().map(|r| r.model.clone()).collect();
         super::marks::html_table(&mut page.html, changes, &models);
-        trends(&mut page, table);
+        trends(&mut page, table, changes);
         page.section("Step 3: accuracy by category");
         step3_bars(&mut page, checkpoints);
         page.section("Step 2: semantic similarity distribution");
@@ -189,8 +189,9 @@ fn results_table(html: &mut String, table: &Table, changes: &Changes) {
     html.push_str("</tbody>\n</table></div>\n");
 }
 
-/// The trend charts: each a set of table columns over the checkpoints.
-fn trends(page: &mut Builder, table: &Table) {
+/// The trend charts: each a set of table columns over the checkpoints; a ring marks a point
+/// whose change from the previous checkpoint is larger than noise.
+fn trends(page: &mut Builder, table: &Table, changes: &Changes) {
     let models: Vec<String> = table.rows.iter().map(|r| r.model.clone()).collect();
     let ce: Vec<&str> = table
         .columns
@@ -228,6 +229,11 @@ fn trends(page: &mut Builder, table: &Table) {
     for (section, title, y_label, columns) in groups {
         if !section.is_empty() {
             page.section(section);
+            if section.starts_with("Trends") && models.len() > 1 {
+                page.html.push_str(
+                    "<p class=\"meta\">A ring marks a change larger than noise against the previous checkpoint.</p>\n",
+                );
+            }
         }
         let series: Vec<Series> = columns
             .iter()
@@ -235,6 +241,13 @@ fn trends(page: &mut Builder, table: &Table) {
                 Some(Series {
                     name: c.strip_prefix(CE_PREFIX).unwrap_or(c).to_owned(),
                     values: table.column(c)?,
+                    significant: (0..models.len())
+                        .map(|r| {
+                            changes
+                                .get(r, c)
+                                .is_some_and(|ch| ch.significant == Some(true))
+                        })
+                        .collect(),
                 })
             })
             .collect();
@@ -270,6 +283,7 @@ fn step3_bars(page: &mut Builder, checkpoints: &[Checkpoint]) {
             .iter()
             .zip(&models)
             .map(|(c, name)| Series {
+                significant: Vec::new(),
                 name: name.clone(),
                 values: categories
                     .iter()

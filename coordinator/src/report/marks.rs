@@ -192,7 +192,7 @@ pub fn html_table(html: &mut String, changes: &Changes, models: &[String]) {
     html.push_str("</tbody>\n</table></div>\n");
     let notes = notes(changes);
     if !notes.is_empty() {
-        html.push_str("<p class=\"meta\">No interval where per-sample results are missing:</p>\n<ul class=\"meta\">\n");
+        html.push_str("<p class=\"meta notes\">No interval where per-sample results are missing:</p>\n<ul class=\"meta\">\n");
         for note in notes {
             let _ = writeln!(html, "<li>{}</li>", escape(&note));
         }

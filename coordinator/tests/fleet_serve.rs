@@ -15,6 +15,7 @@
 //!   it makes status say cancelled with no lease outstanding, and the metrics agree.
 
 mod fleet_common;
+mod rpc_client;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,11 @@ fn write_yaml(dir: &Path, name: &str, model: &Path, out: &Path) -> PathBuf {
 
 /// `evalfleet ARGS` against the coordinator at `url`, with the test token.
 fn client(url: &str, args: &[&str]) -> Value {
+    client_with(url, &[], args)
+}
+
+/// [`client`] with `extra` client options (`--tls-ca FILE`).
+fn client_with(url: &str, extra: &[&str], args: &[&str]) -> Value {
     let token_file =
         std::env::temp_dir().join(format!("evalfleet-serve-token-{}", std::process::id()));
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -55,6 +61,7 @@ fn client(url: &str, args: &[&str]) -> Value {
         .args(args)
         .args(["--coordinator", url, "--token-file"])
         .arg(&token_file)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -570,4 +577,72 @@ fn evalfleet_run_serves_metrics_while_its_job_runs() {
             .status();
     }
     let _ = run.wait();
+}
+
+#[test]
+fn serve_over_tls_runs_a_job_for_a_worker_and_a_client_that_trust_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = rpc_client::TestPki::new("serve");
+    let files = pki.files(d);
+    let ca = d.join("ca.pem");
+    let model = tiny_chat_model(&d.join("a"));
+    let yaml = write_yaml(d, "job", &model, &d.join("out"));
+    let token_file = d.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let child = Command::new(evalfleet_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--token-file"])
+        .arg(&token_file)
+        .arg("--tls-cert")
+        .arg(&files.cert)
+        .arg("--tls-key")
+        .arg(&files.key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (serve, url) = fleet_common::listening_url(child);
+    let mut guard = KillOnDrop(vec![serve.id()]);
+    assert!(url.starts_with("https://"), "{url}");
+    let tls = ["--tls-ca", ca.to_str().unwrap()];
+
+    let id = client_with(&url, &tls, &["submit", yaml.to_str().unwrap()]);
+    assert_eq!(id, "job-1");
+    let worker = Command::new(worker_bin())
+        .args(["--coordinator", &url, "--worker-id", "tls", "--tls-ca"])
+        .arg(&ca)
+        .env("EVALFLEET_TOKEN", TOKEN)
+        .env_remove("EVALFLEET_TEST_HOLD_ONCE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    guard.0.push(worker.id());
+    let started = Instant::now();
+    loop {
+        let s = client_with(&url, &tls, &["status", "--json"]);
+        if job(&s, "job-1")["state"] == "finished" {
+            break;
+        }
+        assert!(started.elapsed() < LIMIT, "not finished: {s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d.join("out/generated_predictions.jsonl").is_file());
+
+    // Without the CA, a client does not even try plain text on an https:// URL.
+    let refused = Command::new(evalfleet_bin())
+        .args(["status", "--coordinator", &url, "--token-file"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--tls-ca"), "{said}");
+
+    sigterm(&serve);
+    wait_ok(serve, Duration::from_secs(60), "serve after SIGTERM");
+    let mut worker = worker;
+    let _ = worker.wait();
 }

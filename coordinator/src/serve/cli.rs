@@ -40,6 +40,13 @@ pub struct ServeArgs {
     /// Items per lease = generation batch size of each local worker.
     #[arg(long)]
     pub batch_size: Option<u32>,
+    /// Serve over TLS with this PEM certificate chain (and --tls-key); workers and clients then
+    /// dial https://... with --tls-ca. Not with --workers.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Where a long-lived coordinator is and its token.
@@ -55,6 +62,10 @@ pub struct ClientArgs {
     /// File whose first line is the bearer token (default: $EVALFLEET_TOKEN).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM certificate(s) of the CA that signed the coordinator's certificate (needed for an
+    /// https:// coordinator).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `evalfleet submit`.
@@ -105,27 +116,34 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         worker_bin: None,
         fleet: Default::default(),
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| crate::rpc::tls::TlsFiles { cert, key }),
     })
     .await?;
     Ok(())
 }
 
-fn token(client: &ClientArgs) -> anyhow::Result<String> {
-    Ok(crate::local::read_token(client.token_file.as_deref())?)
+/// Where the coordinator is, its token, and the CA to check its certificate with.
+fn target(client: &ClientArgs) -> anyhow::Result<control::Target> {
+    Ok(control::Target {
+        url: client.coordinator.clone(),
+        token: crate::local::read_token(client.token_file.as_deref())?,
+        tls_ca: client.tls_ca.clone(),
+    })
 }
 
 /// `evalfleet submit`: prints the job id.
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let token = token(&args.client)?;
-    let id = control::submit(&args.client.coordinator, &token, &args.yaml, args.restart).await?;
+    let id = control::submit(&target(&args.client)?, &args.yaml, args.restart).await?;
     println!("{id}");
     Ok(())
 }
 
 /// `evalfleet status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let token = token(&args.client)?;
-    let reply = control::status(&args.client.coordinator, &token, args.job.as_deref()).await?;
+    let reply = control::status(&target(&args.client)?, args.job.as_deref()).await?;
     if args.json {
         println!("{}", view::json(&reply));
     } else {
@@ -136,8 +154,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 
 /// `evalfleet cancel`: prints the job's state afterwards.
 pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
-    let token = token(&args.client)?;
-    let state = control::cancel(&args.client.coordinator, &token, &args.job).await?;
+    let state = control::cancel(&target(&args.client)?, &args.job).await?;
     println!("{} {state}", args.job);
     Ok(())
 }

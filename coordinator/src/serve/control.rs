@@ -11,7 +11,7 @@ use pb::control_server::Control;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::hub::Hub;
@@ -137,6 +137,20 @@ pub enum ClientError {
     BadToken,
     #[error("the coordinator refused: {}", .0.message())]
     Rpc(#[from] Status),
+    #[error("--tls-ca needs an https:// coordinator URL, and an https:// URL needs --tls-ca")]
+    TlsMismatch,
+    #[error("{0}: not a PEM certificate")]
+    BadCa(PathBuf),
+}
+
+/// Where a control client goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://host:port`, or `https://...` with `tls_ca`.
+    pub url: String,
+    pub token: String,
+    /// The PEM CA certificate(s) that signed the coordinator's certificate.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -150,38 +164,44 @@ impl Interceptor for Auth {
     }
 }
 
-/// A control client of the coordinator at `url`.
+/// A control client of the coordinator `to`.
 pub async fn connect(
-    url: &str,
-    token: &str,
+    to: &Target,
 ) -> Result<ControlClient<InterceptedService<Channel, Auth>>, ClientError> {
-    let header: MetadataValue<Ascii> = format!("Bearer {token}")
+    let header: MetadataValue<Ascii> = format!("Bearer {}", to.token)
         .parse()
         .map_err(|_| ClientError::BadToken)?;
     let connect_err = |source| ClientError::Connect {
-        url: url.to_string(),
+        url: to.url.clone(),
         source,
     };
-    let channel = Endpoint::from_shared(url.to_string())
-        .map_err(connect_err)?
-        .connect()
-        .await
-        .map_err(connect_err)?;
+    let mut endpoint = Endpoint::from_shared(to.url.clone()).map_err(connect_err)?;
+    match (&to.tls_ca, to.url.starts_with("https://")) {
+        (None, false) => {}
+        (Some(ca), true) => {
+            let pem = std::fs::read(ca).map_err(|source| ClientError::Read {
+                path: ca.clone(),
+                source,
+            })?;
+            crate::rpc::tls::parse_certificates(&pem, ca)
+                .map_err(|_| ClientError::BadCa(ca.clone()))?;
+            crate::rpc::tls::install_crypto_provider();
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            endpoint = endpoint.tls_config(tls).map_err(connect_err)?;
+        }
+        _ => return Err(ClientError::TlsMismatch),
+    }
+    let channel = endpoint.connect().await.map_err(connect_err)?;
     Ok(ControlClient::with_interceptor(channel, Auth(header)))
 }
 
 /// Submits the job YAML at `path`; returns its id.
-pub async fn submit(
-    url: &str,
-    token: &str,
-    path: &Path,
-    restart: bool,
-) -> Result<String, ClientError> {
+pub async fn submit(to: &Target, path: &Path, restart: bool) -> Result<String, ClientError> {
     let yaml = std::fs::read_to_string(path).map_err(|source| ClientError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let reply = connect(url, token)
+    let reply = connect(to)
         .await?
         .submit(pb::SubmitRequest {
             yaml,
@@ -193,12 +213,8 @@ pub async fn submit(
 }
 
 /// The status of job `id`, or of every job.
-pub async fn status(
-    url: &str,
-    token: &str,
-    id: Option<&str>,
-) -> Result<pb::StatusReply, ClientError> {
-    let reply = connect(url, token)
+pub async fn status(to: &Target, id: Option<&str>) -> Result<pb::StatusReply, ClientError> {
+    let reply = connect(to)
         .await?
         .status(pb::StatusRequest {
             job_id: id.unwrap_or_default().to_string(),
@@ -208,8 +224,8 @@ pub async fn status(
 }
 
 /// Cancels job `id`; returns its state afterwards.
-pub async fn cancel(url: &str, token: &str, id: &str) -> Result<String, ClientError> {
-    let reply = connect(url, token)
+pub async fn cancel(to: &Target, id: &str) -> Result<String, ClientError> {
+    let reply = connect(to)
         .await?
         .cancel(pb::CancelRequest {
             job_id: id.to_string(),

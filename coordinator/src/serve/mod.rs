@@ -37,6 +37,7 @@ use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::local::{self, LocalError, LocalWorkers, SpawnOptions};
+use crate::rpc::tls::{ServerTls, TlsFiles};
 use crate::rpc::{BearerAuth, FleetOptions, MAX_STREAMS_PER_CONNECTION, MAX_WORKER_MESSAGE_BYTES};
 
 /// How `evalfleet serve` runs.
@@ -62,6 +63,8 @@ pub struct ServeOptions {
     pub worker_bin: Option<PathBuf>,
     /// Heartbeats, lease TTL, attempts: for the hub and every job's fleet.
     pub fleet: FleetOptions,
+    /// Serve over TLS with this certificate and key (no local workers then).
+    pub tls: Option<TlsFiles>,
 }
 
 /// Why `evalfleet serve` could not run.
@@ -71,6 +74,15 @@ pub enum ServeError {
     Local(#[from] LocalError),
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error(transparent)]
+    Tls(#[from] crate::rpc::tls::TlsError),
+    #[error(
+        "--workers starts local workers, which dial plain gRPC: with --tls-cert, start them as \
+         external workers (evalfleet-worker --coordinator https://... --tls-ca ...)"
+    )]
+    TlsWithLocalWorkers,
+    #[error("TLS setup: {0}")]
+    TlsSetup(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -81,6 +93,11 @@ pub enum ServeError {
 /// Runs the coordinator until SIGINT/SIGTERM (see the module docs).
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let token = local::read_token(opts.token_file.as_deref())?;
+    if opts.tls.is_some() && opts.workers > 0 {
+        return Err(ServeError::TlsWithLocalWorkers);
+    }
+    // Checked before anything binds: a bad certificate is reported at once, naming the file.
+    let tls = opts.tls.as_ref().map(ServerTls::load).transpose()?;
     let metrics = metrics::Metrics::new();
     let hub = hub::Hub::new(opts.fleet.clone(), metrics.clone());
     let state_dir = opts
@@ -107,9 +124,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         }
         None => None,
     };
-    let grpc = tokio::spawn(serve_grpc(listener, &token, &hub, &jobs, &metrics));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let grpc = tokio::spawn(serve_grpc(listener, tls, &token, &hub, &jobs, &metrics)?);
     // On stdout, for scripts and tests that start workers or scrape.
-    println!("listening on http://{addr}");
+    println!("listening on {scheme}://{addr}");
     if let Some(m) = &metrics_server {
         println!("metrics on http://{}/metrics", m.addr);
     }
@@ -145,11 +163,19 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 /// The gRPC server: the hub's `Fleet` service and `Control` (token required), health (none).
 fn serve_grpc(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     token: &str,
     hub: &Arc<hub::Hub>,
     jobs: &Arc<jobs::Jobs>,
     metrics: &Arc<metrics::Metrics>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, ServeError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        crate::rpc::tls::install_crypto_provider();
+        builder = builder
+            .tls_config(tls.config())
+            .map_err(|e| ServeError::TlsSetup(e.to_string()))?;
+    }
     let fleet = FleetServer::new(hub::HubService { hub: hub.clone() })
         .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES);
     let fleet = InterceptedService::new(fleet, BearerAuth::new(token));
@@ -159,10 +185,10 @@ fn serve_grpc(
         metrics: metrics.clone(),
     });
     let control = InterceptedService::new(control, BearerAuth::new(token));
-    async move {
+    Ok(async move {
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<FleetServer<hub::HubService>>().await;
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(health)
             .add_service(fleet)
@@ -172,7 +198,7 @@ fn serve_grpc(
         if let Err(e) = result {
             warn!("gRPC server stopped: {e}");
         }
-    }
+    })
 }
 
 /// Starts `opts.workers` local workers dialling this coordinator (loopback when it listens on
@@ -200,6 +226,8 @@ fn start_local_workers(
         devices: SpawnOptions::devices_for(Some(opts.workers), opts.cpu_only),
         batch_size: opts.batch_size,
         extra_args: Vec::new(),
+        // A job's tensor_parallel_size cannot reshape workers that outlive it.
+        tensor_parallel: 1,
     };
     info!("starting {} local worker(s)", opts.workers);
     Ok(Some(LocalWorkers::spawn(&spawn)?))

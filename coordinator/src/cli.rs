@@ -212,6 +212,11 @@ pub struct FleetArgs {
     /// Start CPU workers even when GPUs are visible.
     #[arg(long)]
     pub cpu: bool,
+    /// Tensor parallelism: each local worker is a group of K ranks, K GPUs with a process each
+    /// (K must divide the visible GPUs), or K threads on the CPU; default: the YAML's
+    /// `tensor_parallel_size`, else 1.
+    #[arg(long, value_name = "K")]
+    pub tensor_parallel_size: Option<usize>,
     /// Discard the result journal of an earlier, unfinished run in the output directory
     /// (<output_dir>/.evalfleet-journal/) and start over. Without it, a journal of the same job
     /// is resumed (only missing items are computed) and one of another job is refused.
@@ -242,6 +247,7 @@ impl FleetArgs {
     pub fn setup(&self) -> FleetSetup {
         FleetSetup {
             workers: self.workers,
+            tensor_parallel_size: self.tensor_parallel_size,
             listen: self.listen,
             token_file: self.token_file.clone(),
             batch_size: self.batch_size,

@@ -3,6 +3,12 @@
 //! per device, and watching them (their stderr is forwarded and its last lines kept for the error
 //! message if every worker dies).
 //!
+//! With tensor parallelism of size k ([`SpawnOptions::tensor_parallel`]), a worker is a group: on
+//! GPUs, k processes on k consecutive visible GPUs (`--tp-size k --tp-rank r --tp-init-file F`,
+//! F fresh for each group under a temporary folder), of which rank 0 alone talks to the
+//! coordinator; on the CPU, one process with k ranks as threads (`--tp-threads k`). Either way
+//! the group is one worker to the coordinator.
+//!
 //! The token reaches workers through the `EVALFLEET_TOKEN` environment variable, never the command
 //! line, which other users of the machine can read in the process list.
 
@@ -50,6 +56,25 @@ pub enum LocalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "tensor_parallel_size {tp} does not divide the {gpus} visible GPUs (CUDA_VISIBLE_DEVICES \
+         or nvidia-smi): each group takes {tp} GPUs of its own; set CUDA_VISIBLE_DEVICES to a \
+         multiple of {tp} GPUs or choose a size that divides {gpus}"
+    )]
+    TensorParallelGpus { tp: usize, gpus: usize },
+    #[error(
+        "{workers} tensor-parallel groups of {tp} GPUs need {need} GPUs, but {gpus} are visible"
+    )]
+    TooFewGpus {
+        workers: usize,
+        tp: usize,
+        need: usize,
+        gpus: usize,
+    },
+    #[error("tensor_parallel_size must be at least 1, got 0")]
+    ZeroTensorParallel,
+    #[error("creating the folder for the tensor-parallel groups' init files: {0}")]
+    InitDir(std::io::Error),
 }
 
 /// A new random token: 32 bytes from the OS, hex-encoded.
@@ -141,6 +166,10 @@ pub struct SpawnOptions {
     pub batch_size: Option<u32>,
     /// Appended to every worker's arguments.
     pub extra_args: Vec<String>,
+    /// Ranks per worker (1 = no tensor parallelism). A worker on `cuda:N` then runs on
+    /// `cuda:N..cuda:N+k` ([`SpawnOptions::devices_for_groups`] leaves room); one on `cpu` runs
+    /// its ranks as threads.
+    pub tensor_parallel: usize,
 }
 
 impl SpawnOptions {
@@ -160,6 +189,80 @@ impl SpawnOptions {
     }
 }
 
+impl SpawnOptions {
+    /// One device per worker, as [`SpawnOptions::devices_for`], for workers that are
+    /// tensor-parallel groups of `tp` ranks: on GPUs, each worker's device is the first of its
+    /// `tp` consecutive GPUs; by default one group per `tp` visible GPUs, which `tp` must divide.
+    pub fn devices_for_groups(
+        count: Option<usize>,
+        force_cpu: bool,
+        tp: usize,
+    ) -> Result<Vec<String>, LocalError> {
+        let gpus = if force_cpu { 0 } else { visible_gpus() };
+        group_devices(count, gpus, tp)
+    }
+}
+
+/// [`SpawnOptions::devices_for_groups`] for `gpus` visible GPUs.
+pub fn group_devices(count: Option<usize>, gpus: usize, tp: usize) -> Result<Vec<String>, LocalError> {
+    if tp == 0 {
+        return Err(LocalError::ZeroTensorParallel);
+    }
+    if gpus == 0 {
+        return Ok(vec!["cpu".to_string(); count.unwrap_or(1)]);
+    }
+    if gpus % tp != 0 {
+        return Err(LocalError::TensorParallelGpus { tp, gpus });
+    }
+    let groups = gpus / tp;
+    let n = count.unwrap_or(groups);
+    if n > groups && tp > 1 {
+        // Two ranks on one GPU cannot share an NCCL group ("Duplicate GPU detected").
+        return Err(LocalError::TooFewGpus {
+            workers: n,
+            tp,
+            need: n * tp,
+            gpus,
+        });
+    }
+    Ok((0..n).map(|i| format!("cuda:{}", (i % groups) * tp)).collect())
+}
+
+/// The processes of one worker: `(device, extra arguments)` for each, rank 0 first.
+fn worker_processes(
+    device: &str,
+    tp: usize,
+    init_dir: Option<&Path>,
+    worker: usize,
+) -> Vec<(String, Vec<String>)> {
+    if tp <= 1 {
+        return vec![(device.to_string(), Vec::new())];
+    }
+    let first_gpu = device
+        .strip_prefix("cuda:")
+        .and_then(|n| n.parse::<usize>().ok());
+    let (Some(first), Some(dir)) = (first_gpu, init_dir) else {
+        return vec![(
+            device.to_string(),
+            vec!["--tp-threads".into(), tp.to_string()],
+        )];
+    };
+    let init = dir.join(format!("group-{worker}.id"));
+    (0..tp)
+        .map(|rank| {
+            let args = vec![
+                "--tp-size".into(),
+                tp.to_string(),
+                "--tp-rank".into(),
+                rank.to_string(),
+                "--tp-init-file".into(),
+                init.display().to_string(),
+            ];
+            (format!("cuda:{}", first + rank), args)
+        })
+        .collect()
+}
+
 /// The spawned worker processes.
 pub struct LocalWorkers {
     procs: Vec<WorkerProc>,
@@ -167,6 +270,8 @@ pub struct LocalWorkers {
     statuses: Vec<Option<String>>,
     /// Set before a deliberate shutdown, so exits are not reported as failures.
     stopping: Arc<AtomicBool>,
+    /// Where tensor-parallel groups meet (removed with the workers).
+    _init_dir: Option<tempfile::TempDir>,
 }
 
 struct WorkerProc {
@@ -175,22 +280,46 @@ struct WorkerProc {
 }
 
 impl LocalWorkers {
-    /// Starts one worker per entry of `opts.devices`.
+    /// Starts one worker per entry of `opts.devices` (a group of processes for a
+    /// tensor-parallel worker on GPUs; each process is watched as its own).
     pub fn spawn(opts: &SpawnOptions) -> Result<Self, LocalError> {
         let (exit_tx, exits) = mpsc::unbounded_channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let cpu_workers = opts.devices.iter().filter(|d| *d == "cpu").count();
+        let tp = opts.tensor_parallel.max(1);
+        let init_dir = if tp > 1 && opts.devices.iter().any(|d| d.starts_with("cuda:")) {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("evalfleet-tp-")
+                    .tempdir()
+                    .map_err(LocalError::InitDir)?,
+            )
+        } else {
+            None
+        };
+        let processes = opts.devices.iter().enumerate().flat_map(|(i, device)| {
+            let dir = init_dir.as_ref().map(|d| d.path());
+            worker_processes(device, tp, dir, i)
+                .into_iter()
+                .enumerate()
+                .map(move |(rank, p)| (i, rank, p))
+        });
         let mut procs = Vec::new();
-        for (i, device) in opts.devices.iter().enumerate() {
+        for (i, rank, (device, tp_args)) in processes {
             let mut cmd = Command::new(&opts.bin);
             cmd.arg("--coordinator").arg(&opts.coordinator_url);
+            let worker_id = match rank {
+                0 => format!("local-{i}"),
+                r => format!("local-{i}-rank{r}"),
+            };
             cmd.arg("--device")
-                .arg(device)
+                .arg(&device)
                 .arg("--worker-id")
-                .arg(format!("local-{i}"));
+                .arg(worker_id);
             if let Some(bs) = opts.batch_size {
                 cmd.arg("--batch-size").arg(bs.to_string());
             }
+            cmd.args(&tp_args);
             cmd.args(&opts.extra_args);
             cmd.env(TOKEN_ENV, &opts.token);
             // Several CPU workers on one machine would each start a thread per core.
@@ -211,13 +340,18 @@ impl LocalWorkers {
                 source,
             })?;
             let tail = Arc::new(Mutex::new(VecDeque::new()));
+            let label = match rank {
+                0 => i.to_string(),
+                r => format!("{i}.{r}"),
+            };
             let stderr_done = child
                 .stderr
                 .take()
-                .map(|err| tokio::spawn(forward_stderr(i, err, tail.clone())));
+                .map(|err| tokio::spawn(forward_stderr(label, err, tail.clone())));
             let (kill, kill_rx) = oneshot::channel::<()>();
             let exit_tx = exit_tx.clone();
             let (stopping2, tail2) = (stopping.clone(), tail.clone());
+            let i = procs.len();
             tokio::spawn(async move {
                 let status = tokio::select! {
                     s = child.wait() => s,
@@ -246,10 +380,11 @@ impl LocalWorkers {
             exits,
             statuses,
             stopping,
+            _init_dir: init_dir,
         })
     }
 
-    /// Number of workers started.
+    /// Number of worker processes started (a tensor-parallel group on GPUs counts each rank).
     pub fn len(&self) -> usize {
         self.procs.len()
     }
@@ -300,7 +435,7 @@ impl LocalWorkers {
     }
 }
 
-async fn forward_stderr(i: usize, stderr: ChildStderr, tail: Arc<Mutex<VecDeque<String>>>) {
+async fn forward_stderr(i: String, stderr: ChildStderr, tail: Arc<Mutex<VecDeque<String>>>) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         progress::eprintln_line(&format!("[worker {i}] {line}"));
@@ -350,6 +485,35 @@ mod tests {
         assert_eq!(count_visible_devices("2,3"), 2);
         // CUDA stops at the first invalid entry.
         assert_eq!(count_visible_devices("0,-1,2"), 1);
+    }
+
+    #[test]
+    fn tensor_parallel_groups_take_consecutive_gpus() {
+        assert_eq!(group_devices(None, 4, 2).unwrap(), vec!["cuda:0", "cuda:2"]);
+        assert_eq!(group_devices(Some(1), 8, 4).unwrap(), vec!["cuda:0"]);
+        assert_eq!(group_devices(None, 3, 1).unwrap().len(), 3);
+        // CPU: the ranks are threads of each worker process.
+        assert_eq!(group_devices(Some(2), 0, 4).unwrap(), vec!["cpu", "cpu"]);
+        let e = group_devices(None, 3, 2).unwrap_err().to_string();
+        assert!(e.contains("tensor_parallel_size 2 does not divide the 3 visible GPUs"), "{e}");
+        let e = group_devices(Some(3), 4, 2).unwrap_err().to_string();
+        assert!(e.contains("3 tensor-parallel groups of 2 GPUs need 6 GPUs"), "{e}");
+        assert!(group_devices(None, 2, 0).is_err());
+    }
+
+    #[test]
+    fn a_gpu_group_is_one_process_per_rank_and_a_cpu_group_one_process() {
+        let dir = Path::new("/tmp/g");
+        let procs = worker_processes("cuda:2", 2, Some(dir), 1);
+        assert_eq!(procs.len(), 2);
+        assert_eq!(procs[1].0, "cuda:3");
+        assert_eq!(
+            procs[1].1.join(" "),
+            "--tp-size 2 --tp-rank 1 --tp-init-file /tmp/g/group-1.id"
+        );
+        let cpu = worker_processes("cpu", 4, None, 0);
+        assert_eq!(cpu, vec![("cpu".to_string(), vec!["--tp-threads".to_string(), "4".into()])]);
+        assert_eq!(worker_processes("cuda:0", 1, Some(dir), 0)[0].1.len(), 0);
     }
 
     #[test]

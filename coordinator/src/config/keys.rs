@@ -32,6 +32,7 @@ pub const STEP1_KEYS: &[&str] = &[
     // fleet
     "batch_size",
     "workers",
+    "tensor_parallel_size",
 ];
 
 /// LLaMA-Factory (ModelArguments, DataArguments, FinetuningArguments) and HF

@@ -29,6 +29,10 @@ pub struct Step1Config {
     /// `workers` (evalfleet): local worker processes to spawn; `None` = one per visible GPU, else
     /// one CPU worker. The CLI's `--workers` wins over it.
     pub workers: Option<usize>,
+    /// `tensor_parallel_size` (evalfleet): ranks per local worker (k GPUs, or k threads on the
+    /// CPU), the group counting as one worker; `None` = 1. The CLI's `--tensor-parallel-size`
+    /// wins over it. Does not change greedy predictions on the CPU.
+    pub tensor_parallel_size: Option<usize>,
 }
 
 /// The model keys.
@@ -169,6 +173,7 @@ pub(crate) fn parse(fields: &Fields) -> Result<Step1Config, ConfigError> {
         per_device_eval_batch_size,
         batch_size: fields.usize_at_least("batch_size", 1)?,
         workers: fields.usize_at_least("workers", 0)?,
+        tensor_parallel_size: fields.usize_at_least("tensor_parallel_size", 1)?,
     })
 }
 

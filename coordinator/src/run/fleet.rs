@@ -27,6 +27,9 @@ use super::RunError;
 pub struct FleetSetup {
     /// Local worker processes to spawn; `None` = one per visible GPU, else one CPU worker.
     pub workers: Option<usize>,
+    /// Tensor parallelism of each local worker: `k` makes every worker a group of k ranks (k GPUs
+    /// with a process each, or k threads on the CPU), one worker to the fleet; `None` = 1.
+    pub tensor_parallel_size: Option<usize>,
     /// Serve on this address (external workers may join) instead of an ephemeral loopback port.
     pub listen: Option<SocketAddr>,
     /// Token for an external fleet (else `$EVALFLEET_TOKEN`); local-only runs make a random one.
@@ -199,7 +202,8 @@ impl RunningFleet {
             None => local::random_token()?,
         };
         let (server, url) = serve(&fleet, setup, &token).await?;
-        let devices = SpawnOptions::devices_for(setup.workers, setup.cpu_only);
+        let tp = setup.tensor_parallel_size.unwrap_or(1);
+        let devices = SpawnOptions::devices_for_groups(setup.workers, setup.cpu_only, tp)?;
         if devices.is_empty() && setup.listen.is_none() {
             server.stop();
             return Err(RunError::NoWorkers);
@@ -420,6 +424,7 @@ fn spawn_workers(
         devices,
         batch_size: setup.batch_size,
         extra_args: setup.worker_args.clone(),
+        tensor_parallel: setup.tensor_parallel_size.unwrap_or(1),
     };
     Ok(LocalWorkers::spawn(&opts)?)
 }

@@ -40,6 +40,7 @@ pub async fn run_step1(cfg: &Step1Config, setup: &FleetSetup) -> Result<Step1Rep
     );
     let mut setup = setup.clone();
     setup.workers = setup.workers.or(cfg.workers);
+    setup.tensor_parallel_size = setup.tensor_parallel_size.or(cfg.tensor_parallel_size);
     setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
     let task = step1_task(cfg, &samples);
     output::check_output_dir(&cfg.output_dir)?;

@@ -204,7 +204,11 @@ impl SpawnOptions {
 }
 
 /// [`SpawnOptions::devices_for_groups`] for `gpus` visible GPUs.
-pub fn group_devices(count: Option<usize>, gpus: usize, tp: usize) -> Result<Vec<String>, LocalError> {
+pub fn group_devices(
+    count: Option<usize>,
+    gpus: usize,
+    tp: usize,
+) -> Result<Vec<String>, LocalError> {
     if tp == 0 {
         return Err(LocalError::ZeroTensorParallel);
     }
@@ -225,7 +229,9 @@ pub fn group_devices(count: Option<usize>, gpus: usize, tp: usize) -> Result<Vec
             gpus,
         });
     }
-    Ok((0..n).map(|i| format!("cuda:{}", (i % groups) * tp)).collect())
+    Ok((0..n)
+        .map(|i| format!("cuda:{}", (i % groups) * tp))
+        .collect())
 }
 
 /// The processes of one worker: `(device, extra arguments)` for each, rank 0 first.
@@ -495,9 +501,15 @@ mod tests {
         // CPU: the ranks are threads of each worker process.
         assert_eq!(group_devices(Some(2), 0, 4).unwrap(), vec!["cpu", "cpu"]);
         let e = group_devices(None, 3, 2).unwrap_err().to_string();
-        assert!(e.contains("tensor_parallel_size 2 does not divide the 3 visible GPUs"), "{e}");
+        assert!(
+            e.contains("tensor_parallel_size 2 does not divide the 3 visible GPUs"),
+            "{e}"
+        );
         let e = group_devices(Some(3), 4, 2).unwrap_err().to_string();
-        assert!(e.contains("3 tensor-parallel groups of 2 GPUs need 6 GPUs"), "{e}");
+        assert!(
+            e.contains("3 tensor-parallel groups of 2 GPUs need 6 GPUs"),
+            "{e}"
+        );
         assert!(group_devices(None, 2, 0).is_err());
     }
 
@@ -512,7 +524,13 @@ mod tests {
             "--tp-size 2 --tp-rank 1 --tp-init-file /tmp/g/group-1.id"
         );
         let cpu = worker_processes("cpu", 4, None, 0);
-        assert_eq!(cpu, vec![("cpu".to_string(), vec!["--tp-threads".to_string(), "4".into()])]);
+        assert_eq!(
+            cpu,
+            vec![(
+                "cpu".to_string(),
+                vec!["--tp-threads".to_string(), "4".into()]
+            )]
+        );
         assert_eq!(worker_processes("cuda:0", 1, Some(dir), 0)[0].1.len(), 0);
     }
 

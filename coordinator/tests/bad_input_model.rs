@@ -48,10 +48,12 @@ fn truncated_safetensors_names_the_file() {
         .open(&shard)
         .unwrap();
     file.set_len(len / 2).unwrap();
-    job.fails_with(&[
-        &shard.display().to_string(),
-        "incomplete metadata, file not fully covered",
-    ]);
+    job.fails_with(&[&format!(
+        "{}: truncated: {} bytes, but its header describes {len} (expected the whole file; \
+         download or copy it again)",
+        shard.display(),
+        len / 2
+    )]);
 }
 
 #[test]

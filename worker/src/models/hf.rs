@@ -46,6 +46,46 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     ))
 }
 
+/// Fails naming `path` and both sizes when a safetensors file is shorter than its header says
+/// (an interrupted download or copy), which mapping it would only call "incomplete metadata".
+fn check_complete(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let truncated = |size: u64, want: u64| {
+        Error::bad_file(
+            path,
+            format!(
+                "truncated: {size} bytes, but its header describes {want} (expected the whole \
+                 file; download or copy it again)"
+            ),
+        )
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| truncated(size, 8))?;
+    let header_end = 8u64.saturating_add(u64::from_le_bytes(len));
+    if header_end > size {
+        return Err(truncated(size, header_end));
+    }
+    let mut header = vec![0u8; (header_end - 8) as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    let json: Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::bad_file(path, format!("invalid safetensors header: {e}")))?;
+    let data_end = json
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let want = header_end.saturating_add(data_end);
+    if size < want {
+        return Err(truncated(size, want));
+    }
+    Ok(())
+}
+
 /// Weights of one HF folder, with the adapters to merge.
 pub(crate) struct HfWeights {
     dir: PathBuf,
@@ -75,6 +115,7 @@ impl HfWeights {
                     "listed in model.safetensors.index.json but missing",
                 ));
             }
+            check_complete(f)?;
         }
         // SAFETY: the files are only read; we rely on them not being truncated while mapped.
         let st = unsafe { MmapedSafetensors::multi(&files) }

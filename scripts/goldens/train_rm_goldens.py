@@ -72,13 +72,16 @@ def logit(cfg, w, ids):
     return F.linear(x[-1], w["score.weight"], w["score.bias"]).squeeze()
 
 
-def losses(cfg, w, groups):
+def losses(cfg, w, groups, logit_fn=None):
+    """loss_1 and loss_2 of the batch; `logit_fn(cfg, w, ids)` is the model (default: the
+    Baichuan one above; train_rm_llama_goldens.py passes a llama reward model)."""
+    logit_fn = logit_fn or logit
     G = len(groups)
     T = sum(len(g["seqs"]) for g in groups)
     l1 = torch.zeros(())
     l2 = torch.zeros(())
     for g in groups:
-        r = [logit(cfg, w, ids) for ids in g["seqs"]]
+        r = [logit_fn(cfg, w, ids) for ids in g["seqs"]]
         s = g["scores"]
         n = len(r)
         norm = n * (n - 1) // 2 + 1

@@ -195,7 +195,7 @@ fn score_head_and_vocabulary_are_checked() {
     assert!(load_err(dir.path()).contains("score.bias"));
 
     let scorer = RewardScorer::load(&tiny_rm(), DType::F32, &Device::Cpu).unwrap();
-    let vocab = scorer.model().config().vocab as u32;
+    let vocab = scorer.vocab() as u32;
     let err = scorer
         .score_batch(&[vec![1, vocab]])
         .unwrap_err()

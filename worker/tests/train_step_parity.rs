@@ -2,7 +2,8 @@
 //! same tiny BaichuanCharRM init (tests/fixtures/reward/tiny-rm-alibi4 in f32), same batch of
 //! three groups, same AdamW settings; loss values and every updated weight within 1e-5, for
 //! loss_1 alone, loss_2 alone and both; and both on the rotary model (tiny-rm-rope). Splitting the batch into micro-batches gives the same
-//! step.
+//! step. The same three cases on a llama decoder reward model (tests/fixtures/train/tiny-llama-rm,
+//! transformers' LlamaModel plus a score head: scripts/goldens/train_rm_llama_goldens.py).
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +40,11 @@ fn fixtures() -> PathBuf {
 }
 
 fn goldens() -> Goldens {
-    let text = std::fs::read_to_string(fixtures().join("train/step_goldens.json")).unwrap();
+    goldens_of("train/step_goldens.json")
+}
+
+fn goldens_of(file: &str) -> Goldens {
+    let text = std::fs::read_to_string(fixtures().join(file)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -60,9 +65,12 @@ fn check_case(
     reference: &std::collections::HashMap<String, Tensor>,
 ) {
     let dev = Device::Cpu;
-    // "rope-*" cases start from the rotary model, the others from the ALiBi one.
+    // "rope-*" cases start from the rotary model, "llama-*" from the llama reward model, the
+    // others from the ALiBi one.
     let folder = if case.name.starts_with("rope-") {
         "reward/tiny-rm-rope"
+    } else if case.name.starts_with("llama-") {
+        "train/tiny-llama-rm"
     } else {
         "reward/tiny-rm-alibi4"
     };
@@ -134,11 +142,23 @@ fn check_case(
 }
 
 fn reference() -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(
-        fixtures().join("train/step_weights.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap()
+    reference_of("train/step_weights.safetensors")
+}
+
+fn reference_of(file: &str) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(file), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn one_step_of_a_llama_reward_model_equals_pytorch_for_each_loss() {
+    let g = goldens_of("train/step_llama_goldens.json");
+    let reference = reference_of("train/step_llama_weights.safetensors");
+    assert_eq!(g.cases.len(), 3);
+    for case in &g.cases {
+        check_case(&g, case, 1, &reference);
+    }
+    let both = g.cases.iter().find(|c| c.name == "llama-both").unwrap();
+    check_case(&g, both, 3, &reference);
 }
 
 #[test]

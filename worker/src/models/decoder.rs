@@ -154,6 +154,8 @@ struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Plain tensor ops with a backward pass (training) instead of the fused CPU kernels.
+    differentiable: bool,
     span: tracing::Span,
 }
 
@@ -182,6 +184,7 @@ impl Attention {
             heads: tp.share(&cfg.architecture, "attention heads", cfg.heads)?,
             kv_heads: tp.share(&cfg.architecture, "key/value heads", cfg.kv_heads)?,
             head_dim: cfg.head_dim,
+            differentiable: false,
             span: tracing::trace_span!("attn"),
         })
     }
@@ -201,14 +204,27 @@ impl Attention {
         let parts = self.qkv.forward(x, &[h, kvh, kvh], d)?;
         // (b, s, n, d) views → (b, n, s, d) contiguous: the one copy each of q, k, v needs.
         let heads_first = |t: &Tensor| -> Result<Tensor> { Ok(t.transpose(1, 2)?.contiguous()?) };
-        let q = rope.apply(&heads_first(&parts[0])?, &cs.0, &cs.1)?;
-        let k = rope.apply(&heads_first(&parts[1])?, &cs.0, &cs.1)?;
+        let rotate = |t: &Tensor| -> Result<Tensor> {
+            if self.differentiable {
+                rope.apply_differentiable(t, &cs.0, &cs.1)
+            } else {
+                rope.apply(t, &cs.0, &cs.1)
+            }
+        };
+        let q = rotate(&heads_first(&parts[0])?)?;
+        let k = rotate(&heads_first(&parts[1])?)?;
         let v = heads_first(&parts[2])?;
-        let (k, v) = cache.append(&k, &v)?;
+        // The cache writes in place (no backward pass): a differentiable pass is one whole
+        // sequence, with no cache.
+        let (k, v) = if self.differentiable {
+            (k, v)
+        } else {
+            cache.append(&k, &v)?
+        };
         let q = (q * (1.0 / (d as f64).sqrt()))?;
         // On the CPU, reductions over visible keys only: padding must not change a row's bits
         // (see attention.rs).
-        if attention::supported(&q, &k, &v) {
+        if !self.differentiable && attention::supported(&q, &k, &v) {
             return self.o.forward(&attention::attend(&q, &k, &v, mask)?);
         }
         let t = k.dim(2)?;
@@ -224,7 +240,12 @@ impl Attention {
                 .reshape((b, kvh, rep * s, t))?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = if self.differentiable {
+            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let probs = probs.to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?; // (b, kvh, rep * s, d) = (b, h, s, d)
         let out = out
             .reshape((b, h, s, d))?
@@ -284,6 +305,8 @@ impl Mlp {
 struct RmsNorm {
     weight: Tensor,
     eps: f32,
+    /// Plain tensor ops (candle's fused kernel has no backward pass).
+    differentiable: bool,
 }
 
 impl RmsNorm {
@@ -291,9 +314,17 @@ impl RmsNorm {
         Ok(Self {
             weight: ws.tensor(name)?,
             eps: eps as f32,
+            differentiable: false,
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.differentiable {
+            // As transformers: in f32, `x · rsqrt(mean(x²) + eps)`, cast back, times the weight.
+            let x32 = x.to_dtype(DType::F32)?;
+            let var = x32.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+            let normed = x32.broadcast_div(&(var + self.eps as f64)?.sqrt()?)?;
+            return Ok(normed.to_dtype(x.dtype())?.broadcast_mul(&self.weight)?);
+        }
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
     }
 }
@@ -400,8 +431,34 @@ impl DecoderModel {
         KvCache::new(self.cfg.layers)
     }
 
+    /// Switches every layer to plain tensor ops that have a backward pass (softmax, RMSNorm,
+    /// rotary embedding) and to cache-less attention, for training: each forward pass must
+    /// then be one whole sequence batch with a fresh cache.
+    pub fn into_differentiable(mut self) -> Self {
+        for l in &mut self.layers {
+            l.attn.differentiable = true;
+            l.input_norm.differentiable = true;
+            l.post_norm.differentiable = true;
+        }
+        self.norm.differentiable = true;
+        self
+    }
+
     /// See [`super::Decoder::forward`].
     pub fn forward(
+        &self,
+        input: &ForwardInput,
+        cache: &mut KvCache,
+        at: LogitsAt,
+    ) -> Result<Tensor> {
+        let x = self.normed_hidden(input, cache, at)?;
+        let logits = self.head.forward(&x)?;
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// The final-normed hidden states `(b, s or 1, hidden)` in the compute dtype (what the LM
+    /// head reads; a reward head reads the last position's).
+    pub fn normed_hidden(
         &self,
         input: &ForwardInput,
         cache: &mut KvCache,
@@ -445,8 +502,7 @@ impl DecoderModel {
             LogitsAt::All => x,
             LogitsAt::Last => x.narrow(1, s - 1, 1)?.contiguous()?,
         };
-        let logits = self.head.forward(&self.norm.forward(&x)?)?;
-        Ok(logits.to_dtype(DType::F32)?)
+        self.norm.forward(&x)
     }
 
     pub fn vocab_size(&self) -> usize {

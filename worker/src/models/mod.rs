@@ -16,6 +16,8 @@
 //! - `baichuan`: step 4's reward model ([`BaichuanRewardModel`], PROTOCOL 4.5), not a
 //!   [`Decoder`]: its `baichuan_config`, `baichuan_weights` (safetensors or PyTorch `.bin`
 //!   shards) and `alibi` are its parts.
+//! - `decoder_rm`: [`DecoderRewardModel`], the decoder with a `Linear(hidden, 1)` score head;
+//!   `reward_model`: [`RewardModel`], either reward model, chosen by config.json.
 
 use candle_core::{Device, Tensor};
 
@@ -32,12 +34,14 @@ mod cache;
 mod config;
 mod convert;
 mod decoder;
+mod decoder_rm;
 mod gguf;
 mod hf;
 mod linear;
 mod loader;
 mod lora;
 mod mask;
+mod reward_model;
 mod rope;
 mod shard;
 
@@ -51,11 +55,13 @@ pub use candle_core::quantized::gguf_file::{Content as GgufContent, Value as Ggu
 pub use config::{DecoderConfig, RopeLayout, RopeScaling, SUPPORTED_ARCHITECTURES};
 pub use convert::convert_gguf_to_hf;
 pub use decoder::DecoderModel;
+pub use decoder_rm::{DecoderRewardModel, config_eos, decoder_rm_param_shapes};
 pub use gguf::{SUPPORTED_GGUF_ARCHITECTURES, gguf_config, read_gguf_content};
 pub use loader::{
     DTypeChoice, LoadOptions, LoadedModel, SourceKind, load_causal_lm, resolve_model_path,
 };
 pub use lora::Adapter;
+pub use reward_model::{RewardModel, is_decoder_folder};
 
 /// Which positions' logits a forward pass must return. The LM head is the most expensive matmul
 /// for small models, so it is computed only where the caller reads it.

@@ -116,4 +116,30 @@ impl Rope {
             RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin)?,
         })
     }
+
+    /// [`Self::apply`] by plain tensor ops, which have a backward pass (candle's rope kernels
+    /// have none): for training.
+    pub fn apply_differentiable(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (b, h, s, d) = x.dims4()?;
+        // (b, s, d/2) → (b, 1, s, d/2): one angle table for every head.
+        let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
+        Ok(match self.layout {
+            RopeLayout::HalfSplit => {
+                let (x1, x2) = (x.narrow(3, 0, d / 2)?, x.narrow(3, d / 2, d / 2)?);
+                let y1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+                let y2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+                Tensor::cat(&[y1, y2], 3)?
+            }
+            RopeLayout::Interleaved => {
+                let pairs = x.reshape((b, h, s, d / 2, 2))?;
+                let (x1, x2) = (
+                    pairs.narrow(4, 0, 1)?.squeeze(4)?,
+                    pairs.narrow(4, 1, 1)?.squeeze(4)?,
+                );
+                let y1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+                let y2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+                Tensor::stack(&[y1, y2], 4)?.reshape((b, h, s, d))?
+            }
+        })
+    }
 }

@@ -1,5 +1,6 @@
-//! Step 4 reward scoring (PROTOCOL 4.4/4.5): a [`RewardScorer`] holds the BaichuanCharRM-style
-//! model and its tokenizer; [`run_lease`] turns a lease of [`pb::RewardItem`]s into
+//! Step 4 reward scoring (PROTOCOL 4.4/4.5): a [`RewardScorer`] holds the reward model
+//! (BaichuanCharRM-style, or a llama-family decoder with a score head: [`RewardModel`]) and its
+//! tokenizer; [`run_lease`] turns a lease of [`pb::RewardItem`]s into
 //! [`pb::RewardResult`]s.
 //!
 //! Each text is encoded as the reference does: `encode(text, add_special_tokens=False)` (special
@@ -14,14 +15,14 @@ use candle_core::{DType, Device};
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
 
-use crate::models::BaichuanRewardModel;
+use crate::models::RewardModel;
 use crate::tokenize::TextTokenizer;
 use crate::{Error, Result};
 
 /// The reward model with the tokenizer of its folder.
 #[derive(Debug, Clone)]
 pub struct RewardScorer {
-    model: BaichuanRewardModel,
+    model: RewardModel,
     tokenizer: TextTokenizer,
     eos: u32,
 }
@@ -51,34 +52,48 @@ pub fn reward_dtype(dtype: &str) -> Result<DType> {
 impl RewardScorer {
     /// Loads the model and tokenizer of the reward model folder `dir`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let model = BaichuanRewardModel::load(dir, dtype, device)?;
-        let cfg = model.config();
-        // The position encoding is inferred when config.json does not name it: say which.
-        tracing::info!(
-            dir = %dir.display(),
-            position = ?cfg.position,
-            layers = cfg.layers,
-            hidden = cfg.hidden,
-            heads = cfg.heads,
-            dtype = ?dtype,
-            "reward model weights loaded"
-        );
+        let model = RewardModel::load(dir, dtype, device)?;
+        match &model {
+            RewardModel::Baichuan(m) => {
+                let cfg = m.config();
+                // The position encoding is inferred when config.json does not name it: say which.
+                tracing::info!(
+                    dir = %dir.display(),
+                    position = ?cfg.position,
+                    layers = cfg.layers,
+                    hidden = cfg.hidden,
+                    heads = cfg.heads,
+                    dtype = ?dtype,
+                    "reward model weights loaded"
+                );
+            }
+            RewardModel::Decoder(m) => tracing::info!(
+                dir = %dir.display(),
+                architecture = %m.config().architecture,
+                layers = m.config().layers,
+                hidden = m.config().hidden,
+                dtype = ?dtype,
+                "decoder reward model weights loaded"
+            ),
+        }
         let tokenizer = TextTokenizer::from_hf_dir(dir)?;
         Self::new(model, tokenizer, dir)
     }
 
     /// Pairs a loaded model with its tokenizer; the eos id is the tokenizer's eos token, or
     /// config.json's `eos_token_id` when the tokenizer names none.
-    pub fn new(model: BaichuanRewardModel, tokenizer: TextTokenizer, dir: &Path) -> Result<Self> {
-        let eos = tokenizer
-            .eos_id()
-            .or(model.config().eos_token_id)
-            .ok_or_else(|| {
-                Error::bad_file(
-                    dir,
-                    "no eos token: neither the tokenizer's eos_token nor config.json's eos_token_id",
-                )
-            })?;
+    pub fn new(
+        model: impl Into<RewardModel>,
+        tokenizer: TextTokenizer,
+        dir: &Path,
+    ) -> Result<Self> {
+        let model = model.into();
+        let eos = tokenizer.eos_id().or(model.eos_token_id()).ok_or_else(|| {
+            Error::bad_file(
+                dir,
+                "no eos token: neither the tokenizer's eos_token nor config.json's eos_token_id",
+            )
+        })?;
         Ok(Self {
             model,
             tokenizer,
@@ -87,14 +102,19 @@ impl RewardScorer {
     }
 
     /// Bounds the tokens of one packed forward pass (see
-    /// [`BaichuanRewardModel::with_max_batch_tokens`]).
+    /// [`crate::models::BaichuanRewardModel::with_max_batch_tokens`]).
     pub fn with_max_batch_tokens(mut self, tokens: usize) -> Self {
         self.model = self.model.with_max_batch_tokens(tokens);
         self
     }
 
-    pub fn model(&self) -> &BaichuanRewardModel {
+    pub fn model(&self) -> &RewardModel {
         &self.model
+    }
+
+    /// The model's vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.model.vocab()
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {
@@ -116,7 +136,8 @@ impl RewardScorer {
         Ok(RewardInput { ids, truncated })
     }
 
-    /// Sigmoids of already encoded inputs (see [`BaichuanRewardModel::score_batch`]).
+    /// Sigmoids of already encoded inputs (see [`crate::models::BaichuanRewardModel::score_batch`] and
+    /// [`crate::models::DecoderRewardModel::score_batch`]).
     pub fn score_batch(&self, inputs: &[Vec<u32>]) -> Result<Vec<f32>> {
         self.model.score_batch(inputs)
     }
@@ -132,7 +153,7 @@ pub fn run_lease(
     sink: &mut dyn FnMut(pb::ItemResult),
 ) {
     let cutoff = lease.prompt.as_ref().map_or(0, |p| p.cutoff_len as usize);
-    let vocab = scorer.model().config().vocab;
+    let vocab = scorer.vocab();
     let mut ready: Vec<(&str, RewardInput)> = Vec::with_capacity(lease.items.len());
     for item in &lease.items {
         let encoded = match &item.payload {

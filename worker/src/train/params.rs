@@ -1,7 +1,9 @@
-//! [`TrainableRm`]: a BaichuanCharRM-style reward model whose weights are candle `Var`s. The
-//! forward pass is the step-4 model's own ([`BaichuanRewardModel::from_tensors`] over these
-//! tensors, then [`BaichuanRewardModel::last_hidden`]): one implementation of the maths for
-//! scoring and training. Only the score head is computed here, as a matmul of the `Var`s.
+//! [`TrainableRm`]: a reward model whose weights are candle `Var`s — BaichuanCharRM-style, or a
+//! llama / qwen2 / mistral decoder with a score head (chosen by config.json, as step 4 does).
+//! The forward pass is the step-4 model's own ([`BaichuanRewardModel::from_tensors`] then
+//! [`BaichuanRewardModel::last_hidden`], whose score head is computed here as a matmul of the
+//! `Var`s; or [`DecoderRewardModel::from_tensors`] in its differentiable mode, then
+//! [`DecoderRewardModel::logits`]): one implementation of the maths for scoring and training.
 //!
 //! Parameters whose names match none of the trainable prefixes are frozen: they enter the
 //! forward pass detached and get no gradient and no optimizer state.
@@ -16,13 +18,16 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::models::{BaichuanConfig, BaichuanRewardModel, RmWeights};
+use crate::models::{
+    BaichuanConfig, BaichuanRewardModel, DecoderConfig, DecoderRewardModel, RewardModel, RmWeights,
+    config_eos, decoder_rm_param_shapes, is_decoder_folder,
+};
 use crate::{Error, Result};
 
 /// The reward model's parameters as trainable variables, by HF state-dict name.
 #[derive(Debug)]
 pub struct TrainableRm {
-    cfg: BaichuanConfig,
+    arch: RmArch,
     params: BTreeMap<String, Var>,
     trainable: Vec<String>,
     /// LoRA pairs by target weight name: `(lora_A name, lora_B name, alpha / r)`.
@@ -30,8 +35,48 @@ pub struct TrainableRm {
     device: Device,
 }
 
-/// LoRA settings: rank, alpha, and the module names to adapt (`W_pack`, `o_proj`, `gate_proj`,
-/// `up_proj`, `down_proj`).
+/// Which reward model the parameters make up.
+#[derive(Debug, Clone)]
+enum RmArch {
+    Baichuan(BaichuanConfig),
+    /// The decoder's config and config.json's `eos_token_id`.
+    Decoder(DecoderConfig, Option<u32>),
+}
+
+impl RmArch {
+    /// Reads the config.json of `dir` (a decoder architecture, else Baichuan).
+    fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        if !is_decoder_folder(dir)? {
+            return Ok(RmArch::Baichuan(BaichuanConfig::from_file(&path)?));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_file(&path, format!("invalid JSON: {e}")))?;
+        Ok(RmArch::Decoder(
+            DecoderConfig::from_hf_json(&path, &json)?,
+            config_eos(&json),
+        ))
+    }
+
+    fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        match self {
+            RmArch::Baichuan(cfg) => param_shapes(cfg),
+            RmArch::Decoder(cfg, _) => decoder_rm_param_shapes(cfg),
+        }
+    }
+
+    fn vocab(&self) -> usize {
+        match self {
+            RmArch::Baichuan(cfg) => cfg.vocab,
+            RmArch::Decoder(cfg, _) => cfg.vocab,
+        }
+    }
+}
+
+/// LoRA settings: rank, alpha, and the module names to adapt (Baichuan: `W_pack`, `o_proj`,
+/// `gate_proj`, `up_proj`, `down_proj`; decoders: `q_proj`, `k_proj`, `v_proj`, `o_proj` and
+/// the same MLP names).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoraConfig {
@@ -84,13 +129,13 @@ fn new_head_tensor(name: &str, shape: &[usize], device: &Device) -> Result<Tenso
 
 impl TrainableRm {
     /// Loads the reward model folder `dir` in f32 (any format the step-4 loader reads; a
-    /// Baichuan folder without `score.*` gets a new `Linear(hidden, 1)` head) and marks
-    /// trainable every parameter whose name starts with one of `trainable` (empty: all).
+    /// Baichuan or decoder folder without `score.*` gets a new `Linear(hidden, 1)` head) and
+    /// marks trainable every parameter whose name starts with one of `trainable` (empty: all).
     pub fn load(dir: &Path, trainable: &[String], device: &Device) -> Result<Self> {
-        let cfg = BaichuanConfig::from_file(&dir.join("config.json"))?;
+        let arch = RmArch::read(dir)?;
         let ws = RmWeights::open(dir, DType::F32, device)?;
         let mut params = BTreeMap::new();
-        for (name, shape) in param_shapes(&cfg) {
+        for (name, shape) in arch.param_shapes() {
             let t = if name.starts_with("score.") && !ws.contains(&name)? {
                 new_head_tensor(&name, &shape, device)?
             } else {
@@ -110,7 +155,7 @@ impl TrainableRm {
             )));
         }
         Ok(Self {
-            cfg,
+            arch,
             params,
             trainable: names,
             lora: BTreeMap::new(),
@@ -143,8 +188,8 @@ impl TrainableRm {
             .collect();
         if targets.is_empty() {
             return Err(Error::Unsupported(format!(
-                "LoRA target_modules {:?} match no weight (expected W_pack, o_proj, gate_proj, \
-                 up_proj, down_proj)",
+                "LoRA target_modules {:?} match no weight (expected W_pack or q_proj, k_proj, \
+                 v_proj; o_proj, gate_proj, up_proj, down_proj)",
                 cfg.target_modules
             )));
         }
@@ -190,8 +235,12 @@ impl TrainableRm {
         !self.lora.is_empty()
     }
 
-    pub fn config(&self) -> &BaichuanConfig {
-        &self.cfg
+    /// The Baichuan config, `None` for a decoder reward model.
+    pub fn config(&self) -> Option<&BaichuanConfig> {
+        match &self.arch {
+            RmArch::Baichuan(cfg) => Some(cfg),
+            RmArch::Decoder(..) => None,
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -223,9 +272,23 @@ impl TrainableRm {
 
     /// The step-4 model over the current parameters; with `grad`, trainable ones stay attached
     /// to their `Var`s, otherwise everything is detached (evaluation).
-    fn model(&self, grad: bool) -> Result<BaichuanRewardModel> {
+    fn model(&self, grad: bool) -> Result<RewardModel> {
         let tensors = self.effective(grad)?;
-        BaichuanRewardModel::from_tensors(self.cfg.clone(), tensors, DType::F32, &self.device)
+        Ok(match &self.arch {
+            RmArch::Baichuan(cfg) => {
+                BaichuanRewardModel::from_tensors(cfg.clone(), tensors, DType::F32, &self.device)?
+                    .into()
+            }
+            RmArch::Decoder(cfg, eos) => DecoderRewardModel::from_tensors(
+                cfg.clone(),
+                tensors,
+                *eos,
+                DType::F32,
+                &self.device,
+                grad,
+            )?
+            .into(),
+        })
     }
 
     /// Parameter `name` as the forward pass reads it (attached when `grad` and trainable).
@@ -255,7 +318,7 @@ impl TrainableRm {
     /// The score logits `r_θ` `(seqs,)` (before the sigmoid) of `seqs`, differentiable with
     /// respect to the trainable parameters when `grad`.
     pub fn logits(&self, seqs: &[&[u32]], grad: bool) -> Result<Tensor> {
-        let vocab = self.cfg.vocab;
+        let vocab = self.arch.vocab();
         if let Some(id) = seqs
             .iter()
             .flat_map(|s| s.iter())
@@ -265,7 +328,10 @@ impl TrainableRm {
                 "token id {id} is outside the reward model's vocabulary of {vocab}"
             )));
         }
-        let hidden = self.model(grad)?.last_hidden(seqs)?;
+        let hidden = match self.model(grad)? {
+            RewardModel::Baichuan(m) => m.last_hidden(seqs)?,
+            RewardModel::Decoder(m) => return m.logits(seqs),
+        };
         let w = self.tensor("score.weight", grad)?;
         let b = self.tensor("score.bias", grad)?;
         Ok(hidden.matmul(&w.t()?)?.broadcast_add(&b)?.squeeze(1)?)
@@ -280,7 +346,7 @@ impl TrainableRm {
     /// The step-4 model over the current weights (detached), e.g. for a [`RewardScorer`].
     ///
     /// [`RewardScorer`]: crate::score::reward::RewardScorer
-    pub fn scoring_model(&self) -> Result<BaichuanRewardModel> {
+    pub fn scoring_model(&self) -> Result<RewardModel> {
         self.model(false)
     }
 

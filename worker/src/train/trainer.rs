@@ -52,7 +52,7 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Dataset> {
     let tokenizer = TextTokenizer::from_hf_dir(&cfg.model)?;
     let scorer = RewardScorer::new(base.scoring_model()?, tokenizer, &cfg.model)?;
     let max_len = if cfg.max_length == 0 {
-        scorer.model().config().max_length
+        scorer.model().max_length()
     } else {
         cfg.max_length
     };

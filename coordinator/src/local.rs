@@ -215,7 +215,7 @@ pub fn group_devices(
     if gpus == 0 {
         return Ok(vec!["cpu".to_string(); count.unwrap_or(1)]);
     }
-    if gpus % tp != 0 {
+    if !gpus.is_multiple_of(tp) {
         return Err(LocalError::TensorParallelGpus { tp, gpus });
     }
     let groups = gpus / tp;

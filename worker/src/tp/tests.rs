@@ -358,3 +358,76 @@ fn a_leader_forward_error_marks_the_group_unusable() {
     // status round; the real worker exits the process instead of joining the threads.
     drop((model, threads));
 }
+
+/// The real decoder (the tiny f32 qwen2, 4 heads and 2 KV heads) in a group of two threads:
+/// greedy generation gives the same tokens as one rank, and choice scoring with shared prefixes
+/// (caches copied on every rank) the same probabilities within rounding (the row-parallel sums
+/// add the ranks' parts in another order).
+#[test]
+fn a_real_model_in_a_group_of_two_generates_and_scores_as_one_rank() {
+    use crate::models::load_causal_lm;
+    use crate::score::choice::{ChoiceJob, PrefixCache, ScoreOptions, score_jobs};
+
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2/model");
+    let path = dir.to_str().unwrap();
+    let load = |tp: Option<&TpLeader>| {
+        let opts = shard_load_options(&Device::Cpu, "f32", tp.map(TpLeader::collective)).unwrap();
+        TpModel::load(tp, &spec(path), || load_causal_lm(&dir, &[], &opts))
+    };
+    let (leader, threads) = causal_lm_thread_group(2, &Device::Cpu).unwrap();
+    let group = load(Some(&leader)).unwrap();
+    let solo = load(None).unwrap();
+
+    let opts = GenOptions {
+        max_batch: 2,
+        max_batch_tokens: 0,
+    };
+    let reqs: Vec<GenRequest> = requests()
+        .into_iter()
+        .map(|mut r| {
+            r.max_new_tokens = 6;
+            r
+        })
+        .collect();
+    assert_eq!(
+        engine::generate(&group, &reqs, &opts).unwrap(),
+        engine::generate(&solo, &reqs, &opts).unwrap()
+    );
+
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 250).collect();
+    let jobs: Vec<ChoiceJob> = (0..3)
+        .map(|j| {
+            let mut ids = prompt.clone();
+            ids.extend((0..3 + j).map(|i| (i * 11 + j * 7) as u32 % 250));
+            ChoiceJob {
+                item_id: format!("q{j}"),
+                prompt_ids: ids,
+                prefix_ends: vec![8, 20],
+                choice_ids: vec![10, 20, 30, 40],
+            }
+        })
+        .collect();
+    let score = |model: &TpModel<crate::models::LoadedModel>| {
+        let mut out = vec![Vec::new(); jobs.len()];
+        let mut prefixes = PrefixCache::default();
+        let o = ScoreOptions {
+            max_batch: 2,
+            max_batch_tokens: 0,
+        };
+        score_jobs(model, &jobs, &o, &mut prefixes, &mut |i, p| out[i] = p).unwrap();
+        // Again from the kept prefix (a hit: no recomputation, a copy on every rank).
+        score_jobs(model, &jobs, &o, &mut prefixes, &mut |i, p| {
+            assert_eq!(out[i], p)
+        })
+        .unwrap();
+        out
+    };
+    for (g, s) in score(&group).iter().zip(score(&solo)) {
+        for (a, b) in g.iter().zip(&s) {
+            assert!((a - b).abs() < 1e-5, "{g:?} vs {s:?}");
+        }
+    }
+    drop(group);
+    finish(leader, threads);
+}

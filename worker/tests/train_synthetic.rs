@@ -2,7 +2,9 @@
 //! scripts/goldens/train_rm_synthetic.py from the seed's dialogues; scores are functions of the
 //! response text per dimension): CPU training of the tiny reward model raises the held-out
 //! Spearman correlation from about chance to well above it, and the trained checkpoint, loaded
-//! by the step-4 scorer, reproduces the trainer's own scores.
+//! by the step-4 scorer, reproduces the trainer's own scores. The same for a llama decoder
+//! base (tests/fixtures/train/tiny-llama-rm with its score head removed, so the trainer adds
+//! one): the checkpoint is a LlamaForCausalLM folder with `score.*` that step 4 loads.
 
 use std::path::Path;
 
@@ -17,12 +19,46 @@ use evalfleet_worker::train::{
 fn training_learns_the_synthetic_task_and_step4_agrees() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let tmp = tempfile::tempdir().unwrap();
+    learn_and_score(&root.join("reward/tiny-rm-alibi4"), tmp.path(), 3, 1e-3);
+}
+
+/// The llama fixture without its `score.*` tensors, in `dir`.
+fn headless_llama(root: &Path, dir: &Path) -> std::path::PathBuf {
+    let src = root.join("train/tiny-llama-rm");
+    let out = dir.join("tiny-llama-base");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    let mut ws =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(ws.remove("score.weight").is_some() && ws.remove("score.bias").is_some());
+    candle_core::safetensors::save(&ws, out.join("model.safetensors")).unwrap();
+    out
+}
+
+#[test]
+fn a_llama_base_with_a_new_score_head_learns_the_synthetic_task_and_step4_agrees() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = headless_llama(&root, tmp.path());
+    let dir = learn_and_score(&base, tmp.path(), 6, 3e-3);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "LlamaForCausalLM");
+}
+
+/// Trains `model` for `epochs` on the synthetic task, checks the held-out metrics rose, and
+/// that step 4's scorer on the final checkpoint gives the trainer's scores. Returns the
+/// checkpoint.
+fn learn_and_score(model: &Path, tmp: &Path, epochs: u64, lr: f64) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let cfg = TrainConfig {
-        model: root.join("reward/tiny-rm-alibi4"),
+        model: model.to_path_buf(),
         train_data: root.join("train/synthetic.jsonl"),
         eval_data: None,
         eval_fraction: 0.2,
-        output_dir: tmp.path().join("out"),
+        output_dir: tmp.join("out"),
         max_length: 64,
         loss: LossWeights {
             ranking: 1.0,
@@ -31,11 +67,11 @@ fn training_learns_the_synthetic_task_and_step4_agrees() {
         trainable: vec![],
         lora: None,
         adamw: AdamWConfig {
-            lr: 1e-3,
+            lr,
             ..AdamWConfig::default()
         },
         warmup_steps: 10,
-        epochs: 3,
+        epochs,
         max_steps: None,
         batch_groups: 8,
         grad_accum: 1,
@@ -76,15 +112,21 @@ fn training_learns_the_synthetic_task_and_step4_agrees() {
     );
 
     let dir = out.checkpoint.unwrap();
-    let data = load_dataset(&cfg).unwrap();
-    let trained = TrainableRm::load(&dir, &[], &Device::Cpu).unwrap();
+    assert_step4_agrees(&cfg, &dir);
+    dir
+}
+
+/// The step-4 scorer on checkpoint `dir` reproduces the trainer's own held-out scores.
+fn assert_step4_agrees(cfg: &TrainConfig, dir: &Path) {
+    let data = load_dataset(cfg).unwrap();
+    let trained = TrainableRm::load(dir, &[], &Device::Cpu).unwrap();
     let mine: Vec<f32> = group_logits(&trained, &data.eval, 16)
         .unwrap()
         .iter()
         .flatten()
         .map(|r| 1.0 / (1.0 + (-r).exp()))
         .collect();
-    let scorer = RewardScorer::load(&dir, DType::F32, &Device::Cpu).unwrap();
+    let scorer = RewardScorer::load(dir, DType::F32, &Device::Cpu).unwrap();
     let seqs: Vec<Vec<u32>> = data.eval.iter().flat_map(|g| g.seqs.clone()).collect();
     let step4 = scorer.score_batch(&seqs).unwrap();
     let worst = mine

@@ -71,7 +71,8 @@ pub struct ClientArgs {
 /// `evalfleet submit`.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The job YAML (what `evalfleet run` takes). Its text is sent to the coordinator, and the
+    /// The job YAML (what `evalfleet run` takes, or an `evalfleet sweep` YAML, recognised by its
+    /// `checkpoints` key). Its text is sent to the coordinator, and the
     /// paths in it (models, data sets, output_dir) are resolved THERE, against the coordinator's
     /// working directory: use paths the coordinator can see (absolute, or shared volumes).
     pub yaml: PathBuf,

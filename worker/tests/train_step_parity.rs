@@ -7,9 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use evalfleet_worker::collective::LocalCollective;
-use evalfleet_worker::train::{AdamW, AdamWConfig, LossNorm, MicroBatch, TrainableRm, train_step};
+use evalfleet_worker::score::reward::RewardScorer;
+use evalfleet_worker::train::{
+    AdamW, AdamWConfig, LoraConfig, LossNorm, MicroBatch, TrainableRm, train_step,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -201,4 +204,210 @@ fn the_step_moves_the_weights() {
         .to_scalar()
         .unwrap();
     assert!(d > 5e-4, "score.weight moved by only {d}");
+}
+
+/// Inputs of the golden batch as slices.
+fn golden_seqs(g: &Goldens) -> Vec<&[u32]> {
+    g.groups
+        .iter()
+        .flat_map(|x| x.seqs.iter().map(|s| &s[..]))
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// The training forward (plain differentiable ops) and the scoring forward (fused kernels, as
+/// step 4 runs it) of a decoder reward model agree, for `dir`.
+fn check_train_and_score_forward_agree(dir: &Path) {
+    let g = goldens_of("train/step_llama_goldens.json");
+    let seqs = golden_seqs(&g);
+    let model = TrainableRm::load(dir, &[], &Device::Cpu).unwrap();
+    let train: Vec<f32> = model.logits(&seqs, true).unwrap().to_vec1().unwrap();
+    let eval: Vec<f32> = model.logits(&seqs, false).unwrap().to_vec1().unwrap();
+    let d = max_diff(&train, &eval);
+    assert!(
+        d < 1e-5,
+        "{}: training vs scoring logits differ by {d}",
+        dir.display()
+    );
+    let scorer = RewardScorer::load(dir, DType::F32, &Device::Cpu).unwrap();
+    let owned: Vec<Vec<u32>> = seqs.iter().map(|s| s.to_vec()).collect();
+    let step4 = scorer.score_batch(&owned).unwrap();
+    let sig: Vec<f32> = train.iter().map(|r| 1.0 / (1.0 + (-r).exp())).collect();
+    let ds = max_diff(&sig, &step4);
+    assert!(
+        ds < 1e-5,
+        "{}: step 4 sigmoids differ by {ds}",
+        dir.display()
+    );
+    // The scores are not all alike (a test that compares constants proves nothing).
+    let spread = train.iter().cloned().fold(f32::MIN, f32::max)
+        - train.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(spread > 1e-2, "logits spread only {spread}");
+    eprintln!(
+        "{}: training vs scoring forward {d:e}, vs step 4 sigmoid {ds:e}",
+        dir.display()
+    );
+}
+
+#[test]
+fn llama_training_forward_equals_the_step4_forward() {
+    check_train_and_score_forward_agree(&fixtures().join("train/tiny-llama-rm"));
+}
+
+#[test]
+fn qwen2_reward_model_trains_through_its_qkv_biases() {
+    // The llama fixture as Qwen2 (q/k/v biases, drawn non-zero here).
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("train/tiny-llama-rm");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    cfg["model_type"] = serde_json::json!("qwen2");
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let mut ws =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    for l in 0..2 {
+        for (p, n) in [("q_proj", 32), ("k_proj", 16), ("v_proj", 16)] {
+            let b = Tensor::randn(0f32, 0.3, n, &Device::Cpu).unwrap();
+            ws.insert(format!("model.layers.{l}.self_attn.{p}.bias"), b);
+        }
+    }
+    candle_core::safetensors::save(&ws, tmp.path().join("model.safetensors")).unwrap();
+    check_train_and_score_forward_agree(tmp.path());
+
+    // One step reaches the biases.
+    let g = goldens_of("train/step_llama_goldens.json");
+    let model = TrainableRm::load(tmp.path(), &[], &Device::Cpu).unwrap();
+    let name = "model.layers.0.self_attn.k_proj.bias";
+    let before = model.param(name).unwrap().as_tensor().copy().unwrap();
+    let norm = LossNorm {
+        groups: g.groups.len(),
+        items: g.groups.iter().map(|x| x.seqs.len()).sum(),
+        w_ranking: 1.0,
+        w_regression: 1.0,
+    };
+    let single = LocalCollective::group(1).remove(0);
+    let mut opt = AdamW::new(g.adamw);
+    train_step(
+        &model,
+        &mut opt,
+        &micro_batches(&g, 1),
+        &norm,
+        1e-3,
+        &single,
+    )
+    .unwrap();
+    let moved: f32 = (model.param(name).unwrap().as_tensor() - before)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(moved > 5e-4, "{name} moved by only {moved}");
+}
+
+#[test]
+fn llama_lora_step_moves_only_the_adapter_and_head() {
+    let g = goldens_of("train/step_llama_goldens.json");
+    let dir = fixtures().join("train/tiny-llama-rm");
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+    };
+    let model = TrainableRm::load(&dir, &[], &Device::Cpu)
+        .unwrap()
+        .with_lora(&lora, &[], 7)
+        .unwrap();
+    // 2 layers × 3 modules × (A, B) + the score head.
+    assert_eq!(
+        model.trainable().len(),
+        2 * 3 * 2 + 2,
+        "{:?}",
+        model.trainable()
+    );
+    let seqs = golden_seqs(&g);
+    let before: Vec<f32> = model.logits(&seqs, false).unwrap().to_vec1().unwrap();
+    let norm = LossNorm {
+        groups: g.groups.len(),
+        items: g.groups.iter().map(|x| x.seqs.len()).sum(),
+        w_ranking: 1.0,
+        w_regression: 1.0,
+    };
+    let single = LocalCollective::group(1).remove(0);
+    let mut opt = AdamW::new(g.adamw);
+    let embed0 = model
+        .param("model.embed_tokens.weight")
+        .unwrap()
+        .as_tensor()
+        .copy()
+        .unwrap();
+    for _ in 0..3 {
+        train_step(
+            &model,
+            &mut opt,
+            &micro_batches(&g, 1),
+            &norm,
+            1e-2,
+            &single,
+        )
+        .unwrap();
+    }
+    let b = model
+        .param("model.layers.1.self_attn.q_proj.lora_B.weight")
+        .unwrap()
+        .as_tensor()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(b > 1e-3, "lora_B still ~0 ({b})");
+    let embed_moved: f32 = (model
+        .param("model.embed_tokens.weight")
+        .unwrap()
+        .as_tensor()
+        - embed0)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert_eq!(embed_moved, 0.0, "a frozen base weight moved");
+    let after: Vec<f32> = model.logits(&seqs, false).unwrap().to_vec1().unwrap();
+    assert!(
+        max_diff(&before, &after) > 1e-3,
+        "LoRA steps changed no score"
+    );
+    // The merged weights are what the scorer reads: q_proj moved.
+    let sd = model.state_dict().unwrap();
+    let q = &sd["model.layers.1.self_attn.q_proj.weight"];
+    let q0 = model
+        .param("model.layers.1.self_attn.q_proj.weight")
+        .unwrap()
+        .as_tensor();
+    let dq: f32 = (q - q0)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(dq > 1e-5, "merged q_proj equals the base ({dq})");
 }

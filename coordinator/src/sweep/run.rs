@@ -108,7 +108,9 @@ pub async fn run_sweep(cfg: &SweepConfig, setup: &FleetSetup) -> Result<SweepRep
         );
         evaluate(todo, setup).await?;
     }
-    let report = crate::report::build_report(&cfg.output_dir)?;
+    // Rows in the sweep's order (a list keeps its order), other result folders after them.
+    let order: Vec<String> = cfg.checkpoints.iter().map(|c| c.name.clone()).collect();
+    let report = crate::report::build_report_ordered(&cfg.output_dir, &order)?;
     info!(
         "sweep: report of {} checkpoints in {}",
         report.checkpoints.len(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use candle_core::Device;
 
-use super::liveness::Liveness;
+use super::liveness::{self, Liveness};
 use super::{CausalLmShards, TpLeader, causal_lm_thread_group, follow};
 use crate::collective::SharedCollective;
 use crate::{Error, Result};
@@ -186,3 +186,76 @@ fn nccl_join(
 pub const NO_NCCL: &str = "tensor parallelism over processes (--tp-size) needs NCCL: build the \
      worker with `--features nccl` (scripts/build-cuda.sh does), or run the ranks as threads of \
      one process with --tp-threads K";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collective::{Collective, LocalCollective};
+    use crate::tp::command::{Command, LoadSpec};
+
+    /// The process-group roles with an in-process collective standing in for NCCL: each rank
+    /// announces itself before joining, rank 0 leads, rank 1 serves it until Shutdown.
+    #[test]
+    fn process_ranks_meet_lead_and_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = dir.path().join("group.id");
+        let mut colls = LocalCollective::group(2).into_iter();
+        let (c0, c1) = (colls.next().unwrap(), colls.next().unwrap());
+        let init1 = init.clone();
+        let follower = std::thread::spawn(move || {
+            let role = process_rank_with(1, 2, &Device::Cpu, &init1, || {
+                // Like NCCL's join, returns once every rank has joined.
+                c1.barrier()?;
+                Ok(Arc::new(c1))
+            })
+            .unwrap();
+            let ProcessRole::Follower(f) = role else {
+                panic!("rank 1 must follow")
+            };
+            f.serve()
+        });
+        let role = process_rank_with(0, 2, &Device::Cpu, &init, || {
+            c0.barrier()?;
+            Ok(Arc::new(c0))
+        })
+        .unwrap();
+        let ProcessRole::Leader(group) = role else {
+            panic!("rank 0 must lead")
+        };
+        assert!(liveness::alive_path(&init, 1).exists());
+        // A load the follower fails too comes back naming it (both ranks read the same path).
+        let spec = LoadSpec {
+            model_path: dir.path().join("missing").display().to_string(),
+            adapter_paths: vec![],
+            dtype: "f32".into(),
+        };
+        let e = group
+            .leader
+            .run(Command::Load { model: 1, spec }, || Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("load failed on rank 1") && e.contains("missing"),
+            "{e}"
+        );
+        group.stop();
+        follower.join().unwrap().unwrap();
+        // The group stays announced (its liveness) until the process ends.
+        std::mem::forget(group);
+    }
+
+    #[test]
+    fn bad_sizes_and_ranks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = dir.path().join("g");
+        let never = || -> Result<SharedCollective> { unreachable!("no join for a bad rank") };
+        let e = process_rank_with(2, 2, &Device::Cpu, &init, never)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("--tp-rank 2 with --tp-size 2"),
+            "{e}"
+        );
+        assert!(process_rank_with(0, 1, &Device::Cpu, &init, never).is_err());
+    }
+}

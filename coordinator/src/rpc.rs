@@ -31,8 +31,7 @@ use pb::worker_message::Msg as Up;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
@@ -41,7 +40,7 @@ use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
 use crate::sched::{Assignment, Progress, Recorded, SchedConfig, Scheduler, WorkerKey};
-use limits::{CallLimiter, ConnectionGate, Counters, LimitStats, Limits, TokenBucket};
+use limits::{ClientGate, LimitStats, Limits, TokenBucket};
 use tls::{ServerTls, TlsFiles};
 
 /// How the coordinator talks to its workers.
@@ -112,9 +111,7 @@ struct Shared {
     /// Watches worker traffic (see [`Fleet::set_observer`]).
     observer: OnceLock<Arc<dyn FleetObserver>>,
     /// What the limits refused or delayed.
-    counters: Arc<Counters>,
-    calls: Arc<CallLimiter>,
-    connections: Arc<ConnectionGate>,
+    gate: ClientGate,
 }
 
 /// One socket to serve on, with or without TLS.
@@ -146,9 +143,7 @@ impl Fleet {
     /// A fleet around `sched` (tasks may be added before or after serving starts).
     pub fn new(opts: FleetOptions, sched: Scheduler) -> Self {
         let progress = watch::Sender::new(sched.progress());
-        let counters = Arc::new(Counters::default());
-        let calls = Arc::new(CallLimiter::new(&opts.limits, counters.clone()));
-        let connections = ConnectionGate::new(&opts.limits, counters.clone());
+        let gate = ClientGate::new(&opts.limits);
         Fleet {
             inner: Arc::new(Shared {
                 opts,
@@ -162,9 +157,7 @@ impl Fleet {
                 expected_workers: AtomicUsize::new(0),
                 result_sink: OnceLock::new(),
                 observer: OnceLock::new(),
-                counters,
-                calls,
-                connections,
+                gate,
             }),
         }
     }
@@ -248,7 +241,7 @@ impl Fleet {
 
     /// What the per-client limits have refused or delayed so far.
     pub fn limit_stats(&self) -> LimitStats {
-        self.inner.counters.snapshot()
+        self.inner.gate.stats()
     }
 
     /// Tells every connected worker (and any that connects later) to exit.
@@ -274,7 +267,7 @@ impl Fleet {
             fleet: self.clone(),
         })
         .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES);
-        let auth = BearerAuth::new(token).with_limiter(self.inner.calls.clone());
+        let auth = BearerAuth::new(token).with_gate(self.inner.gate.clone());
         InterceptedService::new(server, auth)
     }
 
@@ -302,7 +295,7 @@ impl Fleet {
             tls::install_crypto_provider();
         }
         let (reporter, health) = tonic_health::server::health_reporter();
-        let health = InterceptedService::new(health, RateOnly(self.inner.calls.clone()));
+        let health = InterceptedService::new(health, RateOnly(self.inner.gate.clone()));
         let service = self.service(token);
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
@@ -318,11 +311,7 @@ impl Fleet {
                 .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                 .add_service(health.clone())
                 .add_service(service.clone());
-            let gate = self.inner.connections.clone();
-            let incoming = TcpListenerStream::new(socket).filter_map(move |conn| match conn {
-                Ok(tcp) => gate.admit(tcp).map(Ok),
-                Err(e) => Some(Err(e)),
-            });
+            let incoming = self.inner.gate.incoming(socket);
             let reporter = reporter.clone();
             tasks.push(tokio::spawn(async move {
                 // Set before the first connection is accepted, so no probe sees it unknown.
@@ -413,20 +402,21 @@ pub struct BearerAuth {
     /// SHA-256 of the expected header value: comparing digests (fixed length) in constant time
     /// reveals neither the token's bytes nor its length through timing.
     expected: [u8; 32],
-    limiter: Option<Arc<CallLimiter>>,
+    gate: Option<ClientGate>,
 }
 
 impl BearerAuth {
     pub fn new(token: &str) -> Self {
         BearerAuth {
             expected: header_digest(format!("Bearer {token}").as_bytes()),
-            limiter: None,
+            gate: None,
         }
     }
 
-    fn with_limiter(self, limiter: Arc<CallLimiter>) -> Self {
+    /// Checks `gate`'s call limit before the token.
+    pub fn with_gate(self, gate: ClientGate) -> Self {
         BearerAuth {
-            limiter: Some(limiter),
+            gate: Some(gate),
             ..self
         }
     }
@@ -434,19 +424,19 @@ impl BearerAuth {
 
 /// Only the call-rate limit (the health service, which needs no token).
 #[derive(Clone)]
-pub struct RateOnly(Arc<CallLimiter>);
+pub struct RateOnly(pub ClientGate);
 
 impl Interceptor for RateOnly {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        self.0.check(req.remote_addr().map(|a| a.ip()))?;
+        self.0.check_call(&req)?;
         Ok(req)
     }
 }
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(limiter) = &self.limiter {
-            limiter.check(req.remote_addr().map(|a| a.ip()))?;
+        if let Some(gate) = &self.gate {
+            gate.check_call(&req)?;
         }
         let given = req.metadata().get("authorization").map(|v| v.as_bytes());
         match given {
@@ -625,6 +615,7 @@ async fn throttle(fleet: &Fleet, name: &str, rate: &mut TokenBucket) {
     }
     let n = fleet
         .inner
+        .gate
         .counters
         .messages_delayed
         .fetch_add(1, Ordering::Relaxed)

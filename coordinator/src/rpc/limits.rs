@@ -23,7 +23,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::Stream;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::warn;
 
@@ -174,6 +177,52 @@ impl TokenBucket {
     }
 }
 
+/// The call and connection limits of one server. [`crate::rpc::Fleet::serve_on`] applies them
+/// itself; a front end that builds its own tonic server (`evalfleet serve`) uses
+/// [`ClientGate::incoming`] for its connections and [`ClientGate::check_call`] in its
+/// interceptors.
+#[derive(Debug, Clone)]
+pub struct ClientGate {
+    pub(super) counters: Arc<Counters>,
+    pub(super) calls: Arc<CallLimiter>,
+    connections: Arc<ConnectionGate>,
+}
+
+impl ClientGate {
+    pub fn new(limits: &Limits) -> Self {
+        let counters = Arc::new(Counters::default());
+        ClientGate {
+            calls: Arc::new(CallLimiter::new(limits, counters.clone())),
+            connections: ConnectionGate::new(limits, counters.clone()),
+            counters,
+        }
+    }
+
+    /// `listener`'s connections, those over the per-address limit closed at once; for
+    /// `tonic::transport::Server::serve_with_incoming` (TLS, if configured, is applied by tonic
+    /// on top).
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> impl Stream<Item = std::io::Result<Guarded>> + Send + 'static {
+        let gate = self.connections.clone();
+        TcpListenerStream::new(listener).filter_map(move |conn| match conn {
+            Ok(tcp) => gate.admit(tcp).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    /// Admits or refuses (`RESOURCE_EXHAUSTED`) one call, by its peer's address.
+    pub fn check_call<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        self.calls.check(req.remote_addr().map(|a| a.ip()))
+    }
+
+    /// What was refused or delayed so far.
+    pub fn stats(&self) -> LimitStats {
+        self.counters.snapshot()
+    }
+}
+
 /// Buckets kept before idle (full) ones are dropped, bounding memory under many addresses.
 const MAX_TRACKED_CLIENTS: usize = 4096;
 
@@ -296,7 +345,7 @@ impl ConnectionGate {
 }
 
 /// An accepted connection counted against its address until dropped.
-pub(super) struct Guarded {
+pub struct Guarded {
     tcp: TcpStream,
     /// Counted under this address (`None`: not counted).
     ip: Option<IpAddr>,

@@ -31,6 +31,7 @@ pub const STEP3_KEYS: &[&str] = &[
     // fleet
     "batch_size",
     "workers",
+    "tensor_parallel_size",
 ];
 
 /// LF keys step 3 accepts without effect, beyond [`keys::IGNORED_KEYS`]: `download_mode` (the
@@ -95,6 +96,8 @@ pub struct Step3Config {
     pub batch_size: Option<usize>,
     /// `workers` (evalfleet): local worker processes to spawn, as for step 1.
     pub workers: Option<usize>,
+    /// `tensor_parallel_size` (evalfleet): ranks per local worker, as for step 1.
+    pub tensor_parallel_size: Option<usize>,
 }
 
 /// The default `prefix_pairs` in `llamafactory` mode. Each question's shots are a random order of
@@ -145,6 +148,7 @@ pub(crate) fn parse(fields: &Fields) -> Result<Step3Config, ConfigError> {
         save_dir: fields.string("save_dir")?.map(PathBuf::from),
         batch_size: fields.usize_at_least("batch_size", 1)?,
         workers: fields.usize_at_least("workers", 0)?,
+        tensor_parallel_size: fields.usize_at_least("tensor_parallel_size", 1)?,
     })
 }
 

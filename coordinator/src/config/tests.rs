@@ -173,6 +173,15 @@ fn invalid_values_are_refused() {
 }
 
 #[test]
+fn tensor_parallel_size_is_read_and_at_least_one() {
+    let (c, _) = step1(&format!("{MINIMAL}tensor_parallel_size: 2\n")).expect("parses");
+    assert_eq!(c.tensor_parallel_size, Some(2));
+    assert_eq!(step1(MINIMAL).unwrap().0.tensor_parallel_size, None);
+    let e = err(&format!("{MINIMAL}tensor_parallel_size: 0\n"));
+    assert!(e.contains("tensor_parallel_size") && e.contains("at least 1"), "{e}");
+}
+
+#[test]
 fn missing_required_keys_are_named() {
     assert!(
         err("dataset: d\noutput_dir: o\n").contains("missing required key `model_name_or_path`")

@@ -64,6 +64,7 @@ pub async fn run_step3(
     };
     let mut setup = setup.clone();
     setup.workers = setup.workers.or(cfg.workers);
+    setup.tensor_parallel_size = setup.tensor_parallel_size.or(cfg.tensor_parallel_size);
     setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
     let tasks: Vec<TaskSpec> = planned
         .iter()

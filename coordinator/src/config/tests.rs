@@ -178,7 +178,10 @@ fn tensor_parallel_size_is_read_and_at_least_one() {
     assert_eq!(c.tensor_parallel_size, Some(2));
     assert_eq!(step1(MINIMAL).unwrap().0.tensor_parallel_size, None);
     let e = err(&format!("{MINIMAL}tensor_parallel_size: 0\n"));
-    assert!(e.contains("tensor_parallel_size") && e.contains("at least 1"), "{e}");
+    assert!(
+        e.contains("tensor_parallel_size") && e.contains("at least 1"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -9,11 +9,14 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
+use evalfleet_proto::v1 as pb;
 use evalfleet_worker::score::reward::RewardScorer;
+use evalfleet_worker::tasks::{Executor, ExecutorOptions};
 use evalfleet_worker::train::trainer::{group_logits, load_dataset};
 use evalfleet_worker::train::{
     AdamWConfig, LossWeights, TrainConfig, TrainableRm, train_data_parallel,
 };
+use pb::item_result::Outcome;
 
 #[test]
 fn training_learns_the_synthetic_task_and_step4_agrees() {
@@ -46,6 +49,75 @@ fn a_llama_base_with_a_new_score_head_learns_the_synthetic_task_and_step4_agrees
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"][0], "LlamaForCausalLM");
+    assert_worker_lease_agrees(&dir);
+}
+
+/// A step-4 reward lease on checkpoint `dir`, run by the worker's executor in f32 (texts encoded
+/// with eos and cut from the left to `cutoff_len`), gives the trainer's sigmoids.
+fn assert_worker_lease_agrees(dir: &Path) {
+    let texts = [
+        "佟湘玉：额滴神啊，这日子没法过了！",
+        "白展堂：掌柜的，您别着急，有我在呢。（笑）这事包在我身上。",
+        "short",
+    ];
+    let cutoff = 12u32;
+    let items = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| pb::WorkItem {
+            item_id: format!("r{i}"),
+            payload: Some(pb::work_item::Payload::Reward(pb::RewardItem {
+                text: t.to_string(),
+            })),
+        })
+        .collect();
+    let lease = pb::Lease {
+        lease_id: 3,
+        model: Some(pb::ModelSpec {
+            key: format!("reward|{}", dir.display()),
+            model_path: dir.display().to_string(),
+            adapter_paths: Vec::new(),
+            dtype: "f32".into(),
+        }),
+        prompt: Some(pb::PromptSpec {
+            cutoff_len: cutoff,
+            ..Default::default()
+        }),
+        items,
+        ..Default::default()
+    };
+    let mut exec = Executor::new(ExecutorOptions::default());
+    let mut results = Vec::new();
+    exec.run_lease(&lease, &mut |r| results.push(r)).unwrap();
+    assert_eq!(results.len(), texts.len());
+    let scorer = RewardScorer::load(dir, DType::F32, &Device::Cpu).unwrap();
+    let trained = TrainableRm::load(dir, &[], &Device::Cpu).unwrap();
+    // The left truncation is exercised.
+    assert!(results.iter().any(|r| matches!(
+        &r.outcome,
+        Some(Outcome::Reward(x)) if x.truncated
+    )));
+    for r in results {
+        let Some(Outcome::Reward(got)) = r.outcome else {
+            panic!("{}: {:?}", r.item_id, r.outcome)
+        };
+        let i: usize = r.item_id[1..].parse().unwrap();
+        let input = scorer.encode(texts[i], cutoff as usize).unwrap();
+        assert_eq!(got.input_tokens as usize, input.ids.len());
+        assert_eq!(got.truncated, input.truncated);
+        let logit: f32 = trained
+            .logits(&[&input.ids], false)
+            .unwrap()
+            .to_vec1()
+            .unwrap()[0];
+        let want = 1.0 / (1.0 + (-logit).exp());
+        assert!(
+            (got.sigmoid - want).abs() < 1e-5,
+            "{}: lease {} vs trainer {want}",
+            r.item_id,
+            got.sigmoid
+        );
+    }
 }
 
 /// Trains `model` for `epochs` on the synthetic task, checks the held-out metrics rose, and

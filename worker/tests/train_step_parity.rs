@@ -258,7 +258,22 @@ fn check_train_and_score_forward_agree(dir: &Path) {
 
 #[test]
 fn llama_training_forward_equals_the_step4_forward() {
-    check_train_and_score_forward_agree(&fixtures().join("train/tiny-llama-rm"));
+    let dir = fixtures().join("train/tiny-llama-rm");
+    check_train_and_score_forward_agree(&dir);
+    // Step 4's default dtype is bf16: it loads and lands near the f32 scores.
+    let g = goldens_of("train/step_llama_goldens.json");
+    let seqs: Vec<Vec<u32>> = golden_seqs(&g).iter().map(|s| s.to_vec()).collect();
+    let f32s = RewardScorer::load(&dir, DType::F32, &Device::Cpu)
+        .unwrap()
+        .score_batch(&seqs)
+        .unwrap();
+    let bf16 = RewardScorer::load(&dir, DType::BF16, &Device::Cpu)
+        .unwrap()
+        .score_batch(&seqs)
+        .unwrap();
+    let d = max_diff(&f32s, &bf16);
+    eprintln!("bf16 vs f32 sigmoids: {d:e}");
+    assert!(d < 2e-2, "bf16 sigmoids differ from f32 by {d}");
 }
 
 #[test]

@@ -572,7 +572,11 @@ mod tests {
 
     #[test]
     fn plain_urls_need_no_tls_and_refuse_a_ca() {
-        assert!(client_tls(&opts("http://127.0.0.1:1", None)).unwrap().is_none());
+        assert!(
+            client_tls(&opts("http://127.0.0.1:1", None))
+                .unwrap()
+                .is_none()
+        );
         let err = client_tls(&opts("http://127.0.0.1:1", Some("ca.pem".into()))).unwrap_err();
         assert!(err.to_string().contains("needs an https://"), "{err}");
     }

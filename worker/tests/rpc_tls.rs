@@ -75,7 +75,9 @@ async fn tls_fleet(n: usize, files: &TlsFiles) -> (Fleet, ServerHandle) {
     let fleet = Fleet::new(FleetOptions::default(), sched);
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls = Some(ServerTls::load(files).unwrap());
-    let server = fleet.serve_on(vec![Listener { socket, tls }], TOKEN).unwrap();
+    let server = fleet
+        .serve_on(vec![Listener { socket, tls }], TOKEN)
+        .unwrap();
     (fleet, server)
 }
 

@@ -42,7 +42,7 @@ fn the_example_gives_each_checkpoint_the_original_layout() {
         match step {
             StepConfig::Step1(s) => {
                 assert_eq!(s.output_dir, dir);
-                assert_eq!(s.model.adapter_name_or_path, [c.path.clone()]);
+                assert_eq!(s.model.adapter_name_or_path, std::slice::from_ref(&c.path));
                 assert_eq!(
                     s.model.model_name_or_path,
                     Path::new(".models/smollm2-135m-instruct-f32")
@@ -55,7 +55,7 @@ fn the_example_gives_each_checkpoint_the_original_layout() {
             }
             StepConfig::Step3(s) => {
                 assert_eq!(s.save_dir.as_deref(), Some(dir.as_path()));
-                assert_eq!(s.model.adapter_name_or_path, [c.path.clone()]);
+                assert_eq!(s.model.adapter_name_or_path, std::slice::from_ref(&c.path));
                 assert_eq!(s.tasks.len(), 3);
             }
             StepConfig::Step4(_) => panic!("the example does not list step4"),

@@ -377,6 +377,9 @@ mod tp_check {
 
     use super::*;
 
+    /// All-position logits (f32, host) and the greedy continuations of one configuration.
+    type Outputs = (Vec<f32>, Vec<Vec<u32>>);
+
     /// A fixed left-padded batch: row 0 full, row 1 with 5 pad columns.
     fn input(vocab: usize, device: &Device) -> anyhow::Result<ForwardInput> {
         let (rows, width, pad) = (2usize, 24usize, 5usize);
@@ -395,10 +398,7 @@ mod tp_check {
     }
 
     /// The model's logits at every position (f32, on the host) and its greedy continuations.
-    fn outputs(
-        model: &LoadedModel,
-        new_tokens: usize,
-    ) -> anyhow::Result<(Vec<f32>, Vec<Vec<u32>>)> {
+    fn outputs(model: &LoadedModel, new_tokens: usize) -> anyhow::Result<Outputs> {
         let mut cache = model.new_cache();
         let logits = model
             .forward(
@@ -436,8 +436,8 @@ mod tp_check {
         args: &ModelArgs,
         group: Vec<SharedCollective>,
         new_tokens: usize,
-    ) -> anyhow::Result<(Vec<f32>, Vec<Vec<u32>>)> {
-        let results: Vec<anyhow::Result<(Vec<f32>, Vec<Vec<u32>>)>> = std::thread::scope(|s| {
+    ) -> anyhow::Result<Outputs> {
+        let results: Vec<anyhow::Result<Outputs>> = std::thread::scope(|s| {
             let handles: Vec<_> = group
                 .into_iter()
                 .map(|c| s.spawn(move || outputs(&load_rank(args, Some(c))?.0, new_tokens)))
@@ -458,13 +458,7 @@ mod tp_check {
         first.context("an empty group")
     }
 
-    fn report(
-        check: &str,
-        world: usize,
-        dtype: DType,
-        reference: &(Vec<f32>, Vec<Vec<u32>>),
-        got: &(Vec<f32>, Vec<Vec<u32>>),
-    ) {
+    fn report(check: &str, world: usize, dtype: DType, reference: &Outputs, got: &Outputs) {
         let same_tokens = reference.1 == got.1;
         println!(
             "{}",
@@ -505,7 +499,7 @@ mod tp_check {
     fn nccl_world1(
         args: &ModelArgs,
         dtype: DType,
-        reference: &(Vec<f32>, Vec<Vec<u32>>),
+        reference: &Outputs,
         new_tokens: usize,
     ) -> anyhow::Result<()> {
         use evalfleet_worker::collective::{Collective, NcclCollective};
@@ -557,12 +551,7 @@ mod tp_check {
     }
 
     #[cfg(not(feature = "nccl"))]
-    fn nccl_world1(
-        _: &ModelArgs,
-        _: DType,
-        _: &(Vec<f32>, Vec<Vec<u32>>),
-        _: usize,
-    ) -> anyhow::Result<()> {
+    fn nccl_world1(_: &ModelArgs, _: DType, _: &Outputs, _: usize) -> anyhow::Result<()> {
         println!(
             "{}",
             json!({"check": "nccl_primitives", "skipped": "built without the nccl feature"})

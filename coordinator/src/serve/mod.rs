@@ -32,13 +32,15 @@ use std::time::Duration;
 use evalfleet_proto::v1::control_server::ControlServer;
 use evalfleet_proto::v1::fleet_server::FleetServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::local::{self, LocalError, LocalWorkers, SpawnOptions};
+use crate::rpc::limits::ClientGate;
 use crate::rpc::tls::{ServerTls, TlsFiles};
-use crate::rpc::{BearerAuth, FleetOptions, MAX_STREAMS_PER_CONNECTION, MAX_WORKER_MESSAGE_BYTES};
+use crate::rpc::{
+    BearerAuth, FleetOptions, MAX_STREAMS_PER_CONNECTION, MAX_WORKER_MESSAGE_BYTES, RateOnly,
+};
 
 /// How `evalfleet serve` runs.
 #[derive(Debug, Clone)]
@@ -125,7 +127,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let grpc = tokio::spawn(serve_grpc(listener, tls, &token, &hub, &jobs, &metrics)?);
+    let gate = ClientGate::new(&opts.fleet.limits);
+    let grpc = tokio::spawn(serve_grpc(
+        listener, tls, gate, &token, &hub, &jobs, &metrics,
+    )?);
     // On stdout, for scripts and tests that start workers or scrape.
     println!("listening on {scheme}://{addr}");
     if let Some(m) = &metrics_server {
@@ -160,10 +165,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// The gRPC server: the hub's `Fleet` service and `Control` (token required), health (none).
+/// The gRPC server: the hub's `Fleet` service and `Control` (token required), health (none);
+/// every call and connection goes through `gate`'s per-client limits, as `evalfleet run`'s do.
 fn serve_grpc(
     listener: TcpListener,
     tls: Option<ServerTls>,
+    gate: ClientGate,
     token: &str,
     hub: &Arc<hub::Hub>,
     jobs: &Arc<jobs::Jobs>,
@@ -178,22 +185,23 @@ fn serve_grpc(
     }
     let fleet = FleetServer::new(hub::HubService { hub: hub.clone() })
         .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES);
-    let fleet = InterceptedService::new(fleet, BearerAuth::new(token));
+    let fleet = InterceptedService::new(fleet, BearerAuth::new(token).with_gate(gate.clone()));
     let control = ControlServer::new(control::ControlService {
         jobs: jobs.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
     });
-    let control = InterceptedService::new(control, BearerAuth::new(token));
+    let control = InterceptedService::new(control, BearerAuth::new(token).with_gate(gate.clone()));
     Ok(async move {
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<FleetServer<hub::HubService>>().await;
+        let health = InterceptedService::new(health, RateOnly(gate.clone()));
         let result = builder
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(health)
             .add_service(fleet)
             .add_service(control)
-            .serve_with_incoming(TcpListenerStream::new(listener))
+            .serve_with_incoming(gate.incoming(listener))
             .await;
         if let Err(e) = result {
             warn!("gRPC server stopped: {e}");

@@ -20,6 +20,10 @@
 //! test sweeps three small LoRA adapters written here (q_proj of three layers, rank 2) over the
 //! SmolLM2 f32 folder on step 1 and step 3 (two MMLU subjects cut to three questions, 1-shot)
 //! and checks the per-checkpoint files and the report's ROUGE and MMLU columns.
+//!
+//! Step 4 in the shared fleet: two SmolLM2 adapters, the tiny reward model, two workers: the
+//! reward model (and the base) is loaded at most once per worker, and each checkpoint's
+//! CharacterEval files equal `evalfleet step4` on that checkpoint alone.
 
 mod fleet_common;
 
@@ -480,7 +484,7 @@ fn smollm2_adapter(dir: &Path, seed: u64) {
         }
     }
     let mut head = serde_json::Value::Object(header).to_string().into_bytes();
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let mut file = (head.len() as u64).to_le_bytes().to_vec();
@@ -570,4 +574,157 @@ fn step1_and_step3_on_smollm2_adapters() {
             "{name}: a journal is left"
         );
     }
+}
+
+/// The demo CharacterEval folder under `root`, each role profile cut to its first three entries
+/// so that CPU prefill stays short (as tests/step4_fleet.rs does).
+fn short_charactereval(root: &Path) -> PathBuf {
+    use evalfleet::output::PyJson;
+    let demo = repo().join("yamls/demo/charactereval");
+    let task = root.join("charactereval");
+    std::fs::create_dir_all(&task).unwrap();
+    for name in ["test_data.jsonl", "id2metric.jsonl"] {
+        std::fs::copy(demo.join(name), task.join(name)).unwrap();
+    }
+    let profiles = evalfleet::step4::data::read_json(&demo.join("character_profiles.json"));
+    let Ok(PyJson::Object(roles)) = profiles else {
+        panic!("the demo profiles are not an object")
+    };
+    let short = roles
+        .into_iter()
+        .map(|(role, profile)| match profile {
+            PyJson::Object(entries) => {
+                (role, PyJson::Object(entries.into_iter().take(3).collect()))
+            }
+            other => (role, other),
+        })
+        .collect();
+    let text = evalfleet::output::dumps_pretty(&PyJson::Object(short), false, false);
+    std::fs::write(task.join("character_profiles.json"), text).unwrap();
+    task
+}
+
+/// Runs `evalfleet <args> <yaml>` with `workers` CPU workers taking one item per lease (so a
+/// generation never shares a padded batch: the comparison below is exact); returns stderr.
+fn evalfleet_one_per_lease(args: &[&str], yaml: &Path, workers: usize, log: &Path) -> String {
+    let n = workers.to_string();
+    let child = Command::new(evalfleet_bin())
+        .args(args)
+        .arg(yaml)
+        .args(["--workers", &n, "--batch-size", "1", "--cpu"])
+        .env("EVALFLEET_WORKER_BIN", worker_bin())
+        .env("RUST_LOG", "info")
+        .env_remove("EVALFLEET_TEST_CRASH_ONCE")
+        .env_remove("EVALFLEET_TEST_HOLD_ONCE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    finish(child, args, log)
+}
+
+/// Step 4 in the sweep's shared fleet: two SmolLM2 LoRA checkpoints, the worker crate's tiny
+/// reward model, two workers. Each worker loads the base and the reward model at most once for
+/// the whole sweep, and every checkpoint's CharacterEval files are byte for byte those of
+/// `evalfleet step4` on that checkpoint alone.
+#[test]
+fn step4_in_the_shared_fleet_loads_the_reward_model_once_per_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpts = tmp.path().join("run");
+    let names = ["checkpoint-10", "checkpoint-20"];
+    for (i, name) in names.iter().enumerate() {
+        smollm2_adapter(&ckpts.join(name), i as u64 + 7);
+    }
+    let base = fleet_common::smollm2_f32();
+    let reward_model = repo().join("worker/tests/fixtures/reward/tiny-rm-alibi4");
+    assert!(
+        reward_model.join("config.json").is_file(),
+        "{reward_model:?}"
+    );
+    let keys = format!(
+        "reward_model_path: {}\ntask_dir: {}\nmax_samples: 3\nmax_new_tokens: 8\ndo_sample: false\n",
+        reward_model.display(),
+        short_charactereval(tmp.path()).display()
+    );
+    let sweep = tmp.path().join("sweep");
+    let yaml = tmp.path().join("sweep.yaml");
+    let indented: String = keys.lines().map(|l| format!("  {l}\n")).collect();
+    std::fs::write(
+        &yaml,
+        format!(
+            "model_name_or_path: {}\ncheckpoints: {}/checkpoint-*\nsteps: [step4]\n\
+             output_dir: {}\nstep4:\n{indented}",
+            base.display(),
+            ckpts.display(),
+            sweep.display()
+        ),
+    )
+    .unwrap();
+    let text = evalfleet_one_per_lease(&["sweep"], &yaml, 2, &tmp.path().join("log"));
+
+    let mut reward_loads = 0;
+    for i in 0..2 {
+        let loads = worker_lines(&text, i, "reward model loaded");
+        assert!(
+            loads <= 1,
+            "worker {i} loaded the reward model {loads} times:\n{text}"
+        );
+        reward_loads += loads;
+        assert!(
+            worker_lines(&text, i, "loaded base") <= 1,
+            "worker {i}:\n{text}"
+        );
+    }
+    assert!(reward_loads >= 1, "{text}");
+    assert!(
+        text.contains("checkpoint-20/step4: generating replies for 3 dialogues"),
+        "the tasks are named by checkpoint:\n{text}"
+    );
+    // Earlier, step 4 ran after the shared fleet with fleets of its own, one per checkpoint.
+    assert_eq!(
+        text.matches("starting 2 local worker(s)").count(),
+        1,
+        "{text}"
+    );
+
+    let files = [
+        "step1_generation.jsonl",
+        "step2_generation_trans.jsonl",
+        "step3_evaluation.jsonl",
+        "step4_eval_scores.jsonl",
+        "step4_eval_scores.json",
+    ];
+    for name in names {
+        let dir = sweep.join(name);
+        assert!(dir.join(".evalfleet-sweep.json").is_file(), "{name}");
+        assert!(
+            !dir.join("CharacterEval/.evalfleet-journal").exists(),
+            "{name}: a journal is left"
+        );
+        let reference = tmp.path().join("reference").join(name);
+        let ref_yaml = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &ref_yaml,
+            format!(
+                "model_path: {}\nadapter_name_or_path: {}\noutput_dir: {}\n{keys}",
+                base.display(),
+                ckpts.join(name).display(),
+                reference.display()
+            ),
+        )
+        .unwrap();
+        let log = tmp.path().join(format!("{name}.log"));
+        evalfleet_one_per_lease(&["step4"], &ref_yaml, 2, &log);
+        for file in files {
+            assert_eq!(
+                read(&dir.join("CharacterEval").join(file)),
+                read(&reference.join(file)),
+                "{name}: {file}"
+            );
+        }
+    }
+    let rows = summary_rows(&read(&sweep.join("summary.csv")));
+    let models: Vec<&str> = rows.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(models, names);
 }

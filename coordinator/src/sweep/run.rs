@@ -1,18 +1,26 @@
 //! The sweep driver: every unfinished checkpoint's step items in one scheduler, served by one
 //! fleet ([`RunningFleet`]), each checkpoint's files written as soon as its items are in.
 //!
-//! Tasks are queued checkpoint by checkpoint (its step 1, its step-2 feed, its step-3 tasks,
-//! then the next checkpoint's), so a worker keeps one checkpoint's model for as long as that
-//! checkpoint has work and moves to the next once; with LoRA checkpoints the worker's base cache
-//! makes that move a merge, not a model load. Task names carry the checkpoint
-//! (`checkpoint-500/step1`), since one scheduler holds them all.
+//! Tasks are queued checkpoint by checkpoint (its step 1, its step-2 feed, its step-3 tasks, its
+//! step-4 generation and the reward scoring fed from it, then the next checkpoint's), so a worker
+//! keeps one checkpoint's model for as long as that checkpoint has work and moves to the next
+//! once; with LoRA checkpoints the worker's base cache makes that move a merge, not a model load.
+//! The embedder and the reward model are held by workers beside the generator (their own model
+//! caches), so each is loaded once per worker for the whole sweep. Task names carry the
+//! checkpoint (`checkpoint-500/step1`, `checkpoint-500/step4-reward`), since one scheduler holds
+//! them all.
 //!
 //! Each checkpoint keeps its step journals in its own folder (`step1` in its output folder,
 //! `step3` in its `save_dir`, the same folder), opened as the step drivers open them, and the
 //! fleet's results are routed to the journal of their task: a stopped sweep resumes every
 //! checkpoint where it was. Step 2 is fed from step 1 as in `run::chain` and, like it, keeps no
-//! journal (its items are recomputed on resume). Step 4 runs after the shared fleet, checkpoint
-//! by checkpoint, with `run::run_step4` (its generation and reward fleets, journaled there).
+//! journal (its items are recomputed on resume). Step 4 is `run::step4`'s streamed step
+//! ([`schedule_step4`]): its journal is `step4` in the checkpoint's CharacterEval folder, its
+//! first two files are written as soon as the checkpoint's generations are in, the others once
+//! its rows are scored; the files are those of `evalfleet step4` for the checkpoint.
+//!
+//! Every journal's clock is the shared fleet's start of generation, so each task's timing lines
+//! accumulate over runs and a resumed checkpoint's `predict_runtime` includes the earlier runs'.
 //!
 //! `predict_runtime` of a checkpoint's step 1 is measured from when the previous task in the
 //! queue completed (or the first model was ready) to when its last step-1 result came in: with
@@ -33,7 +41,7 @@ use super::SweepError;
 use super::config::{Checkpoint, SweepConfig};
 use super::state::{self, Status};
 use crate::config::{
-    JobConfig, Step1Config, Step2Config, Step3Config, Step3Task, Step4Config, StepConfig,
+    JobConfig, Step1Config, Step2Config, Step3Config, Step3Task, Step4Stage, StepConfig,
 };
 use crate::datasets::{self, Sample};
 use crate::journal::Journal;
@@ -41,7 +49,8 @@ use crate::rpc::ResultSink;
 use crate::run::step1::{self, finish_step1, step1_task};
 use crate::run::step2::{STEP2_TASK, embed_payload, finish_step2, step2_lease};
 use crate::run::step3::{plan_all, step3_task};
-use crate::run::{FleetSetup, RunError, RunningFleet, run_step4};
+use crate::run::step4::{Step4Part, schedule_step4};
+use crate::run::{FleetSetup, RunError, RunningFleet};
 use crate::sched::{Derive, ItemOutcome, Scheduler, TaskSpec};
 use crate::step3::{TaskPlan, TaskResults};
 
@@ -149,7 +158,7 @@ struct Scheduled {
     step1: Option<(Step1Config, usize, Arc<Journal>)>,
     step2: Option<(Step2Config, usize)>,
     step3: Option<Step3Part>,
-    step4: Option<Step4Config>,
+    step4: Option<Step4Part>,
     /// `(task name, journal)` of every journaled task: where the fleet's results go.
     journaled: Vec<(String, Arc<Journal>)>,
 }
@@ -169,17 +178,28 @@ impl Scheduled {
         if let Some(s3) = &self.step3 {
             t.extend(s3.tasks.iter().map(|(i, _)| *i));
         }
+        if let Some(s4) = &self.step4 {
+            t.extend(s4.tasks());
+        }
         t
     }
 
     fn journals(&self) -> Vec<Arc<Journal>> {
         let mut j: Vec<Arc<Journal>> = self.step1.iter().map(|s| s.2.clone()).collect();
         j.extend(self.step3.iter().map(|s| s.journal.clone()));
+        j.extend(self.step4.iter().map(|s| s.journal().clone()));
         j
     }
 
     fn complete(&self, s: &Scheduler) -> bool {
         self.tasks().into_iter().all(|t| s.task_complete(t))
+    }
+
+    /// Step 4's generations are in but not yet written (see [`Step4Part::write_generations`]).
+    fn step4_generated(&self, s: &Scheduler) -> bool {
+        self.step4
+            .as_ref()
+            .is_some_and(|p| !p.generations_written() && p.generated(s))
     }
 }
 
@@ -236,7 +256,7 @@ async fn evaluate(todo: Vec<Pending>, setup: &FleetSetup) -> Result<(), RunError
         }));
     })
     .await?;
-    let (step4, result) = finish_as_completed(&mut fleet, runs).await;
+    let result = finish_as_completed(&mut fleet, runs).await;
     fleet.stop(result.is_ok()).await;
     if let Err(e) = result {
         return Err(match e {
@@ -249,24 +269,18 @@ async fn evaluate(todo: Vec<Pending>, setup: &FleetSetup) -> Result<(), RunError
             other => other,
         });
     }
-    for (pending, cfg4) in step4 {
-        info!("sweep: {}: step 4", pending.checkpoint.name);
-        run_step4(&cfg4, &setup, None).await?;
-        mark_done(&pending)?;
-    }
     Ok(())
 }
 
-/// Waits for checkpoints to complete and finishes each (in completion order); returns the
-/// checkpoints whose step 4 is still to run, and how the fleet part ended.
+/// Waits for checkpoints to complete and finishes each (in completion order), writing a
+/// checkpoint's step-4 generations as soon as they are in; returns how the fleet part ended.
 async fn finish_as_completed(
     fleet: &mut RunningFleet,
     mut runs: Vec<Scheduled>,
-) -> (Vec<(Pending, Step4Config)>, Result<(), RunError>) {
+) -> Result<(), RunError> {
     let completed: Mutex<HashMap<usize, Instant>> = Mutex::new(HashMap::new());
-    let mut step4 = Vec::new();
     while !runs.is_empty() {
-        let waited = fleet
+        fleet
             .wait_until(|s| {
                 let mut done = completed.lock().unwrap_or_else(|e| e.into_inner());
                 for t in 0..s.task_count() {
@@ -274,11 +288,15 @@ async fn finish_as_completed(
                         done.entry(t).or_insert_with(Instant::now);
                     }
                 }
-                runs.iter().any(|r| r.complete(s))
+                runs.iter().any(|r| r.complete(s) || r.step4_generated(s))
             })
-            .await;
-        if let Err(e) = waited {
-            return (step4, Err(e));
+            .await?;
+        for run in &mut runs {
+            if fleet.fleet().with_sched(|s| run.step4_generated(s))
+                && let Some(part) = &mut run.step4
+            {
+                part.write_generations(fleet.fleet())?;
+            }
         }
         let (done, rest): (Vec<Scheduled>, Vec<Scheduled>) = {
             let fl = fleet.fleet();
@@ -288,14 +306,10 @@ async fn finish_as_completed(
         runs = rest;
         for run in done {
             let times = completed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match finish(fleet, run, &times).await {
-                Ok(Some(rest)) => step4.push(rest),
-                Ok(None) => {}
-                Err(e) => return (step4, Err(e)),
-            }
+            finish(fleet, run, &times).await?;
         }
     }
-    (step4, Ok(()))
+    Ok(())
 }
 
 /// The fleet keys of a checkpoint's run file: its first step's `workers` and `batch_size`.
@@ -388,7 +402,21 @@ async fn schedule(
                     journal,
                 });
             }
-            StepConfig::Step4(cfg) => run.step4 = Some(cfg),
+            StepConfig::Step4(cfg) => {
+                // A sweep generates with each checkpoint; a later stage has nothing to start from.
+                if cfg.stage != Step4Stage::Generate {
+                    return Err(RunError::Scoring(format!(
+                        "{name}: step4 in a sweep runs from stage generate (each checkpoint \
+                         generates its replies); remove step4.stage, or run `evalfleet step4 \
+                         --stage ...` on the checkpoint's CharacterEval folder"
+                    )));
+                }
+                let part = schedule_step4(&cfg, sched, &format!("{name}/"), restart)?;
+                for task in part.task_names() {
+                    run.journaled.push((task.clone(), part.journal().clone()));
+                }
+                run.step4 = Some(part);
+            }
         }
     }
     Ok(run)
@@ -442,13 +470,13 @@ impl Memo {
     }
 }
 
-/// Writes a completed checkpoint's files (step 1, then step 2's scores into them, then step 3)
-/// and removes its journals; marks it finished unless step 4 is still to run (then returns it).
+/// Writes a completed checkpoint's files (step 1, then step 2's scores into them, then step 3,
+/// then step 4), removes its journals and marks it finished.
 async fn finish(
     fleet: &RunningFleet,
     run: Scheduled,
     completed: &HashMap<usize, Instant>,
-) -> Result<Option<(Pending, Step4Config)>, RunError> {
+) -> Result<(), RunError> {
     let name = run.pending.checkpoint.name.clone();
     let outcomes_of = |task: usize| -> Vec<ItemOutcome> {
         fleet
@@ -491,13 +519,10 @@ async fn finish(
         }
         s3.journal.complete()?;
     }
-    match run.step4 {
-        Some(cfg4) => Ok(Some((run.pending, cfg4))),
-        None => {
-            mark_done(&run.pending)?;
-            Ok(None)
-        }
+    if let Some(mut part) = run.step4 {
+        part.finish(fleet.fleet())?;
     }
+    mark_done(&run.pending)
 }
 
 /// Step 1's `predict_runtime` for the checkpoint whose step-1 task is `task` (see the module

@@ -23,6 +23,8 @@
 
 mod streamed;
 
+pub use streamed::{STEP4_JOURNAL, Step4Part, schedule_step4};
+
 use std::path::PathBuf;
 use std::slice;
 
@@ -96,12 +98,8 @@ pub async fn run_step4_with(
     let out = &cfg.output_dir;
     if stage == Step4Stage::Generate && !options.stage_by_stage {
         let done = streamed::generate_and_score(cfg, &setup).await?;
-        let mut files = [GENERATION_FILE, TRANSFORM_FILE, EVALUATION_FILE]
-            .map(|name| out.join(name))
-            .to_vec();
-        files.extend(aggregate(cfg, &done.scored)?);
         return Ok(Step4Report {
-            files,
+            files: done.files,
             timeline: done.timeline,
         });
     }

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use evalfleet_proto::v1 as pb;
@@ -28,68 +29,47 @@ use pb::item_result::Outcome;
 use tracing::{info, warn};
 
 use super::{
-    FleetSetup, REWARD_TASK, RunError, apply_generations, attach_scores, generate_task,
+    FleetSetup, REWARD_TASK, RunError, aggregate, apply_generations, attach_scores, generate_task,
     reward_item, reward_lease, reward_results,
 };
 use crate::config::Step4Config;
 use crate::journal::Journal;
 use crate::output::PyJson;
+use crate::rpc::Fleet;
 use crate::run::RunningFleet;
 use crate::sched::{DeriveMany, Event, ItemOutcome, Scheduler, TaskSpec};
 use crate::step4::data::{TaskData, id_key};
 use crate::step4::files::write_records;
 use crate::step4::reward::{fed_item_id, rm_input_text};
 use crate::step4::transform::{transform_indexed, transform_one};
-use crate::step4::{GENERATION_FILE, Record, TRANSFORM_FILE, set};
+use crate::step4::{EVALUATION_FILE, GENERATION_FILE, Record, TRANSFORM_FILE, set};
 
 /// The journal's name (`<output_dir>/.evalfleet-journal/step4.jsonl`).
 pub const STEP4_JOURNAL: &str = "step4";
-/// The generate task's index in the scheduler.
-const GENERATE: usize = 0;
-/// The reward task's index in the scheduler.
-const REWARD: usize = 1;
 
 /// What the streamed fleet produced.
 pub(super) struct Streamed {
-    /// The scored rows, as written to step3_evaluation.jsonl.
-    pub scored: Vec<Record>,
+    /// The files written, in order.
+    pub files: Vec<PathBuf>,
     /// The scheduler's timeline.
     pub timeline: Vec<Event>,
 }
 
-/// Generates every dialogue and scores its rows in one fleet; writes the first three files.
+/// Generates every dialogue and scores its rows in one fleet of its own; writes every file.
 pub(super) async fn generate_and_score(
     cfg: &Step4Config,
     setup: &FleetSetup,
 ) -> Result<Streamed, RunError> {
-    let data = TaskData::read(&cfg.task_dir, cfg.max_samples)?;
-    info!(
-        "step4: generating replies for {} dialogues from {}, scoring each one's rows with {} as \
-         it arrives",
-        data.records.len(),
-        cfg.task_dir.display(),
-        cfg.reward_model_path.display()
-    );
-    let reward = TaskSpec {
-        name: REWARD_TASK.into(),
-        template: reward_lease(cfg),
-        items: Vec::new(),
-    };
-    let tasks = [generate_task(cfg, &data.records, &data.profiles)?, reward];
-    let mut setup = setup.clone();
-    let extra = [("fed items".to_string(), metrics_part(&data))];
-    let journal = Journal::attach_with(&mut setup, &cfg.output_dir, STEP4_JOURNAL, &tasks, &extra)?;
-    let [generate, reward] = tasks;
     let mut sched = Scheduler::new(setup.options.sched.clone());
-    let g = sched.add_task(generate)?;
-    let r = sched.add_streaming_task(reward)?;
-    debug_assert_eq!((g, r), (GENERATE, REWARD));
-    sched.feed_many(g, r, reward_feed(&data))?;
+    let mut part = schedule_step4(cfg, &mut sched, "", setup.restart)?;
+    let mut setup = setup.clone();
+    // The fleet preloads it, journals every result into it and flushes it when stopped.
+    setup.journal = Some(part.journal().clone());
     let mut fleet = RunningFleet::start(sched, &setup, "step4").await?;
-    let result = run_both(&mut fleet, cfg, data).await;
+    let result = run_both(&mut fleet, &mut part).await;
     fleet.stop(result.is_ok()).await;
-    let scored = match result {
-        Ok(scored) => scored,
+    let files = match result {
+        Ok(files) => files,
         // Flushes the journal and adds what an interruption saved to the error.
         Err(e) => {
             return fleet
@@ -99,51 +79,179 @@ pub(super) async fn generate_and_score(
     };
     // Logs how many results were computed and how many came from the journal.
     fleet.journal_stopped(Ok(()))?;
-    journal.complete()?;
     let timeline = fleet.fleet().with_sched(|s| s.timeline().to_vec());
-    Ok(Streamed { scored, timeline })
+    Ok(Streamed { files, timeline })
 }
 
-/// Waits for generation, writes sub-steps 1 and 2, waits for scoring, writes sub-step 3.
+/// Waits for generation, writes sub-steps 1 and 2, waits for scoring, writes the rest.
 async fn run_both(
     fleet: &mut RunningFleet,
-    cfg: &Step4Config,
-    data: TaskData,
-) -> Result<Vec<Record>, RunError> {
-    fleet.wait_until(|s| s.task_complete(GENERATE)).await?;
-    let (outcomes, scored, fed) = fleet.fleet().with_sched(|s| {
-        let outcomes: Vec<ItemOutcome> = s.outcomes(GENERATE).iter().flatten().cloned().collect();
-        let scored = s.outcomes(REWARD).iter().flatten().count();
-        (outcomes, scored, s.items(REWARD).len())
-    });
-    info!("step4: all dialogues generated; {scored} of {fed} rows are already scored");
-    let mut records = data.records;
-    apply_generations(&mut records, outcomes);
-    write_records(&cfg.output_dir, GENERATION_FILE, &records)?;
-    let indexed = transform_indexed(&records, &data.id2metric);
-    info!(
-        "step4: {} dialogues → {} (dialogue, metric) rows",
-        records.len(),
-        indexed.len()
-    );
-    let row_of: HashMap<String, usize> = indexed
-        .iter()
-        .enumerate()
-        .map(|(row, (dialogue, k, _))| (fed_item_id(*dialogue, *k), row))
-        .collect();
-    let rows: Vec<Record> = indexed.into_iter().map(|(_, _, row)| row).collect();
-    write_records(&cfg.output_dir, TRANSFORM_FILE, &rows)?;
+    part: &mut Step4Part,
+) -> Result<Vec<PathBuf>, RunError> {
+    fleet.wait_until(|s| part.generated(s)).await?;
+    part.write_generations(fleet.fleet())?;
+    fleet.wait_until(|s| part.complete(s)).await?;
+    part.finish(fleet.fleet())
+}
 
-    fleet.wait_until(|s| s.progress().is_complete()).await?;
-    let outcomes: Vec<(String, ItemOutcome)> = fleet.fleet().with_sched(|s| {
-        s.items(REWARD)
+/// Step 4 from `generate` as two tasks of a scheduler that may hold other work (a sweep holds
+/// every checkpoint's steps): the generate task and the reward task fed from it, and their
+/// journal. Made by [`schedule_step4`]; once [`Step4Part::generated`], write the first two
+/// files ([`Step4Part::write_generations`]); once [`Step4Part::complete`], the rest
+/// ([`Step4Part::finish`]). The files are those `evalfleet step4` writes for the same config.
+pub struct Step4Part {
+    cfg: Step4Config,
+    data: TaskData,
+    /// The generate and reward tasks' indices in the scheduler.
+    generate: usize,
+    reward: usize,
+    /// Their names (prefixed).
+    names: [String; 2],
+    /// `<prefix>step4`, for the log.
+    label: String,
+    journal: Arc<Journal>,
+    /// Once the generations are written: the transformed rows and each fed item's row.
+    rows: Option<(Vec<Record>, HashMap<String, usize>)>,
+}
+
+/// Reads step 4's dialogues and adds its generate task and the reward task fed from it to
+/// `sched`, named `<prefix>step4-generate` and `<prefix>step4-reward` (a sweep passes
+/// `<checkpoint>/`, a step-4 run nothing). Opens their journal (`step4` in `output_dir`; a new
+/// one with `restart`) but leaves its results for the caller to preload
+/// ([`Journal::preload`]) and its sink for the caller to route results to (both tasks' results
+/// go to [`Step4Part::journal`]).
+pub fn schedule_step4(
+    cfg: &Step4Config,
+    sched: &mut Scheduler,
+    prefix: &str,
+    restart: bool,
+) -> Result<Step4Part, RunError> {
+    let data = TaskData::read(&cfg.task_dir, cfg.max_samples)?;
+    info!(
+        "{prefix}step4: generating replies for {} dialogues from {}, scoring each one's rows \
+         with {} as it arrives",
+        data.records.len(),
+        cfg.task_dir.display(),
+        cfg.reward_model_path.display()
+    );
+    let mut generate = generate_task(cfg, &data.records, &data.profiles)?;
+    generate.name = format!("{prefix}{}", generate.name);
+    let reward = TaskSpec {
+        name: format!("{prefix}{REWARD_TASK}"),
+        template: reward_lease(cfg),
+        items: Vec::new(),
+    };
+    let tasks = [generate, reward];
+    let extra = [("fed items".to_string(), metrics_part(&data))];
+    let journal = Journal::open_with(&cfg.output_dir, STEP4_JOURNAL, &tasks, &extra, restart)?;
+    let names = tasks.each_ref().map(|t| t.name.clone());
+    let [generate, reward] = tasks;
+    let g = sched.add_task(generate)?;
+    let r = sched.add_streaming_task(reward)?;
+    sched.feed_many(g, r, reward_feed(&data))?;
+    Ok(Step4Part {
+        cfg: cfg.clone(),
+        data,
+        generate: g,
+        reward: r,
+        names,
+        label: format!("{prefix}step4"),
+        journal: Arc::new(journal),
+        rows: None,
+    })
+}
+
+impl Step4Part {
+    /// The journal both tasks' results go to.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// The generate and reward tasks' names.
+    pub fn task_names(&self) -> &[String; 2] {
+        &self.names
+    }
+
+    /// The generate and reward tasks' indices in the scheduler.
+    pub fn tasks(&self) -> [usize; 2] {
+        [self.generate, self.reward]
+    }
+
+    /// Every dialogue has its generation.
+    pub fn generated(&self, s: &Scheduler) -> bool {
+        s.task_complete(self.generate)
+    }
+
+    /// Every row has its score (the reward task's input closes once generation completes).
+    pub fn complete(&self, s: &Scheduler) -> bool {
+        s.task_complete(self.generate) && s.task_complete(self.reward)
+    }
+
+    /// The first two files have been written.
+    pub fn generations_written(&self) -> bool {
+        self.rows.is_some()
+    }
+
+    /// Once [`Step4Part::generated`]: writes step1_generation.jsonl and
+    /// step2_generation_trans.jsonl (scoring may still run). Does nothing the second time.
+    pub fn write_generations(&mut self, fleet: &Fleet) -> Result<(), RunError> {
+        if self.rows.is_some() {
+            return Ok(());
+        }
+        let (generate, reward) = (self.generate, self.reward);
+        let (outcomes, scored, fed) = fleet.with_sched(|s| {
+            let outcomes: Vec<ItemOutcome> =
+                s.outcomes(generate).iter().flatten().cloned().collect();
+            let scored = s.outcomes(reward).iter().flatten().count();
+            (outcomes, scored, s.items(reward).len())
+        });
+        let name = &self.label;
+        info!("{name}: all dialogues generated; {scored} of {fed} rows are already scored");
+        let mut records = self.data.records.clone();
+        apply_generations(&mut records, outcomes);
+        let out = &self.cfg.output_dir;
+        write_records(out, GENERATION_FILE, &records)?;
+        let indexed = transform_indexed(&records, &self.data.id2metric);
+        info!(
+            "{name}: {} dialogues → {} (dialogue, metric) rows",
+            records.len(),
+            indexed.len()
+        );
+        let row_of: HashMap<String, usize> = indexed
             .iter()
-            .zip(s.outcomes(REWARD))
-            .filter_map(|(item, o)| Some((item.item_id.clone(), o.clone()?)))
-            .collect()
-    });
-    let results = reward_results(outcomes)?;
-    attach_scores(cfg, rows, results, |id| row_of.get(id).copied())
+            .enumerate()
+            .map(|(row, (dialogue, k, _))| (fed_item_id(*dialogue, *k), row))
+            .collect();
+        let rows: Vec<Record> = indexed.into_iter().map(|(_, _, row)| row).collect();
+        write_records(out, TRANSFORM_FILE, &rows)?;
+        self.rows = Some((rows, row_of));
+        Ok(())
+    }
+
+    /// Once [`Step4Part::complete`]: writes the first two files if not yet done, puts every
+    /// score into its row (step3_evaluation.jsonl), writes the score log and the summary, and
+    /// removes the journal. Returns the five files, in order.
+    pub fn finish(&mut self, fleet: &Fleet) -> Result<Vec<PathBuf>, RunError> {
+        self.write_generations(fleet)?;
+        let (rows, row_of) = self.rows.take().expect("written above");
+        let reward = self.reward;
+        let outcomes: Vec<(String, ItemOutcome)> = fleet.with_sched(|s| {
+            s.items(reward)
+                .iter()
+                .zip(s.outcomes(reward))
+                .filter_map(|(item, o)| Some((item.item_id.clone(), o.clone()?)))
+                .collect()
+        });
+        let results = reward_results(outcomes)?;
+        let scored = attach_scores(&self.cfg, rows, results, |id| row_of.get(id).copied())?;
+        let out = &self.cfg.output_dir;
+        let mut files = [GENERATION_FILE, TRANSFORM_FILE, EVALUATION_FILE]
+            .map(|name| out.join(name))
+            .to_vec();
+        files.extend(aggregate(&self.cfg, &scored)?);
+        self.journal.complete()?;
+        Ok(files)
+    }
 }
 
 /// The feed from generation to scoring: a generated dialogue's reward items, one per row that

@@ -230,6 +230,16 @@ fn journal_results(path: &Path) -> usize {
         .count()
 }
 
+/// The latest generation time a journal's timing lines give task `task`.
+fn journal_elapsed(path: &Path, task: &str) -> Option<f64> {
+    read(path)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["task"] == task)
+        .filter_map(|v| v["elapsed_s"].as_f64())
+        .reduce(f64::max)
+}
+
 /// Polls `cond` until it holds (the hang guard aside, no timing is involved).
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -280,6 +290,9 @@ fn a_stopped_sweep_resumes_from_the_checkpoints_journals() {
         "{text}"
     );
     assert_eq!(journal_results(&journal), 3, "the journal is intact");
+    // The journal kept the generation time so far (the sweep gives its journals a clock).
+    let earlier = journal_elapsed(&journal, "checkpoint-100/step1")
+        .unwrap_or_else(|| panic!("no timing line in {}", read(&journal)));
 
     let text = finish(spawn(&["sweep"], &yaml, 1, &log, None), &["sweep"], &log);
     assert!(
@@ -291,6 +304,9 @@ fn a_stopped_sweep_resumes_from_the_checkpoints_journals() {
         let file = |dir: &Path| read(&dir.join(name).join("generated_predictions.jsonl"));
         assert_eq!(file(&out), file(&reference), "{name}");
     }
+    // The resumed checkpoint's runtime includes the stopped run's.
+    let runtime = metric(&out.join("checkpoint-100"), "predict_runtime");
+    assert!(runtime + 1e-4 >= earlier, "{runtime} < {earlier}");
     check_summary(
         &out,
         &["checkpoint-100", "checkpoint-200", "checkpoint-300"],

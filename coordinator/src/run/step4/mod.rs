@@ -12,7 +12,7 @@
 //!    4096-token left truncation. Any failed row fails the step.
 //! 4. aggregate: the score log and the summary.
 //!
-//! From `generate`, sub-steps 1 to 3 run in one fleet ([`streamed`]): each generated dialogue
+//! From `generate`, sub-steps 1 to 3 run in one fleet (`streamed`): each generated dialogue
 //! feeds its (dialogue, metric) reward items to the scheduler as it arrives, so reward scoring
 //! starts while generation still runs; the files are the same as the sub-steps one after the
 //! other write. With `--stage-by-stage` (and from any later stage), generation and scoring are
@@ -20,6 +20,10 @@
 //! journaled as it arrives (`crate::journal`: one journal for the streamed fleet, one per
 //! sub-step otherwise, in `output_dir`), so a stopped run resumes with only the missing items; a
 //! journal is removed once the files it stands for are written.
+//!
+//! The streamed sub-steps can also be scheduled into a fleet shared with other work
+//! ([`schedule_step4`] then [`Step4Part`]'s `write_generations` and `finish`): `evalfleet sweep`
+//! runs every checkpoint's step 4 that way.
 
 mod streamed;
 

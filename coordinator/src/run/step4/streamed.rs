@@ -18,6 +18,12 @@
 //! journaled generations feed their reward items again and the journaled scores mark them done,
 //! so a killed run recomputes only what is missing. Its fingerprint also covers `id2metric` of the
 //! selected dialogues, from which the fed items are made.
+//!
+//! The two tasks and their journal are a [`Step4Part`] ([`schedule_step4`]), which can share a
+//! scheduler with other work: `evalfleet step4` gives it a fleet of its own
+//! ([`generate_and_score`]); a sweep ([`crate::sweep`]) schedules every checkpoint's part, task
+//! names prefixed by the checkpoint, into its one fleet, so the reward model is loaded once per
+//! worker for all checkpoints. Either way the part writes the same files.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -693,6 +693,13 @@ fn step4_in_the_shared_fleet_loads_the_reward_model_once_per_worker() {
         );
     }
     assert!(reward_loads >= 1, "{text}");
+    // The generator is each checkpoint's adapter over the cached base.
+    for name in names {
+        assert!(
+            text.contains(&format!("applied adapter {}", ckpts.join(name).display())),
+            "{name}:\n{text}"
+        );
+    }
     assert!(
         text.contains("checkpoint-20/step4: generating replies for 3 dialogues"),
         "the tasks are named by checkpoint:\n{text}"

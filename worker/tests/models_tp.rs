@@ -450,8 +450,12 @@ fn reward_inputs() -> Vec<Vec<u32>> {
 }
 
 /// One rank's reward model: last hidden states of the inputs one at a time, and batched scores.
-fn run_reward(dir: &Path, tp: Option<SharedCollective>) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let m = BaichuanRewardModel::load_sharded(dir, DType::F32, &Device::Cpu, tp).unwrap();
+fn run_reward(
+    dir: &Path,
+    adapters: &[PathBuf],
+    tp: Option<SharedCollective>,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let m = BaichuanRewardModel::load_with(dir, adapters, DType::F32, &Device::Cpu, tp).unwrap();
     let seqs = reward_inputs();
     let hidden = seqs
         .iter()
@@ -467,7 +471,7 @@ fn baichuan_reward_models_at_tp2_and_tp4() {
         let dir = fixture("reward").join(name);
         let run = |world: usize| {
             let d = dir.clone();
-            on_ranks(world, move |tp| run_reward(&d, tp))
+            on_ranks(world, move |tp| run_reward(&d, &[], tp))
         };
         let (hidden, scores) = run(1).remove(0);
         for world in [2, 4] {
@@ -488,4 +492,189 @@ fn baichuan_reward_models_at_tp2_and_tp4() {
             }
         }
     }
+}
+
+/// The LoRA targets of a Baichuan layer as (module, out, in), from the folder's config.json.
+fn baichuan_linears(dir: &Path) -> Vec<(String, usize, usize)> {
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let get = |k: &str| cfg[k].as_u64().unwrap() as usize;
+    let (h, inter) = (get("hidden_size"), get("intermediate_size"));
+    (0..get("num_hidden_layers"))
+        .flat_map(|i| {
+            let p = format!("model.layers.{i}");
+            [
+                (format!("{p}.self_attn.W_pack"), 3 * h, h),
+                (format!("{p}.self_attn.o_proj"), h, h),
+                (format!("{p}.mlp.gate_proj"), inter, h),
+                (format!("{p}.mlp.up_proj"), inter, h),
+                (format!("{p}.mlp.down_proj"), h, inter),
+            ]
+        })
+        .collect()
+}
+
+const RM_RANK: usize = 4;
+
+/// Writes a PEFT adapter with seeded random A and B on every Baichuan target of `base` to
+/// `dir` (r 4, alpha 8, rsLoRA when asked); returns the merge scale it implies.
+fn write_baichuan_adapter(base: &Path, dir: &Path, seed: u64, rslora: bool) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let targets = ["W_pack", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let cfg = json!({
+        "peft_type": "LORA", "r": RM_RANK, "lora_alpha": 8, "use_rslora": rslora,
+        "target_modules": targets,
+    });
+    std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let mut a = TensorsOut(HashMap::new(), seed);
+    for (module, out, inp) in baichuan_linears(base) {
+        let key = format!("base_model.model.{module}");
+        a.add(&format!("{key}.lora_A.weight"), &[RM_RANK, inp], 0.1);
+        a.add(&format!("{key}.lora_B.weight"), &[out, RM_RANK], 0.1);
+    }
+    candle_core::safetensors::save(&a.0, dir.join("adapter_model.safetensors")).unwrap();
+    if rslora {
+        8.0 / (RM_RANK as f64).sqrt()
+    } else {
+        8.0 / RM_RANK as f64
+    }
+}
+
+/// The reference merge, written independently of the worker: every tensor of `base` in f32,
+/// with `W[o][i] += scale · Σ_k B[o][k]·A[k][i]` (in f64) for each adapter module, saved with
+/// the base's config.json as a plain folder under `out`.
+fn merge_by_hand(base: &Path, adapter: &Path, scale: f64, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::copy(base.join("config.json"), out.join("config.json")).unwrap();
+    let mut tensors = HashMap::new();
+    for entry in std::fs::read_dir(base).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            for (k, t) in candle_core::safetensors::load(&path, &Device::Cpu).unwrap() {
+                tensors.insert(k, t.to_dtype(DType::F32).unwrap());
+            }
+        }
+    }
+    let lora =
+        candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    for (module, out_dim, in_dim) in baichuan_linears(base) {
+        let key = format!("base_model.model.{module}");
+        let a = flat(&lora[&format!("{key}.lora_A.weight")]);
+        let b = flat(&lora[&format!("{key}.lora_B.weight")]);
+        let name = format!("{module}.weight");
+        let mut w = flat(&tensors[&name]);
+        for o in 0..out_dim {
+            for i in 0..in_dim {
+                let d: f64 = (0..RM_RANK)
+                    .map(|k| b[o * RM_RANK + k] as f64 * a[k * in_dim + i] as f64)
+                    .sum();
+                w[o * in_dim + i] = (w[o * in_dim + i] as f64 + scale * d) as f32;
+            }
+        }
+        let merged = Tensor::from_vec(w, (out_dim, in_dim), &Device::Cpu).unwrap();
+        tensors.insert(name, merged);
+    }
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors")).unwrap();
+}
+
+/// Largest difference of two reward runs (hidden states and scores).
+fn reward_diff(a: &(Vec<Vec<f32>>, Vec<f32>), b: &(Vec<Vec<f32>>, Vec<f32>)) -> (f32, f32) {
+    let dh =
+        a.0.iter()
+            .zip(&b.0)
+            .map(|(x, y)| max_diff(x, y))
+            .fold(0.0, f32::max);
+    (dh, max_diff(&a.1, &b.1))
+}
+
+/// Baichuan reward models with a merged LoRA adapter (plain on the ALiBi model, rsLoRA on the
+/// rotary one): (a) equal the checkpoint merged by hand within 1e-6, and differ from the base;
+/// (b) split over 2 and 4 ranks (the merge happens before W_pack is cut per q/k/v block) they
+/// equal the whole merged model within 1e-4.
+#[test]
+fn baichuan_reward_models_with_lora_at_tp2_and_tp4() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (n, (name, rslora)) in [("tiny-rm-alibi4", false), ("tiny-rm-rope", true)]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = fixture("reward").join(name);
+        let adapter = tmp.path().join(format!("{name}-lora"));
+        let scale = write_baichuan_adapter(&dir, &adapter, 500 + n as u64, rslora);
+        let by_hand = tmp.path().join(format!("{name}-merged"));
+        merge_by_hand(&dir, &adapter, scale, &by_hand);
+        let adapters = vec![adapter];
+
+        let base = run_reward(&dir, &[], None);
+        let merged = run_reward(&dir, &adapters, None);
+        let reference = run_reward(&by_hand, &[], None);
+        let (dh, ds) = reward_diff(&merged, &reference);
+        // Hidden states are O(1..10): their bound is relative to the largest (f32 rounds the
+        // merged weights 1 ulp apart, which shows there, not in the sigmoid scores).
+        let peak = reference
+            .0
+            .iter()
+            .flatten()
+            .fold(0f32, |m, x| m.max(x.abs()));
+        let (_, moved) = reward_diff(&merged, &base);
+        println!(
+            "{name} + LoRA (scale {scale}): vs merged by hand |hidden| {dh:e} (peak {peak}), \
+             |score| {ds:e}; vs base |score| {moved:e}"
+        );
+        assert!(
+            ds < 1e-6,
+            "{name}: scores differ from the hand merge by {ds}"
+        );
+        assert!(
+            dh < 1e-6 * peak,
+            "{name}: hidden states differ from the hand merge by {dh} (peak {peak})"
+        );
+        assert!(
+            moved > 1e-3,
+            "{name}: the adapter barely moved the scores ({moved})"
+        );
+
+        for world in [2, 4] {
+            let (d, a) = (dir.clone(), adapters.clone());
+            for (r, rank) in on_ranks(world, move |tp| run_reward(&d, &a, tp))
+                .iter()
+                .enumerate()
+            {
+                let (dh, ds) = reward_diff(rank, &merged);
+                println!(
+                    "{name} + LoRA TP={world} rank {r}: |hidden diff| {dh:e}, |score diff| {ds:e}"
+                );
+                assert!(
+                    dh < TOL,
+                    "{name} + LoRA TP={world}: hidden states differ by {dh}"
+                );
+                assert!(ds < TOL, "{name} + LoRA TP={world}: scores differ by {ds}");
+            }
+        }
+    }
+}
+
+/// An adapter module the reward model does not have (a decoder's q_proj) is refused by name.
+#[test]
+fn a_baichuan_adapter_on_a_missing_module_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("reward").join("tiny-rm-alibi4");
+    let adapter = tmp.path().join("lora");
+    write_baichuan_adapter(&dir, &adapter, 9, false);
+    let path = adapter.join("adapter_model.safetensors");
+    let mut t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let key = "base_model.model.model.layers.0.self_attn.q_proj";
+    let a = Tensor::zeros((RM_RANK, 64), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros((64, RM_RANK), DType::F32, &Device::Cpu).unwrap();
+    t.insert(format!("{key}.lora_A.weight"), a);
+    t.insert(format!("{key}.lora_B.weight"), b);
+    candle_core::safetensors::save(&t, &path).unwrap();
+    let e = BaichuanRewardModel::load_with(&dir, &[adapter], DType::F32, &Device::Cpu, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj") && e.contains("not a linear layer"),
+        "{e}"
+    );
 }

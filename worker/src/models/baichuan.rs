@@ -17,10 +17,11 @@
 //! Tensor parallelism ([`BaichuanRewardModel::load_sharded`]): each rank keeps its heads (its
 //! rows of each of W_pack's q, k and v blocks, and their ALiBi slopes) and its MLP units;
 //! o_proj and down_proj sum the ranks' partial outputs; embeddings, norms and the score head
-//! are whole on every rank.
+//! are whole on every rank. LoRA adapters ([`BaichuanRewardModel::load_with`]) are merged into
+//! the full weights first, so a merged W_pack is cut per q/k/v block like a base one.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Tensor};
 
@@ -28,6 +29,7 @@ use super::alibi::{alibi_bias, alibi_slopes};
 use super::baichuan_config::{BaichuanConfig, PositionEncoding};
 use super::baichuan_weights::RmWeights;
 use super::linear::{Linear, Weight};
+use super::lora::Adapter;
 use super::shard::{RowLinear, Split, TpGroup};
 use crate::collective::SharedCollective;
 use crate::{Error, Result};
@@ -80,11 +82,14 @@ impl Layer {
         let (h, inter) = (cfg.hidden, cfg.intermediate);
         // Checked whole against the config, then cut on the CPU: only this rank's part goes to
         // the device.
+        // LoRA deltas are merged into the full matrix here, before the cut.
         let dense = |name: &str, shape: [usize; 2], split: Split| -> Result<Weight> {
-            let name = format!("{p}.{name}.weight");
-            let full = ws.get_as(&name, &shape, ws.dtype())?;
+            let module = format!("{p}.{name}");
+            let full = ws.linear_as(&module, &shape, ws.dtype())?;
             Ok(Weight::Dense(
-                split.apply(&full, &name)?.to_device(ws.device())?,
+                split
+                    .apply(&full, &format!("{module}.weight"))?
+                    .to_device(ws.device())?,
             ))
         };
         let gate_up = Linear::fused(
@@ -182,13 +187,33 @@ impl BaichuanRewardModel {
         device: &Device,
         tp: Option<SharedCollective>,
     ) -> Result<Self> {
+        Self::load_with(dir, &[], dtype, device, tp)
+    }
+
+    /// [`Self::load_sharded`] with the PEFT LoRA adapter folders `adapters` merged in order
+    /// (`W += scale · B·A` in f32, see [`super::lora`]) into the linear layers they target
+    /// (`model.layers.N.self_attn.W_pack`, `o_proj`, `mlp.gate_proj`, `up_proj`, `down_proj`),
+    /// before the tensor-parallel cut. An adapter module that is not one of these is refused.
+    pub fn load_with(
+        dir: &Path,
+        adapters: &[PathBuf],
+        dtype: DType,
+        device: &Device,
+        tp: Option<SharedCollective>,
+    ) -> Result<Self> {
         let cfg = BaichuanConfig::from_file(&dir.join("config.json"))?;
         let tp = TpGroup::new(tp);
         let label = format!("the reward model {}", dir.display());
         tp.share(&label, "attention heads", cfg.heads)?;
         tp.share(&label, "intermediate units", cfg.intermediate)?;
-        let ws = RmWeights::open(dir, dtype, device)?;
-        Self::from_weights(cfg, &ws, false, &tp)
+        let adapters = adapters
+            .iter()
+            .map(|a| Adapter::load(a))
+            .collect::<Result<Vec<_>>>()?;
+        let ws = RmWeights::open(dir, dtype, device)?.with_adapters(adapters);
+        let model = Self::from_weights(cfg, &ws, false, &tp)?;
+        ws.check_adapters_used()?;
+        Ok(model)
     }
 
     /// A model over in-memory tensors named as in the HF state dict (all of them, `score.*`

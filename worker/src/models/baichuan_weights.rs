@@ -3,10 +3,14 @@
 //! `model.safetensors.index.json`, `pytorch_model.bin`, or `.bin` shards with
 //! `pytorch_model.bin.index.json` (PyTorch zip pickles, read with candle's pickle reader).
 //!
+//! LoRA adapters given to [`RmWeights::with_adapters`] are merged into the full linear weights
+//! they target (by [`super::lora::merge`], as the decoder's weights are), before any cut.
+//!
 //! Every tensor is checked against the shape the config implies, so a checkpoint of another
 //! shape fails at load with the tensor's name instead of deep inside a matmul.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::pickle::PthTensors;
@@ -14,6 +18,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use super::lora::{self, Adapter};
 use crate::{Error, Result};
 
 /// Where the tensors are stored.
@@ -34,6 +39,10 @@ pub(crate) struct RmWeights {
     store: Store,
     device: Device,
     dtype: DType,
+    /// Adapters merged into the linear weights, in order.
+    adapters: Vec<Adapter>,
+    /// Modules some adapter was merged into, to refuse adapters on modules the model lacks.
+    merged: RefCell<HashSet<String>>,
 }
 
 /// The shard files an index lists (`weight_map` values), in name order.
@@ -99,7 +108,15 @@ impl RmWeights {
             store,
             device: device.clone(),
             dtype,
+            adapters: Vec::new(),
+            merged: RefCell::default(),
         })
+    }
+
+    /// Merges `adapters` (in order) into the linear weights read by [`Self::linear_as`].
+    pub fn with_adapters(mut self, adapters: Vec<Adapter>) -> Self {
+        self.adapters = adapters;
+        self
     }
 
     /// Weights held in memory by name, e.g. the trainer's `Var`s: `get` hands out the same
@@ -115,6 +132,8 @@ impl RmWeights {
             store: Store::Memory(tensors),
             device: device.clone(),
             dtype,
+            adapters: Vec::new(),
+            merged: RefCell::default(),
         }
     }
 
@@ -189,6 +208,25 @@ impl RmWeights {
             ));
         }
         Ok(t.to_dtype(dtype)?)
+    }
+
+    /// The weight of the linear layer `module` (`<module>.weight`, shape `shape`) in `dtype` on
+    /// the CPU, with the adapters' deltas for `module` merged in f32 first.
+    pub fn linear_as(&self, module: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let name = format!("{module}.weight");
+        if !self.adapters.iter().any(|a| a.modules.contains_key(module)) {
+            // Cast once, exactly as without adapters.
+            return self.get_as(&name, shape, dtype);
+        }
+        let w = self.get_as(&name, shape, DType::F32)?;
+        let merged = lora::merge(&self.adapters, module, &w)?.unwrap_or(w);
+        self.merged.borrow_mut().insert(module.to_string());
+        Ok(merged.to_dtype(dtype)?)
+    }
+
+    /// Fails if an adapter targets a module no [`Self::linear_as`] call consumed.
+    pub fn check_adapters_used(&self) -> Result<()> {
+        lora::check_all_merged(&self.adapters, &self.merged.borrow())
     }
 
     pub fn dtype(&self) -> DType {

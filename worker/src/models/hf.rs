@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::decoder::WeightSource;
 use super::linear::Weight;
-use super::lora::Adapter;
+use super::lora::{self, Adapter};
 use super::shard::Split;
 use crate::{Error, Result};
 
@@ -154,15 +154,7 @@ impl HfWeights {
 
     /// Fails if an adapter targets a module that no linear layer of the model consumed.
     pub fn check_adapters_used(&self) -> Result<()> {
-        for a in &self.adapters {
-            if let Some(m) = a.modules.keys().find(|m| !self.merged.contains(*m)) {
-                return Err(Error::bad_file(
-                    a.dir.join("adapter_model.safetensors"),
-                    format!("LoRA module `{m}` is not a linear layer of the model"),
-                ));
-            }
-        }
-        Ok(())
+        lora::check_all_merged(&self.adapters, &self.merged)
     }
 }
 
@@ -178,30 +170,8 @@ impl WeightSource for HfWeights {
     fn linear_weight(&mut self, prefix: &str, split: Split) -> Result<Weight> {
         let name = format!("{prefix}.weight");
         let w = self.load_raw(&name)?;
-        let mut merged_any = false;
-        let mut w32 = None;
-        for a in &self.adapters {
-            if let Some(pair) = a.modules.get(prefix) {
-                let base = match w32.take() {
-                    Some(t) => t,
-                    None => w.to_dtype(DType::F32)?,
-                };
-                let delta = a.delta(pair)?.to_device(&self.device)?;
-                if delta.dims() != base.dims() {
-                    return Err(Error::bad_file(
-                        a.dir.join("adapter_model.safetensors"),
-                        format!(
-                            "module `{prefix}`: delta {:?} does not match weight {:?}",
-                            delta.dims(),
-                            base.dims()
-                        ),
-                    ));
-                }
-                w32 = Some((base + delta)?);
-                merged_any = true;
-            }
-        }
-        if merged_any {
+        let w32 = lora::merge(&self.adapters, prefix, &w)?;
+        if w32.is_some() {
             self.merged.insert(prefix.to_string());
         }
         // Cut after merging (a LoRA delta is a full-matrix update), before the cast.

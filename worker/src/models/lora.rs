@@ -6,7 +6,7 @@
 //! per-module rank/alpha patterns, embedding LoRA) is refused with a message that names it,
 //! because silently dropping it would evaluate a different model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
@@ -76,6 +76,50 @@ impl Adapter {
             d
         })
     }
+}
+
+/// `w` (the full base weight of `module`, `(out, in)`) with the delta of every adapter that
+/// targets `module` added in f32, in order; `None` when no adapter targets it. The result stays
+/// f32 on `w`'s device: callers cut it for tensor parallelism, then cast (merge before the cut,
+/// because a LoRA delta is a full-matrix update).
+pub(crate) fn merge(adapters: &[Adapter], module: &str, w: &Tensor) -> Result<Option<Tensor>> {
+    let mut merged: Option<Tensor> = None;
+    for a in adapters {
+        let Some(pair) = a.modules.get(module) else {
+            continue;
+        };
+        let base = match merged.take() {
+            Some(t) => t,
+            None => w.to_dtype(DType::F32)?,
+        };
+        let delta = a.delta(pair)?.to_device(w.device())?;
+        if delta.dims() != base.dims() {
+            return Err(Error::bad_file(
+                a.dir.join(WEIGHTS_FILE),
+                format!(
+                    "module `{module}`: delta {:?} does not match weight {:?}",
+                    delta.dims(),
+                    base.dims()
+                ),
+            ));
+        }
+        merged = Some((base + delta)?);
+    }
+    Ok(merged)
+}
+
+/// Fails if an adapter targets a module that is not in `merged` (the modules the model
+/// consumed as linear layers): such a module would silently evaluate the base weights.
+pub(crate) fn check_all_merged(adapters: &[Adapter], merged: &HashSet<String>) -> Result<()> {
+    for a in adapters {
+        if let Some(m) = a.modules.keys().find(|m| !merged.contains(*m)) {
+            return Err(Error::bad_file(
+                a.dir.join(WEIGHTS_FILE),
+                format!("LoRA module `{m}` is not a linear layer of the model"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Returns the merge scale and `fan_in_fan_out`, refusing unsupported adapter kinds.

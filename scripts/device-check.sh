@@ -13,7 +13,8 @@
 #   (e) prefill throughput (last-position logits only, as multiple-choice scoring does).
 #   (b) NCCL at world size 1 and (c) tensor parallelism over in-process ranks on the one GPU
 #       (`evalfleet-bench tp-check`: logits and greedy tokens against the unsplit model);
-#   (p) a profile of generation and prefill by model span (PROFILE=0 skips it).
+#   (p) a profile of generation and prefill by model span.
+# SECTIONS (default "a d e bc p") picks parts.
 #
 # Every part runs under `timeout`; the whole script stays under ~6 minutes. Everything printed is
 # also written to $OUT/device-check.txt (OUT defaults to out/device-check). DRY_RUN=1 runs the
@@ -24,6 +25,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/out/device-check}"
 WORK="${DEVICE_CHECK_WORK:-${TMPDIR:-/tmp}/evalfleet-device-check}"
 DRY_RUN="${DRY_RUN:-0}"
+# Which parts to run (all by default); e.g. SECTIONS="e p" for a quick prefill profile. The random
+# model of (d)/(e)/(p) is always made.
+SECTIONS=" ${SECTIONS:-a d e bc p} "
+want() { [[ "$SECTIONS" == *" $1 "* ]]; }
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/device-check.txt") 2>&1
 T0=$SECONDS
@@ -112,6 +117,7 @@ SUMMARY="$OUT/summary.jsonl"
 : >"$SUMMARY"
 
 # ---------------------------------------------------------------------------------------------
+if want a; then
 say "(a) first CUDA use (module load + PTX JIT), timed apart"
 # Each tiny checkpoint's own inputs (reference.json) in the --tokens format of evalfleet-bench.
 "$PY" - "$FIX" "$WORK" <<'EOF'
@@ -197,6 +203,8 @@ for arch in ["llama", "qwen2", "mistral"]:
           f"transformers reference: max|diff| single {d1:.3e}, batch {d2:.3e}")
 EOF
 
+fi  # (a)
+
 # ---------------------------------------------------------------------------------------------
 say "(d) generation throughput: random Qwen2.5-0.5B-shaped bf16 model, prompt 256, 128 new tokens"
 if [[ "$DRY_RUN" == 1 ]]; then PRESET=tiny; VOCAB=1000; NEW=8; else PRESET=qwen2.5-0.5b; VOCAB=151936; NEW=128; fi
@@ -220,7 +228,7 @@ if [[ $REF == transformers ]]; then
 else
   REF_CMD=("$PY" "$ROOT/scripts/bench/torch_ref.py" generate --model "$MODEL" --device "$TORCH_DEVICE" --dtype bf16 --warmup)
 fi
-if [[ $GEN_OK == 1 ]]; then
+if [[ $GEN_OK == 1 ]] && want d; then
   # Batch 1 runs 4 prompts (each side's time per prompt is what matters there).
   "$PY" -c "import json; json.dump(json.load(open('$WORK/ids32.json'))[:4], open('$WORK/ids4.json', 'w'))"
   for bs in 1 32; do
@@ -244,7 +252,8 @@ for bs in (1, 32):
         print(f"batch {bs}: generated ids equal at {same}/{sum(map(len, y))} positions; "
               f"first 16 tokens identical in {first}/{len(y)} rows (bf16 random weights: near-ties diverge)")
 EOF
-
+fi
+if [[ $GEN_OK == 1 ]] && want e; then
   say "(e) prefill throughput (last-position logits), 32 prompts x 256 tokens"
   for bs in 8 32; do
     guard 60 "$EF" score-prefill --model "$MODEL" --prompt-ids "$WORK/ids32.json" --batch-size "$bs" \
@@ -255,6 +264,7 @@ EOF
 fi
 
 # ---------------------------------------------------------------------------------------------
+if want bc; then
 say "(b)/(c) NCCL world size 1, in-process tensor parallel on one device"
 # tp-check prints one JSON line per check: NCCL primitives and the model through an NCCL
 # communicator at world size 1 (b), and the model split over 2 in-process ranks vs unsplit (c).
@@ -272,7 +282,8 @@ if [[ $GEN_OK == 1 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-if [[ $GEN_OK == 1 && "${PROFILE:-1}" == 1 ]]; then
+fi  # (b)/(c)
+if [[ $GEN_OK == 1 ]] && want p; then
   say "(p) where the time goes: model spans (host launch time; then GPU time with CUDA_LAUNCH_BLOCKING=1)"
   for blocking in 0 1; do
     echo "--- CUDA_LAUNCH_BLOCKING=$blocking"

@@ -9,7 +9,8 @@ use crate::{Error, Result};
 /// padding query that sees no key at all gets a uniform, not NaN, distribution.
 const MASKED: f32 = f32::MIN;
 
-/// Builds the `(b, 1, 1, s, past + s)` f32 mask for `s` new queries after `past` cached
+/// Builds the `(b, 1, 1, s, past + s)` f32 mask (`(1, 1, 1, s, past + s)` off the CPU when no row
+/// has padding) for `s` new queries after `past` cached
 /// positions, or `None` when nothing needs masking (one query, no padding, window not reached).
 /// `key_mask` is `(b, past + s)`, non-zero where a key may be attended to.
 pub fn attention_mask(
@@ -43,7 +44,15 @@ pub fn attention_mask(
     if s == 1 && keys.is_none() && !window_bites {
         return Ok(None);
     }
-    let mut mask = vec![0f32; b * s * t];
+    // Without padding every row's mask is the same: off the CPU one row is built and broadcast
+    // over the batch (the host loop and the upload shrink b-fold). The CPU attention reads one
+    // mask per row (attention.rs), so there the rows stay.
+    let rows = if keys.is_none() && !device.is_cpu() {
+        1
+    } else {
+        b
+    };
+    let mut mask = vec![0f32; rows * s * t];
     for (r, row) in mask.chunks_mut(s * t).enumerate() {
         for (i, q) in row.chunks_mut(t).enumerate() {
             let qi = past + i;
@@ -57,7 +66,7 @@ pub fn attention_mask(
             }
         }
     }
-    Ok(Some(Tensor::from_vec(mask, (b, 1, 1, s, t), device)?))
+    Ok(Some(Tensor::from_vec(mask, (rows, 1, 1, s, t), device)?))
 }
 
 #[cfg(test)]

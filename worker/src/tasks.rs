@@ -347,6 +347,14 @@ impl Executor {
         let key = model_key(spec);
         let keep = self.opts.keep_models;
         if !touch_or_make_room(&mut self.rewarders, keep, |(k, _)| k, &key, "reward model") {
+            // Reward checkpoints carry their adapter merged (what `evalfleet train-rm` writes);
+            // scoring the base while an adapter was asked for would be silently wrong.
+            if let Some(adapter) = spec.adapter_paths.first() {
+                return Err(Error::Unsupported(format!(
+                    "reward model {}: adapters are not applied to reward models (got {adapter});                      point reward_model_path at a folder with the adapter merged",
+                    spec.model_path
+                )));
+            }
             let started = Instant::now();
             let dtype = reward::reward_dtype(&spec.dtype)?;
             let mut scorer =

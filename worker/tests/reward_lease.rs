@@ -293,3 +293,29 @@ fn sentencepiece_only_folder_encodes_like_baichuan_tokenizer() {
     let scores = scorer.score_batch(&inputs[..20]).unwrap();
     assert!(scores.iter().all(|s| *s > 0.0 && *s < 1.0), "{scores:?}");
 }
+
+#[test]
+fn a_reward_lease_with_an_adapter_is_refused_not_scored_on_the_base() {
+    let mut spec = lease(&tiny_rm(), 12, vec![reward_item("r0", "佟湘玉：额滴神啊")]);
+    if let Some(model) = spec.model.as_mut() {
+        model.adapter_paths = vec!["some/adapter".into()];
+    }
+    let mut exec = Executor::new(ExecutorOptions::default());
+    let mut results = Vec::new();
+    let outcome = exec.run_lease(&spec, &mut |r| results.push(r));
+    let message = match (&outcome, results.first().and_then(|r| r.outcome.as_ref())) {
+        (Err(e), _) => e.to_string(),
+        (Ok(()), Some(Outcome::Error(e))) => e.message.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(
+        message.contains("adapters are not applied to reward models")
+            && message.contains("some/adapter"),
+        "{message}"
+    );
+    assert!(
+        !results
+            .iter()
+            .any(|r| matches!(r.outcome, Some(Outcome::Reward(_))))
+    );
+}

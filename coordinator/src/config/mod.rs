@@ -45,6 +45,7 @@
 //!   folder.
 
 mod fields;
+pub(crate) use fields::describe;
 pub mod keys;
 mod step1;
 mod step2;
@@ -55,7 +56,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
-use fields::{Entry, Fields, describe, split_commas};
+use fields::{Entry, Fields, split_commas};
 pub use step1::{DataConfig, Dtype, FinetuningType, GenerationConfig, ModelConfig, Step1Config};
 pub use step2::{STEP2_KEYS, Step2Config, load_step2, parse_step2};
 pub use step3::{STEP3_KEYS, Step3Config, Step3Task, load_step3, parse_step3};
@@ -426,7 +427,8 @@ fn build_step2(file: &Path, entries: Vec<Entry>) -> Result<Step2Config, ConfigEr
     step2::build(file, entries)
 }
 
-fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigError> {
+/// A YAML file's top-level mapping; errors name the file and the line and column.
+pub(crate) fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigError> {
     let value: Value = serde_yaml::from_str(text).map_err(|e| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         ConfigError::Yaml {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml::Value;
 
 use super::config::{Checkpoint, CheckpointKind};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, describe};
 
 const KEY: &str = "checkpoints";
 
@@ -181,19 +181,6 @@ fn classify(path: &Path) -> Result<Checkpoint, String> {
         path: path.to_path_buf(),
         kind,
     })
-}
-
-/// A YAML value's kind, for messages.
-pub(crate) fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "nothing (null)".into(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Sequence(_) => "a list".into(),
-        Value::Mapping(_) => "a mapping".into(),
-        Value::Tagged(_) => "a tagged value".into(),
-    }
 }
 
 #[cfg(test)]

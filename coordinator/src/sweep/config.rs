@@ -79,7 +79,7 @@ pub fn load_sweep(path: &Path) -> Result<SweepConfig, ConfigError> {
 /// Parses the text of a sweep YAML; `file` is used in messages. Checks the checkpoints on disk
 /// and every checkpoint's run file, so that a bad key fails before any worker starts.
 pub fn parse_sweep(file: &Path, text: &str) -> Result<SweepConfig, ConfigError> {
-    let top = top_mapping(file, text)?;
+    let top = crate::config::parse_mapping(file, text)?;
     let mut shared = Mapping::new();
     let (mut base, mut output_dir, mut checkpoints) = (None, None, None);
     for (key, value) in top {
@@ -246,7 +246,7 @@ fn refuse_sweep_owned_keys(file: &Path, shared: &Mapping) -> Result<(), ConfigEr
                 return Err(ConfigError::NotAMapping {
                     file: file.to_owned(),
                     where_: format!("key `{name}`"),
-                    found: super::checkpoints::describe(other),
+                    found: crate::config::describe(other),
                 });
             }
         };
@@ -284,26 +284,6 @@ fn refuse_sweep_owned_keys(file: &Path, shared: &Mapping) -> Result<(), ConfigEr
     Ok(())
 }
 
-fn top_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigError> {
-    let value: Value = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        ConfigError::Yaml {
-            file: file.to_owned(),
-            line,
-            column,
-            message: e.to_string(),
-        }
-    })?;
-    match value {
-        Value::Mapping(m) => Ok(m),
-        other => Err(ConfigError::NotAMapping {
-            file: file.to_owned(),
-            where_: "top level".into(),
-            found: super::checkpoints::describe(&other),
-        }),
-    }
-}
-
 /// A path-valued key (a non-empty string).
 fn path_value(file: &Path, key: &str, value: &Value) -> Result<PathBuf, ConfigError> {
     match value.as_str() {
@@ -312,7 +292,7 @@ fn path_value(file: &Path, key: &str, value: &Value) -> Result<PathBuf, ConfigEr
             file: file.to_owned(),
             key: key.into(),
             expected: "a path",
-            found: super::checkpoints::describe(value),
+            found: crate::config::describe(value),
         }),
     }
 }

@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # CUDA worker image: `evalfleet-worker` built with --features cuda,nccl on NVIDIA's CUDA devel image,
 # run on the matching runtime image (cuBLAS, cuRAND, NCCL; libcuda comes from the node's driver via
-# the NVIDIA container toolkit). Also holds evalfleet-tp-group (one pod = one tensor-parallel group).
+# the NVIDIA container toolkit). `evalfleet-worker --tp-group K` runs one tensor-parallel group of K
+# rank processes in one pod (k8s/overlays/tp).
 # Build from the repository root (the candle CUDA kernels take ~10 min on 2 cores, less with more):
 #   docker build -f docker/worker-cuda.Dockerfile -t REGISTRY/evalfleet-worker-cuda:0.1.0 .
 #   # other GPUs: --build-arg CUDA_COMPUTE_CAP=80 (A100), 89 (L4/L40S); default 90 (H100/H200)
@@ -36,7 +37,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU}
 COPY --from=build /out/evalfleet-worker /usr/local/bin/evalfleet-worker
-COPY docker/tp-group.sh /usr/local/bin/evalfleet-tp-group
 # The NVIDIA container toolkit reads these to mount the driver's libraries and devices.
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility HOME=/tmp
 USER 65532:65532

@@ -10,9 +10,12 @@ For each kustomization folder (k8s/ and k8s/overlays/*) and each plain manifest 
    one or more `nvidia.com/gpu` on every worker; volumes that name ConfigMaps/PVCs of the same layout;
    workers dialing the Service the coordinator is behind;
 3. command lines: every `--flag` in a container's args is one that the binary's clap definition has
-   (coordinator/src/cli.rs and serve/cli.rs, worker/src/main.rs) or that docker/tp-group.sh adds, so renaming a flag in
-   the code fails here instead of in a user's cluster. Flags of commands that are documented but not
-   written yet are listed in PENDING and reported, not failed.
+   (coordinator/src/cli.rs and serve/cli.rs, worker/src/main.rs), and for a tensor-parallel group
+   (`evalfleet-worker --tp-group K`) the flags its launcher (worker/src/tp/launch/pod.rs) adds to each
+   rank's command line, so renaming a flag in the code fails here instead of in a user's cluster;
+   a group's K must equal its container's `nvidia.com/gpu` and the job's `tensor_parallel_size`.
+   Flags of commands that are documented but not written yet are listed in PENDING and reported,
+   not failed.
 
 Usage: validate.py REPO_ROOT KUBE_VERSION [KUBE_VERSION...]
 """
@@ -38,16 +41,14 @@ COORDINATOR_PORT = 50051
 # Names of env vars whose literal value would be a credential.
 SECRETISH = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.I)
 
-# Flags k8s/ uses for commands that are documented but not implemented yet (issue 7: serve; issue 8:
-# tensor-parallel groups). Reported on every run until the code has them.
-PENDING = {
+# Flags k8s/ uses for commands that are documented but not implemented yet, as
+# {program: {flag: why}}. Reported on every run until the code has them (none at present).
+PENDING: dict[str, dict[str, str]] = {
     "evalfleet": {},
-    "evalfleet-worker": {
-        "--tp-rank": "issue 8: tensor-parallel rank",
-        "--tp-size": "issue 8: tensor-parallel group size",
-        "--tp-rendezvous": "issue 8: NCCL id exchange folder",
-    },
+    "evalfleet-worker": {},
 }
+# The worker flag that makes a container one tensor-parallel group's launcher.
+TP_GROUP_FLAG = "--tp-group"
 
 
 class Report:
@@ -73,7 +74,7 @@ def clap_flags(source: Path) -> tuple[set[str], set[str]]:
     """
     text = source.read_text(encoding="utf-8")
     flags = set()
-    for m in re.finditer(r"#\[arg\(([^]]*)\)\]\s*(?:///[^\n]*\n\s*|#\[[^\n]*\n\s*)*(?:pub\s+)?(\w+)\s*:", text):
+    for m in re.finditer(r"#\[arg\(([^\n]*)\)\]\s*(?:///[^\n]*\n\s*|#\[[^\n]*\n\s*)*(?:pub\s+)?(\w+)\s*:", text):
         if re.search(r"\blong\b", m.group(1)):
             flags.add("--" + m.group(2).replace("_", "-"))
     commands = set()
@@ -88,9 +89,12 @@ def merge_clis(*parts: tuple[set[str], set[str]]) -> tuple[set[str], set[str]]:
     return set().union(*(p[0] for p in parts)), set().union(*(p[1] for p in parts))
 
 
-def tp_group_flags(script: Path) -> set[str]:
-    """The worker flags docker/tp-group.sh adds to each rank's command line."""
-    return set(re.findall(r'(--[a-z][a-z-]+) "', script.read_text(encoding="utf-8")))
+def tp_group_flags(source: Path) -> set[str]:
+    """The worker flags the group launcher adds to each rank's command line: the `("--flag", value)`
+    pairs of its `rank_args` (worker/src/tp/launch/pod.rs)."""
+    text = source.read_text(encoding="utf-8")
+    body = re.search(r"pub fn rank_args\(.*?\n\}", text, re.S)
+    return set(re.findall(r'\("(--[a-z][a-z-]+)",', body.group(0) if body else ""))
 
 
 def pod_specs(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -220,15 +224,11 @@ def check_command_lines(rep: Report, where: str, res: dict[str, Any], clis: dict
             cw = f"{where} container {c['name']}"
             program = Path((c.get("command") or [""])[0]).name
             args = list(c.get("args", []))
-            if program == "evalfleet-tp-group":
-                if "--" not in args:
-                    rep.fail(cw, "evalfleet-tp-group needs `K -- WORKER_ARGS`")
-                    continue
-                args = args[args.index("--") + 1 :]
-                program = "evalfleet-worker"
+            extra = set()
+            if program == "evalfleet-worker" and TP_GROUP_FLAG in args:
                 extra = clis["tp-group"]
-            else:
-                extra = set()
+                if not extra:
+                    rep.fail(cw, "no rank flags found in worker/src/tp/launch/pod.rs (rank_args)")
             if program not in clis:
                 rep.fail(cw, f"unknown program {program!r} in command")
                 continue
@@ -244,6 +244,38 @@ def check_command_lines(rep: Report, where: str, res: dict[str, Any], clis: dict
                     rep.note_pending(f"{program} {w} ({PENDING[program][w]})")
                 else:
                     rep.fail(cw, f"{program} has no {'flag' if w.startswith('--') else 'command'} {w}")
+
+
+def job_tensor_parallel(resources: list[dict[str, Any]]) -> int | None:
+    """`tensor_parallel_size` of the layout's job YAML (ConfigMap evalfleet-job), if it sets one."""
+    for res in resources:
+        if res.get("kind") == "ConfigMap" and res["metadata"]["name"] == "evalfleet-job":
+            job = yaml.safe_load((res.get("data") or {}).get("job.yaml", "")) or {}
+            tp = job.get("tensor_parallel_size")
+            return int(tp) if tp is not None else None
+    return None
+
+
+def check_tp_groups(rep: Report, where: str, res: dict[str, Any], job_tp: int | None) -> None:
+    """A `--tp-group K` container asks for exactly K GPUs, and the job splits its model K ways."""
+    for pod in pod_specs(res):
+        for c in pod.get("containers", []):
+            args = [str(a) for a in c.get("args", [])]
+            if TP_GROUP_FLAG not in args:
+                continue
+            cw = f"{where} container {c['name']}"
+            i = args.index(TP_GROUP_FLAG)
+            k = args[i + 1] if i + 1 < len(args) else ""
+            if not k.isdigit():
+                rep.fail(cw, f"{TP_GROUP_FLAG} needs a group size, got {k!r}")
+                continue
+            resources = c.get("resources", {})
+            for part in ("requests", "limits"):
+                gpus = (resources.get(part) or {}).get("nvidia.com/gpu")
+                if str(gpus) != k:
+                    rep.fail(cw, f"{TP_GROUP_FLAG} {k} but {part} nvidia.com/gpu is {gpus}: set both to K")
+            if job_tp is not None and str(job_tp) != k:
+                rep.fail(cw, f"{TP_GROUP_FLAG} {k} but the job's tensor_parallel_size is {job_tp}: set both to K")
 
 
 def compare_with_kubectl(rep: Report, root: Path, folder: str, mine: list[dict[str, Any]]) -> None:
@@ -300,7 +332,7 @@ def main(argv: list[str]) -> int:
             clap_flags(root / "coordinator/src/serve/cli.rs"),
         ),
         "evalfleet-worker": clap_flags(root / "worker/src/main.rs"),
-        "tp-group": tp_group_flags(root / "docker/tp-group.sh"),
+        "tp-group": tp_group_flags(root / "worker/src/tp/launch/pod.rs"),
     }
     rep = Report()
     total = 0
@@ -314,6 +346,7 @@ def main(argv: list[str]) -> int:
             compare_with_kubectl(rep, root, name, resources)
             check_rendered_copy(rep, root, name)
         print(f"{name}: {len(resources)} resources ({', '.join(sorted(names))})")
+        job_tp = job_tensor_parallel(resources)
         for res in resources:
             where = f"{name} {kustomize_lite.resource_id(res)}"
             check_schema(rep, where, res, versions)
@@ -324,6 +357,7 @@ def main(argv: list[str]) -> int:
             if not name.startswith("k8s/extras"):
                 check_references(rep, where, res, names)
                 check_command_lines(rep, where, res, clis)
+                check_tp_groups(rep, where, res, job_tp)
             total += 1
     for msg in sorted(rep.pending):
         print(f"  PENDING (documented, not in the code yet): {msg}")

@@ -76,11 +76,21 @@ struct Args {
     /// How long ranks 1.. wait for rank 0's init file, in seconds.
     #[arg(long, default_value_t = 300)]
     tp_join_timeout_s: u64,
+    /// One tensor-parallel group of K processes (e.g. one Kubernetes pod with K GPUs): starts K
+    /// ranks of this program with these arguments on --device cuda:N .. cuda:N+K-1 (a fresh init
+    /// file each start) and supervises them: SIGTERM goes to rank 0 (graceful stop), and when a
+    /// rank fails the others are stopped and this process exits with its status. Needs NCCL.
+    #[arg(long, value_name = "K", conflicts_with_all = ["tp_threads", "tp_size"])]
+    tp_group: Option<usize>,
 }
 
 fn main() {
     init_logging();
-    let code = match run(Args::parse()) {
+    let args = Args::parse();
+    if let Some(k) = args.tp_group.filter(|&k| k > 1) {
+        std::process::exit(run_group(k, &args.device));
+    }
+    let code = match run(args) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -89,6 +99,18 @@ fn main() {
     };
     // Exit without waiting for a lease still running on a blocking thread after Shutdown.
     std::process::exit(code);
+}
+
+/// `--tp-group K`: this process launches and supervises the group's K rank processes.
+fn run_group(k: usize, device: &str) -> i32 {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let started = std::env::current_exe()
+        .context("finding this program to start the ranks")
+        .and_then(|program| Ok(launch::pod::run_group(&program, &argv, k, device)?));
+    started.unwrap_or_else(|e| {
+        tracing::error!("{e:#}");
+        1
+    })
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

@@ -6,6 +6,8 @@
 //! - [`process_rank`] (`--tp-size k --tp-rank r --tp-init-file F`): one process per GPU over
 //!   NCCL; rank 0 writes the NCCL id to F, the others wait for it; [`super::liveness`] watches
 //!   the other ranks' processes.
+//! - [`pod`] (`--tp-group k`): this process starts the k rank processes of one group and
+//!   supervises them (one Kubernetes pod with k GPUs).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use super::liveness::{self, Liveness};
 use super::{CausalLmShards, TpLeader, causal_lm_thread_group, follow};
 use crate::collective::SharedCollective;
 use crate::{Error, Result};
+
+pub mod pod;
 
 /// Rank 0's group: its [`TpLeader`] and what stops the group with the worker.
 pub struct Group {

@@ -5,11 +5,16 @@
 //! ConfigMap's, the PVCs shared between the "pods"). A worker "pod" is killed in the middle of the
 //! job and "rescheduled" (started again with the same command line); the job must still finish with
 //! every prediction. So a flag, env var or path renamed in the code breaks this test, not a cluster.
+//! The tensor-parallel layout (k8s/rendered/tp.yaml: one worker pod = one group of K ranks,
+//! `evalfleet-worker --tp-group K`) is rehearsed the same way.
 //!
 //! What the rehearsal changes, and only this: the binaries' paths (the image's /usr/local/bin → the
 //! build), `--listen` (0.0.0.0:PORT → 127.0.0.1:0), the Service URL (→ the coordinator's real
 //! address), `--device cuda:N` (→ cpu), and the job runs the worker crate's tiny random-weight
-//! llama (`fleet_common::tiny_chat_model`) on the models PVC.
+//! llama (`fleet_common::tiny_chat_model`) on the models PVC. For the tensor-parallel layout, one
+//! substitution more: `--tp-group K` (K rank processes over NCCL, which needs K GPUs) becomes
+//! `--tp-threads K` (the same K ranks as threads of one process on the CPU); the unchanged command
+//! line is run first and must fail with the message that asks for an NCCL build.
 
 mod fleet_common;
 
@@ -27,8 +32,9 @@ const TOKEN: &str = "rehearsal-token-7f3a";
 const SAMPLES: usize = 8;
 const CRASH_ITEM: usize = 5;
 
-fn load_manifests() -> Vec<Value> {
-    let path = repo().join("k8s/rendered/oneshot.yaml");
+/// The rendered manifests of layout `name` (k8s/rendered/NAME.yaml).
+fn load_manifests(name: &str) -> Vec<Value> {
+    let path = repo().join(format!("k8s/rendered/{name}.yaml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e} (run scripts/k8s-render.sh --update)",
@@ -49,7 +55,7 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| s(d, "kind") == kind && s(&d["metadata"], "name") == name)
-        .unwrap_or_else(|| panic!("{kind}/{name} is not in k8s/rendered/oneshot.yaml"))
+        .unwrap_or_else(|| panic!("{kind}/{name} is not in the rendered layout"))
 }
 
 fn seq(v: &Value) -> &[Value] {
@@ -181,19 +187,67 @@ fn set_flag(args: &mut [String], flag: &str, value: &str) -> String {
 }
 
 /// The small job the rehearsal runs instead of the layout's example (`models`, `outputs`: where the
-/// pod's /models and /outputs are on this machine).
-fn rehearsal_job(models: &str, outputs: &str) -> String {
+/// pod's /models and /outputs are on this machine; `tp`: the layout's tensor_parallel_size).
+fn rehearsal_job(models: &str, outputs: &str, tp: Option<u64>) -> String {
+    let tp_line = tp.map_or(String::new(), |k| format!("tensor_parallel_size: {k}\n"));
     format!(
         "steps: [step1]\nmodel_name_or_path: {models}/tiny-llama-chat\ntemplate: default\n\
          dataset_dir: {models}/data\ndataset: demo_alpaca\nmax_samples: {SAMPLES}\ncutoff_len: 40\n\
          output_dir: {outputs}/rehearsal\noverwrite_output_dir: true\n\
-         per_device_eval_batch_size: 2\npredict_with_generate: true\nmax_new_tokens: 8\n"
+         per_device_eval_batch_size: 2\npredict_with_generate: true\nmax_new_tokens: 8\n{tp_line}"
     )
+}
+
+/// The layout's job YAML (the ConfigMap's only key, `job.yaml`).
+fn layout_job(docs: &[Value]) -> Value {
+    let cm = find(docs, "ConfigMap", "evalfleet-job");
+    let keys: Vec<&str> = cm["data"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["job.yaml"], "the ConfigMap holds the job YAML");
+    serde_yaml::from_str(s(&cm["data"], "job.yaml")).expect("the ConfigMap's job.yaml is YAML")
+}
+
+/// The tensor-parallel group size of the worker container (`--tp-group K`), checked against the
+/// GPUs the container asks for and the job's tensor_parallel_size (set K in all three places).
+fn group_size(docs: &[Value], args: &[String]) -> Option<u64> {
+    let i = args.iter().position(|a| a == "--tp-group")?;
+    let k: u64 = args[i + 1].parse().expect("--tp-group K");
+    let spec = &find(docs, "Job", "evalfleet-worker")["spec"]["template"]["spec"];
+    let resources = &seq(&spec["containers"])[0]["resources"];
+    for part in ["requests", "limits"] {
+        assert_eq!(
+            resources[part]["nvidia.com/gpu"].as_u64(),
+            Some(k),
+            "--tp-group {k} needs {k} GPUs in {part}"
+        );
+    }
+    let job_tp = layout_job(docs)["tensor_parallel_size"].as_u64();
+    assert_eq!(
+        job_tp,
+        Some(k),
+        "the job's tensor_parallel_size is the group size"
+    );
+    Some(k)
 }
 
 #[test]
 fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
-    let docs = load_manifests();
+    rehearse("oneshot");
+}
+
+#[test]
+fn tensor_parallel_layout_runs_a_group_per_pod_and_survives_a_group_rescheduled_mid_run() {
+    rehearse("tp");
+}
+
+/// Runs layout `layout`'s coordinator and one worker pod (killed mid-run, then started again)
+/// and checks the job's outputs.
+fn rehearse(layout: &str) {
+    let docs = load_manifests(layout);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
 
@@ -210,14 +264,6 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
         "the coordinator container runs `evalfleet`"
     );
     assert_eq!(args[0], "run", "one-shot: `evalfleet run <job>`");
-    let cm = find(&docs, "ConfigMap", "evalfleet-job");
-    let keys: Vec<&str> = cm["data"]
-        .as_mapping()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str().unwrap())
-        .collect();
-    assert_eq!(keys, ["job.yaml"], "the ConfigMap holds the job YAML");
     let job_path = PathBuf::from(&args[1]);
     assert!(
         job_path.starts_with(root.join("configmap/evalfleet-job"))
@@ -225,13 +271,24 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
         "`run` must read the ConfigMap's job.yaml, got {}",
         job_path.display()
     );
+    let worker_pod = |name: &str| Pod::schedule(&docs, "evalfleet-worker", name, root);
+    let tp = group_size(
+        &docs,
+        &worker_pod("evalfleet-worker-0-probe").command_line().1,
+    );
+    assert_eq!(
+        tp.is_some(),
+        layout == "tp",
+        "only the tp layout runs groups"
+    );
     let (models, outputs) = (coord.host("/models"), coord.host("/outputs"));
-    std::fs::write(&job_path, rehearsal_job(&models, &outputs)).unwrap();
+    std::fs::write(&job_path, rehearsal_job(&models, &outputs, tp)).unwrap();
     let data = PathBuf::from(&models).join("data");
     std::fs::create_dir_all(&data).unwrap();
     for f in ["dataset_info.json", "demo_alpaca.json"] {
         std::fs::copy(repo().join("yamls/demo").join(f), data.join(f)).unwrap();
     }
+    // 4 attention heads and 2 KV heads: a group of 2 splits them.
     fleet_common::tiny_chat_model(Path::new(&models));
 
     let port = seq(&coord.container["ports"])
@@ -254,19 +311,31 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
     // The worker pods dial the Service that selects the coordinator pod.
     let svc = find(&docs, "Service", "evalfleet-coordinator");
     let svc_port = seq(&svc["spec"]["ports"])[0]["port"].as_u64().unwrap();
-    let worker_pod = |name: &str| Pod::schedule(&docs, "evalfleet-worker", name, root);
-    let start_worker = |pod: &Pod, crash: Option<&Path>| {
+    // The pod's command line with the common substitutions; `cpu` says whether --device too.
+    let worker_args = |pod: &Pod, cpu: bool| {
         let (program, mut args) = pod.command_line();
         assert_eq!(program, "evalfleet-worker");
         assert_eq!(
             set_flag(&mut args, "--coordinator", &url),
             format!("http://evalfleet-coordinator:{svc_port}")
         );
-        assert!(set_flag(&mut args, "--device", "cpu").starts_with("cuda:"));
+        if cpu {
+            assert!(set_flag(&mut args, "--device", "cpu").starts_with("cuda:"));
+        }
         assert_eq!(
             args[args.iter().position(|a| a == "--worker-id").unwrap() + 1],
             pod.name
         );
+        args
+    };
+    let start_worker = |pod: &Pod, crash: Option<&Path>| {
+        let mut args = worker_args(pod, true);
+        if let Some(k) = tp {
+            // The one tensor-parallel substitution: K ranks as threads instead of processes.
+            let i = args.iter().position(|a| a == "--tp-group").unwrap();
+            args[i] = "--tp-threads".into();
+            assert_eq!(args[i + 1], k.to_string());
+        }
         let mut cmd = pod.command(worker_bin(), &args);
         if let Some(marker) = crash {
             // The worker's fault-injection test hook.
@@ -275,6 +344,24 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
         }
         cmd.spawn().expect("starting a worker")
     };
+
+    if tp.is_some() {
+        // The group's own command line, unchanged: this build has no NCCL, and the launcher must
+        // say so (and exit non-zero, so the pod is not counted as a finished worker).
+        let pod = worker_pod("evalfleet-worker-0-nogpu");
+        let refused = wait(
+            pod.command(worker_bin(), &worker_args(&pod, false))
+                .spawn()
+                .unwrap(),
+            Duration::from_secs(60),
+        );
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("--tp-group") && stderr.contains("--features nccl"),
+            "{stderr}"
+        );
+    }
 
     // One worker pod, killed mid-run: no other worker can finish the job for it.
     let marker = root.join("crashed");
@@ -296,16 +383,27 @@ fn oneshot_layout_runs_locally_and_survives_a_worker_pod_rescheduled_mid_run() {
 
     // The Job "reschedules" it: a new pod, the same command line.
     let second = worker_pod("evalfleet-worker-0-bbbbb");
-    wait_ok(
+    let rescheduled = wait_ok(
         start_worker(&second, None),
         Duration::from_secs(180),
         "the rescheduled worker pod",
     );
+    if let Some(k) = tp {
+        let stderr = String::from_utf8_lossy(&rescheduled.stderr);
+        assert!(
+            stderr.contains(&format!("tensor parallelism: {k} ranks as threads")),
+            "the rescheduled pod must run a group of {k}: {stderr}"
+        );
+    }
     wait_ok(coordinator, Duration::from_secs(120), "the coordinator pod");
 
     // Every demo row has its prediction on the outputs PVC.
     let out = PathBuf::from(&outputs).join("rehearsal");
     let jsonl = std::fs::read_to_string(out.join("generated_predictions.jsonl")).unwrap();
     assert_eq!(jsonl.lines().count(), SAMPLES, "{jsonl}");
+    for line in jsonl.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(row["predict"].is_string(), "a prediction in {line}");
+    }
     assert!(out.join("all_results.json").is_file());
 }

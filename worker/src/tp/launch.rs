@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use candle_core::Device;
 
-use super::liveness::{self, Liveness};
+use super::liveness::Liveness;
 use super::{CausalLmShards, TpLeader, causal_lm_thread_group, follow};
 use crate::collective::SharedCollective;
 use crate::{Error, Result};
@@ -196,6 +196,7 @@ mod tests {
     use super::*;
     use crate::collective::{Collective, LocalCollective};
     use crate::tp::command::{Command, LoadSpec};
+    use crate::tp::liveness;
 
     /// The process-group roles with an in-process collective standing in for NCCL: each rank
     /// announces itself before joining, rank 0 leads, rank 1 serves it until Shutdown.

@@ -2,7 +2,7 @@
 
 For each discordant-pair table (b, c) it writes scipy's two-sided binomial test of min(b, c)
 successes in b + c trials at 1/2 (what statsmodels' `mcnemar(exact=True)` computes too), and
-checks it against the exact rational value from math.comb. Run once with /work/pyenv's python
+checks it against the exact rational value from math.comb. Run once with a Python that has scipy
 (scipy 1.17.1):
 
     python scripts/goldens/report_mcnemar.py > coordinator/tests/fixtures/report_mcnemar.json

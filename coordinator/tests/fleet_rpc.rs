@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use evalfleet::rpc::{Fleet, FleetOptions, ServerHandle};
-use evalfleet::sched::{ItemOutcome, SchedConfig, Scheduler, TaskSpec};
+use evalfleet::sched::{ItemOutcome, SchedConfig, Scheduler};
 use evalfleet_proto::PROTOCOL_VERSION;
 use evalfleet_proto::v1 as pb;
 use evalfleet_proto::v1::fleet_client::FleetClient;
@@ -18,25 +18,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const TOKEN: &str = "test-token-0123456789";
-
-fn task(n: usize) -> TaskSpec {
-    let item = |i: usize| pb::WorkItem {
-        item_id: i.to_string(),
-        payload: Some(pb::work_item::Payload::Generate(pb::GenerateItem {
-            messages: vec![pb::ChatMessage {
-                role: "user".into(),
-                content: format!("q{i}"),
-            }],
-            system: String::new(),
-        })),
-    };
-    TaskSpec {
-        name: "step1".into(),
-        template: pb::Lease::default(),
-        items: (0..n).map(item).collect(),
-    }
-}
+mod rpc_client;
+use rpc_client::{TOKEN, msg, next, task};
 
 async fn start(n: usize) -> (Fleet, ServerHandle) {
     let opts = FleetOptions {
@@ -57,10 +40,6 @@ async fn channel(server: &ServerHandle) -> Channel {
         .connect()
         .await
         .unwrap()
-}
-
-fn msg(m: Up) -> pb::WorkerMessage {
-    pb::WorkerMessage { msg: Some(m) }
 }
 
 fn hello(version: u32) -> pb::WorkerMessage {
@@ -99,13 +78,6 @@ async fn open(
     tx.send(first).await.unwrap();
     let inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
     Ok((tx, inbound))
-}
-
-async fn next(inbound: &mut Streaming<pb::CoordinatorMessage>) -> Down {
-    let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())
-        .await
-        .expect("no reply in 10 s");
-    m.unwrap().expect("stream ended").msg.unwrap()
 }
 
 #[tokio::test]

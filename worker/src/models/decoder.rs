@@ -8,7 +8,6 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
-use super::attention;
 use super::cache::{KvCache, LayerCache};
 use super::config::DecoderConfig;
 use super::linear::{Linear, Weight};
@@ -16,6 +15,7 @@ use super::mask::attention_mask;
 use super::rope::Rope;
 use super::shard::{RowLinear, Split, TpGroup};
 use super::{ForwardInput, LogitsAt};
+use super::{attention, cpu_kernels};
 use crate::{Error, Result};
 
 /// Where the decoder gets its weights from, by HF state-dict name; implemented for safetensors
@@ -146,6 +146,14 @@ impl Proj {
                 .collect(),
         }
     }
+
+    /// The fused output `(b, s, Σ widths)` itself, when the parts are fused.
+    fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match self {
+            Proj::Fused(l) => Ok(Some(l.forward(x)?)),
+            Proj::Separate(_) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -236,7 +244,12 @@ impl Attention {
         // On the CPU, reductions over visible keys only: padding must not change a row's bits
         // (see attention.rs).
         if !self.differentiable && attention::supported(&q, &k, &v) {
-            return self.o.forward(&attention::attend(&q, &k, &v, mask)?);
+            let out = {
+                let _s = tracing::trace_span!("core").entered();
+                attention::attend(&q, &k, &v, mask)?
+            };
+            let _o = tracing::trace_span!("o_proj").entered();
+            return self.o.forward(&out);
         }
         let t = k.dim(2)?;
         // Grouped-query attention without repeating K/V: the query heads that share a KV head
@@ -279,6 +292,8 @@ struct Mlp {
     down: RowLinear,
     /// This rank's share of the intermediate size.
     intermediate: usize,
+    /// candle's SiLU and product (they have a backward pass) instead of the CPU kernel.
+    differentiable: bool,
     span: tracing::Span,
 }
 
@@ -309,6 +324,7 @@ impl Mlp {
                 [cfg.hidden, cfg.intermediate],
             )?,
             intermediate: tp.share(&cfg.architecture, "intermediate units", cfg.intermediate)?,
+            differentiable: false,
             span: tracing::trace_span!("mlp"),
         })
     }
@@ -317,6 +333,22 @@ impl Mlp {
         let _enter = self.span.enter();
         let (b, s, _) = x.dims3()?;
         let i = self.intermediate;
+        if !self.differentiable && cpu_kernels::cpu_f32(&[x]) {
+            let fused = {
+                let _s = tracing::trace_span!("gate_up").entered();
+                self.gate_up.forward_fused(x)?
+            };
+            if let Some(y) = fused {
+                // One pass over the fused output: candle's SiLU and product on its two halves
+                // (strided views) cost as much as the gate/up matmul itself.
+                let h = {
+                    let _s = tracing::trace_span!("act").entered();
+                    cpu_kernels::swiglu(&y, i)?
+                };
+                let _s = tracing::trace_span!("down").entered();
+                return self.down.forward(&h);
+            }
+        }
         let parts = {
             let _s = tracing::trace_span!("gate_up").entered();
             self.gate_up.forward(x, &[i, i], 1)?
@@ -467,6 +499,7 @@ impl DecoderModel {
     pub fn into_differentiable(mut self) -> Self {
         for l in &mut self.layers {
             l.attn.differentiable = true;
+            l.mlp.differentiable = true;
             l.input_norm.differentiable = true;
             l.post_norm.differentiable = true;
         }

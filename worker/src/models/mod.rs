@@ -33,6 +33,7 @@ pub(crate) use baichuan_weights::RmWeights;
 mod cache;
 mod config;
 mod convert;
+mod cpu_kernels;
 mod decoder;
 mod decoder_rm;
 mod gguf;

@@ -1085,7 +1085,9 @@ fn score_choices(
         Ok((started.elapsed().as_secs_f64(), out))
     };
     let (whole_s, whole_p) = run(&whole)?;
+    profile_reset();
     let (prefix_s, prefix_p) = run(&jobs)?;
+    profile_print("score-choices (prefix cached)", opts.max_batch);
     let (hits, levels) = cache.stats();
     let argmax = |p: &[f32]| (0..p.len()).fold(0, |best, i| if p[i] > p[best] { i } else { best });
     let same_argmax = whole_p

@@ -48,6 +48,7 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) 
         || h % kvh != 0
         || k.dims4()? != (b, kvh, t, d)
         || v.dims4()? != (b, kvh, t, d)
+        || s == 0
         || t < s
         || !mask_ok
     {
@@ -59,8 +60,10 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) 
             mask.map(|m| m.dims())
         )));
     }
+    let contiguous = tracing::trace_span!("attn_copy").entered();
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let mask = mask.map(|m| m.contiguous()).transpose()?;
+    drop(contiguous);
     let sh = Shape {
         h,
         s,
@@ -73,7 +76,10 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) 
     let mut by_head = vec![0f32; b * h * sh.tiles * QUERY_TILE * d];
     with_f32(&q, |qs| {
         with_f32(&k, |ks| {
-            let kt = keys_transposed(ks, t, d);
+            let kt = {
+                let _s = tracing::trace_span!("attn_keys_t").entered();
+                keys_transposed(ks, t, d)
+            };
             with_f32(&v, |vs| {
                 let mut go = |mask: Option<&[f32]>| {
                     let seen = visible_keys(b, s, t, mask);
@@ -94,6 +100,7 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) 
             })
         })
     })?;
+    let _s = tracing::trace_span!("attn_out").entered();
     Ok(Tensor::from_vec(
         tokens_first(&sh, b, &by_head),
         (b, s, h * d),
@@ -155,13 +162,21 @@ struct Shape {
     tiles: usize,
 }
 
-/// `(heads, t, d)` → `(heads, d, t)`: a score block then reads [`KEY_BLOCK`] consecutive keys.
+/// Keys per row of [`keys_transposed`]: `t` rounded up to whole [`KEY_BLOCK`]s, plus one, so a
+/// block starting at any key `< t` lies inside the row (the extra keys are zeros, never read).
+fn padded_keys(t: usize) -> usize {
+    t.next_multiple_of(KEY_BLOCK) + KEY_BLOCK
+}
+
+/// `(heads, t, d)` → `(heads, d, padded_keys(t))`: a score block then reads [`KEY_BLOCK`]
+/// consecutive keys.
 fn keys_transposed(k: &[f32], t: usize, d: usize) -> Vec<f32> {
-    let mut kt = vec![0f32; k.len()];
-    for (src, dst) in k.chunks_exact(t * d).zip(kt.chunks_exact_mut(t * d)) {
+    let tp = padded_keys(t);
+    let mut kt = vec![0f32; k.len() / t * tp];
+    for (src, dst) in k.chunks_exact(t * d).zip(kt.chunks_exact_mut(tp * d)) {
         for (j, key) in src.chunks_exact(d).enumerate() {
             for (c, &x) in key.iter().enumerate() {
-                dst[c * t + j] = x;
+                dst[c * tp + j] = x;
             }
         }
     }
@@ -222,8 +237,9 @@ fn compute(sh: &Shape, x: &Inputs, first: usize, out: &mut [f32]) {
         rep,
         tiles,
     } = *sh;
-    let kvh = h / rep;
-    let mut scores = Vec::new();
+    let (kvh, tp) = (h / rep, padded_keys(t));
+    // Per task: the tile's queries by dimension, scores by query, probabilities by key.
+    let (mut qt, mut scores, mut pt) = (Vec::new(), Vec::new(), Vec::new());
     for (n, o) in out.chunks_mut(QUERY_TILE * d).enumerate() {
         o.fill(0.0);
         let task = first + n;
@@ -234,92 +250,91 @@ fn compute(sh: &Shape, x: &Inputs, first: usize, out: &mut [f32]) {
         );
         let queries = QUERY_TILE.min(s - i0);
         let seen = &x.seen[row * s + i0..][..queries];
-        // The keys any query of the tile sees lie in lo..hi.
+        // The keys any query of the tile sees lie in lo..hi; scores are computed for whole
+        // blocks from lo.
         let lo = seen.iter().filter(|k| k.lo < k.hi).map(|k| k.lo).min();
         let hi = seen.iter().map(|k| k.hi).max().unwrap_or(0);
         let Some(lo) = lo else { continue };
-        let width = hi - lo;
+        let (width, blocks) = (hi - lo, (hi - lo).div_ceil(KEY_BLOCK));
         let kv = row * kvh + head / rep;
-        let qrow = |qi: usize| &x.q[((row * h + head) * s + i0 + qi.min(queries - 1)) * d..][..d];
-        let qs: [&[f32]; QUERY_TILE] = std::array::from_fn(qrow);
+        let q_at = |qi: usize| ((row * h + head) * s + i0 + qi.min(queries - 1)) * d;
+        qt.clear();
+        qt.extend(
+            (0..d).map(|c| std::array::from_fn::<f32, QUERY_TILE, _>(|qi| x.q[q_at(qi) + c])),
+        );
         scores.clear();
-        scores.resize(QUERY_TILE * width, 0.0);
-        block_scores(&qs, &x.kt[kv * d * t..][..d * t], t, lo, hi, &mut scores);
-        let mut inv_sums = [0f32; QUERY_TILE];
+        scores.resize(QUERY_TILE * blocks * KEY_BLOCK, 0.0);
+        block_scores(
+            &qt,
+            &x.kt[kv * d * tp..][..d * tp],
+            tp,
+            lo,
+            blocks,
+            &mut scores,
+        );
+        let stride = blocks * KEY_BLOCK;
         for (qi, k) in seen.iter().enumerate() {
             let mask_row = x.mask.map(|m| &m[(row * s + i0 + qi) * t + lo..][..width]);
-            let row_scores = &mut scores[qi * width..][..width];
-            inv_sums[qi] = softmax_seen(
-                row_scores,
-                k.lo.max(lo) - lo,
-                k.hi.max(lo) - lo,
-                k.dense,
-                mask_row,
-            );
+            let row_scores = &mut scores[qi * stride..][..width];
+            let (a, z) = (k.lo.max(lo) - lo, k.hi.max(lo) - lo);
+            softmax_seen(row_scores, a, z, k.dense, mask_row);
         }
-        weighted_values(&scores, width, &x.v[kv * t * d..][..t * d], lo, o);
-        for (oq, inv) in o.chunks_exact_mut(d).zip(inv_sums) {
+        pt.clear();
+        pt.extend((0..width).map(|j| {
+            std::array::from_fn::<f32, QUERY_TILE, _>(|qi| {
+                if qi < queries {
+                    scores[qi * stride + j]
+                } else {
+                    0.0
+                }
+            })
+        }));
+        let sums = weighted_values(&pt, &x.v[(kv * t + lo) * d..][..width * d], o);
+        for (oq, sum) in o.chunks_exact_mut(d).zip(sums) {
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
             oq.iter_mut().for_each(|x| *x *= inv);
         }
     }
 }
 
-/// Scores of the tile's queries against keys `lo..hi` of one KV head (`kt` is `(d, t)`), into
-/// `scores` `(QUERY_TILE, hi - lo)`. Each score is `fma` over `d` in order from 0, whichever
-/// block its key falls in.
+/// Scores of the tile's queries (`qt` `(d, QUERY_TILE)`) against `blocks` blocks of keys from
+/// `lo` of one KV head (`kt` `(d, tp)`), into `scores` `(QUERY_TILE, blocks * KEY_BLOCK)`.
+/// Each score is `fma` over `d` in order from 0, whichever block its key falls in.
 #[inline(always)]
 fn block_scores(
-    qs: &[&[f32]; QUERY_TILE],
+    qt: &[[f32; QUERY_TILE]],
     kt: &[f32],
-    t: usize,
+    tp: usize,
     lo: usize,
-    hi: usize,
+    blocks: usize,
     scores: &mut [f32],
 ) {
-    let (d, width) = (qs[0].len(), hi - lo);
-    let mut j = lo;
-    while j + KEY_BLOCK <= hi {
+    let stride = blocks * KEY_BLOCK;
+    for block in 0..blocks {
+        let j = lo + block * KEY_BLOCK;
         let mut acc = [[0f32; KEY_BLOCK]; QUERY_TILE];
-        for c in 0..d {
-            let keys: &[f32; KEY_BLOCK] = kt[c * t + j..][..KEY_BLOCK].try_into().unwrap();
-            for (a, qr) in acc.iter_mut().zip(qs) {
-                let x = qr[c];
+        for (krow, qc) in kt.chunks_exact(tp).zip(qt) {
+            let keys: &[f32; KEY_BLOCK] = krow[j..j + KEY_BLOCK].try_into().unwrap();
+            for (a, &x) in acc.iter_mut().zip(qc) {
                 for (s, &k) in a.iter_mut().zip(keys) {
                     *s = x.mul_add(k, *s);
                 }
             }
         }
         for (qi, a) in acc.iter().enumerate() {
-            scores[qi * width + j - lo..][..KEY_BLOCK].copy_from_slice(a);
-        }
-        j += KEY_BLOCK;
-    }
-    for j in j..hi {
-        for (qi, qr) in qs.iter().enumerate() {
-            let mut s = 0f32;
-            for (c, &x) in qr.iter().enumerate() {
-                s = x.mul_add(kt[c * t + j], s);
-            }
-            scores[qi * width + j - lo] = s;
+            scores[qi * stride + block * KEY_BLOCK..][..KEY_BLOCK].copy_from_slice(a);
         }
     }
 }
 
-/// Turns one query's scores into unnormalised probabilities, exact 0 for keys it does not see
-/// (outside `a..z`, or masked in `mask_row` unless `dense`), and returns 1 / their sum (0 when it
-/// sees none).
+/// Turns one query's scores into unnormalised probabilities: exact 0 for keys it does not see
+/// (outside `a..z`, or masked in `mask_row` unless `dense`), `e^(score - max)` for the others.
 #[inline(always)]
-fn softmax_seen(
-    scores: &mut [f32],
-    a: usize,
-    z: usize,
-    dense: bool,
-    mask_row: Option<&[f32]>,
-) -> f32 {
+fn softmax_seen(scores: &mut [f32], a: usize, z: usize, dense: bool, mask_row: Option<&[f32]>) {
     scores[..a.min(z)].fill(0.0);
     scores[z..].fill(0.0);
     if a >= z {
-        return 0.0;
+        return;
     }
     let seen = &mut scores[a..z];
     if let (false, Some(m)) = (dense, mask_row) {
@@ -344,24 +359,30 @@ fn softmax_seen(
     for x in seen.iter_mut() {
         *x = exp_non_positive(*x - max);
     }
-    1.0 / seen.iter().fold(0f32, |s, &x| s + x)
 }
 
-/// `o` `(QUERY_TILE, d)` += probabilities `p` `(QUERY_TILE, width)` times value rows `lo..` of
-/// `v` `(t, d)`: per output element one `fma` chain over keys in order. [`KEY_BLOCK`] columns at
-/// a time, so the tile's accumulators stay in registers while the keys stream past.
+/// `o` `(QUERY_TILE, d)` = probabilities `pt` `(width, QUERY_TILE)` times value rows `v`
+/// `(width, d)`, per output element one `fma` chain over keys in order; returns each query's
+/// sum of probabilities, also added in key order (a key it does not see adds an exact 0, so the
+/// sum is that over its visible keys whatever else the tile spans). [`KEY_BLOCK`] columns at a
+/// time, so the tile's accumulators stay in registers while the keys stream past.
 #[inline(always)]
-fn weighted_values(p: &[f32], width: usize, v: &[f32], lo: usize, o: &mut [f32]) {
+fn weighted_values(pt: &[[f32; QUERY_TILE]], v: &[f32], o: &mut [f32]) -> [f32; QUERY_TILE] {
     let d = o.len() / QUERY_TILE;
+    let mut sums = [0f32; QUERY_TILE];
     let mut c0 = 0;
     while c0 + KEY_BLOCK <= d {
         let mut acc = [[0f32; KEY_BLOCK]; QUERY_TILE];
-        for j in 0..width {
-            let vj: &[f32; KEY_BLOCK] = v[(lo + j) * d + c0..][..KEY_BLOCK].try_into().unwrap();
-            for (qi, a) in acc.iter_mut().enumerate() {
-                let pj = p[qi * width + j];
+        for (vrow, pj) in v.chunks_exact(d).zip(pt) {
+            let vj: &[f32; KEY_BLOCK] = vrow[c0..c0 + KEY_BLOCK].try_into().unwrap();
+            for (a, &p) in acc.iter_mut().zip(pj) {
                 for (s, &x) in a.iter_mut().zip(vj) {
-                    *s = pj.mul_add(x, *s);
+                    *s = p.mul_add(x, *s);
+                }
+            }
+            if c0 == 0 {
+                for (s, &p) in sums.iter_mut().zip(pj) {
+                    *s += p;
                 }
             }
         }
@@ -370,22 +391,30 @@ fn weighted_values(p: &[f32], width: usize, v: &[f32], lo: usize, o: &mut [f32])
         }
         c0 += KEY_BLOCK;
     }
+    if d < KEY_BLOCK {
+        for pj in pt {
+            for (s, &p) in sums.iter_mut().zip(pj) {
+                *s += p;
+            }
+        }
+    }
     for c in c0..d {
         for qi in 0..QUERY_TILE {
             let mut s = 0f32;
-            for j in 0..width {
-                s = p[qi * width + j].mul_add(v[(lo + j) * d + c], s);
+            for (vrow, pj) in v.chunks_exact(d).zip(pt) {
+                s = pj[qi].mul_add(vrow[c], s);
             }
             o[qi * d + c] = s;
         }
     }
+    sums
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
     use crate::models::test_values::pseudo;
+    use candle_core::{DType, Device};
 
     /// The batched reference: scores, additive mask, softmax, weighted sum.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
@@ -514,6 +543,59 @@ mod tests {
         );
         let diff = max_diff(&got, &want);
         assert!(diff < 1e-5, "no mask: max difference {diff}");
+    }
+
+    #[test]
+    fn padding_between_a_cached_prefix_and_the_queries_changes_no_bit() {
+        // Rows after a shared prefix are left-padded between the prefix and their own tokens
+        // (score/choice/batch.rs): the pad keys sit in the middle of the visible ones.
+        let dev = Device::Cpu;
+        let (h, d, past, s, pad) = (2, 64, 37, 5, 11);
+        let keys = |n: usize, seed: u64| pseudo(n * d * h, seed);
+        let (pk, pv) = (keys(past, 20), keys(past, 21));
+        let (sk, sv) = (keys(s, 22), keys(s, 23));
+        let q = Tensor::from_vec(pseudo(h * s * d, 24), (1, h, s, d), &dev).unwrap();
+        // (1, h, n, d) from per-head key rows: prefix, optional pad, suffix.
+        let join = |pre: &[f32], suf: &[f32], pad: usize| {
+            let mut all = Vec::new();
+            for head in 0..h {
+                all.extend_from_slice(&pre[head * past * d..][..past * d]);
+                all.extend(std::iter::repeat_n(7.0f32, pad * d));
+                all.extend_from_slice(&suf[head * s * d..][..s * d]);
+            }
+            Tensor::from_vec(all, (1, h, past + pad + s, d), &dev).unwrap()
+        };
+        let run = |pad: usize| {
+            let t = past + pad + s;
+            let key_mask: Vec<f32> = (0..t)
+                .map(|j| {
+                    if (past..past + pad).contains(&j) {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let key_mask = Tensor::from_vec(key_mask, (1, t), &dev).unwrap();
+            let mask =
+                crate::models::mask::attention_mask(1, s, past + pad, Some(&key_mask), None, &dev)
+                    .unwrap()
+                    .unwrap();
+            let out = attend(&q, &join(&pk, &sk, pad), &join(&pv, &sv, pad), Some(&mask));
+            out.unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (plain, padded) = (run(0), run(pad));
+        assert!(plain.iter().any(|&x| x != 0.0));
+        assert!(
+            plain
+                .iter()
+                .zip(&padded)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ impl LayerCache {
     /// Appends `k`, `v` `(batch, kv_heads, s, head_dim)` (contiguous) and returns views of all
     /// keys and values held so far, `(batch, kv_heads, len, head_dim)`.
     pub(crate) fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let _s = tracing::trace_span!("kv_append").entered();
         let s = k.dim(2)?;
         let need = self.len + s;
         let cap = self.k.as_ref().map(|t| t.dim(2)).transpose()?.unwrap_or(0);

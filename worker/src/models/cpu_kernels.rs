@@ -78,7 +78,8 @@ pub(crate) fn parallel_chunks(
     /// Below this many multiply-adds one thread does the whole call.
     const PARALLEL_MIN_WORK: usize = 1 << 18;
     let units = out.len() / unit.max(1);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // candle's count (RAYON_NUM_THREADS, else the CPUs), as its matmuls use.
+    let threads = candle_core::utils::get_num_threads();
     if work < PARALLEL_MIN_WORK || threads < 2 || units < 2 {
         f(0, out);
         return;
@@ -112,7 +113,7 @@ pub(crate) fn exp_non_positive(x: f32) -> f32 {
         8.333_452e-3,
         4.166_579_6e-2,
         0.166_666_65,
-        0.500_000_01,
+        0.5,
     ] {
         p = p.mul_add(r, c);
     }

@@ -43,7 +43,10 @@ pub(super) fn run<D: Decoder<Cache: RowCache>>(
     let width = if b == 1 { longest.max(2) } else { longest };
     let input = forward_input(jobs, rows, past, width, decoder.device())?;
     let mut cache = match prefix {
-        Some(p) => p.select_rows(&vec![0; b])?,
+        Some(p) => {
+            let _s = tracing::trace_span!("prefix_rows").entered();
+            p.select_rows(&vec![0; b])?
+        }
         None => decoder.new_cache(),
     };
     let logits = if b == 1 {

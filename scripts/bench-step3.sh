@@ -21,7 +21,9 @@
 #   SUBJECTS    comma-separated subjects of TASK (default abstract_algebra: 100 questions)
 #   MODES       default "fixed llamafactory"
 #   LF_BATCH    default 4; EF_BATCH (evalfleet questions per forward pass) default 8
-#   WORKERS     evalfleet CPU worker processes (default 1); THREADS torch threads (default: torch's)
+#   WORKERS     evalfleet CPU worker processes (default 1; each gets RAYON_NUM_THREADS = CPUs /
+#               WORKERS, and N single-threaded workers on N cores go faster than one: README)
+#   THREADS     torch threads (default: torch's)
 #   SIDES       default "evalfleet llamafactory"
 #   EVALFLEET_BIN_DIR  a folder with release evalfleet, evalfleet-worker and evalfleet-bench (default:
 #               build them with cargo --release)

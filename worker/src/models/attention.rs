@@ -10,10 +10,11 @@
 //! - a score is one fused multiply-add chain over `head_dim` in order;
 //! - the softmax sum and the weighted sum of values run over keys in order, and a masked key
 //!   adds an exact zero (`x + 0 = x`, `fma(0, v, x) = x` for finite `v`), so keys a query does not
-//!   see may sit in the block it is computed with.
+//!   see may sit in the block it is computed with (the maximum is exact in any order).
 //!
-//! How it is fast (it is a third of a prefill's time at 512 tokens): queries of one head are
-//! taken [`QUERY_TILE`] at a time so each key and value row is loaded once per tile; scores are
+//! How it is fast (the former loop, one query and one key at a time, took a third of a prefill's
+//! time at 512 tokens): queries of one head are taken [`QUERY_TILE`] at a time so each key and
+//! value row is loaded once per tile; scores are
 //! computed [`KEY_BLOCK`] keys at a time from keys transposed to `(head_dim, keys)` (one vector
 //! register of keys per multiply-add); `exp` is a polynomial that vectorizes; and the loops are
 //! compiled per vector unit (cpu_kernels.rs), every one computing the same bits.

@@ -451,15 +451,7 @@ mod tests {
             .collect();
         let mask = Tensor::from_vec(causal.clone(), (1, 1, 1, s, t), &dev).unwrap();
         let got = attend(&q, &k, &v, Some(&mask)).unwrap();
-        let want = reference(&q, &k, &v, &mask);
-        let diff: f32 = (got.clone() - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_diff(&got, &reference(&q, &k, &v, &mask));
         assert!(diff < 1e-5, "max difference {diff}");
 
         // The same keys behind 5 masked padding keys: bitwise the same output.

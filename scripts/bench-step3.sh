@@ -107,6 +107,8 @@ few_shot_order: $mode
 dtype: f32
 EOF
   local start end n
+  # A journal left by an interrupted run would be resumed, and the time would cover only the rest.
+  rm -rf "$out"
   cat "$HF_DIR"/*.safetensors >/dev/null
   start=$(date +%s.%N)
   "$BIN/evalfleet" step3 "$yaml" --workers "$WORKERS" --cpu >"$WORK/evalfleet-$label-$mode.log" 2>&1 \

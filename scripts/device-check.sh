@@ -13,8 +13,10 @@
 #   (e) prefill throughput (last-position logits only, as multiple-choice scoring does).
 #   (b) NCCL at world size 1 and (c) tensor parallelism over in-process ranks on the one GPU
 #       (`evalfleet-bench tp-check`: logits and greedy tokens against the unsplit model);
-#   (p) a profile of generation and prefill by model span.
-# SECTIONS (default "a d e bc p") picks parts.
+#   (p) a profile of generation and prefill by model span;
+#   (t) reward-model training in bf16 (f32 master weights): one batch's losses and gradients on
+#       the GPU against PyTorch's bf16 goldens (worker/tests/fixtures/train/step_llama_bf16_*).
+# SECTIONS (default "a d e bc p t") picks parts.
 #
 # Every part runs under `timeout`; the whole script stays under ~6 minutes. Everything printed is
 # also written to $OUT/device-check.txt (OUT defaults to out/device-check). DRY_RUN=1 runs the
@@ -27,7 +29,7 @@ WORK="${DEVICE_CHECK_WORK:-${TMPDIR:-/tmp}/evalfleet-device-check}"
 DRY_RUN="${DRY_RUN:-0}"
 # Which parts to run (all by default); e.g. SECTIONS="e p" for a quick prefill profile. The random
 # model of (d)/(e)/(p) is always made.
-SECTIONS=" ${SECTIONS:-a d e bc p} "
+SECTIONS=" ${SECTIONS:-a d e bc p t} "
 want() { [[ "$SECTIONS" == *" $1 "* ]]; }
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/device-check.txt") 2>&1
@@ -296,6 +298,14 @@ if [[ $GEN_OK == 1 ]] && want p; then
   done
 fi
 
+if want t; then
+  say "(t) reward-model training in bf16: gradients on $DEVICE vs PyTorch's (goldens made on the CPU)"
+  guard 120 "$EF" train-grads --model "$FIX/train/tiny-llama-rm" \
+    --goldens "$FIX/train/step_llama_bf16_goldens.json" \
+    --grads "$FIX/train/step_llama_bf16_grads.safetensors" --device "$DEVICE" --dtype bf16 \
+    | tee -a "$SUMMARY"
+fi
+
 say "summary (card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo none))"
 "$PY" - "$SUMMARY" "${REF:-transformers}" <<'EOF'
 import json, sys
@@ -304,6 +314,10 @@ ref = sys.argv[2]
 for r in rows:
     if r.get("check") == "logits":
         print(f"logits {r['model']} {r['dtype']}: max|diff| {r['max_abs_diff']:.3e} vs {r.get('reference', 'transformers')}")
+    if r.get("check") == "train-grads":
+        print(f"train-grads {r['case']} {r['dtype']} on {r['device']}: worst gradient excess "
+              f"{r['worst_excess']:.3f} ({r['worst_param']}; <= 1 passes), distance to PyTorch bf16 "
+              f"{r['distance_to_reference']:.2e} / f32 {r['distance_to_f32']:.2e}, loss error {r['worst_loss_error']:.2e}")
 def tps(side, mode, bs):
     for r in rows:
         if r.get("side") == side and r.get("batch_size") == bs and (r.get("mode") == "prefill") == (mode == "prefill"):

@@ -39,6 +39,36 @@ fn config_errors_name_the_key() {
     assert!(e.contains("eval_fraction"), "{e}");
     let e = write("train_data: d.jsonl\noutput_dir: o\n");
     assert!(e.contains("model"), "{e}");
+    let e = write(&format!("{base}dtype: f16\n"));
+    assert!(
+        e.contains("`dtype` f16") && e.contains("bf16 or f32"),
+        "{e}"
+    );
+    let e = write(&format!("{base}dtype: int8\n"));
+    assert!(e.contains("`dtype` \"int8\""), "{e}");
+}
+
+#[test]
+fn the_compute_dtype_is_bf16_on_gpus_and_f32_on_the_cpu_unless_told() {
+    use candle_core::DType;
+    let tmp = tempfile::tempdir().unwrap();
+    let read = |extra: &str| {
+        let p = tmp.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            format!("model: m\ntrain_data: d.jsonl\noutput_dir: o\n{extra}"),
+        )
+        .unwrap();
+        TrainConfig::from_yaml_file(&p)
+            .unwrap()
+            .compute_dtype()
+            .unwrap()
+    };
+    assert_eq!(read(""), DType::F32);
+    assert_eq!(read("device: cuda\n"), DType::BF16);
+    assert_eq!(read("device: cuda:1\n"), DType::BF16);
+    assert_eq!(read("device: cuda\ndtype: f32\n"), DType::F32);
+    assert_eq!(read("dtype: bf16\n"), DType::BF16);
 }
 
 #[test]

@@ -76,6 +76,7 @@ fn config(dir: &Path, out: &str) -> TrainConfig {
         seed: 1,
         stop_after: None,
         device: "cpu".into(),
+        dtype: "auto".into(),
     }
 }
 

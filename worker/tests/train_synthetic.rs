@@ -154,6 +154,7 @@ fn learn_and_score(model: &Path, tmp: &Path, epochs: u64, lr: f64) -> std::path:
         seed: 0,
         stop_after: None,
         device: "cpu".into(),
+        dtype: "auto".into(),
     };
     let out = train_data_parallel(&cfg).unwrap();
     let text = std::fs::read_to_string(cfg.output_dir.join("metrics.jsonl")).unwrap();

@@ -8,6 +8,8 @@
 //! - `score-choices`: step-3 questions per second through `score::choice`, whole prompts against
 //!   the shared-prefix cache, on items from scripts/bench/choice_items.py.
 //! - `convert-gguf`: a GGUF file to an f32 HF folder (weights, config, tokenizer files).
+//! - `train-grads`: one reward-model training batch's gradients against PyTorch's (the GPU
+//!   check of bf16 training).
 //!
 //! Prompts are token ids (a JSON file or random ids), so both sides of a comparison feed the model
 //! exactly the same input and no tokenizer or chat template is timed.
@@ -166,6 +168,26 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// One reward-model training batch's gradients against PyTorch's (goldens from
+    /// scripts/goldens/train_rm_bf16_goldens.py): per loss case, one JSON line with both sides'
+    /// losses and the worst relative L2 difference of a parameter's gradient.
+    TrainGrads {
+        /// The reward model folder the goldens were made from.
+        #[arg(long)]
+        model: PathBuf,
+        /// The goldens' JSON (batch, loss cases, PyTorch's losses).
+        #[arg(long)]
+        goldens: PathBuf,
+        /// PyTorch's gradients, safetensors named `<case>/<param>`.
+        #[arg(long)]
+        grads: PathBuf,
+        /// `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Compute dtype, f32 or bf16 (the weights and their gradients are f32 either way).
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +267,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::ConvertGguf { gguf, out } => convert_gguf(&gguf, &out),
+        Cmd::TrainGrads {
+            model,
+            goldens,
+            grads,
+            device,
+            dtype,
+        } => train_grads(&model, &goldens, &grads, &device, &dtype),
         Cmd::TpCheck {
             model,
             worlds,
@@ -1117,6 +1146,41 @@ fn score_choices(
             "prefix_hits": hits, "prefix_levels_computed": levels,
             "same_argmax": same_argmax, "max_probability_difference": max_diff,
         })
+    );
+    Ok(())
+}
+
+/// `train-grads`: prints each case's [`GradReport`] as a JSON line, then the time taken.
+///
+/// [`GradReport`]: evalfleet_worker::train::check::GradReport
+fn train_grads(
+    model: &Path,
+    goldens: &Path,
+    grads: &Path,
+    device: &str,
+    dtype: &str,
+) -> anyhow::Result<()> {
+    let dev = parse_device(device)?;
+    let dt = match dtype {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => bail!("--dtype {other}: expected f32 or bf16"),
+    };
+    let start = Instant::now();
+    let reports =
+        evalfleet_worker::train::check::gradient_reports(model, goldens, grads, &dev, dt)?;
+    for r in &reports {
+        let mut line = serde_json::to_value(r)?;
+        line["check"] = json!("train-grads");
+        line["device"] = json!(device);
+        line["dtype"] = json!(dtype);
+        line["worst_loss_error"] = json!(r.worst_loss_error());
+        println!("{line}");
+    }
+    println!(
+        "{}",
+        json!({"check": "train-grads-time", "device": device, "dtype": dtype,
+               "seconds": start.elapsed().as_secs_f64()})
     );
     Ok(())
 }

@@ -116,7 +116,7 @@ pub fn latest(output: &Path) -> Option<(PathBuf, TrainerState)> {
 }
 
 /// Loads a checkpoint's weights into `model` and its moments into `opt`.
-pub fn restore(dir: &Path, model: &TrainableRm, opt: &mut AdamW) -> Result<()> {
+pub fn restore(dir: &Path, model: &mut TrainableRm, opt: &mut AdamW) -> Result<()> {
     let device = model.device().clone();
     let file = if dir.join(TRAINER_PARAMS).is_file() {
         TRAINER_PARAMS
@@ -124,7 +124,8 @@ pub fn restore(dir: &Path, model: &TrainableRm, opt: &mut AdamW) -> Result<()> {
         "model.safetensors"
     };
     let weights = candle_core::safetensors::load(dir.join(file), &device)?;
-    for name in model.params().keys() {
+    let names: Vec<String> = model.params().keys().cloned().collect();
+    for name in &names {
         let t = weights
             .get(name)
             .ok_or_else(|| Error::bad_file(dir, format!("checkpoint lacks `{name}`")))?;

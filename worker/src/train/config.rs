@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
 use super::adamw::AdamWConfig;
@@ -84,10 +85,14 @@ pub struct TrainConfig {
     pub resume: bool,
     #[serde(default)]
     pub seed: u64,
-    /// `cpu`, `cuda:N`, or `cuda` (rank `r` on GPU `r`). Training computes in f32 everywhere
-    /// for now (bf16 compute with f32 master weights on GPUs is not done yet).
+    /// `cpu`, `cuda:N`, or `cuda` (rank `r` on GPU `r`).
     #[serde(default = "default_device")]
     pub device: String,
+    /// Compute dtype: `auto` (bf16 on a GPU, f32 on the CPU), `f32` or `bf16`. The weights the
+    /// optimizer updates, their gradients and its moments are f32 either way; bf16 is the dtype
+    /// of the forward and backward passes.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
     /// Stop after this many steps of this process as if killed (no final checkpoint): for the
     /// resume tests.
     #[serde(default)]
@@ -96,6 +101,9 @@ pub struct TrainConfig {
 
 fn default_device() -> String {
     "cpu".into()
+}
+fn default_dtype() -> String {
+    "auto".into()
 }
 fn default_eval_fraction() -> f64 {
     0.1
@@ -140,6 +148,24 @@ impl TrainConfig {
         if self.adamw.lr <= 0.0 {
             return Err(format!("`adamw.lr` {} must be positive", self.adamw.lr));
         }
+        self.compute_dtype()?;
         Ok(())
+    }
+
+    /// The compute dtype `dtype` names on `device` (`auto`: bf16 on CUDA, f32 elsewhere).
+    pub fn compute_dtype(&self) -> std::result::Result<DType, String> {
+        match self.dtype.to_ascii_lowercase().as_str() {
+            "auto" if self.device.starts_with("cuda") => Ok(DType::BF16),
+            "auto" | "f32" | "float32" => Ok(DType::F32),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            "f16" | "float16" | "fp16" => Err(
+                "`dtype` f16 is not supported for training (it would need loss scaling): use bf16 \
+                 or f32"
+                    .into(),
+            ),
+            other => Err(format!(
+                "`dtype` {other:?}: expected auto (bf16 on a GPU, f32 on the CPU), f32 or bf16"
+            )),
+        }
     }
 }

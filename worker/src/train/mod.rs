@@ -2,9 +2,11 @@
 //! the step-4 BaichuanCharRM model ([`params`]), AdamW with a linear schedule ([`adamw`]), one
 //! optimisation step over micro-batches and data-parallel ranks ([`step`]); the run itself
 //! ([`trainer`]): JSONL data ([`data`]), held-out metrics ([`metrics`]), checkpoints step 4 can
-//! load and resume from ([`checkpoint`]), the YAML ([`config`]).
+//! load and resume from ([`checkpoint`]), the YAML ([`config`]); gradients against reference
+//! gradients ([`check`]).
 
 pub mod adamw;
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

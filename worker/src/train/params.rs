@@ -8,6 +8,11 @@
 //! Parameters whose names match none of the trainable prefixes are frozen: they enter the
 //! forward pass detached and get no gradient and no optimizer state.
 //!
+//! Mixed precision ([`TrainableRm::with_compute_dtype`]): the `Var`s (master weights), their
+//! gradients and the optimizer state are f32; in bf16 the forward pass reads each weight cast
+//! to bf16 (a cast is differentiable, so gradients come back in f32), the frozen ones cast
+//! once. The score head, the softmax and the norms compute in f32, as in scoring.
+//!
 //! LoRA ([`TrainableRm::with_lora`]): each target weight `W` gets `lora_A` `(r, in)` (uniform in
 //! ±1/sqrt(in), PEFT's kaiming-uniform bound) and `lora_B` `(out, r)` (zeros), and the forward
 //! pass reads `W + (alpha/r) · B·A` with `W` frozen: the merged weight is rebuilt from the
@@ -33,6 +38,21 @@ pub struct TrainableRm {
     /// LoRA pairs by target weight name: `(lora_A name, lora_B name, alpha / r)`.
     lora: BTreeMap<String, (String, String, f64)>,
     device: Device,
+    /// The dtype of the forward and backward passes.
+    compute: DType,
+    /// The frozen parameters without LoRA, already in their forward dtype (only when that is
+    /// not f32): they never change, so they are cast once rather than at every forward pass.
+    frozen_cast: HashMap<String, Tensor>,
+}
+
+/// The dtype parameter `name` enters a forward pass computing in `dtype` in: the score head
+/// computes in f32 (as in scoring), everything else in `dtype`.
+fn forward_dtype(name: &str, dtype: DType) -> DType {
+    if name.starts_with("score.") {
+        DType::F32
+    } else {
+        dtype
+    }
 }
 
 /// Which reward model the parameters make up.
@@ -160,7 +180,45 @@ impl TrainableRm {
             trainable: names,
             lora: BTreeMap::new(),
             device: device.clone(),
+            compute: DType::F32,
+            frozen_cast: HashMap::new(),
         })
+    }
+
+    /// Computes the forward and backward passes in `dtype` (f32 or bf16); the parameters,
+    /// gradients and optimizer state stay f32.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            return Err(Error::Unsupported(format!(
+                "training computes in f32 or bf16, not {dtype:?}"
+            )));
+        }
+        self.compute = dtype;
+        self.cast_frozen()?;
+        Ok(self)
+    }
+
+    /// The dtype of the forward and backward passes.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+
+    /// Refills [`Self::frozen_cast`] after the compute dtype or the trainable set changed.
+    fn cast_frozen(&mut self) -> Result<()> {
+        let mut cast = HashMap::new();
+        if self.compute != DType::F32 {
+            for (name, var) in &self.params {
+                if !self.is_trainable(name)
+                    && !name.contains(".lora_")
+                    && !self.lora.contains_key(name)
+                {
+                    let dtype = forward_dtype(name, self.compute);
+                    cast.insert(name.clone(), var.as_tensor().detach().to_dtype(dtype)?);
+                }
+            }
+        }
+        self.frozen_cast = cast;
+        Ok(())
     }
 
     /// Adds LoRA to the weights of `cfg.target_modules`; from then on only the LoRA matrices and
@@ -227,6 +285,7 @@ impl TrainableRm {
         );
         names.sort();
         self.trainable = names;
+        self.cast_frozen()?;
         Ok(self)
     }
 
@@ -273,17 +332,17 @@ impl TrainableRm {
     /// The step-4 model over the current parameters; with `grad`, trainable ones stay attached
     /// to their `Var`s, otherwise everything is detached (evaluation).
     fn model(&self, grad: bool) -> Result<RewardModel> {
-        let tensors = self.effective(grad)?;
+        let tensors = self.effective(grad, self.compute)?;
         Ok(match &self.arch {
             RmArch::Baichuan(cfg) => {
-                BaichuanRewardModel::from_tensors(cfg.clone(), tensors, DType::F32, &self.device)?
+                BaichuanRewardModel::from_tensors(cfg.clone(), tensors, self.compute, &self.device)?
                     .into()
             }
             RmArch::Decoder(cfg, eos) => DecoderRewardModel::from_tensors(
                 cfg.clone(),
                 tensors,
                 *eos,
-                DType::F32,
+                self.compute,
                 &self.device,
                 grad,
             )?
@@ -301,18 +360,33 @@ impl TrainableRm {
         })
     }
 
-    /// The model's weights by state-dict name, LoRA merged in (`W + scale · B·A`).
-    fn effective(&self, grad: bool) -> Result<HashMap<String, Tensor>> {
+    /// The model's weights by state-dict name, LoRA merged in, as a forward pass computing in
+    /// `dtype` reads them ([`forward_dtype`]).
+    fn effective(&self, grad: bool, dtype: DType) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for name in self.params.keys().filter(|n| !n.contains(".lora_")) {
-            let mut t = self.tensor(name, grad)?;
-            if let Some((a, b, scale)) = self.lora.get(name) {
-                let delta = self.tensor(b, grad)?.matmul(&self.tensor(a, grad)?)?;
-                t = (t + (delta * *scale)?)?;
-            }
+            let t = match self.frozen_cast.get(name) {
+                Some(t) if dtype == self.compute => t.clone(),
+                _ => self
+                    .merged(name, grad)?
+                    .to_dtype(forward_dtype(name, dtype))?,
+            };
             out.insert(name.clone(), t);
         }
         Ok(out)
+    }
+
+    /// Parameter `name` in f32 with its LoRA delta merged in (`W + scale · B·A`); merging in
+    /// f32 keeps a small delta that a bf16 sum would round away.
+    fn merged(&self, name: &str, grad: bool) -> Result<Tensor> {
+        let t = self.tensor(name, grad)?;
+        Ok(match self.lora.get(name) {
+            Some((a, b, scale)) => {
+                let delta = self.tensor(b, grad)?.matmul(&self.tensor(a, grad)?)?;
+                (t + (delta * *scale)?)?
+            }
+            None => t,
+        })
     }
 
     /// The score logits `r_θ` `(seqs,)` (before the sigmoid) of `seqs`, differentiable with
@@ -329,7 +403,7 @@ impl TrainableRm {
             )));
         }
         let hidden = match self.model(grad)? {
-            RewardModel::Baichuan(m) => m.last_hidden(seqs)?,
+            RewardModel::Baichuan(m) => m.last_hidden(seqs)?.to_dtype(DType::F32)?,
             RewardModel::Decoder(m) => return m.logits(seqs),
         };
         let w = self.tensor("score.weight", grad)?;
@@ -339,8 +413,12 @@ impl TrainableRm {
 
     /// Copies `values` (by name) into the parameters, e.g. rank 0's after a broadcast or a
     /// checkpoint's.
-    pub fn set(&self, name: &str, value: &Tensor) -> Result<()> {
-        Ok(self.param(name)?.set(value)?)
+    pub fn set(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        self.param(name)?.set(value)?;
+        if let Some(cast) = self.frozen_cast.get_mut(name) {
+            *cast = value.to_dtype(cast.dtype())?;
+        }
+        Ok(())
     }
 
     /// The step-4 model over the current weights (detached), e.g. for a [`RewardScorer`].
@@ -350,9 +428,10 @@ impl TrainableRm {
         self.model(false)
     }
 
-    /// The model's weights as step 4 loads them (LoRA merged in).
+    /// The model's weights as step 4 loads them (LoRA merged in), in f32 whatever the compute
+    /// dtype (the master weights).
     pub fn state_dict(&self) -> Result<HashMap<String, Tensor>> {
-        self.effective(false)
+        self.effective(false, DType::F32)
     }
 
     /// Every parameter as it is stored, LoRA matrices apart (for resuming).

@@ -231,6 +231,10 @@ pub fn train(
     if let Some(lora) = &cfg.lora {
         model = model.with_lora(lora, &cfg.trainable, cfg.seed)?;
     }
+    let dtype = cfg
+        .compute_dtype()
+        .map_err(|m| Error::Unsupported(format!("train-rm config: {m}")))?;
+    model = model.with_compute_dtype(dtype)?;
     let mut opt = AdamW::new(cfg.adamw);
     let (_, total) = schedule(cfg, data.train.len());
     let metrics = cfg.output_dir.join("metrics.jsonl");
@@ -240,7 +244,7 @@ pub fn train(
     if cfg.resume
         && let Some((dir, state)) = checkpoint::latest(&cfg.output_dir)
     {
-        checkpoint::restore(&dir, &model, &mut opt)?;
+        checkpoint::restore(&dir, &mut model, &mut opt)?;
         start = state.step;
         last_ckpt = Some(dir);
     }

@@ -338,6 +338,17 @@ fn qwen2_reward_model_trains_through_its_qkv_biases() {
 
 #[test]
 fn llama_lora_step_moves_only_the_adapter_and_head() {
+    check_llama_lora_steps(DType::F32);
+}
+
+/// The same in bf16 compute: the frozen base weights are cast once and must still not move,
+/// while the adapters (merged in f32 before the cast) do change the scores.
+#[test]
+fn llama_lora_steps_in_bf16_move_only_the_adapter_and_head() {
+    check_llama_lora_steps(DType::BF16);
+}
+
+fn check_llama_lora_steps(dtype: DType) {
     let g = goldens_of("train/step_llama_goldens.json");
     let dir = fixtures().join("train/tiny-llama-rm");
     let lora = LoraConfig {
@@ -348,6 +359,8 @@ fn llama_lora_step_moves_only_the_adapter_and_head() {
     let model = TrainableRm::load(&dir, &[], &Device::Cpu)
         .unwrap()
         .with_lora(&lora, &[], 7)
+        .unwrap()
+        .with_compute_dtype(dtype)
         .unwrap();
     // 2 layers × 3 modules × (A, B) + the score head.
     assert_eq!(
@@ -474,18 +487,28 @@ fn bf16_gradients_of_a_llama_reward_model_match_pytorch() {
 }
 
 /// A bf16 step updates f32 master weights (the parameters, and so checkpoints, stay f32) and
-/// moves them as the f32 step does: the same sign of update for nearly every weight.
+/// moves them as the f32 step does: the same sign of update for nearly every weight; on the
+/// llama reward model and on the BaichuanCharRM-style one (ALiBi, packed QKV).
 #[test]
 fn a_bf16_step_keeps_f32_weights_and_moves_them_like_the_f32_step() {
-    let g = goldens_of("train/step_llama_goldens.json");
-    let both = g.cases.iter().find(|c| c.name == "llama-both").unwrap();
+    check_bf16_step(
+        "train/step_llama_goldens.json",
+        "llama-both",
+        "train/tiny-llama-rm",
+    );
+    check_bf16_step("train/step_goldens.json", "both", "reward/tiny-rm-alibi4");
+}
+
+fn check_bf16_step(goldens: &str, case: &str, folder: &str) {
+    let g = goldens_of(goldens);
+    let both = g.cases.iter().find(|c| c.name == case).unwrap();
     let norm = LossNorm {
         groups: g.groups.len(),
         items: g.groups.iter().map(|x| x.seqs.len()).sum(),
         w_ranking: both.w_ranking,
         w_regression: both.w_regression,
     };
-    let dir = fixtures().join("train/tiny-llama-rm");
+    let dir = fixtures().join(folder);
     let single = LocalCollective::group(1).remove(0);
     let step = |dtype: DType| {
         let model = TrainableRm::load(&dir, &[], &Device::Cpu)
@@ -525,10 +548,10 @@ fn a_bf16_step_keeps_f32_weights_and_moves_them_like_the_f32_step() {
     let agree = same as f64 / total as f64;
     assert!(
         agree > 0.95,
-        "only {agree} of the updates have the f32 step's sign"
+        "{folder}: only {agree} of the updates have the f32 step's sign"
     );
     for (name, t) in m16.state_dict().unwrap() {
-        assert_eq!(t.dtype(), DType::F32, "state dict {name}");
+        assert_eq!(t.dtype(), DType::F32, "{folder}: state dict {name}");
     }
-    eprintln!("bf16 vs f32 step: {agree:.4} of {total} updates agree in sign");
+    eprintln!("{folder}: bf16 vs f32 step: {agree:.4} of {total} updates agree in sign");
 }

@@ -71,7 +71,8 @@ pub struct TrainConfig {
     /// Micro-batches per rank per optimizer step (gradient accumulation).
     #[serde(default = "one_usize")]
     pub grad_accum: usize,
-    /// Data-parallel ranks (threads of this process on the CPU).
+    /// Data-parallel ranks: threads of this process (on the CPU, or with `device: cuda` one GPU
+    /// each, over NCCL in a build with the `nccl` feature).
     #[serde(default = "one_usize")]
     pub ranks: usize,
     /// Save a checkpoint every this many steps (0: only at the end).

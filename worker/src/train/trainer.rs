@@ -336,20 +336,41 @@ pub fn train(
     })
 }
 
-/// Loads the data once and trains with `cfg.ranks` in-process ranks on threads; returns rank
-/// 0's outcome.
+/// Loads the data once and trains `cfg.ranks` data-parallel ranks as threads of this process:
+/// over NCCL, one GPU each, when `device: cuda` in a build with the `nccl` feature; otherwise
+/// reducing through host memory ([`LocalCollective`]). Returns rank 0's outcome.
 pub fn train_data_parallel(cfg: &TrainConfig) -> Result<TrainOutcome> {
     let data = load_dataset(cfg)?;
-    let ranks = LocalCollective::group(cfg.ranks);
-    if ranks.len() == 1 {
-        return train(cfg, &data, &ranks[0]);
+    if cfg.ranks == 1 {
+        return train(cfg, &data, &LocalCollective::group(1).remove(0));
     }
-    let results: Vec<Result<TrainOutcome>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
+    // NCCL ranks join their group inside their own thread (joining blocks until all have),
+    // through a fresh id file (rank 0 writes it).
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id_file = std::env::temp_dir().join(format!(
+        "evalfleet-train-nccl-{}-{stamp}.id",
+        std::process::id()
+    ));
+    let locals: Vec<Option<LocalCollective>> = if nccl_ranks(cfg) {
+        (0..cfg.ranks).map(|_| None).collect()
+    } else {
+        LocalCollective::group(cfg.ranks)
             .into_iter()
-            .map(|c| {
-                let data = &data;
-                s.spawn(move || train(cfg, data, &c))
+            .map(Some)
+            .collect()
+    };
+    let results: Vec<Result<TrainOutcome>> = std::thread::scope(|s| {
+        let handles: Vec<_> = locals
+            .into_iter()
+            .enumerate()
+            .map(|(rank, local)| {
+                let (data, id_file) = (&data, &id_file);
+                s.spawn(move || match local {
+                    Some(c) => train(cfg, data, &c),
+                    None => train_nccl_rank(cfg, data, rank, id_file),
+                })
             })
             .collect();
         handles
@@ -366,4 +387,39 @@ pub fn train_data_parallel(cfg: &TrainConfig) -> Result<TrainOutcome> {
         first.get_or_insert(r);
     }
     first.ok_or_else(|| Error::Unsupported("no training rank ran".into()))
+}
+
+/// Whether the ranks are GPUs over NCCL (`device: cuda`, several ranks, feature `nccl`).
+fn nccl_ranks(cfg: &TrainConfig) -> bool {
+    cfg!(feature = "nccl") && cfg.ranks > 1 && cfg.device == "cuda"
+}
+
+/// Rank `rank` on GPU `rank`, joined to the others over NCCL, then [`train`].
+#[cfg(feature = "nccl")]
+fn train_nccl_rank(
+    cfg: &TrainConfig,
+    data: &Dataset,
+    rank: usize,
+    id_file: &Path,
+) -> Result<TrainOutcome> {
+    let device = parse_device(&format!("cuda:{rank}"))?;
+    let timeout = std::time::Duration::from_secs(120);
+    let coll = crate::collective::NcclCollective::join(rank, cfg.ranks, &device, id_file, timeout)?;
+    let out = train(cfg, data, &coll);
+    if rank == 0 {
+        let _ = std::fs::remove_file(id_file);
+    }
+    out
+}
+
+#[cfg(not(feature = "nccl"))]
+fn train_nccl_rank(
+    _cfg: &TrainConfig,
+    _data: &Dataset,
+    rank: usize,
+    _id_file: &Path,
+) -> Result<TrainOutcome> {
+    Err(Error::Unsupported(format!(
+        "rank {rank}: NCCL ranks need a build with the `nccl` feature"
+    )))
 }

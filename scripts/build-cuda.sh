@@ -29,7 +29,7 @@ TARGET_DIR="$ROOT/target-cuda"
 DIST_DIR="$ROOT/dist"
 PYTHON="${PYTHON:-python3}"
 FEATURES="${EVALFLEET_CUDA_FEATURES:-cuda,nccl}"
-BINS=(evalfleet-worker evalfleet-bench)
+BINS=(evalfleet-worker evalfleet-bench evalfleet-train)
 
 # Pinned 13.0.x: a newer toolkit writes PTX that driver 580 (CUDA 13.0) cannot JIT. curand and nccl
 # follow their own numbering; their sonames (libcurand.so.10, libnccl.so.2) are what matters.

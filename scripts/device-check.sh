@@ -15,7 +15,9 @@
 #       (`evalfleet-bench tp-check`: logits and greedy tokens against the unsplit model);
 #   (p) a profile of generation and prefill by model span;
 #   (t) reward-model training in bf16 (f32 master weights): one batch's losses and gradients on
-#       the GPU against PyTorch's bf16 goldens (worker/tests/fixtures/train/step_llama_bf16_*).
+#       the GPU against PyTorch's bf16 goldens (worker/tests/fixtures/train/step_llama_bf16_*);
+#       then `evalfleet-train` on yamls/train_rm.yaml's synthetic task on the GPU (one rank, 60
+#       steps; with 2+ GPUs also 2 ranks over NCCL), printing its held-out metrics.
 # SECTIONS (default "a d e bc p t") picks parts.
 #
 # Every part runs under `timeout`; the whole script stays under ~6 minutes. Everything printed is
@@ -304,6 +306,23 @@ if want t; then
     --goldens "$FIX/train/step_llama_bf16_goldens.json" \
     --grads "$FIX/train/step_llama_bf16_grads.safetensors" --device "$DEVICE" --dtype bf16 \
     | tee -a "$SUMMARY"
+  TRAIN="$BIN/evalfleet-train"
+  NGPU=$([[ "$DRY_RUN" == 1 ]] && echo 1 || nvidia-smi -L 2>/dev/null | wc -l)
+  for ranks in 1 2; do
+    if [[ $ranks -gt 1 && $NGPU -lt 2 ]]; then echo "--- 2 ranks over NCCL: skipped, $NGPU GPU(s)"; continue; fi
+    dev=$([[ "$DRY_RUN" == 1 ]] && echo cpu || { [[ $ranks == 1 ]] && echo "$DEVICE" || echo cuda; })
+    out="$WORK/train-rm-$ranks"
+    rm -rf "$out"
+    sed -e "s|^model: |model: $ROOT/|" -e "s|^train_data: |train_data: $ROOT/|" \
+      -e "s|^output_dir: .*|output_dir: $out|" -e "s|^ranks: .*|ranks: $ranks|" \
+      -e "s|^device: .*|device: $dev|" -e "s|^epochs: .*|max_steps: 60|" \
+      "$ROOT/yamls/train_rm.yaml" >"$WORK/train-rm-$ranks.yaml"
+    echo "--- evalfleet-train, $ranks rank(s) on $dev, dtype auto"
+    start=$SECONDS
+    guard 240 "$TRAIN" train-rm "$WORK/train-rm-$ranks.yaml" 2>&1 | tail -n 3
+    echo "took $((SECONDS - start)) s; last held-out metrics:"
+    grep '"split":"eval"' "$out/metrics.jsonl" | tail -n 1
+  done
 fi
 
 say "summary (card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo none))"

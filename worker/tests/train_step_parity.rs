@@ -12,33 +12,18 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use evalfleet_worker::collective::LocalCollective;
 use evalfleet_worker::score::reward::RewardScorer;
-use evalfleet_worker::train::check::gradient_reports;
+use evalfleet_worker::train::check::{GoldenCase as Case, GoldenGroup, gradient_reports};
 use evalfleet_worker::train::{
     AdamW, AdamWConfig, LoraConfig, LossNorm, MicroBatch, TrainableRm, train_step,
 };
 use serde::Deserialize;
 
+/// The goldens' batch and loss cases (the library's golden types) with their AdamW settings.
 #[derive(Deserialize)]
 struct Goldens {
     adamw: AdamWConfig,
-    groups: Vec<Group>,
+    groups: Vec<GoldenGroup>,
     cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Group {
-    seqs: Vec<Vec<u32>>,
-    scores: Vec<f32>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    w_ranking: f64,
-    w_regression: f64,
-    loss_1: f64,
-    loss_2: f64,
-    loss: f64,
 }
 
 fn fixtures() -> PathBuf {

@@ -184,9 +184,10 @@ enum Cmd {
         /// `cpu` or `cuda:N`.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Compute dtype, f32 or bf16 (the weights and their gradients are f32 either way).
-        #[arg(long, default_value = "bf16")]
-        dtype: String,
+        /// Compute dtype, f32 or bf16 (`auto`: the device's default); the weights and their
+        /// gradients are f32 either way.
+        #[arg(long, value_enum, default_value_t = DTypeArg::Bf16)]
+        dtype: DTypeArg,
     },
 }
 
@@ -273,7 +274,7 @@ fn main() -> anyhow::Result<()> {
             grads,
             device,
             dtype,
-        } => train_grads(&model, &goldens, &grads, &device, &dtype),
+        } => train_grads(&model, &goldens, &grads, &device, dtype),
         Cmd::TpCheck {
             model,
             worlds,
@@ -1158,14 +1159,16 @@ fn train_grads(
     goldens: &Path,
     grads: &Path,
     device: &str,
-    dtype: &str,
+    dtype: DTypeArg,
 ) -> anyhow::Result<()> {
     let dev = parse_device(device)?;
     let dt = match dtype {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        other => bail!("--dtype {other}: expected f32 or bf16"),
+        DTypeArg::Auto => default_dtype(&dev),
+        DTypeArg::F32 => DType::F32,
+        DTypeArg::Bf16 => DType::BF16,
+        DTypeArg::F16 => bail!("--dtype f16: training computes in f32 or bf16"),
     };
+    let dtype = format!("{dt:?}").to_lowercase();
     let start = Instant::now();
     let reports =
         evalfleet_worker::train::check::gradient_reports(model, goldens, grads, &dev, dt)?;

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::adamw::AdamWConfig;
 use super::params::LoraConfig;
+use crate::models::DTypeChoice;
+use crate::tp::parse_dtype;
 use crate::{Error, Result};
 
 /// Weights of the two losses in `loss = ranking · loss_1 + regression · loss_2`.
@@ -155,18 +157,21 @@ impl TrainConfig {
 
     /// The compute dtype `dtype` names on `device` (`auto`: bf16 on CUDA, f32 elsewhere).
     pub fn compute_dtype(&self) -> std::result::Result<DType, String> {
-        match self.dtype.to_ascii_lowercase().as_str() {
-            "auto" if self.device.starts_with("cuda") => Ok(DType::BF16),
-            "auto" | "f32" | "float32" => Ok(DType::F32),
-            "bf16" | "bfloat16" => Ok(DType::BF16),
-            "f16" | "float16" | "fp16" => Err(
+        let choice = parse_dtype(&self.dtype).map_err(|_| {
+            format!(
+                "`dtype` {:?}: expected auto (bf16 on a GPU, f32 on the CPU), f32 or bf16",
+                self.dtype
+            )
+        })?;
+        match choice {
+            DTypeChoice::Auto if self.device.starts_with("cuda") => Ok(DType::BF16),
+            DTypeChoice::Auto | DTypeChoice::F32 => Ok(DType::F32),
+            DTypeChoice::BF16 => Ok(DType::BF16),
+            DTypeChoice::F16 => Err(
                 "`dtype` f16 is not supported for training (it would need loss scaling): use bf16 \
                  or f32"
                     .into(),
             ),
-            other => Err(format!(
-                "`dtype` {other:?}: expected auto (bf16 on a GPU, f32 on the CPU), f32 or bf16"
-            )),
         }
     }
 }

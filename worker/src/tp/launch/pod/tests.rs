@@ -70,10 +70,15 @@ fn a_build_without_nccl_refuses_a_group_naming_the_feature() {
     );
 }
 
+/// A shell standing in for a rank. Its output goes nowhere: a `sleep` it started outlives a killed
+/// shell for up to a second and would otherwise hold the test's stdout open past the test's end.
 fn sh(script: &str) -> Child {
     Command::new("sh")
         .arg("-c")
         .arg(script)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap()

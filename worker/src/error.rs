@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use evalfleet_proto::v1 as pb;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
@@ -23,6 +25,9 @@ pub enum Error {
     /// An item that cannot be run as asked (for example a prompt that does not fit).
     #[error("item {item}: {message}")]
     Item { item: String, message: String },
+    /// A group of ranks (tensor- or data-parallel) that cannot go on: one of them failed.
+    #[error("rank group stopped: {0}")]
+    GroupStopped(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -41,5 +46,18 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// The result that fails `item_id` of `lease` with `e`, not to be retried: an item error fails the
+/// same way on any worker.
+pub fn item_error(lease: &pb::Lease, item_id: &str, e: &Error) -> pb::ItemResult {
+    pb::ItemResult {
+        lease_id: lease.lease_id,
+        item_id: item_id.to_string(),
+        outcome: Some(pb::item_result::Outcome::Error(pb::ItemError {
+            message: e.to_string(),
+            retryable: false,
+        })),
     }
 }

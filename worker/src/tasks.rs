@@ -21,6 +21,7 @@ use pb::item_result::Outcome;
 
 use crate::embed::Embedder;
 use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
+use crate::error::item_error;
 use crate::models::{BaseCache, Decoder, KvCache, LoadOptions, LoadedModel, load_causal_lm};
 use crate::score::choice;
 use crate::score::reward::{self, RewardScorer};
@@ -657,16 +658,4 @@ fn decode(
         new_tokens: out.tokens.len() as u32,
         finish_reason: out.finish.as_str().to_string(),
     })
-}
-
-/// A non-retryable error result: the item fails the same way on any worker.
-fn item_error(lease: &pb::Lease, item_id: &str, e: &Error) -> pb::ItemResult {
-    pb::ItemResult {
-        lease_id: lease.lease_id,
-        item_id: item_id.to_string(),
-        outcome: Some(Outcome::Error(pb::ItemError {
-            message: e.to_string(),
-            retryable: false,
-        })),
-    }
 }

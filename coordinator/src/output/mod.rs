@@ -1,7 +1,7 @@
 //! Result files written exactly as the original Python tool wrote them (PROTOCOL 1.7), each one
 //! atomically.
 //!
-//! - [`pyfloat`] writes floats as Python's `repr(float)`.
+//! - Floats are written as Python's `repr(float)` ([`float_repr`], from `evalfleet-pyfmt`).
 //! - [`pyjson`] holds a JSON value and Python's `json.dump(s)` layouts and escaping.
 //! - [`predictions`] writes and reads `generated_predictions.jsonl`.
 //! - [`speed`] is HF `speed_metrics` (runtime, samples and steps per second).
@@ -13,7 +13,6 @@
 //! rename, so a reader (or a crash) never sees half a file.
 
 pub mod predictions;
-pub mod pyfloat;
 pub mod pyjson;
 pub mod speed;
 pub mod svg;
@@ -22,8 +21,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+pub use evalfleet_pyfmt::{float_repr, json_float};
 pub use predictions::{PredictionRow, generated_predictions_jsonl, read_generated_predictions};
-pub use pyfloat::{float_repr, json_float};
 pub use pyjson::{JsonSyntax, PyJson, dumps_compact, dumps_pretty, dumps_pretty_sorted, loads};
 pub use speed::SpeedMetrics;
 

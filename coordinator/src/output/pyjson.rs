@@ -9,7 +9,7 @@
 //!
 //! Floats are written as `repr(float)` ([`json_float`]); integers stay integers, as in Python.
 
-use super::pyfloat::json_float;
+use evalfleet_pyfmt::{json_float, push_json_string};
 
 /// A JSON value that keeps Python's int/float distinction and non-finite floats, which
 /// `serde_json::Value` cannot hold.
@@ -266,40 +266,6 @@ fn push_newline_indent(out: &mut String, level: usize) {
     }
 }
 
-/// Appends `s` as a JSON string literal exactly as CPython's encoder escapes it.
-///
-/// Both modes escape `"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t` with short escapes and other
-/// characters below U+0020 as lowercase `\u00XX`. With `ensure_ascii` every character outside
-/// `' '..='~'` (so also DEL and all non-ASCII) becomes `\uXXXX`, non-BMP ones as a surrogate pair;
-/// without it DEL, U+2028 and the like pass through unescaped.
-pub fn push_json_string(out: &mut String, s: &str, ensure_ascii: bool) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => push_u_escape(out, c as u32),
-            c if ensure_ascii && !(' '..='~').contains(&c) => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    push_u_escape(out, u32::from(*unit));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-fn push_u_escape(out: &mut String, unit: u32) {
-    out.push_str(&format!("\\u{unit:04x}"));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,15 +350,5 @@ mod tests {
         let err = loads("{\"a\": Nan}").unwrap_err();
         assert_eq!((err.line, err.column), (1, 7), "{err}");
         assert!(!err.message.contains(" at line "), "{err}");
-    }
-
-    #[test]
-    fn ascii_mode_escapes_non_bmp_as_surrogate_pair() {
-        let mut out = String::new();
-        push_json_string(&mut out, "😀\u{7f}\u{1f}", true);
-        assert_eq!(out, "\"\\ud83d\\ude00\\u007f\\u001f\"");
-        let mut raw = String::new();
-        push_json_string(&mut raw, "😀\u{7f}\u{2028}", false);
-        assert_eq!(raw, "\"😀\u{7f}\u{2028}\"");
     }
 }

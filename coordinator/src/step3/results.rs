@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::plan::TaskPlan;
 use super::{CATEGORIES, Step3Error};
-use crate::output::pyjson::push_json_string;
 use crate::output::{PyJson, dumps_compact, write_atomic};
+use evalfleet_pyfmt::push_json_string;
 
 /// `results.json`: `{subject: {"0": "A", ...}}`.
 pub const RESULTS_JSON: &str = "results.json";

@@ -8,7 +8,7 @@
 
 use super::nonprintable::NON_PRINTABLE;
 use crate::output::PyJson;
-use crate::output::pyfloat::float_repr;
+use crate::output::float_repr;
 
 /// `str(value)`: a string as it is, anything else as its repr.
 pub fn py_str(value: &PyJson) -> String {

@@ -27,6 +27,7 @@ use pb::item_result::Outcome;
 
 pub use prefix::PrefixCache;
 
+use crate::error::item_error;
 use crate::models::{Decoder, KvCache};
 use crate::tokenize::{ChatMessage, PromptBuilder, TextTokenizer};
 use crate::{Error, Result};
@@ -264,7 +265,7 @@ pub fn run_lease<D: Decoder<Cache: RowCache>>(
         };
         match prepared {
             Ok(job) => jobs.push(job),
-            Err(e) => sink(result(&item.item_id, error_outcome(&e))),
+            Err(e) => sink(item_error(lease, &item.item_id, &e)),
         }
     }
     score_jobs(decoder, &jobs, opts, prefixes, &mut |i, probabilities| {
@@ -274,14 +275,6 @@ pub fn run_lease<D: Decoder<Cache: RowCache>>(
             prompt_tokens: job.prompt_ids.len() as u32,
         };
         sink(result(&job.item_id, Outcome::Choice(choice)));
-    })
-}
-
-/// A non-retryable error: the item fails the same way on any worker.
-pub fn error_outcome(e: &Error) -> Outcome {
-    Outcome::Error(pb::ItemError {
-        message: e.to_string(),
-        retryable: false,
     })
 }
 

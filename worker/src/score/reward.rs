@@ -15,6 +15,7 @@ use candle_core::{DType, Device};
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
 
+use crate::error::item_error;
 use crate::models::RewardModel;
 use crate::tokenize::TextTokenizer;
 use crate::{Error, Result};
@@ -210,16 +211,4 @@ pub fn run_lease(
         secs = format!("{:.2}", started.elapsed().as_secs_f64()),
         "reward lease done"
     );
-}
-
-/// A non-retryable error result: the item fails the same way on any worker.
-fn item_error(lease: &pb::Lease, item_id: &str, e: &Error) -> pb::ItemResult {
-    pb::ItemResult {
-        lease_id: lease.lease_id,
-        item_id: item_id.to_string(),
-        outcome: Some(Outcome::Error(pb::ItemError {
-            message: e.to_string(),
-            retryable: false,
-        })),
-    }
 }

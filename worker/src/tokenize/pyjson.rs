@@ -134,27 +134,7 @@ impl Writer<'_> {
     }
 
     fn string(&self, out: &mut String, s: &str) {
-        out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                '\u{8}' => out.push_str("\\b"),
-                '\u{c}' => out.push_str("\\f"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c if self.opts.ensure_ascii && (c as u32) > 0x7e => {
-                    let mut buf = [0u16; 2];
-                    for unit in c.encode_utf16(&mut buf) {
-                        out.push_str(&format!("\\u{unit:04x}"));
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-        out.push('"');
+        evalfleet_pyfmt::push_json_string(out, s, self.opts.ensure_ascii);
     }
 }
 
@@ -176,75 +156,14 @@ fn number(v: &Value) -> String {
             .unwrap_or_else(|_| v.to_string());
     }
     match f64::try_from(v.clone()) {
-        Ok(f) => py_float_repr(f),
+        Ok(f) => evalfleet_pyfmt::json_float(f),
         Err(_) => v.to_string(),
-    }
-}
-
-/// Python's `repr(float)` (what `json.dumps` writes): shortest round-trip digits, positional
-/// notation for exponents in [-4, 16), `1e+16` style otherwise; NaN/Infinity as Python's json.
-pub fn py_float_repr(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".to_string();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "Infinity" } else { "-Infinity" }.to_string();
-    }
-    if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0" } else { "0.0" }.to_string();
-    }
-    // `{:e}` gives the shortest round-trip digits as d.ddd e X.
-    let sci = format!("{f:e}");
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let negative = mantissa.starts_with('-');
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    let sign = if negative { "-" } else { "" };
-    if (-4..16).contains(&exp) {
-        let point = exp + 1; // digits before the decimal point
-        let body = if point <= 0 {
-            format!("0.{}{}", "0".repeat((-point) as usize), digits)
-        } else if point as usize >= digits.len() {
-            format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
-        } else {
-            format!(
-                "{}.{}",
-                &digits[..point as usize],
-                &digits[point as usize..]
-            )
-        };
-        format!("{sign}{body}")
-    } else {
-        let frac = if digits.len() > 1 {
-            format!(".{}", &digits[1..])
-        } else {
-            String::new()
-        };
-        let esign = if exp < 0 { "-" } else { "+" };
-        format!("{sign}{}{frac}e{esign}{:02}", &digits[..1], exp.abs())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn floats_print_like_python_repr() {
-        let cases = [
-            (1.0, "1.0"),
-            (0.1, "0.1"),
-            (1.5e-7, "1.5e-07"),
-            (1e16, "1e+16"),
-            (123456789.125, "123456789.125"),
-            (0.0001, "0.0001"),
-            (-2.5, "-2.5"),
-            (1e22, "1e+22"),
-        ];
-        for (f, want) in cases {
-            assert_eq!(py_float_repr(f), want, "{f}");
-        }
-    }
 
     #[test]
     fn dumps_matches_python_layouts() {

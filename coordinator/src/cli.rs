@@ -229,6 +229,13 @@ pub struct FleetArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The per-client limits of the gRPC port (`evalfleet run`, the steps, `sweep` and `serve`).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
     /// RPC calls per second per client address (bursts of ten seconds' worth); over it, calls
     /// are refused with RESOURCE_EXHAUSTED. 0 = no limit.
     #[arg(long, value_name = "N", default_value_t = crate::rpc::limits::DEFAULT_CALLS_PER_SECOND)]
@@ -240,6 +247,17 @@ pub struct FleetArgs {
     /// Open connections per client address; more are closed at once. 0 = no limit.
     #[arg(long, value_name = "N", default_value_t = crate::rpc::limits::DEFAULT_CONNECTIONS_PER_CLIENT)]
     pub max_connections_per_client: usize,
+}
+
+impl LimitArgs {
+    /// The limits these options set (bursts derived from the rates).
+    pub fn limits(&self) -> crate::rpc::limits::Limits {
+        crate::rpc::limits::Limits::from_rates(
+            self.max_calls_per_second,
+            self.max_messages_per_second,
+            self.max_connections_per_client,
+        )
+    }
 }
 
 impl FleetArgs {
@@ -260,11 +278,7 @@ impl FleetArgs {
                     .clone()
                     .zip(self.tls_key.clone())
                     .map(|(cert, key)| crate::rpc::tls::TlsFiles { cert, key }),
-                limits: crate::rpc::limits::Limits::from_rates(
-                    self.max_calls_per_second,
-                    self.max_messages_per_second,
-                    self.max_connections_per_client,
-                ),
+                limits: self.limits.limits(),
                 ..Default::default()
             },
             journal: None,
@@ -464,5 +478,38 @@ mod error_text_tests {
             error_text(&wrapped),
             "reading the job: No such file or directory"
         );
+    }
+}
+
+#[cfg(test)]
+mod limit_args_tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+    use crate::rpc::limits::Limits;
+
+    /// `serve` takes the same limit options as `run` and the steps, with the same defaults.
+    #[test]
+    fn serve_and_run_take_the_same_limit_options() {
+        let serve = Cli::try_parse_from([
+            "evalfleet",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-messages-per-second",
+            "5",
+            "--max-connections-per-client",
+            "0",
+        ])
+        .unwrap();
+        let Command::Serve(args) = serve.command else {
+            panic!("parsed as serve")
+        };
+        assert_eq!(args.limits.limits(), Limits::from_rates(20.0, 5.0, 0));
+        let run = Cli::try_parse_from(["evalfleet", "run", "job.yaml"]).unwrap();
+        let Command::Run(args) = run.command else {
+            panic!("parsed as run")
+        };
+        assert_eq!(args.step.fleet.limits.limits(), Limits::default());
     }
 }

@@ -537,34 +537,31 @@ pub fn check_version(worker: u32) -> Result<(), Status> {
     }
 }
 
-fn down(msg: Down) -> pb::CoordinatorMessage {
+pub(crate) fn down(msg: Down) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage { msg: Some(msg) }
 }
 
-/// Serves one worker stream until it closes or the fleet shuts down.
-async fn session(
-    fleet: Fleet,
-    key: WorkerKey,
-    name: String,
-    mut inbound: Streaming<pb::WorkerMessage>,
-    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+/// Relays one worker stream (of `evalfleet run`'s fleet or `evalfleet serve`'s hub): each message,
+/// read no faster than `gate`'s per-stream message rate, goes to `handle`, whose reply is sent
+/// down. Returns when the stream closes or fails, the worker stops listening, or `shutdown` fires
+/// (the worker is then told why).
+pub(crate) async fn relay_worker_stream(
+    name: &str,
+    inbound: &mut Streaming<pb::WorkerMessage>,
+    tx: &mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    mut shutdown: watch::Receiver<Option<String>>,
+    gate: &ClientGate,
+    mut handle: impl FnMut(Up) -> Option<Down>,
 ) {
-    fleet.inner.connected.send_modify(|n| *n += 1);
-    let mut shutdown = fleet.inner.shutdown.subscribe();
-    let limits = &fleet.inner.opts.limits;
-    let mut rate = TokenBucket::new(
-        limits.messages_per_second,
-        limits.message_burst,
-        Instant::now(),
-    );
+    let mut rate = gate.message_bucket(Instant::now());
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(msg)) => {
                     if let Some(rate) = rate.as_mut() {
-                        throttle(&fleet, &name, rate).await;
+                        throttle(gate, name, rate).await;
                     }
-                    let Some(reply) = msg.msg.and_then(|m| handle_observed(&fleet, key, &name, m)) else { continue };
+                    let Some(reply) = msg.msg.and_then(&mut handle) else { continue };
                     if tx.send(Ok(down(reply))).await.is_err() {
                         break;
                     }
@@ -581,6 +578,26 @@ async fn session(
             }
         }
     }
+}
+
+/// Serves one worker stream until it closes or the fleet shuts down.
+async fn session(
+    fleet: Fleet,
+    key: WorkerKey,
+    name: String,
+    mut inbound: Streaming<pb::WorkerMessage>,
+    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+) {
+    fleet.inner.connected.send_modify(|n| *n += 1);
+    relay_worker_stream(
+        &name,
+        &mut inbound,
+        &tx,
+        fleet.inner.shutdown.subscribe(),
+        &fleet.inner.gate,
+        |msg| handle_observed(&fleet, key, &name, msg),
+    )
+    .await;
     let reclaimed = fleet.with_sched(|s| s.worker_left(key));
     if reclaimed.is_empty() {
         info!("worker {name:?} disconnected");
@@ -608,18 +625,12 @@ fn handle_observed(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option
 
 /// Takes one message's token from the stream's bucket; over the rate, waits until the debt is
 /// paid. Meanwhile nothing more is read from the stream, so HTTP/2 flow control slows the sender.
-async fn throttle(fleet: &Fleet, name: &str, rate: &mut TokenBucket) {
+async fn throttle(gate: &ClientGate, name: &str, rate: &mut TokenBucket) {
     let wait = rate.take_or_wait(Instant::now());
     if wait.is_zero() {
         return;
     }
-    let n = fleet
-        .inner
-        .gate
-        .counters
-        .messages_delayed
-        .fetch_add(1, Ordering::Relaxed)
-        + 1;
+    let n = gate.message_delayed();
     if n.is_power_of_two() {
         warn!(
             "worker {name:?} sends messages faster than the limit; reading them more slowly ({n} delayed so far)"
@@ -630,7 +641,7 @@ async fn throttle(fleet: &Fleet, name: &str, rate: &mut TokenBucket) {
 
 /// Waits for the shutdown signal. Returns an owned reason, so no watch guard (not `Send`) is held
 /// across later awaits.
-async fn shutdown_reason(rx: &mut watch::Receiver<Option<String>>) -> String {
+pub(crate) async fn shutdown_reason(rx: &mut watch::Receiver<Option<String>>) -> String {
     rx.wait_for(Option::is_some)
         .await
         .ok()

@@ -109,3 +109,61 @@ async fn a_flooding_client_is_limited_and_a_good_worker_still_finishes() {
     drop(held);
     server.stop();
 }
+
+/// `evalfleet serve`'s hub reads each worker stream at the same message rate as `evalfleet run`'s
+/// fleet: a flood of heartbeats is delayed (counted in the hub's limit counters), and the stream
+/// still answers afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_hub_reads_a_flooding_stream_more_slowly_too() {
+    use evalfleet::rpc::FleetOptions;
+    use evalfleet::serve::hub::{Hub, HubService};
+    use evalfleet::serve::metrics::Metrics;
+    use evalfleet_proto::v1::fleet_server::FleetServer;
+    use pb::coordinator_message::Msg as Down;
+
+    let limits = Limits {
+        messages_per_second: 200.0,
+        message_burst: 20,
+        ..Limits::none()
+    };
+    let opts = FleetOptions {
+        job_id: "serve".into(),
+        limits,
+        ..Default::default()
+    };
+    let hub = Hub::new(opts, Metrics::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(FleetServer::new(HubService { hub: hub.clone() }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, mut inbound) = open(channel, Some(TOKEN), hello()).await.unwrap();
+    assert!(matches!(
+        rpc_client::next(&mut inbound).await,
+        Down::Welcome(_)
+    ));
+    for _ in 0..HEARTBEATS {
+        tx.send(msg(Up::Heartbeat(pb::Heartbeat::default())))
+            .await
+            .unwrap();
+    }
+    // Read after the flood: the reply proves every heartbeat before it was read.
+    tx.send(msg(Up::LeaseRequest(pb::LeaseRequest { max_items: 1 })))
+        .await
+        .unwrap();
+    assert!(matches!(
+        rpc_client::next(&mut inbound).await,
+        Down::NoWork(_)
+    ));
+    // 400 heartbeats against a burst of 20 at 200 a second: reading them took about 2 s.
+    let delayed = hub.gate().stats().messages_delayed;
+    assert!(delayed > 0, "no message was delayed");
+    server.abort();
+}

@@ -317,3 +317,18 @@ fn a_base_without_score_head_gets_a_new_one() {
     let s = scorer.score_batch(&[vec![5, 6, 7, 2]]).unwrap()[0];
     assert!(s > 0.0 && s < 1.0, "{s}");
 }
+
+/// Only rank 0 writes the metrics: when it cannot (here metrics.jsonl is a folder), rank 0 fails
+/// and rank 1, which would have waited for it in the next gradient all-reduce forever, stops too.
+/// The run ends with rank 0's error, naming the file.
+#[test]
+fn a_rank_failing_alone_stops_the_other_ranks_with_its_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), "blocked");
+    cfg.ranks = 2;
+    cfg.max_steps = Some(2);
+    std::fs::create_dir_all(cfg.output_dir.join("metrics.jsonl")).unwrap();
+    let e = train_data_parallel(&cfg).unwrap_err().to_string();
+    assert!(e.contains("metrics.jsonl"), "{e}");
+    assert!(!e.contains("rank group stopped"), "rank 0's own error: {e}");
+}

@@ -184,6 +184,8 @@ impl TokenBucket {
 #[derive(Debug, Clone)]
 pub struct ClientGate {
     pub(super) counters: Arc<Counters>,
+    /// Each worker stream's message rate and burst.
+    messages: (f64, u32),
     pub(super) calls: Arc<CallLimiter>,
     connections: Arc<ConnectionGate>,
 }
@@ -195,7 +197,21 @@ impl ClientGate {
             calls: Arc::new(CallLimiter::new(limits, counters.clone())),
             connections: ConnectionGate::new(limits, counters.clone()),
             counters,
+            messages: (limits.messages_per_second, limits.message_burst),
         }
+    }
+
+    /// A new worker stream's message bucket (`None` without a message limit).
+    pub fn message_bucket(&self, now: Instant) -> Option<TokenBucket> {
+        TokenBucket::new(self.messages.0, self.messages.1, now)
+    }
+
+    /// Counts one delayed message; returns the count so far.
+    pub fn message_delayed(&self) -> u64 {
+        self.counters
+            .messages_delayed
+            .fetch_add(1, Ordering::Relaxed)
+            + 1
     }
 
     /// `listener`'s connections, those over the per-address limit closed at once; for

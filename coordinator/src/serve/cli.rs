@@ -47,6 +47,8 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: crate::cli::LimitArgs,
 }
 
 /// Where a long-lived coordinator is and its token.
@@ -116,7 +118,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cpu_only: args.cpu,
         batch_size: args.batch_size,
         worker_bin: None,
-        fleet: Default::default(),
+        fleet: crate::rpc::FleetOptions {
+            limits: args.limits.limits(),
+            ..Default::default()
+        },
         tls: args
             .tls_cert
             .zip(args.tls_key)

@@ -38,7 +38,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::metrics::{Gauges, Metrics, RateWindow, is_success};
-use crate::rpc::{Fleet, FleetOptions, check_version};
+use crate::rpc::limits::ClientGate;
+use crate::rpc::{Fleet, FleetOptions, check_version, down, relay_worker_stream};
 use crate::sched::{Progress, WorkerKey};
 
 /// Lease ids handed to workers; at most this many per worker are remembered for status.
@@ -105,6 +106,8 @@ pub struct Hub {
     /// `Some(reason)` once every worker should exit.
     shutdown: watch::Sender<Option<String>>,
     connected: watch::Sender<usize>,
+    /// The per-client limits of the hub's server, and each worker stream's message rate.
+    gate: ClientGate,
 }
 
 impl Hub {
@@ -112,6 +115,7 @@ impl Hub {
     /// the lease TTL its reaper works with (the job fleets should use the same).
     pub fn new(opts: FleetOptions, metrics: Arc<Metrics>) -> Arc<Self> {
         let hub = Arc::new(Hub {
+            gate: ClientGate::new(&opts.limits),
             opts,
             metrics: metrics.clone(),
             state: Mutex::new(State {
@@ -128,6 +132,11 @@ impl Hub {
             weak.upgrade().map(|h| h.gauges()).unwrap_or_default()
         }));
         hub
+    }
+
+    /// The call, connection and message limits of the hub's server (its `FleetOptions`' limits).
+    pub fn gate(&self) -> &ClientGate {
+        &self.gate
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -493,10 +502,6 @@ pub struct HubService {
 
 type DownStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
-fn down(msg: Down) -> pb::CoordinatorMessage {
-    pb::CoordinatorMessage { msg: Some(msg) }
-}
-
 #[tonic::async_trait]
 impl FleetRpc for HubService {
     type ConnectStream = DownStream;
@@ -545,40 +550,17 @@ async fn session(
     mut inbound: Streaming<pb::WorkerMessage>,
     tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
 ) {
-    let mut shutdown = hub.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            msg = inbound.message() => match msg {
-                Ok(Some(msg)) => {
-                    let Some(reply) = msg.msg.and_then(|m| hub.handle(key, &name, m)) else { continue };
-                    if tx.send(Ok(down(reply))).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    debug!("worker {name:?}: stream error: {status}");
-                    break;
-                }
-            },
-            reason = shutdown_reason(&mut shutdown) => {
-                let _ = tx.send(Ok(down(Down::Shutdown(pb::Shutdown { reason })))).await;
-                break;
-            }
-        }
-    }
+    relay_worker_stream(
+        &name,
+        &mut inbound,
+        &tx,
+        hub.shutdown.subscribe(),
+        &hub.gate,
+        |msg| hub.handle(key, &name, msg),
+    )
+    .await;
     hub.left(key);
     info!("worker {name:?} left");
-}
-
-/// Waits for the shutdown signal; returns an owned reason, so that no watch guard (not `Send`)
-/// is held across later awaits.
-async fn shutdown_reason(rx: &mut watch::Receiver<Option<String>>) -> String {
-    rx.wait_for(Option::is_some)
-        .await
-        .ok()
-        .and_then(|r| r.clone())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let gate = ClientGate::new(&opts.fleet.limits);
+    let gate = hub.gate().clone();
     let grpc = tokio::spawn(serve_grpc(
         listener, tls, gate, &token, &hub, &jobs, &metrics,
     )?);

@@ -2,6 +2,10 @@
 //! mutex and a condition variable. Each operation is a round: every rank deposits its input,
 //! the last to arrive combines them (in rank order, so the result does not depend on arrival
 //! order) and wakes the others, who read the shared result.
+//!
+//! A rank that fails or panics would leave the others waiting forever for its deposit: a rank run
+//! through [`LocalCollective::run_rank`] stops the group instead, and every round then fails at
+//! once on every rank, naming the rank and its error.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -20,6 +24,8 @@ struct State {
     inputs: Vec<Option<Vec<f32>>>,
     arrived: usize,
     result: Arc<Vec<f32>>,
+    /// Why the group stopped (a rank failed or panicked); every round fails from then on.
+    stopped: Option<String>,
 }
 
 #[derive(Debug)]
@@ -56,10 +62,44 @@ impl LocalCollective {
             .collect()
     }
 
+    /// Runs this rank's work `f`; if it fails or panics, stops the group so that the other ranks'
+    /// rounds fail instead of waiting for this one forever.
+    pub fn run_rank<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        struct StopOnPanic<'a>(&'a LocalCollective);
+        impl Drop for StopOnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.stop(format!("rank {} panicked", self.0.rank));
+                }
+            }
+        }
+        let _guard = StopOnPanic(self);
+        let out = f(self);
+        if let Err(e) = &out {
+            self.stop(format!("rank {} failed: {e}", self.rank));
+        }
+        out
+    }
+
+    /// Stops the group (the first reason is kept) and wakes every waiting rank.
+    pub fn stop(&self, why: String) {
+        let mut st = self.lock();
+        st.stopped.get_or_insert(why);
+        self.shared.done.notify_all();
+    }
+
+    /// The state, also after a rank panicked while holding it (every update leaves it whole).
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// One round: deposits `data`, waits for every rank, returns the combined result.
     fn round(&self, data: Vec<f32>, root: usize, combine: Combine) -> Result<Arc<Vec<f32>>> {
-        let poisoned = || Error::Unsupported("a rank of the in-process group panicked".into());
-        let mut st = self.shared.state.lock().map_err(|_| poisoned())?;
+        let mut st = self.lock();
+        let stopped = |why: &str| Error::GroupStopped(why.to_string());
+        if let Some(why) = &st.stopped {
+            return Err(stopped(why));
+        }
         let entered = st.generation;
         st.inputs[self.rank] = Some(data);
         st.arrived += 1;
@@ -71,7 +111,10 @@ impl LocalCollective {
             self.shared.done.notify_all();
         } else {
             while st.generation == entered {
-                st = self.shared.done.wait(st).map_err(|_| poisoned())?;
+                if let Some(why) = &st.stopped {
+                    return Err(stopped(why));
+                }
+                st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         }
         Ok(st.result.clone())
@@ -190,6 +233,53 @@ mod tests {
             for (round, (s, b)) in h.join().unwrap().into_iter().enumerate() {
                 assert_eq!(s, vec![(30 + 3 * round) as f32, 3.0]);
                 assert_eq!(b, vec![(20 + round) as f32, 1.0]);
+            }
+        }
+    }
+
+    /// Rank 1 fails (or panics) before its first round: rank 0's round, which would have waited
+    /// forever, fails naming rank 1 and its error, and so does every later round.
+    #[test]
+    fn a_rank_that_fails_or_panics_stops_the_group_instead_of_hanging_it() {
+        for panics in [false, true] {
+            let mut ranks = LocalCollective::group(2).into_iter();
+            let (zero, one) = (ranks.next().unwrap(), ranks.next().unwrap());
+            let waiting = std::thread::spawn(move || {
+                zero.run_rank(|c| {
+                    let t = Tensor::new(&[1f32], &Device::Cpu)?;
+                    c.all_reduce_sum(&t)
+                })
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+            });
+            let failing = std::thread::spawn(move || {
+                let out = one.run_rank(|_| -> Result<()> {
+                    if panics {
+                        panic!("out of luck");
+                    }
+                    Err(Error::io(
+                        "metrics.jsonl",
+                        std::io::ErrorKind::IsADirectory.into(),
+                    ))
+                });
+                (
+                    out.map_err(|e| e.to_string()),
+                    one.barrier().unwrap_err().to_string(),
+                )
+            });
+            let e = waiting.join().unwrap();
+            if panics {
+                assert!(failing.join().is_err(), "the panic reaches the joiner");
+                assert_eq!(e, "rank group stopped: rank 1 panicked");
+            } else {
+                let (out, later) = failing.join().unwrap();
+                assert!(out.unwrap_err().starts_with("metrics.jsonl: "));
+                assert!(
+                    e.starts_with("rank group stopped: rank 1 failed: metrics.jsonl: "),
+                    "{e}"
+                );
+                assert_eq!(later, e, "later rounds fail the same way");
             }
         }
     }

@@ -54,9 +54,12 @@ where
         let handle = std::thread::Builder::new()
             .name(format!("tp-rank-{rank}"))
             .spawn(move || {
-                let coll: SharedCollective = std::sync::Arc::new(coll);
-                let mut loader = make_loader(rank, coll.clone());
-                follow(&*coll, &device, &mut loader)
+                // A follower that fails stops the group: rank 0's next collective fails too.
+                coll.run_rank(|local| {
+                    let coll: SharedCollective = std::sync::Arc::new(local.clone());
+                    let mut loader = make_loader(rank, coll.clone());
+                    follow(&*coll, &device, &mut loader)
+                })
             })
             .map_err(|e| {
                 crate::Error::Unsupported(format!("starting tensor-parallel rank {rank}: {e}"))

@@ -368,7 +368,9 @@ pub fn train_data_parallel(cfg: &TrainConfig) -> Result<TrainOutcome> {
             .map(|(rank, local)| {
                 let (data, id_file) = (&data, &id_file);
                 s.spawn(move || match local {
-                    Some(c) => train(cfg, data, &c),
+                    // A failing rank (rank 0 alone writes metrics and checkpoints) stops the
+                    // others instead of leaving them waiting in a collective.
+                    Some(c) => c.run_rank(|c| train(cfg, data, c)),
                     None => train_nccl_rank(cfg, data, rank, id_file),
                 })
             })

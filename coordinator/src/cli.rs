@@ -292,7 +292,7 @@ impl FleetArgs {
 /// The binary's entry point: parse, log, dispatch, report errors.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::progress::init_logging();
+    evalfleet_console::init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -16,7 +16,7 @@
 //! - [`sweep`]: `evalfleet sweep`: a training run's checkpoints in one fleet, then one report.
 //! - [`serve`]: `evalfleet serve` (a long-lived fleet accepting jobs), `submit`, `status`, `cancel`,
 //!   and the Prometheus metrics endpoint.
-//! - [`progress`]: the progress bar and a log writer that does not tear it.
+//! - The progress bar and the log writer that does not tear it are the `evalfleet-console` crate.
 //! - [`cli`]: the `evalfleet` command line.
 
 pub mod cli;
@@ -26,7 +26,6 @@ pub mod journal;
 pub mod local;
 pub mod metrics;
 pub mod output;
-pub mod progress;
 pub mod report;
 pub mod rpc;
 pub mod run;

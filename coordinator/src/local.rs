@@ -25,8 +25,6 @@ use tokio::process::{ChildStderr, Command};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::progress;
-
 /// Environment variable carrying the bearer token (both binaries read it).
 pub const TOKEN_ENV: &str = "EVALFLEET_TOKEN";
 /// Environment variable overriding where the worker binary is.
@@ -444,7 +442,7 @@ impl LocalWorkers {
 async fn forward_stderr(i: String, stderr: ChildStderr, tail: Arc<Mutex<VecDeque<String>>>) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        progress::eprintln_line(&format!("[worker {i}] {line}"));
+        evalfleet_console::eprintln_line(&format!("[worker {i}] {line}"));
         let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
         if tail.len() == TAIL_LINES {
             tail.pop_front();

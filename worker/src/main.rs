@@ -2,7 +2,6 @@
 //! runs their items, streaming results back. Started by `evalfleet` in local mode, or by hand /
 //! Kubernetes for an external fleet.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,7 +84,7 @@ struct Args {
 }
 
 fn main() {
-    init_logging();
+    evalfleet_console::init_logging();
     let args = Args::parse();
     if let Some(k) = args.tp_group.filter(|&k| k > 1) {
         std::process::exit(run_group(k, &args.device));
@@ -374,14 +373,4 @@ fn read_token(args: &Args) -> anyhow::Result<String> {
 fn default_worker_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
     format!("{host}-{}", std::process::id())
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }

@@ -15,10 +15,10 @@ use tracing::{info, warn};
 
 use crate::journal::Journal;
 use crate::local::{self, LocalWorkers, SpawnOptions};
-use crate::progress::ItemsBar;
 use crate::rpc::tls::ServerTls;
 use crate::rpc::{Fleet, FleetObserver, FleetOptions, Listener, ServerHandle};
 use crate::sched::{ItemOutcome, Scheduler, TaskSpec};
+use evalfleet_console::ItemsBar;
 
 use super::RunError;
 

@@ -32,12 +32,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    evalfleet_console::init_logging();
     match Cli::parse().command {
         Command::TrainRm { config } => {
             let cfg = TrainConfig::from_yaml_file(&config)?;

@@ -246,7 +246,20 @@ pub fn train(
     {
         checkpoint::restore(&dir, &mut model, &mut opt)?;
         start = state.step;
+        if rank == 0 {
+            tracing::info!("resuming from {} (step {start})", dir.display());
+        }
         last_ckpt = Some(dir);
+    }
+    if rank == 0 {
+        tracing::info!(
+            "training {}: {} groups ({} held out), {total} steps of {} groups, {world} rank(s), {dtype:?} on {}",
+            cfg.model.display(),
+            data.train.len(),
+            data.eval.len(),
+            cfg.batch_groups,
+            cfg.device,
+        );
     }
     collective.barrier()?;
     if rank == 0 {
@@ -271,6 +284,12 @@ pub fn train(
             m["step"] = json!(step);
             m["split"] = json!("eval");
             log_metrics(&metrics, &m)?;
+            tracing::info!(
+                "step {step}: held-out loss {:.4}, Spearman {:.3}, pairwise accuracy {:.3}",
+                m["loss"].as_f64().unwrap_or(f64::NAN),
+                m["spearman_all"].as_f64().unwrap_or(f64::NAN),
+                m["pairwise_accuracy"].as_f64().unwrap_or(f64::NAN),
+            );
             *eval = Some(m);
         }
         Ok(())
@@ -278,6 +297,12 @@ pub fn train(
     if start == 0 {
         run_eval(0, &mut eval)?;
     }
+    // Rank 0's bar over the steps (hidden unless stderr is a terminal).
+    let bar = (rank == 0).then(|| {
+        let bar = evalfleet_console::ItemsBar::start_counting("train-rm", total, "steps");
+        bar.set(start);
+        bar
+    });
     for step in start..total {
         if cfg.stop_after.is_some_and(|n| step - start >= n) {
             return Ok(TrainOutcome {
@@ -298,6 +323,10 @@ pub fn train(
         let lr = linear_schedule(cfg.adamw.lr, step, cfg.warmup_steps, total);
         let loss = train_step(&model, &mut opt, &micros, &norm, lr, collective)?;
         let now = step + 1;
+        if let Some(bar) = &bar {
+            bar.set(now);
+            bar.set_label(format!("train-rm loss {:.4}", loss.total));
+        }
         if rank == 0 {
             log_metrics(
                 &metrics,
@@ -314,14 +343,16 @@ pub fn train(
                     step: now,
                     total_steps: total,
                 };
-                last_ckpt = Some(checkpoint::save(
+                let saved = checkpoint::save(
                     &cfg.output_dir,
                     &cfg.model,
                     &model,
                     &opt,
                     &state,
                     cfg.lora.as_ref(),
-                )?);
+                )?;
+                tracing::info!("step {now}: saved {}", saved.display());
+                last_ckpt = Some(saved);
             }
             collective.barrier()?;
         }

@@ -1,5 +1,7 @@
-//! The progress bar shown on stderr while a step runs (items done / total, rate, ETA), and a log
-//! writer that lifts the bar out of the way before each log line so the two never tear each other.
+//! What the evalfleet binaries (`evalfleet`, `evalfleet-worker`, `evalfleet-train`) show on
+//! stderr: the progress bar of long work (a step's items, a training run's steps: done / total,
+//! rate, ETA), and the tracing logs, through a writer that lifts the bar out of the way before each
+//! log line so the two never tear each other.
 //!
 //! The bar is hidden when stderr is not a terminal (CI logs, redirects); logs are unaffected.
 
@@ -11,7 +13,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// The bar currently on screen, if any; log lines are printed "around" it.
 static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
-/// A progress bar over the items of one step. Finishes (and leaves the screen) when dropped.
+/// A progress bar over the items of one step (or the steps of a training run). Finishes (and
+/// leaves the screen) when dropped.
 pub struct ItemsBar {
     bar: ProgressBar,
 }
@@ -19,17 +22,18 @@ pub struct ItemsBar {
 impl ItemsBar {
     /// Starts a bar titled `label` over `total` items.
     pub fn start(label: &str, total: u64) -> Self {
+        Self::start_counting(label, total, "items")
+    }
+
+    /// Starts a bar titled `label` over `total` things called `unit` ("steps").
+    pub fn start_counting(label: &str, total: u64, unit: &str) -> Self {
         let target = if std::io::stderr().is_terminal() {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
         };
         let bar = ProgressBar::with_draw_target(Some(total), target);
-        let style = ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} items  {per_sec}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
+        bar.set_style(style(unit).unwrap_or_else(|_| ProgressStyle::default_bar()));
         bar.set_message(label.to_string());
         *lock() = Some(bar.clone());
         ItemsBar { bar }
@@ -44,6 +48,18 @@ impl ItemsBar {
     pub fn set_total(&self, total: u64) {
         self.bar.set_length(total);
     }
+
+    /// Replaces the bar's title (e.g. with the latest loss).
+    pub fn set_label(&self, label: String) {
+        self.bar.set_message(label);
+    }
+}
+
+/// The bar's layout: title, elapsed time, bar, `done/total unit`, rate, ETA.
+fn style(unit: &str) -> Result<ProgressStyle, indicatif::style::TemplateError> {
+    ProgressStyle::with_template(&format!(
+        "{{msg}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}"
+    ))
 }
 
 impl Drop for ItemsBar {
@@ -105,4 +121,17 @@ pub fn init_logging() {
         .with_writer(StderrAroundBar)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A malformed template would silently fall back to indicatif's default bar (no rate, no ETA).
+    #[test]
+    fn the_layout_parses_for_every_unit() {
+        for unit in ["items", "steps"] {
+            assert!(style(unit).is_ok(), "{unit}");
+        }
+    }
 }

@@ -112,6 +112,23 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrAroundBar {
     }
 }
 
+/// The error and its causes on one line, like anyhow's `{:#}`, but without repeating a cause that
+/// an outer message already quotes (most of ours name their source: "x.csv: No such file", and
+/// transport errors nest the same text twice). For the last words of a binary or a job.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Installs the global tracing subscriber: `RUST_LOG` filter (default `info`), logs on stderr.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -126,6 +143,61 @@ pub fn init_logging() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "mapping.json: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[derive(Debug)]
+    struct Context(&'static str, Box<dyn std::error::Error>);
+
+    impl std::fmt::Display for Context {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Context {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.1)
+        }
+    }
+
+    #[test]
+    fn a_quoted_cause_is_not_repeated_and_others_are_kept() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        assert_eq!(
+            error_text(&Quoting(io())),
+            "mapping.json: No such file or directory"
+        );
+        assert_eq!(
+            error_text(&Context("reading the job", Box::new(io()))),
+            "reading the job: No such file or directory"
+        );
+        // A cause repeated deeper in the chain (tonic's transport errors) shows once.
+        let nested = Context(
+            "could not reach the coordinator",
+            Box::new(Context(
+                "tcp connect error",
+                Box::new(Context("tcp connect error", Box::new(io()))),
+            )),
+        );
+        assert_eq!(
+            error_text(&nested),
+            "could not reach the coordinator: tcp connect error: No such file or directory"
+        );
+    }
 
     /// A malformed template would silently fall back to indicatif's default bar (no rate, no ETA).
     #[test]

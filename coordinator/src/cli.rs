@@ -307,7 +307,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{}", error_text(&e));
+            tracing::error!("{}", evalfleet_console::error_text(e.as_ref()));
             let interrupted = matches!(
                 e.downcast_ref::<crate::run::RunError>(),
                 Some(crate::run::RunError::Interrupted { .. })
@@ -439,46 +439,6 @@ fn train_rm(yaml: &std::path::Path) -> anyhow::Result<()> {
         anyhow::bail!("train-rm failed ({status})");
     }
     Ok(())
-}
-
-/// The error and its causes as one line, like anyhow's `{:#}`, but without repeating a cause that
-/// an outer message already quotes (most of ours name their source: "x.csv: No such file").
-fn error_text(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
-}
-
-#[cfg(test)]
-mod error_text_tests {
-    use super::error_text;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("mapping.json: {source}")]
-    struct Quoting {
-        source: std::io::Error,
-    }
-
-    #[test]
-    fn a_quoted_cause_is_not_repeated_and_others_are_kept() {
-        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
-        let quoted = anyhow::Error::new(Quoting { source: io() });
-        assert_eq!(
-            error_text(&quoted),
-            "mapping.json: No such file or directory"
-        );
-        let wrapped = anyhow::Error::new(io()).context("reading the job");
-        assert_eq!(
-            error_text(&wrapped),
-            "reading the job: No such file or directory"
-        );
-    }
 }
 
 #[cfg(test)]

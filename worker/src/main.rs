@@ -92,7 +92,7 @@ fn main() {
     let code = match run(args) {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", evalfleet_console::error_text(e.as_ref()));
             1
         }
     };
@@ -107,7 +107,7 @@ fn run_group(k: usize, device: &str) -> i32 {
         .context("finding this program to start the ranks")
         .and_then(|program| Ok(launch::pod::run_group(&program, &argv, k, device)?));
     started.unwrap_or_else(|e| {
-        tracing::error!("{e:#}");
+        tracing::error!("{}", evalfleet_console::error_text(e.as_ref()));
         1
     })
 }

@@ -524,7 +524,7 @@ impl From<RunError> for Ended {
         match e {
             RunError::Cancelled => Ended::Cancelled,
             RunError::Interrupted { .. } => Ended::Interrupted,
-            e => Ended::Failed(error_text(&e)),
+            e => Ended::Failed(evalfleet_console::error_text(&e)),
         }
     }
 }
@@ -574,25 +574,10 @@ impl Spec {
                     Ended::Files(vec![r.summary_md, r.summary_csv, r.report_html])
                 }
                 Err(SweepError::Run(e)) => e.into(),
-                Err(e) => Ended::Failed(error_text(&e)),
+                Err(e) => Ended::Failed(evalfleet_console::error_text(&e)),
             },
         }
     }
-}
-
-/// The error and its causes on one line, without repeating a cause the message already quotes.
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// A running job's side of the hub: what its driver's fleets attach through.

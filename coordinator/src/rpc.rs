@@ -342,15 +342,11 @@ impl Fleet {
         let mut shutdown = self.inner.shutdown.subscribe();
         // The sender lives in `self`, so the wait ends only when the stop begins.
         if shutdown.wait_for(Option::is_some).await.is_ok() {
-            for name in [
-                "",
+            report_stopping(
+                &reporter,
                 <FleetServer<FleetService> as tonic::server::NamedService>::NAME,
-            ] {
-                reporter
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
-            info!("health status set to NOT_SERVING: the coordinator is stopping");
+            )
+            .await;
         }
     }
 
@@ -473,7 +469,41 @@ pub struct FleetService {
     fleet: Fleet,
 }
 
-type DownStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+/// What a worker stream sends down.
+pub(crate) type DownStream =
+    Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+/// Where a stream's session puts what goes down.
+pub(crate) type DownSender = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+/// The first message of a worker stream: its `Hello`, within `timeout`, of this protocol version.
+pub(crate) async fn read_hello(
+    inbound: &mut Streaming<pb::WorkerMessage>,
+    timeout: Duration,
+) -> Result<pb::Hello, Status> {
+    let first = tokio::time::timeout(timeout, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no Hello within the handshake timeout"))??;
+    let Some(Up::Hello(hello)) = first.and_then(|m| m.msg) else {
+        return Err(Status::invalid_argument(
+            "the first message on a stream must be Hello",
+        ));
+    };
+    check_version(hello.protocol_version)?;
+    Ok(hello)
+}
+
+/// A new stream's way down, its `Welcome` (job id, heartbeat interval) already queued.
+pub(crate) fn welcome(job_id: &str, heartbeat: Duration) -> (DownSender, DownStream) {
+    let (tx, rx) = mpsc::channel(64);
+    let welcome = pb::Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        job_id: job_id.to_string(),
+        heartbeat_interval_ms: heartbeat.as_millis() as u64,
+    };
+    // The channel is empty, so this cannot fail or wait.
+    let _ = tx.try_send(Ok(down(Down::Welcome(welcome))));
+    (tx, Box::pin(ReceiverStream::new(rx)))
+}
 
 #[tonic::async_trait]
 impl FleetRpc for FleetService {
@@ -486,18 +516,7 @@ impl FleetRpc for FleetService {
         let peer = req.remote_addr();
         let mut inbound = req.into_inner();
         let shared = &self.fleet.inner;
-        let hello = tokio::time::timeout(shared.opts.hello_timeout, inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within the handshake timeout"))??;
-        let hello = match hello.and_then(|m| m.msg) {
-            Some(Up::Hello(h)) => h,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message on a stream must be Hello",
-                ));
-            }
-        };
-        check_version(hello.protocol_version)?;
+        let hello = read_hello(&mut inbound, shared.opts.hello_timeout).await?;
         let key = shared.next_worker.fetch_add(1, Ordering::Relaxed);
         if let Some(observer) = shared.observer.get() {
             observer.joined(key, &hello);
@@ -507,14 +526,7 @@ impl FleetRpc for FleetService {
             "worker {:?} connected from {from} (device {})",
             hello.worker_id, hello.device
         );
-        let (tx, rx) = mpsc::channel(64);
-        let welcome = pb::Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            job_id: shared.opts.job_id.clone(),
-            heartbeat_interval_ms: shared.opts.heartbeat_interval.as_millis() as u64,
-        };
-        // The channel is empty, so this cannot fail or wait.
-        let _ = tx.try_send(Ok(down(Down::Welcome(welcome))));
+        let (tx, rx) = welcome(&shared.opts.job_id, shared.opts.heartbeat_interval);
         tokio::spawn(session(
             self.fleet.clone(),
             key,
@@ -522,8 +534,19 @@ impl FleetRpc for FleetService {
             inbound,
             tx,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
+}
+
+/// Reports the server (the empty service name) and `service` as NOT_SERVING: the coordinator is
+/// stopping, and probes should take it out of rotation.
+pub(crate) async fn report_stopping(reporter: &HealthReporter, service: &str) {
+    for name in ["", service] {
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    info!("health status set to NOT_SERVING: the coordinator is stopping");
 }
 
 /// Refuses a worker of another protocol version, naming both.
@@ -548,7 +571,7 @@ pub(crate) fn down(msg: Down) -> pb::CoordinatorMessage {
 pub(crate) async fn relay_worker_stream(
     name: &str,
     inbound: &mut Streaming<pb::WorkerMessage>,
-    tx: &mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    tx: &DownSender,
     mut shutdown: watch::Receiver<Option<String>>,
     gate: &ClientGate,
     mut handle: impl FnMut(Up) -> Option<Down>,
@@ -586,7 +609,7 @@ async fn session(
     key: WorkerKey,
     name: String,
     mut inbound: Streaming<pb::WorkerMessage>,
-    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    tx: DownSender,
 ) {
     fleet.inner.connected.send_modify(|n| *n += 1);
     relay_worker_stream(

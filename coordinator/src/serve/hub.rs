@@ -21,25 +21,23 @@
 //! thus stay on the workers that loaded it while other jobs wait for a worker that is free.
 
 use std::collections::{BTreeSet, HashMap};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use evalfleet_proto::PROTOCOL_VERSION;
 use evalfleet_proto::v1 as pb;
 use evalfleet_proto::v1::fleet_server::Fleet as FleetRpc;
-use futures::Stream;
 use pb::coordinator_message::Msg as Down;
 use pb::worker_message::Msg as Up;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::metrics::{Gauges, Metrics, RateWindow, is_success};
 use crate::rpc::limits::ClientGate;
-use crate::rpc::{Fleet, FleetOptions, check_version, down, relay_worker_stream};
+use crate::rpc::{
+    DownSender, DownStream, Fleet, FleetOptions, read_hello, relay_worker_stream, welcome,
+};
 use crate::sched::{Progress, WorkerKey};
 
 /// Lease ids handed to workers; at most this many per worker are remembered for status.
@@ -500,8 +498,6 @@ pub struct HubService {
     pub hub: Arc<Hub>,
 }
 
-type DownStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl FleetRpc for HubService {
     type ConnectStream = DownStream;
@@ -513,15 +509,7 @@ impl FleetRpc for HubService {
         let peer = req.remote_addr();
         let mut inbound = req.into_inner();
         let hub = &self.hub;
-        let first = tokio::time::timeout(hub.opts.hello_timeout, inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within the handshake timeout"))??;
-        let Some(Up::Hello(hello)) = first.and_then(|m| m.msg) else {
-            return Err(Status::invalid_argument(
-                "the first message on a stream must be Hello",
-            ));
-        };
-        check_version(hello.protocol_version)?;
+        let hello = read_hello(&mut inbound, hub.opts.hello_timeout).await?;
         let key = hub.next_worker.fetch_add(1, Ordering::Relaxed);
         let from = peer.map_or_else(|| "?".into(), |a| a.to_string());
         info!(
@@ -529,16 +517,9 @@ impl FleetRpc for HubService {
             hello.worker_id, hello.device, hello.models_held
         );
         hub.joined(key, &hello);
-        let (tx, rx) = mpsc::channel(64);
-        let welcome = pb::Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            job_id: "serve".into(),
-            heartbeat_interval_ms: hub.opts.heartbeat_interval.as_millis() as u64,
-        };
-        // The channel is empty, so this cannot fail or wait.
-        let _ = tx.try_send(Ok(down(Down::Welcome(welcome))));
+        let (tx, rx) = welcome("serve", hub.opts.heartbeat_interval);
         tokio::spawn(session(hub.clone(), key, hello.worker_id, inbound, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 }
 
@@ -548,7 +529,7 @@ async fn session(
     key: WorkerKey,
     name: String,
     mut inbound: Streaming<pb::WorkerMessage>,
-    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    tx: DownSender,
 ) {
     relay_worker_stream(
         &name,

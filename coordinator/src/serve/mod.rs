@@ -41,6 +41,7 @@ use crate::rpc::tls::{ServerTls, TlsFiles};
 use crate::rpc::{
     BearerAuth, FleetOptions, MAX_STREAMS_PER_CONNECTION, MAX_WORKER_MESSAGE_BYTES, RateOnly,
 };
+use tonic_health::server::HealthReporter;
 
 /// How `evalfleet serve` runs.
 #[derive(Debug, Clone)]
@@ -128,9 +129,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let gate = hub.gate().clone();
-    let grpc = tokio::spawn(serve_grpc(
-        listener, tls, gate, &token, &hub, &jobs, &metrics,
-    )?);
+    let (health, grpc) = serve_grpc(listener, tls, gate, &token, &hub, &jobs, &metrics)?;
+    health.set_serving::<FleetServer<hub::HubService>>().await;
+    let grpc = tokio::spawn(grpc);
     // On stdout, for scripts and tests that start workers or scrape.
     println!("listening on {scheme}://{addr}");
     if let Some(m) = &metrics_server {
@@ -144,6 +145,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     // While serving, the first signal is a graceful stop (crate::stop).
     let graceful = crate::stop::Graceful::new();
     let signal = crate::stop::requested().await;
+    crate::rpc::report_stopping(
+        &health,
+        <FleetServer<hub::HubService> as tonic::server::NamedService>::NAME,
+    )
+    .await;
     info!(
         "{signal}: stopping the running jobs (their journals are flushed; submit them again to resume)"
     );
@@ -167,6 +173,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
 /// The gRPC server: the hub's `Fleet` service and `Control` (token required), health (none);
 /// every call and connection goes through `gate`'s per-client limits, as `evalfleet run`'s do.
+/// Returns the health reporter (nothing reported yet) and the server to spawn.
 fn serve_grpc(
     listener: TcpListener,
     tls: Option<ServerTls>,
@@ -175,7 +182,13 @@ fn serve_grpc(
     hub: &Arc<hub::Hub>,
     jobs: &Arc<jobs::Jobs>,
     metrics: &Arc<metrics::Metrics>,
-) -> Result<impl std::future::Future<Output = ()> + Send + 'static, ServeError> {
+) -> Result<
+    (
+        HealthReporter,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ),
+    ServeError,
+> {
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         crate::rpc::tls::install_crypto_provider();
@@ -192,10 +205,9 @@ fn serve_grpc(
         metrics: metrics.clone(),
     });
     let control = InterceptedService::new(control, BearerAuth::new(token).with_gate(gate.clone()));
-    Ok(async move {
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter.set_serving::<FleetServer<hub::HubService>>().await;
-        let health = InterceptedService::new(health, RateOnly(gate.clone()));
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let health = InterceptedService::new(health, RateOnly(gate.clone()));
+    Ok((reporter, async move {
         let result = builder
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(health)
@@ -206,7 +218,7 @@ fn serve_grpc(
         if let Err(e) = result {
             warn!("gRPC server stopped: {e}");
         }
-    })
+    }))
 }
 
 /// Starts `opts.workers` local workers dialling this coordinator (loopback when it listens on

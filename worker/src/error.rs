@@ -61,3 +61,10 @@ pub fn item_error(lease: &pb::Lease, item_id: &str, e: &Error) -> pb::ItemResult
         })),
     }
 }
+
+/// [`item_error`] for every item of `lease` (a lease-wide cause, such as an unknown template).
+pub fn fail_every_item(lease: &pb::Lease, e: &Error, sink: &mut dyn FnMut(pb::ItemResult)) {
+    for item in &lease.items {
+        sink(item_error(lease, &item.item_id, e));
+    }
+}

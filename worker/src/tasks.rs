@@ -21,7 +21,7 @@ use pb::item_result::Outcome;
 
 use crate::embed::Embedder;
 use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
-use crate::error::item_error;
+use crate::error::{fail_every_item, item_error};
 use crate::models::{BaseCache, Decoder, KvCache, LoadOptions, LoadedModel, load_causal_lm};
 use crate::score::choice;
 use crate::score::reward::{self, RewardScorer};
@@ -158,10 +158,7 @@ impl Executor {
         let entry = self.model(spec)?;
         if let Err(e) = entry.prepare_builder(&prompt_spec.template) {
             // A bad template fails every item the same way: say so per item, not retryable.
-            lease
-                .items
-                .iter()
-                .for_each(|item| sink(item_error(lease, &item.item_id, &e)));
+            fail_every_item(lease, &e, sink);
             return Ok(());
         }
         let entry = &*entry;
@@ -285,10 +282,7 @@ impl Executor {
         let template = lease.prompt.as_ref().map_or("", |p| p.template.as_str());
         let entry = self.model(spec)?;
         if let Err(e) = entry.prepare_builder(template) {
-            lease
-                .items
-                .iter()
-                .for_each(|item| sink(item_error(lease, &item.item_id, &e)));
+            fail_every_item(lease, &e, sink);
             return Ok(());
         }
         let builder = &entry.builders[template];

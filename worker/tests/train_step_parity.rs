@@ -67,13 +67,8 @@ fn check_case(
     };
     let model = TrainableRm::load(&fixtures().join(folder), &[], &dev).unwrap();
     let mut opt = AdamW::new(g.adamw);
-    let norm = LossNorm {
-        groups: g.groups.len(),
-        items: g.groups.iter().map(|x| x.seqs.len()).sum(),
-        w_ranking: case.w_ranking,
-        w_regression: case.w_regression,
-    };
-    let single = LocalCollective::group(1).remove(0);
+    let norm = loss_norm(g, case.w_ranking, case.w_regression);
+    let single = one_rank();
     let micros = micro_batches(g, parts);
     let loss = train_step(&model, &mut opt, &micros, &norm, g.adamw.lr, &single).unwrap();
     let name = &case.name;
@@ -100,14 +95,7 @@ fn check_case(
     for (pname, var) in model.params() {
         let want = &reference[&format!("{name}/{pname}")];
         let got = var.as_tensor();
-        let diff: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff: f32 = max_abs_diff(got, want);
         if diff > worst.0 {
             worst = (diff, pname.clone());
         }
@@ -183,15 +171,35 @@ fn the_step_moves_the_weights() {
     let w0 = init["score.weight"]
         .to_dtype(candle_core::DType::F32)
         .unwrap();
-    let d: f32 = (&reference["both/score.weight"] - w0)
+    let d: f32 = max_abs_diff(&reference["both/score.weight"], &w0);
+    assert!(d > 5e-4, "score.weight moved by only {d}");
+}
+
+/// The loss normalisation of the golden batch with these loss weights.
+fn loss_norm(g: &Goldens, w_ranking: f64, w_regression: f64) -> LossNorm {
+    LossNorm {
+        groups: g.groups.len(),
+        items: g.groups.iter().map(|x| x.seqs.len()).sum(),
+        w_ranking,
+        w_regression,
+    }
+}
+
+/// A group of one rank: the steps here are single-process.
+fn one_rank() -> LocalCollective {
+    LocalCollective::group(1).remove(0)
+}
+
+/// The largest absolute elementwise difference of two tensors.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
         .unwrap()
         .abs()
         .unwrap()
         .max_all()
         .unwrap()
         .to_scalar()
-        .unwrap();
-    assert!(d > 5e-4, "score.weight moved by only {d}");
+        .unwrap()
 }
 
 /// Inputs of the golden batch as slices.
@@ -293,13 +301,8 @@ fn qwen2_reward_model_trains_through_its_qkv_biases() {
     let model = TrainableRm::load(tmp.path(), &[], &Device::Cpu).unwrap();
     let name = "model.layers.0.self_attn.k_proj.bias";
     let before = model.param(name).unwrap().as_tensor().copy().unwrap();
-    let norm = LossNorm {
-        groups: g.groups.len(),
-        items: g.groups.iter().map(|x| x.seqs.len()).sum(),
-        w_ranking: 1.0,
-        w_regression: 1.0,
-    };
-    let single = LocalCollective::group(1).remove(0);
+    let norm = loss_norm(&g, 1.0, 1.0);
+    let single = one_rank();
     let mut opt = AdamW::new(g.adamw);
     train_step(
         &model,
@@ -310,14 +313,7 @@ fn qwen2_reward_model_trains_through_its_qkv_biases() {
         &single,
     )
     .unwrap();
-    let moved: f32 = (model.param(name).unwrap().as_tensor() - before)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let moved: f32 = max_abs_diff(model.param(name).unwrap().as_tensor(), &before);
     assert!(moved > 5e-4, "{name} moved by only {moved}");
 }
 
@@ -356,13 +352,8 @@ fn check_llama_lora_steps(dtype: DType) {
     );
     let seqs = golden_seqs(&g);
     let before: Vec<f32> = model.logits(&seqs, false).unwrap().to_vec1().unwrap();
-    let norm = LossNorm {
-        groups: g.groups.len(),
-        items: g.groups.iter().map(|x| x.seqs.len()).sum(),
-        w_ranking: 1.0,
-        w_regression: 1.0,
-    };
-    let single = LocalCollective::group(1).remove(0);
+    let norm = loss_norm(&g, 1.0, 1.0);
+    let single = one_rank();
     let mut opt = AdamW::new(g.adamw);
     let embed0 = model
         .param("model.embed_tokens.weight")
@@ -392,18 +383,13 @@ fn check_llama_lora_steps(dtype: DType) {
         .to_scalar::<f32>()
         .unwrap();
     assert!(b > 1e-3, "lora_B still ~0 ({b})");
-    let embed_moved: f32 = (model
-        .param("model.embed_tokens.weight")
-        .unwrap()
-        .as_tensor()
-        - embed0)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let embed_moved: f32 = max_abs_diff(
+        model
+            .param("model.embed_tokens.weight")
+            .unwrap()
+            .as_tensor(),
+        &embed0,
+    );
     assert_eq!(embed_moved, 0.0, "a frozen base weight moved");
     let after: Vec<f32> = model.logits(&seqs, false).unwrap().to_vec1().unwrap();
     assert!(
@@ -417,14 +403,7 @@ fn check_llama_lora_steps(dtype: DType) {
         .param("model.layers.1.self_attn.q_proj.weight")
         .unwrap()
         .as_tensor();
-    let dq: f32 = (q - q0)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let dq: f32 = max_abs_diff(q, q0);
     assert!(dq > 1e-5, "merged q_proj equals the base ({dq})");
 }
 
@@ -487,14 +466,9 @@ fn a_bf16_step_keeps_f32_weights_and_moves_them_like_the_f32_step() {
 fn check_bf16_step(goldens: &str, case: &str, folder: &str) {
     let g = goldens_of(goldens);
     let both = g.cases.iter().find(|c| c.name == case).unwrap();
-    let norm = LossNorm {
-        groups: g.groups.len(),
-        items: g.groups.iter().map(|x| x.seqs.len()).sum(),
-        w_ranking: both.w_ranking,
-        w_regression: both.w_regression,
-    };
+    let norm = loss_norm(&g, both.w_ranking, both.w_regression);
     let dir = fixtures().join(folder);
-    let single = LocalCollective::group(1).remove(0);
+    let single = one_rank();
     let step = |dtype: DType| {
         let model = TrainableRm::load(&dir, &[], &Device::Cpu)
             .unwrap()

@@ -105,8 +105,10 @@ pub enum Command {
     ///
     /// Runs `evalfleet-train train-rm YAML` (installed next to `evalfleet`, like the worker; or
     /// $EVALFLEET_TRAIN_BIN): start model, JSONL data, loss weights, LoRA or chosen layers,
-    /// AdamW schedule, ranks, checkpoints every N steps with resume, held-out Pearson/Spearman.
-    /// See yamls/train_rm.yaml.
+    /// AdamW schedule, ranks, device (cpu, or cuda: one GPU per rank over NCCL) and dtype (f32 on
+    /// the CPU, bf16 compute over f32 weights on GPUs), checkpoints every N steps with resume,
+    /// held-out Pearson/Spearman. Shows a bar over the steps with the latest loss when stderr is a
+    /// terminal and logs each evaluation and checkpoint. See yamls/train_rm.yaml.
     TrainRm {
         /// The train-rm YAML.
         yaml: PathBuf,

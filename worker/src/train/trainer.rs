@@ -402,7 +402,22 @@ pub fn train_data_parallel(cfg: &TrainConfig) -> Result<TrainOutcome> {
                     // A failing rank (rank 0 alone writes metrics and checkpoints) stops the
                     // others instead of leaving them waiting in a collective.
                     Some(c) => c.run_rank(|c| train(cfg, data, c)),
-                    None => train_nccl_rank(cfg, data, rank, id_file),
+                    None => {
+                        let out = train_nccl_rank(cfg, data, rank, id_file);
+                        if let Err(e) = &out {
+                            // An NCCL collective cannot be interrupted: the other GPU ranks
+                            // would wait for this one forever. End the process instead, as
+                            // torchrun ends a group; the checkpoints on disk are whole (written
+                            // to a temporary folder, then renamed) and a rerun resumes.
+                            tracing::error!(
+                                "rank {rank} failed: {}; exiting, since the other GPU ranks \
+                                 cannot be stopped",
+                                evalfleet_console::error_text(e)
+                            );
+                            std::process::exit(1);
+                        }
+                        out
+                    }
                 })
             })
             .collect();

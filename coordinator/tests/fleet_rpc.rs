@@ -3,81 +3,38 @@
 
 use std::time::Duration;
 
-use evalfleet::rpc::{Fleet, FleetOptions, ServerHandle};
-use evalfleet::sched::{ItemOutcome, SchedConfig, Scheduler};
+use evalfleet::rpc::limits::Limits;
+use evalfleet::rpc::{Fleet, ServerHandle};
+use evalfleet::sched::ItemOutcome;
 use evalfleet_proto::PROTOCOL_VERSION;
 use evalfleet_proto::v1 as pb;
-use evalfleet_proto::v1::fleet_client::FleetClient;
 use pb::coordinator_message::Msg as Down;
 use pb::worker_message::Msg as Up;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Streaming};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 mod rpc_client;
-use rpc_client::{TOKEN, msg, next, task};
+use rpc_client::{TOKEN, hello_speaking as hello, msg, next};
 
+/// A fleet of `n` items served on 127.0.0.1 with the default limits.
 async fn start(n: usize) -> (Fleet, ServerHandle) {
-    let opts = FleetOptions {
-        job_id: "test".into(),
-        ..Default::default()
-    };
-    let mut sched = Scheduler::new(SchedConfig::default());
-    sched.add_task(task(n)).unwrap();
-    let fleet = Fleet::new(opts, sched);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = fleet.serve(listener, TOKEN).unwrap();
-    (fleet, server)
+    rpc_client::start(n, None, Limits::default()).await
 }
 
 async fn channel(server: &ServerHandle) -> Channel {
-    Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    rpc_client::plain_channel(server, None).await.unwrap()
 }
 
-fn hello(version: u32) -> pb::WorkerMessage {
-    msg(Up::Hello(pb::Hello {
-        protocol_version: version,
-        worker_id: "t".into(),
-        ..Default::default()
-    }))
-}
-
-/// Opens a stream with `token` (None: no authorization header) and sends `first`.
+/// Opens a stream to `server` with `token` (None: no authorization header) and sends `first`.
 async fn open(
     server: &ServerHandle,
     token: Option<&str>,
     first: pb::WorkerMessage,
-) -> Result<
-    (
-        mpsc::Sender<pb::WorkerMessage>,
-        Streaming<pb::CoordinatorMessage>,
-    ),
-    tonic::Status,
-> {
-    let header = token.map(|t| {
-        format!("Bearer {t}")
-            .parse::<tonic::metadata::MetadataValue<_>>()
-            .unwrap()
-    });
-    let mut client =
-        FleetClient::with_interceptor(channel(server).await, move |mut req: tonic::Request<()>| {
-            if let Some(h) = &header {
-                req.metadata_mut().insert("authorization", h.clone());
-            }
-            Ok(req)
-        });
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(first).await.unwrap();
-    let inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
-    Ok((tx, inbound))
+) -> Result<rpc_client::Opened, tonic::Status> {
+    rpc_client::open(channel(server).await, token, first).await
 }
 
 #[tokio::test]

@@ -130,8 +130,13 @@ pub fn msg(m: Up) -> pb::WorkerMessage {
 }
 
 pub fn hello() -> pb::WorkerMessage {
+    hello_speaking(PROTOCOL_VERSION)
+}
+
+/// A `Hello` claiming protocol `version`.
+pub fn hello_speaking(version: u32) -> pb::WorkerMessage {
     msg(Up::Hello(pb::Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: version,
         worker_id: "t".into(),
         ..Default::default()
     }))

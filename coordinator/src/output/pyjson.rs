@@ -189,6 +189,23 @@ fn write_scalar(out: &mut String, value: &PyJson, ensure_ascii: bool) {
 }
 
 fn write_compact(out: &mut String, value: &PyJson, ensure_ascii: bool) {
+    write_one_line(
+        out,
+        value,
+        &|out, scalar| write_scalar(out, scalar, ensure_ascii),
+        &|out, key| push_json_string(out, key, ensure_ascii),
+    );
+}
+
+/// Writes `value` on one line with Python's container layout, `[a, b]` and `{k: v}` (the
+/// separators of both `json.dumps` and `repr()`): `scalar` writes every value that is not a
+/// container and `key` every object key, which is where the two differ.
+pub fn write_one_line(
+    out: &mut String,
+    value: &PyJson,
+    scalar: &dyn Fn(&mut String, &PyJson),
+    key: &dyn Fn(&mut String, &str),
+) {
     match value {
         PyJson::Array(items) => {
             out.push('[');
@@ -196,23 +213,23 @@ fn write_compact(out: &mut String, value: &PyJson, ensure_ascii: bool) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_compact(out, item, ensure_ascii);
+                write_one_line(out, item, scalar, key);
             }
             out.push(']');
         }
         PyJson::Object(entries) => {
             out.push('{');
-            for (i, (key, item)) in entries.iter().enumerate() {
+            for (i, (k, item)) in entries.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                push_json_string(out, key, ensure_ascii);
+                key(out, k);
                 out.push_str(": ");
-                write_compact(out, item, ensure_ascii);
+                write_one_line(out, item, scalar, key);
             }
             out.push('}');
         }
-        scalar => write_scalar(out, scalar, ensure_ascii),
+        other => scalar(out, other),
     }
 }
 

@@ -7,8 +7,8 @@
 //! shortest of the three that fits). Containers are `[a, b]` and `{k: v}` with `", "` and `": "`.
 
 use super::nonprintable::NON_PRINTABLE;
-use crate::output::PyJson;
 use crate::output::float_repr;
+use crate::output::pyjson::{PyJson, write_one_line};
 
 /// `str(value)`: a string as it is, anything else as its repr.
 pub fn py_str(value: &PyJson) -> String {
@@ -26,6 +26,11 @@ pub fn py_repr(value: &PyJson) -> String {
 }
 
 fn push_repr(out: &mut String, value: &PyJson) {
+    write_one_line(out, value, &push_scalar_repr, &push_str_repr);
+}
+
+/// The repr of a value that is not a container.
+fn push_scalar_repr(out: &mut String, value: &PyJson) {
     match value {
         PyJson::Null => out.push_str("None"),
         PyJson::Bool(true) => out.push_str("True"),
@@ -33,28 +38,8 @@ fn push_repr(out: &mut String, value: &PyJson) {
         PyJson::Int(i) => out.push_str(&i.to_string()),
         PyJson::Float(x) => out.push_str(&float_repr(*x)),
         PyJson::Str(s) => push_str_repr(out, s),
-        PyJson::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                push_repr(out, item);
-            }
-            out.push(']');
-        }
-        PyJson::Object(entries) => {
-            out.push('{');
-            for (i, (key, item)) in entries.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                push_str_repr(out, key);
-                out.push_str(": ");
-                push_repr(out, item);
-            }
-            out.push('}');
-        }
+        // write_one_line writes containers itself.
+        PyJson::Array(_) | PyJson::Object(_) => push_repr(out, value),
     }
 }
 

@@ -8,25 +8,24 @@
 
 /// `repr(x)` as Python 3 writes it (`nan`, `inf`, `-inf` for the non-finite values).
 pub fn float_repr(x: f64) -> String {
-    if x.is_nan() {
-        return "nan".to_owned();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "inf" } else { "-inf" }.to_owned();
-    }
-    layout_finite(x)
+    spell(x, ["nan", "inf", "-inf"])
 }
 
 /// A float as `json.dumps` writes it: `repr`, except `NaN`, `Infinity` and `-Infinity` for the
 /// non-finite values (Python's default `allow_nan=True`).
 pub fn json_float(x: f64) -> String {
+    spell(x, ["NaN", "Infinity", "-Infinity"])
+}
+
+/// `x` laid out as Python does, the non-finite values by the given names of NaN, +inf and -inf.
+fn spell(x: f64, [nan, inf, minus_inf]: [&str; 3]) -> String {
     if x.is_nan() {
-        return "NaN".to_owned();
+        nan.to_owned()
+    } else if x.is_infinite() {
+        if x > 0.0 { inf } else { minus_inf }.to_owned()
+    } else {
+        layout_finite(x)
     }
-    if x.is_infinite() {
-        return if x > 0.0 { "Infinity" } else { "-Infinity" }.to_owned();
-    }
-    layout_finite(x)
 }
 
 /// Lays out the shortest round-trip digits of a finite `x` the way `float_repr_style == 'short'`

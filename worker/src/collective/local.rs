@@ -82,7 +82,7 @@ impl LocalCollective {
     }
 
     /// Stops the group (the first reason is kept) and wakes every waiting rank.
-    pub fn stop(&self, why: String) {
+    fn stop(&self, why: String) {
         let mut st = self.lock();
         st.stopped.get_or_insert(why);
         self.shared.done.notify_all();

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::run::FleetSetup;
@@ -206,9 +207,16 @@ pub struct FleetArgs {
     /// File whose first line is the bearer token (with --listen; default: $EVALFLEET_TOKEN).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// Items per lease = generation batch size of each worker (default: the YAML's evalfleet key
-    /// `batch_size`, else the worker's default of 8). Not `per_device_eval_batch_size`, which only
-    /// enters `predict_steps_per_second`, as in the original tool.
+    /// Serve the gRPC health service (no token) on ADDR from the start of the command until it
+    /// exits, through every phase (planning, loading, scoring, writing, between steps), unlike
+    /// the --listen port, which answers only while a fleet runs. Point Kubernetes probes here.
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
+    /// The job's batch size: items per lease and sequences each worker runs together (default:
+    /// the YAML's evalfleet key `batch_size`, else 8). Every lease carries it, so local and
+    /// external workers alike use it (an external worker's own --batch-size can only lower it).
+    /// Not `per_device_eval_batch_size`, which only enters `predict_steps_per_second`, as in the
+    /// original tool.
     #[arg(long)]
     pub batch_size: Option<u32>,
     /// Start CPU workers even when GPUs are visible.
@@ -323,15 +331,42 @@ pub fn main() -> ExitCode {
     }
 }
 
+impl Command {
+    /// The fleet options of a command that runs a fleet.
+    fn fleet_args(&self) -> Option<&FleetArgs> {
+        match self {
+            Command::Step1(a) | Command::Step2(a) | Command::Step3(a) | Command::Sweep(a) => {
+                Some(&a.fleet)
+            }
+            Command::Run(a) => Some(&a.step.fleet),
+            Command::Step4(a) => Some(&a.fleet),
+            _ => None,
+        }
+    }
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<()> {
+    // Bound before anything else and kept until the command returns (`--health-listen`).
+    let _health = match command.fleet_args() {
+        Some(FleetArgs {
+            health_listen: Some(addr),
+            limits,
+            ..
+        }) => {
+            let server = crate::rpc::health::HealthServer::start(*addr, &limits.limits())
+                .await
+                .with_context(|| format!("--health-listen {addr}: cannot bind"))?;
+            // On stdout like `listening on`, so that a supervisor (or a test) learns the real
+            // port when asked for port 0.
+            println!("health on {}", server.addr());
+            Some(server)
+        }
+        _ => None,
+    };
     match command {
         Command::Step1(args) => {
             let job = crate::config::load_step1(&args.yaml)?;
-            let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
-            for path in files {
-                println!("wrote {}", path.display());
-            }
-            Ok(())
+            run_job(&job, &args.fleet, None).await
         }
         Command::Step2(args) => {
             let cfg = crate::config::load_step2(&args.yaml)?;
@@ -340,11 +375,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 steps: vec![crate::config::StepConfig::Step2(cfg)],
                 ignored_keys: Vec::new(),
             };
-            let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
-            for path in files {
-                println!("wrote {}", path.display());
-            }
-            Ok(())
+            run_job(&job, &args.fleet, None).await
         }
         Command::Step4(args) => {
             let cfg = crate::config::load_step4(&args.yaml)?;
@@ -352,38 +383,34 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 stage: args.stage,
                 stage_by_stage: args.stage_by_stage,
             };
-            let setup = args.fleet.setup();
-            let report = crate::run::step4::run_step4_with(&cfg, &setup, options).await?;
-            for path in report.files {
+            let job_fleet = JobFleet::for_job(&args.fleet, cfg.fleet_keys(), "step4", None)?;
+            let result = crate::run::step4::run_step4_with(&cfg, &job_fleet.setup, options).await;
+            job_fleet.stop(result.is_ok()).await;
+            for path in result?.files {
                 println!("wrote {}", path.display());
             }
             Ok(())
         }
         Command::Step3(args) => {
             let job = crate::config::load_step3(&args.yaml)?;
-            let files = crate::run::run_job(&job, &args.fleet.setup()).await?;
-            for path in files {
-                println!("wrote {}", path.display());
-            }
-            Ok(())
+            run_job(&job, &args.fleet, None).await
         }
         Command::Run(RunArgs {
             step: args,
             metrics_listen,
         }) => {
             let job = crate::config::load_job(&args.yaml)?;
-            let mut setup = args.fleet.setup();
             // Kept until the job ends: dropping it stops the endpoint.
-            let _metrics = crate::serve::cli::run_metrics(&mut setup, metrics_listen).await?;
-            let files = crate::run::run_job(&job, &setup).await?;
-            for path in files {
-                println!("wrote {}", path.display());
-            }
-            Ok(())
+            let metrics = crate::serve::cli::run_metrics(metrics_listen).await?;
+            run_job(&job, &args.fleet, metrics.as_ref().map(|(_, m)| m.clone())).await
         }
         Command::Sweep(args) => {
             let cfg = crate::sweep::load_sweep(&args.yaml)?;
-            let report = match crate::sweep::run_sweep(&cfg, &args.fleet.setup()).await {
+            let keys = cfg.fleet_keys()?;
+            let job_fleet = JobFleet::for_job(&args.fleet, keys, "sweep", None)?;
+            let result = crate::sweep::run_sweep(&cfg, &job_fleet.setup).await;
+            job_fleet.stop(result.is_ok()).await;
+            let report = match result {
                 Ok(report) => report,
                 // A RunError stays one, so that an interrupted sweep exits as a stopped run.
                 Err(crate::sweep::SweepError::Run(e)) => return Err(e.into()),
@@ -415,6 +442,56 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{json}");
             Ok(())
         }
+    }
+}
+
+/// Runs `job` on one fleet for all its steps and prints the files written.
+async fn run_job(
+    job: &crate::config::JobConfig,
+    fleet: &FleetArgs,
+    metrics: Option<std::sync::Arc<crate::serve::metrics::Metrics>>,
+) -> anyhow::Result<()> {
+    let job_fleet = JobFleet::for_job(fleet, job.fleet_keys(), "run", metrics)?;
+    let result = crate::run::run_job(job, &job_fleet.setup).await;
+    job_fleet.stop(result.is_ok()).await;
+    for path in result? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// A command's fleet for its whole job ([`crate::serve::job_fleet`]) and the setup whose steps
+/// attach to it.
+struct JobFleet {
+    setup: FleetSetup,
+    fleet: std::sync::Arc<crate::serve::job_fleet::JobFleet>,
+}
+
+impl JobFleet {
+    /// Starts the fleet the command line and the job's fleet `keys` ask for (the workers and
+    /// tensor parallelism of the whole job; each step still merges its own batch size).
+    fn for_job(
+        args: &FleetArgs,
+        keys: crate::config::FleetKeys,
+        label: &str,
+        metrics: Option<std::sync::Arc<crate::serve::metrics::Metrics>>,
+    ) -> anyhow::Result<JobFleet> {
+        let cli = args.setup();
+        let shaped = cli.merged_with(crate::config::FleetKeys {
+            batch_size: None,
+            ..keys
+        });
+        let fleet = crate::serve::job_fleet::JobFleet::new(&shaped, label, metrics);
+        let mut setup = cli;
+        setup.workers = shaped.workers;
+        setup.tensor_parallel_size = shaped.tensor_parallel_size;
+        setup.host = Some(fleet.clone());
+        Ok(JobFleet { setup, fleet })
+    }
+
+    /// Ends the fleet: the workers are told to exit once, now.
+    async fn stop(&self, ok: bool) {
+        self.fleet.stop(ok).await;
     }
 }
 

@@ -160,7 +160,8 @@ pub struct SpawnOptions {
     pub token: String,
     /// One `--device` per worker (`cpu`, `cuda:0`, ...).
     pub devices: Vec<String>,
-    /// Passed as `--batch-size` when set.
+    /// Passed as `--batch-size` (the workers' cap on a lease's batch) when set; without it the
+    /// job's batch size, which every lease carries, decides.
     pub batch_size: Option<u32>,
     /// Appended to every worker's arguments.
     pub extra_args: Vec<String>,

@@ -13,6 +13,7 @@
 //! several sockets at once ([`Fleet::serve_on`]): with `--listen` and TLS, local workers use a
 //! plain loopback socket next to the public TLS one.
 
+pub mod health;
 pub mod limits;
 pub mod tls;
 
@@ -714,16 +715,20 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
             let sink = fleet.inner.result_sink.get();
             // Copied only when someone keeps results (the journal).
             let kept = sink.map(|_| result.clone());
-            let (recorded, task) = fleet.with_sched(|s| {
+            let recorded = fleet.with_sched(|s| {
                 let task = s.lease_task_name(result.lease_id).map(str::to_string);
-                (s.record(result), task)
+                let recorded = s.record(result);
+                // Kept before the progress this result makes is published: a driver that sees
+                // its step complete and closes the journal must find every result in it.
+                if let (Recorded::Accepted, Some(sink), Some(kept), Some(task)) =
+                    (&recorded, sink, kept, task)
+                {
+                    sink(task, kept);
+                }
+                recorded
             });
             match recorded {
-                Recorded::Accepted => {
-                    if let (Some(sink), Some(kept), Some(task)) = (sink, kept, task) {
-                        sink(task, kept);
-                    }
-                }
+                Recorded::Accepted => {}
                 Recorded::Retrying { attempt } => warn!(
                     "item {item} failed on worker {name:?} (attempt {attempt}), will retry: {error}"
                 ),

@@ -53,6 +53,9 @@ pub struct SchedConfig {
     pub max_attempts: u32,
     /// Upper bound on items per lease, whatever a worker asks for.
     pub max_lease_items: u32,
+    /// The job's batch size: items per lease (fewer when the worker's own cap is lower), sent
+    /// with each lease as `Lease.batch_size`. `None`: the worker's request alone decides.
+    pub batch_size: Option<u32>,
 }
 
 impl Default for SchedConfig {
@@ -61,6 +64,7 @@ impl Default for SchedConfig {
             lease_ttl: Duration::from_secs(20),
             max_attempts: 3,
             max_lease_items: 256,
+            batch_size: None,
         }
     }
 }
@@ -372,8 +376,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Leases queued items (which task: see the module docs): as many as the worker's batch
-    /// holds (`max_items`, capped by [`SchedConfig::max_lease_items`]), but, except for a fed
+    /// Leases queued items (which task: see the module docs): the job's batch size
+    /// ([`SchedConfig::batch_size`]) or the worker's cap `max_items` (0 = none) if lower, at most
+    /// [`SchedConfig::max_lease_items`], but, except for a fed
     /// task's full lease, no more than an even share of that task's queue among the `workers`
     /// connected, so that on a small job one worker does not take everything while the others
     /// idle. Always at least one item.
@@ -384,7 +389,8 @@ impl Scheduler {
         workers: usize,
         now: Instant,
     ) -> Assignment {
-        let capacity = max_items.clamp(1, self.cfg.max_lease_items.max(1)) as usize;
+        let capacity = lease_capacity(self.cfg.batch_size, max_items)
+            .clamp(1, self.cfg.max_lease_items.max(1)) as usize;
         let lease_id = self.next_lease;
         // Fed tasks with a full lease queued first, then every task in order. The queue lengths
         // may count stale entries, so a candidate can come up empty: then try the next.
@@ -411,6 +417,7 @@ impl Scheduler {
         lease.task = task.spec.name.clone();
         lease.items = items.iter().map(|&i| task.spec.items[i].clone()).collect();
         lease.ttl_ms = self.cfg.lease_ttl.as_millis() as u64;
+        lease.batch_size = self.cfg.batch_size.unwrap_or(capacity as u32);
         self.timeline.push(Event::Leased {
             task: task_idx,
             lease_id,
@@ -686,6 +693,16 @@ impl Scheduler {
     }
 }
 
+/// Most items one lease may hold: the job's batch size, lowered to the worker's own cap
+/// (`max_items`, 0 = none); without a job batch size, the worker's request.
+fn lease_capacity(job_batch: Option<u32>, max_items: u32) -> u32 {
+    match (job_batch, max_items) {
+        (Some(batch), 0) => batch,
+        (Some(batch), cap) => batch.min(cap),
+        (None, requested) => requested,
+    }
+}
+
 /// Items for one lease: the worker's `capacity`, capped at `ceil(queued / (2 * workers))` when
 /// several workers share the queue, at least 1. Leases shrink as the queue drains, so no slow worker takes a long lease at the very
 /// end: in the 64-worker simulation (`evalfleet-schedsim`, speeds spanning 4x) this keeps the
@@ -825,6 +842,7 @@ mod tests {
             lease_ttl: Duration::from_secs(10),
             max_attempts: 3,
             max_lease_items: 100,
+            batch_size: None,
         });
         s.add_task(task("t", n)).unwrap();
         s
@@ -835,6 +853,33 @@ mod tests {
             Assignment::Lease(l) => *l,
             other => panic!("expected a lease, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_jobs_batch_size_sizes_leases_and_travels_with_them() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(SchedConfig {
+            batch_size: Some(4),
+            ..SchedConfig::default()
+        });
+        s.add_task(task("t", 20)).unwrap();
+        // A worker with no cap of its own (an external worker started without --batch-size).
+        let free = lease(&mut s, 1, 0, t0);
+        assert_eq!((free.items.len(), free.batch_size), (4, 4));
+        // A worker capped at 2 gets 2 items, still told the job's batch size.
+        let capped = lease(&mut s, 2, 2, t0);
+        assert_eq!((capped.items.len(), capped.batch_size), (2, 4));
+        // A cap above the job's batch does not enlarge the lease.
+        let big = lease(&mut s, 3, 64, t0);
+        assert_eq!((big.items.len(), big.batch_size), (4, 4));
+    }
+
+    #[test]
+    fn without_a_job_batch_size_the_workers_request_decides() {
+        let t0 = Instant::now();
+        let mut s = sched(20);
+        let l = lease(&mut s, 1, 3, t0);
+        assert_eq!((l.items.len(), l.batch_size), (3, 3));
     }
 
     fn ok(lease: &pb::Lease, item: &str, text: &str) -> pb::ItemResult {
@@ -1129,6 +1174,7 @@ mod tests {
             lease_ttl: Duration::from_secs(10),
             max_attempts: 1,
             max_lease_items: 100,
+            batch_size: None,
         });
         s.add_task(task("t", 3)).unwrap();
         let a = lease(&mut s, 1, 3, t0);

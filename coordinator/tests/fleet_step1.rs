@@ -240,6 +240,10 @@ fn external_workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let yaml = write_yaml(dir.path(), &out, false);
+    // The job's batch size reaches external workers with each lease (they have no YAML).
+    let mut text = read(&yaml);
+    text.push_str("batch_size: 3\n");
+    std::fs::write(&yaml, text).unwrap();
     let (coordinator, url) = listening_coordinator(&yaml, "right-token");
 
     let intruder = wait(
@@ -253,11 +257,19 @@ fn external_workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() 
         "{said}"
     );
 
-    wait_ok(
+    let worker = wait_ok(
         external_worker(&url, "right-token").spawn().unwrap(),
         Duration::from_secs(300),
         "the external worker",
     );
+    // 8 items in leases of the YAML's 3 (the worker's own default would take all 8 at once).
+    let log = String::from_utf8_lossy(&worker.stderr);
+    let sizes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lease done"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("items=")))
+        .collect();
+    assert_eq!(sizes, ["items=3", "items=3", "items=2"], "{log}");
     wait_ok(
         coordinator,
         Duration::from_secs(300),

@@ -301,6 +301,17 @@ fn rehearse(layout: &str) {
         set_flag(&mut args, "--listen", "127.0.0.1:0"),
         format!("0.0.0.0:{port}")
     );
+    // The probes' port (answers for the whole run); any free port here.
+    let health = seq(&coord.container["ports"])
+        .iter()
+        .find(|p| s(p, "name") == "health")
+        .expect("a port named health")["containerPort"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        set_flag(&mut args, "--health-listen", "127.0.0.1:0"),
+        format!("0.0.0.0:{health}")
+    );
     let (coordinator, url) = listening_url(
         coord
             .command(evalfleet_bin(), &args)

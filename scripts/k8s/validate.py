@@ -6,7 +6,8 @@ For each kustomization folder (k8s/ and k8s/overlays/*) and each plain manifest 
 2. policy: what k8s/README.md promises: no Secret and no token value in any manifest (the token comes
    from the evalfleet-token Secret mounted as a file); non-root pods with a read-only root filesystem,
    an emptyDir on /tmp, all capabilities dropped, no service-account token; CPU/memory requests and
-   limits; a terminationGracePeriodSeconds; gRPC readiness/liveness probes on the coordinator's port;
+   limits; a terminationGracePeriodSeconds; gRPC readiness/liveness probes on the coordinator's port
+   (`serve`) or on its --health-listen port (`run`, whose grpc port closes between fleets);
    one or more `nvidia.com/gpu` on every worker; volumes that name ConfigMaps/PVCs of the same layout;
    workers dialing the Service the coordinator is behind;
 3. command lines: every `--flag` in a container's args is one that the binary's clap definition has
@@ -38,6 +39,8 @@ import kustomize_lite  # noqa: E402
 
 TOKEN_SECRET = "evalfleet-token"
 COORDINATOR_PORT = 50051
+# The one-shot coordinator's --health-listen port (its probes' target).
+HEALTH_PORT = 8081
 # Names of env vars whose literal value would be a credential.
 SECRETISH = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.I)
 
@@ -198,11 +201,21 @@ def check_roles(rep: Report, where: str, res: dict[str, Any]) -> None:
                 ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
                 if ports.get("grpc") != COORDINATOR_PORT:
                     rep.fail(cw, f"no port named grpc = {COORDINATOR_PORT} (the Service targets it)")
+                args = c.get("args", [])
+                # `evalfleet run` closes its grpc port between fleets: its probes must use
+                # --health-listen, which answers for the whole run; `serve` keeps its port open.
+                probe_port = COORDINATOR_PORT
+                if "run" in args:
+                    health = args[args.index("--health-listen") + 1] if "--health-listen" in args else ""
+                    if not health.endswith(f":{HEALTH_PORT}"):
+                        rep.fail(cw, f"`evalfleet run` without --health-listen on port {HEALTH_PORT}")
+                    elif ports.get("health") != HEALTH_PORT:
+                        rep.fail(cw, f"no port named health = {HEALTH_PORT}")
+                    probe_port = HEALTH_PORT
                 for probe in ("readinessProbe", "livenessProbe"):
                     grpc = (c.get(probe) or {}).get("grpc") or {}
-                    if grpc.get("port") != COORDINATOR_PORT:
-                        rep.fail(cw, f"{probe} is not a gRPC probe on port {COORDINATOR_PORT}")
-                args = c.get("args", [])
+                    if grpc.get("port") != probe_port:
+                        rep.fail(cw, f"{probe} is not a gRPC probe on port {probe_port}")
                 listen = args[args.index("--listen") + 1] if "--listen" in args else ""
                 if not listen.endswith(f":{COORDINATOR_PORT}"):
                     rep.fail(cw, f"--listen {listen!r} is not on port {COORDINATOR_PORT}")

@@ -44,9 +44,11 @@ struct Args {
     /// Device to run on: `cpu` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Items per lease, i.e. the generation batch size.
-    #[arg(long, default_value_t = 8)]
-    batch_size: u32,
+    /// A cap on items per lease and sequences run together. Without it the job's batch size
+    /// decides (its YAML `batch_size` or the coordinator's --batch-size, default 8; it comes with
+    /// each lease); use it to keep a small GPU within memory whatever the job asks.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: Option<u32>,
     /// Name shown in the coordinator's logs (default: <hostname>-<pid>).
     #[arg(long)]
     worker_id: Option<String>,
@@ -133,7 +135,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         token,
         worker_id: args.worker_id.clone().unwrap_or_else(default_worker_id),
         device: args.device.clone(),
-        batch_size: args.batch_size.max(1),
+        batch_size: args.batch_size.unwrap_or(0),
         connect_timeout: Duration::from_secs(args.connect_timeout_s),
         tls_ca: args.tls_ca.clone(),
     };
@@ -142,7 +144,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let executor = GroupCheck {
         inner: Executor::new(ExecutorOptions {
             device,
-            max_batch: args.batch_size.max(1) as usize,
+            max_batch: args.batch_size.map_or(usize::MAX, |cap| cap as usize),
             tp: leader.clone(),
             ..Default::default()
         }),

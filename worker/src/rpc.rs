@@ -66,7 +66,8 @@ pub struct WorkerOptions {
     pub worker_id: String,
     /// `cpu` or `cuda:N`, as reported in Hello.
     pub device: String,
-    /// Items asked for per lease.
+    /// The most items this worker takes per lease (`--batch-size`); 0 = no cap of its own, the
+    /// job's batch size (sent with each lease) decides.
     pub batch_size: u32,
     /// Give up dialing after this long.
     pub connect_timeout: Duration,

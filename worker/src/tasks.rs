@@ -36,7 +36,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
     pub device: Device,
-    /// Most sequences generated together (the worker's batch size).
+    /// Most sequences run together: the worker's cap (`usize::MAX` = none). A lease's
+    /// `batch_size` (the job's) lowers it for that lease; see [`Executor::lease_batch`].
     pub max_batch: usize,
     /// Most padded prompt tokens in one prefill (0 = no limit); bounds prefill memory.
     pub max_batch_tokens: usize,
@@ -108,9 +109,14 @@ impl Executor {
         &self.opts
     }
 
-    /// The generation batch size (also what the worker should ask for per lease).
-    pub fn worker_batch_size(&self) -> usize {
-        self.opts.max_batch.max(1)
+    /// Sequences run together for `lease`: the job's batch size it carries, within the
+    /// worker's cap; a lease that names none (0) runs at the cap.
+    pub fn lease_batch(&self, lease: &pb::Lease) -> usize {
+        let cap = self.opts.max_batch.max(1);
+        match lease.batch_size as usize {
+            0 => cap,
+            job => job.min(cap),
+        }
     }
 
     /// Keys of the models currently loaded.
@@ -136,14 +142,15 @@ impl Executor {
             Error::Unsupported(format!("lease {} names no model", lease.lease_id))
         })?;
         // Step-2 leases carry no generation parameters: look at the payload kind first.
+        let batch = self.lease_batch(lease);
         if is_embed_lease(lease) {
-            return self.run_embed_lease(lease, spec, sink);
+            return self.run_embed_lease(lease, spec, batch, sink);
         }
         if is_choice_lease(lease) {
-            return self.run_choice_lease(lease, spec, sink);
+            return self.run_choice_lease(lease, spec, batch, sink);
         }
         if is_reward_lease(lease) {
-            let chunk = self.worker_batch_size();
+            let chunk = batch;
             reward::run_lease(self.rewarder(spec)?, lease, chunk, sink);
             return Ok(());
         }
@@ -154,7 +161,10 @@ impl Executor {
             ))
         })?;
         let prompt_spec = lease.prompt.clone().unwrap_or_default();
-        let opts = GenOptions::from(&self.opts);
+        let opts = GenOptions {
+            max_batch: batch,
+            max_batch_tokens: self.opts.max_batch_tokens,
+        };
         let entry = self.model(spec)?;
         if let Err(e) = entry.prepare_builder(&prompt_spec.template) {
             // A bad template fails every item the same way: say so per item, not retryable.
@@ -213,17 +223,17 @@ impl Executor {
         Ok(())
     }
 
-    /// Scores every embed item of `lease`, one batch of `max_batch` pairs at a time, sending
-    /// each batch's results as soon as it is scored. A failed batch fails its items only.
+    /// Scores every embed item of `lease`, `chunk` pairs at a time, sending each batch's results
+    /// as soon as it is scored. A failed batch fails its items only.
     fn run_embed_lease(
         &mut self,
         lease: &pb::Lease,
         spec: &pb::ModelSpec,
+        chunk: usize,
         sink: &mut dyn FnMut(pb::ItemResult),
     ) -> Result<()> {
         let started = Instant::now();
-        let chunk = self.worker_batch_size();
-        let embedder = self.embedder(spec)?;
+        let embedder = self.embedder(spec, chunk)?;
         let mut pairs = Vec::with_capacity(lease.items.len());
         for item in &lease.items {
             match &item.payload {
@@ -272,11 +282,12 @@ impl Executor {
         &mut self,
         lease: &pb::Lease,
         spec: &pb::ModelSpec,
+        batch: usize,
         sink: &mut dyn FnMut(pb::ItemResult),
     ) -> Result<()> {
         let started = Instant::now();
         let opts = choice::ScoreOptions {
-            max_batch: self.opts.max_batch.max(1),
+            max_batch: batch,
             max_batch_tokens: self.opts.max_batch_tokens,
         };
         let template = lease.prompt.as_ref().map_or("", |p| p.template.as_str());
@@ -307,9 +318,9 @@ impl Executor {
         Ok(())
     }
 
-    /// The embedder for `spec`, loading it (with the worker's batch size) when needed and
-    /// dropping the least recently used embedder beyond `keep_models`.
-    fn embedder(&mut self, spec: &pb::ModelSpec) -> Result<&Embedder> {
+    /// The embedder for `spec` (embedding `batch` texts per forward pass), loading it when needed
+    /// and dropping the least recently used embedder beyond `keep_models`.
+    fn embedder(&mut self, spec: &pb::ModelSpec, batch: usize) -> Result<&Embedder> {
         let key = model_key(spec);
         let keep = self.opts.keep_models;
         let held = touch_or_make_room(
@@ -321,8 +332,7 @@ impl Executor {
         );
         if !held {
             let started = Instant::now();
-            let embedder = Embedder::load(Path::new(&spec.model_path), &self.opts.device)?
-                .with_batch_size(self.worker_batch_size());
+            let embedder = Embedder::load(Path::new(&spec.model_path), &self.opts.device)?;
             tracing::info!(
                 model = key,
                 dim = embedder.dim(),
@@ -332,7 +342,8 @@ impl Executor {
             );
             self.embedders.push((key, embedder));
         }
-        let (_, embedder) = self.embedders.last().expect("an embedder was just pushed");
+        let (_, embedder) = self.embedders.last_mut().expect("an embedder was just pushed");
+        embedder.set_batch_size(batch);
         Ok(embedder)
     }
 
@@ -412,7 +423,7 @@ impl crate::rpc::LeaseRunner for Executor {
     /// Loads the lease's model now, so that the worker can report it ready before generating.
     fn prepare_lease(&mut self, lease: &pb::Lease) -> Result<()> {
         match &lease.model {
-            Some(spec) if is_embed_lease(lease) => self.embedder(spec).map(|_| ()),
+            Some(spec) if is_embed_lease(lease) => self.embedder(spec, self.lease_batch(lease)).map(|_| ()),
             Some(spec) if is_reward_lease(lease) => self.rewarder(spec).map(|_| ()),
             // Choice leases (step 3) load a decoder like generation leases.
             Some(spec) => self.model(spec).map(|_| ()),

@@ -195,6 +195,7 @@ fn simulate(sc: &Scenario, batch: u32, ttl: f64, tail: u32) -> Outcome {
         lease_ttl: Duration::from_secs_f64(ttl),
         max_attempts: 3,
         max_lease_items: 256,
+        batch_size: None,
     });
     let items = (0..sc.costs.len())
         .map(|i| pb::WorkItem {

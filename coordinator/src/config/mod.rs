@@ -192,6 +192,49 @@ pub enum StepConfig {
     Step4(Step4Config),
 }
 
+/// The fleet keys a step's YAML may set (evalfleet's own: `workers`, `batch_size`,
+/// `tensor_parallel_size`); merged with the command line in one place,
+/// [`crate::run::FleetSetup::merged_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetKeys {
+    pub workers: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub tensor_parallel_size: Option<usize>,
+}
+
+impl FleetKeys {
+    /// Each key of `self`, else `other`'s (a chain's second step fills what the first left unset).
+    pub fn or(self, other: FleetKeys) -> FleetKeys {
+        FleetKeys {
+            workers: self.workers.or(other.workers),
+            batch_size: self.batch_size.or(other.batch_size),
+            tensor_parallel_size: self.tensor_parallel_size.or(other.tensor_parallel_size),
+        }
+    }
+}
+
+impl JobConfig {
+    /// The fleet keys of the whole job: each key from the first step that sets it (one fleet
+    /// serves every step: its workers and tensor parallelism are the job's).
+    pub fn fleet_keys(&self) -> FleetKeys {
+        self.steps
+            .iter()
+            .fold(FleetKeys::default(), |keys, step| keys.or(step.fleet_keys()))
+    }
+}
+
+impl StepConfig {
+    /// This step's fleet keys.
+    pub fn fleet_keys(&self) -> FleetKeys {
+        match self {
+            StepConfig::Step1(c) => c.fleet_keys(),
+            StepConfig::Step2(c) => c.fleet_keys(),
+            StepConfig::Step3(c) => c.fleet_keys(),
+            StepConfig::Step4(c) => c.fleet_keys(),
+        }
+    }
+}
+
 /// Loads a step-1 file (the seed's `yamls/step1.yaml` form).
 pub fn load_step1(path: &Path) -> Result<JobConfig, ConfigError> {
     parse_step1(path, &read(path)?)

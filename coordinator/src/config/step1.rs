@@ -290,3 +290,14 @@ pub(super) fn parse_generation(fields: &Fields) -> Result<GenerationConfig, Conf
     }
     Ok(g)
 }
+
+impl Step1Config {
+    /// The YAML's fleet keys (see [`super::FleetKeys`]).
+    pub fn fleet_keys(&self) -> super::FleetKeys {
+        super::FleetKeys {
+            workers: self.workers,
+            batch_size: self.batch_size,
+            tensor_parallel_size: self.tensor_parallel_size,
+        }
+    }
+}

@@ -64,6 +64,18 @@ pub(super) fn build(file: &Path, entries: Vec<Entry>) -> Result<Step2Config, Con
     })
 }
 
+
+impl Step2Config {
+    /// The YAML's fleet keys (see [`super::FleetKeys`]).
+    pub fn fleet_keys(&self) -> super::FleetKeys {
+        super::FleetKeys {
+            workers: self.workers,
+            batch_size: self.batch_size,
+            tensor_parallel_size: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

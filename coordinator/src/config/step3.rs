@@ -261,6 +261,18 @@ pub(super) fn build(
     parse(&Fields::new(file, applied))
 }
 
+
+impl Step3Config {
+    /// The YAML's fleet keys (see [`super::FleetKeys`]).
+    pub fn fleet_keys(&self) -> super::FleetKeys {
+        super::FleetKeys {
+            workers: self.workers,
+            batch_size: self.batch_size,
+            tensor_parallel_size: self.tensor_parallel_size,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

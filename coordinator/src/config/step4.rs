@@ -212,6 +212,18 @@ fn dtype(fields: &Fields, key: &str, default: Dtype) -> Result<Dtype, ConfigErro
     }
 }
 
+
+impl Step4Config {
+    /// The YAML's fleet keys (see [`super::FleetKeys`]).
+    pub fn fleet_keys(&self) -> super::FleetKeys {
+        super::FleetKeys {
+            workers: self.workers,
+            batch_size: self.batch_size,
+            tensor_parallel_size: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,10 +68,7 @@ pub async fn run_chain(
         samples.len(),
         cfg1.data.dataset.join(", ")
     );
-    let mut setup = setup.clone();
-    setup.workers = setup.workers.or(cfg1.workers).or(cfg2.workers);
-    let yaml_batch = cfg1.batch_size.or(cfg2.batch_size);
-    setup.batch_size = setup.batch_size.or(yaml_batch.map(|b| b as u32));
+    let mut setup = setup.merged_with(cfg1.fleet_keys().or(cfg2.fleet_keys()));
     let tasks = [step1_task(cfg1, &samples), step2_stream_task(cfg2)];
     let journal = Journal::attach(&mut setup, &cfg1.output_dir, CHAIN_JOURNAL, &tasks)?;
     let sched = chained_scheduler(&setup, tasks)?;

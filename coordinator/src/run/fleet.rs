@@ -17,6 +17,7 @@ use crate::journal::Journal;
 use crate::local::{self, LocalWorkers, SpawnOptions};
 use crate::rpc::tls::ServerTls;
 use crate::rpc::{Fleet, FleetObserver, FleetOptions, Listener, ServerHandle};
+use crate::config::FleetKeys;
 use crate::sched::{ItemOutcome, Scheduler, TaskSpec};
 use evalfleet_console::ItemsBar;
 
@@ -34,7 +35,8 @@ pub struct FleetSetup {
     pub listen: Option<SocketAddr>,
     /// Token for an external fleet (else `$EVALFLEET_TOKEN`); local-only runs make a random one.
     pub token_file: Option<PathBuf>,
-    /// `--batch-size` for spawned workers.
+    /// `--batch-size`: the job's batch size (items per lease, sequences run together). After
+    /// [`FleetSetup::merged_with`] it is in `options.sched.batch_size`, which every lease carries.
     pub batch_size: Option<u32>,
     /// Spawn CPU workers even when GPUs are visible.
     pub cpu_only: bool,
@@ -56,6 +58,25 @@ pub struct FleetSetup {
     pub observer: Option<Observer>,
 }
 
+/// A job's batch size when neither the command line nor the YAML sets one.
+pub const DEFAULT_BATCH_SIZE: u32 = 8;
+
+impl FleetSetup {
+    /// The one merge of the fleet options: each option from the command line, else the job
+    /// YAML's key, else its default (workers: one per visible GPU or one CPU worker;
+    /// tensor parallelism 1; batch size [`DEFAULT_BATCH_SIZE`]). The batch size goes into the
+    /// scheduler's config, so every lease carries it to local and external workers alike.
+    pub fn merged_with(&self, yaml: FleetKeys) -> FleetSetup {
+        let mut setup = self.clone();
+        setup.workers = self.workers.or(yaml.workers);
+        setup.tensor_parallel_size = self.tensor_parallel_size.or(yaml.tensor_parallel_size);
+        let yaml_batch = yaml.batch_size.map(|b| u32::try_from(b).unwrap_or(u32::MAX));
+        setup.batch_size = self.batch_size.or(yaml_batch);
+        setup.options.sched.batch_size = Some(setup.batch_size.unwrap_or(DEFAULT_BATCH_SIZE));
+        setup
+    }
+}
+
 /// [`FleetSetup::observer`]: a [`FleetObserver`] (named only, in `Debug` output).
 #[derive(Clone)]
 pub struct Observer(pub Arc<dyn FleetObserver>);
@@ -72,12 +93,17 @@ impl std::fmt::Debug for Observer {
 pub trait FleetHost: Send + Sync + std::fmt::Debug {
     /// Starts lending workers to `fleet` (`label` names the step in status and metrics);
     /// returns the attachment for [`FleetHost::detach`]. Fails with [`RunError::Cancelled`] if
-    /// the job was cancelled meanwhile.
-    fn attach(&self, fleet: &Fleet, label: &str) -> Result<u64, RunError>;
+    /// the job was cancelled meanwhile, or with why the workers could not be started.
+    fn attach<'a>(
+        &'a self,
+        fleet: &'a Fleet,
+        label: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<u64, RunError>>;
     /// Stops lending workers to that fleet (it stopped, finished or not).
     fn detach(&self, attachment: u64);
-    /// Resolves once the job was cancelled (never, if it is not).
-    fn cancelled(&self) -> futures::future::BoxFuture<'static, ()>;
+    /// Resolves with what ends the job's steps early: a cancel ([`RunError::Cancelled`]),
+    /// every local worker dead ([`RunError::AllWorkersDied`]); never, if nothing does.
+    fn ended(&self) -> futures::future::BoxFuture<'static, RunError>;
 }
 
 /// The outcome of every item of every task, in task and item order.
@@ -181,7 +207,7 @@ impl RunningFleet {
         }
         before_serving(&fleet);
         if let Some(host) = &setup.host {
-            let attachment = host.attach(&fleet, label)?;
+            let attachment = host.attach(&fleet, label).await?;
             return Ok(RunningFleet {
                 fleet,
                 server: None,
@@ -270,15 +296,15 @@ impl RunningFleet {
                 _ => std::future::pending().await,
             }
         };
-        let cancelled = match &self.host {
-            Some((host, _)) => host.cancelled(),
+        let ended = match &self.host {
+            Some((host, _)) => host.ended(),
             None => Box::pin(std::future::pending()),
         };
         tokio::select! {
             // The goal first: once every worker has exited after `Finished`, both are ready.
             biased;
             () = goal => Ok(()),
-            () = cancelled => Err(RunError::Cancelled),
+            error = ended => Err(error),
             // Before the workers' deaths: Ctrl-C in a terminal signals local workers too.
             signal = crate::stop::requested() => Err(RunError::Interrupted {
                 signal: signal.into(),
@@ -354,14 +380,26 @@ impl RunningFleet {
 }
 
 /// Binds and serves `setup.listen` (over TLS if `setup.options.tls` names files), else an
-/// ephemeral loopback port. With TLS, local workers get a plain loopback socket of their own (as
-/// in local mode: loopback only, token required). Returns the server and the URL local workers
-/// dial.
+/// ephemeral loopback port; see [`bind_listeners`]. Returns the server and the URL local
+/// workers dial.
 async fn serve(
     fleet: &Fleet,
     setup: &FleetSetup,
     token: &str,
 ) -> Result<(ServerHandle, String), RunError> {
+    let (listeners, url) = bind_listeners(setup).await?;
+    let bind = setup.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let server = fleet
+        .serve_on(listeners, token)
+        .map_err(|source| RunError::Bind { addr: bind, source })?;
+    Ok((server, url))
+}
+
+/// Binds `setup.listen` (over TLS if `setup.options.tls` names files), else an ephemeral
+/// loopback port. With TLS, local workers get a plain loopback socket of their own (as in local
+/// mode: loopback only, token required). Prints `listening on <url>` for `--listen`. Returns
+/// the listeners and the URL local workers dial.
+pub(crate) async fn bind_listeners(setup: &FleetSetup) -> Result<(Vec<Listener>, String), RunError> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let tls = match (&setup.options.tls, setup.listen) {
         (Some(files), Some(_)) => Some(ServerTls::load(files)?),
@@ -373,26 +411,25 @@ async fn serve(
     };
     let bind = setup.listen.unwrap_or(loopback);
     let with_tls = tls.is_some();
-    let mut listeners = vec![Listener {
-        socket: bind_to(bind).await?,
-        tls,
-    }];
-    if with_tls {
-        listeners.push(Listener {
-            socket: bind_to(loopback).await?,
-            tls: None,
-        });
-    }
-    let server = fleet
-        .serve_on(listeners, token)
+    let first = bind_to(bind).await?;
+    let public = first
+        .local_addr()
         .map_err(|source| RunError::Bind { addr: bind, source })?;
+    let mut listeners = vec![Listener { socket: first, tls }];
+    let mut local = public;
+    if with_tls {
+        let socket = bind_to(loopback).await?;
+        local = socket
+            .local_addr()
+            .map_err(|source| RunError::Bind { addr: loopback, source })?;
+        listeners.push(Listener { socket, tls: None });
+    }
     if setup.listen.is_some() {
         let scheme = if with_tls { "https" } else { "http" };
         // On stdout, for scripts that start external workers.
-        println!("listening on {scheme}://{}", server.addr);
+        println!("listening on {scheme}://{public}");
     }
-    let local = server.addrs.last().copied().unwrap_or(server.addr);
-    Ok((server, format!("http://{local}")))
+    Ok((listeners, format!("http://{local}")))
 }
 
 async fn bind_to(addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -402,7 +439,7 @@ async fn bind_to(addr: SocketAddr) -> Result<TcpListener, RunError> {
 }
 
 /// Spawns one local worker per device, connecting to `url` with `token`.
-fn spawn_workers(
+pub(crate) fn spawn_workers(
     setup: &FleetSetup,
     devices: Vec<String>,
     url: &str,
@@ -422,7 +459,8 @@ fn spawn_workers(
         coordinator_url: url.to_string(),
         token,
         devices,
-        batch_size: setup.batch_size,
+        // No cap: every lease carries the job's batch size.
+        batch_size: None,
         extra_args: setup.worker_args.clone(),
         tensor_parallel: setup.tensor_parallel_size.unwrap_or(1),
     };

@@ -38,10 +38,7 @@ pub async fn run_step1(cfg: &Step1Config, setup: &FleetSetup) -> Result<Step1Rep
         samples.len(),
         cfg.data.dataset.join(", ")
     );
-    let mut setup = setup.clone();
-    setup.workers = setup.workers.or(cfg.workers);
-    setup.tensor_parallel_size = setup.tensor_parallel_size.or(cfg.tensor_parallel_size);
-    setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
+    let mut setup = setup.merged_with(cfg.fleet_keys());
     let task = step1_task(cfg, &samples);
     output::check_output_dir(&cfg.output_dir)?;
     let journal = Journal::attach(&mut setup, &cfg.output_dir, "step1", slice::from_ref(&task))?;

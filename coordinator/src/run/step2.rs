@@ -29,9 +29,7 @@ pub async fn run_step2(cfg: &Step2Config, setup: &FleetSetup) -> Result<Step2Out
         rows.len(),
         cfg.output_dir.display()
     );
-    let mut setup = setup.clone();
-    setup.workers = setup.workers.or(cfg.workers);
-    setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
+    let mut setup = setup.merged_with(cfg.fleet_keys());
     let task = step2_task(cfg, &rows);
     // Outcomes come back in the task's item order (queue order); the ids say which row.
     let ids: Vec<String> = task.items.iter().map(|i| i.item_id.clone()).collect();

@@ -62,10 +62,7 @@ pub async fn run_step3(
             .await
             .map_err(|e| RunError::Scoring(format!("planning thread failed: {e}")))??
     };
-    let mut setup = setup.clone();
-    setup.workers = setup.workers.or(cfg.workers);
-    setup.tensor_parallel_size = setup.tensor_parallel_size.or(cfg.tensor_parallel_size);
-    setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
+    let mut setup = setup.merged_with(cfg.fleet_keys());
     let tasks: Vec<TaskSpec> = planned
         .iter()
         .map(|(task, plan)| step3_task(cfg, task, plan))

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 
@@ -37,8 +38,9 @@ pub struct ServeArgs {
     /// Start the local workers on the CPU even when GPUs are visible.
     #[arg(long)]
     pub cpu: bool,
-    /// Items per lease = generation batch size of each local worker.
-    #[arg(long)]
+    /// A cap on items per lease and sequences run together for each local worker (default: no
+    /// cap: each job's own batch size decides, its YAML `batch_size`, else 8).
+    #[arg(long, value_name = "N")]
     pub batch_size: Option<u32>,
     /// Serve over TLS with this PEM certificate chain (and --tls-key); workers and clients then
     /// dial https://... with --tls-ca. Not with --workers.
@@ -165,13 +167,12 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `evalfleet run --metrics-listen ADDR`: serves the metrics of `setup`'s fleets on ADDR (one
-/// per step, observed through [`crate::run::FleetSetup::observer`]) until the returned server
-/// is dropped.
+/// `evalfleet run --metrics-listen ADDR`: serves the metrics of the job's fleet on ADDR until
+/// the returned server is dropped; the registry goes to the fleet
+/// ([`super::job_fleet::JobFleet::start`]).
 pub async fn run_metrics(
-    setup: &mut crate::run::FleetSetup,
     listen: Option<SocketAddr>,
-) -> anyhow::Result<Option<super::http::MetricsServer>> {
+) -> anyhow::Result<Option<(super::http::MetricsServer, Arc<super::metrics::Metrics>)>> {
     let Some(addr) = listen else {
         return Ok(None);
     };
@@ -182,7 +183,5 @@ pub async fn run_metrics(
     let server = super::http::MetricsServer::start(listener, metrics.clone())?;
     // On stdout next to `listening on`, for scripts that scrape.
     println!("metrics on http://{}/metrics", server.addr);
-    let observer = super::metrics::RunObserver::new(metrics, "run");
-    setup.observer = Some(crate::run::fleet::Observer(observer));
-    Ok(Some(server))
+    Ok(Some((server, metrics)))
 }

@@ -517,7 +517,11 @@ impl FleetRpc for HubService {
             hello.worker_id, hello.device, hello.models_held
         );
         hub.joined(key, &hello);
-        let (tx, rx) = welcome("serve", hub.opts.heartbeat_interval);
+        let job_id = match hub.opts.job_id.as_str() {
+            "" => "serve",
+            id => id,
+        };
+        let (tx, rx) = welcome(job_id, hub.opts.heartbeat_interval);
         tokio::spawn(session(hub.clone(), key, hello.worker_id, inbound, tx));
         Ok(Response::new(rx))
     }

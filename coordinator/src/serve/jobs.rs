@@ -595,11 +595,18 @@ impl std::fmt::Debug for JobHost {
 }
 
 impl FleetHost for JobHost {
-    fn attach(&self, fleet: &crate::rpc::Fleet, label: &str) -> Result<u64, RunError> {
-        if *self.shared.cancel.borrow() {
-            return Err(RunError::Cancelled);
-        }
-        Ok(self.hub.attach(&self.job, self.seq, fleet, label))
+    fn attach<'a>(
+        &'a self,
+        fleet: &'a crate::rpc::Fleet,
+        label: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<u64, RunError>> {
+        let cancelled = *self.shared.cancel.borrow();
+        Box::pin(async move {
+            if cancelled {
+                return Err(RunError::Cancelled);
+            }
+            Ok(self.hub.attach(&self.job, self.seq, fleet, label))
+        })
     }
 
     fn detach(&self, attachment: u64) {
@@ -611,13 +618,14 @@ impl FleetHost for JobHost {
         }
     }
 
-    fn cancelled(&self) -> futures::future::BoxFuture<'static, ()> {
+    fn ended(&self) -> futures::future::BoxFuture<'static, RunError> {
         let mut rx = self.shared.cancel.subscribe();
         Box::pin(async move {
             // The sender lives as long as the job; if it went, nobody can cancel any more.
             if rx.wait_for(|c| *c).await.is_err() {
                 std::future::pending::<()>().await;
             }
+            RunError::Cancelled
         })
     }
 }

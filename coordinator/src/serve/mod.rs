@@ -19,6 +19,7 @@ pub mod cli;
 pub mod control;
 pub mod http;
 pub mod hub;
+pub mod job_fleet;
 pub mod jobs;
 pub mod metrics;
 pub mod state;
@@ -60,7 +61,7 @@ pub struct ServeOptions {
     pub workers: usize,
     /// Start the local workers on the CPU even when GPUs are visible.
     pub cpu_only: bool,
-    /// `--batch-size` of the local workers.
+    /// `--batch-size` of the local workers: a cap on each job's batch size.
     pub batch_size: Option<u32>,
     /// The worker binary (default: `$EVALFLEET_WORKER_BIN`, else next to this executable).
     pub worker_bin: Option<PathBuf>,

@@ -192,6 +192,15 @@ impl SweepConfig {
         serde_yaml::to_string(&Value::Mapping(m)).expect("a mapping of YAML values serializes")
     }
 
+    /// The fleet keys of the sweep's one fleet: the first checkpoint's run file's (see
+    /// [`JobConfig::fleet_keys`]); none without checkpoints.
+    pub fn fleet_keys(&self) -> Result<crate::config::FleetKeys, ConfigError> {
+        match self.checkpoints.first() {
+            Some(c) => Ok(self.checkpoint_job(c)?.fleet_keys()),
+            None => Ok(Default::default()),
+        }
+    }
+
     /// The parsed run file of `c`.
     pub fn checkpoint_job(&self, c: &Checkpoint) -> Result<JobConfig, ConfigError> {
         parse_job(&self.file, &self.checkpoint_yaml(c))

@@ -212,13 +212,10 @@ struct Memo {
 
 /// Evaluates `todo` (see the module docs).
 async fn evaluate(todo: Vec<Pending>, setup: &FleetSetup) -> Result<(), RunError> {
-    let mut setup = setup.clone();
+    // The fleet keys of the first checkpoint's first step (one fleet serves them all).
+    let first_keys = todo.first().and_then(|p| p.job.steps.first());
+    let mut setup = setup.merged_with(first_keys.map(|s| s.fleet_keys()).unwrap_or_default());
     setup.journal = None;
-    if let Some(first) = todo.first() {
-        let (workers, batch) = fleet_keys(&first.job);
-        setup.workers = setup.workers.or(workers);
-        setup.batch_size = setup.batch_size.or(batch.map(|b| b as u32));
-    }
     let mut sched = Scheduler::new(setup.options.sched.clone());
     let mut memo = Memo::default();
     let mut runs = Vec::new();
@@ -310,17 +307,6 @@ async fn finish_as_completed(
         }
     }
     Ok(())
-}
-
-/// The fleet keys of a checkpoint's run file: its first step's `workers` and `batch_size`.
-fn fleet_keys(job: &JobConfig) -> (Option<usize>, Option<usize>) {
-    match job.steps.first() {
-        Some(StepConfig::Step1(c)) => (c.workers, c.batch_size),
-        Some(StepConfig::Step2(c)) => (c.workers, c.batch_size),
-        Some(StepConfig::Step3(c)) => (c.workers, c.batch_size),
-        Some(StepConfig::Step4(c)) => (c.workers, c.batch_size),
-        None => (None, None),
-    }
 }
 
 /// Adds `pending`'s tasks to `sched` (named `<checkpoint>/<task>`) and opens their journals.

@@ -51,10 +51,23 @@ pub fn wait_ok(child: Child, limit: Duration, what: &str) -> Output {
     out
 }
 
-/// Reads the URL from a `--listen` coordinator's first stdout line (`listening on <url>`), then
-/// keeps draining its stdout so its later output never meets a closed pipe. If the first line is
-/// anything else the coordinator failed to start: panics with that line and its stderr.
-pub fn listening_url(mut child: Child) -> (Child, String) {
+/// Reads the URL from a `--listen` coordinator's `listening on <url>` stdout line (after any
+/// `health on <addr>` line of `--health-listen`), then keeps draining its stdout so its later
+/// output never meets a closed pipe. If another line comes first the coordinator failed to
+/// start: panics with that line and its stderr.
+pub fn listening_url(child: Child) -> (Child, String) {
+    stdout_value(child, "listening on ", &["health on "])
+}
+
+/// Reads the address from a `--health-listen` coordinator's first stdout line (`health on
+/// <addr>`), then keeps draining its stdout, as [`listening_url`].
+pub fn health_addr(child: Child) -> (Child, String) {
+    stdout_value(child, "health on ", &[])
+}
+
+/// The rest of the first stdout line starting with `prefix` (lines starting with one of `skip`
+/// are passed over); stdout is drained in the background afterwards.
+fn stdout_value(mut child: Child, prefix: &str, skip: &[&str]) -> (Child, String) {
     let mut stdout = BufReader::new(
         child
             .stdout
@@ -62,20 +75,22 @@ pub fn listening_url(mut child: Child) -> (Child, String) {
             .expect("the coordinator's stdout is piped"),
     );
     let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let Some(url) = line
-        .trim()
-        .strip_prefix("listening on ")
-        .map(str::to_string)
-    else {
+    loop {
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        if !skip.iter().any(|s| line.starts_with(s)) {
+            break;
+        }
+    }
+    let Some(value) = line.trim().strip_prefix(prefix).map(str::to_string) else {
         let out = wait(child, Duration::from_secs(30));
         panic!(
-            "the coordinator did not start listening (first line {line:?}): {}",
+            "the coordinator did not print {prefix:?} (first line {line:?}): {}",
             String::from_utf8_lossy(&out.stderr)
         );
     };
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    (child, url)
+    (child, value)
 }
 
 /// The `evalfleet` binary under test.

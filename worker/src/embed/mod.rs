@@ -66,8 +66,14 @@ impl Embedder {
 
     /// Sets the number of texts per forward pass (at least 1).
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size.max(1);
+        self.set_batch_size(batch_size);
         self
+    }
+
+    /// Sets the number of texts per forward pass (at least 1) of a loaded embedder (each lease
+    /// brings its job's batch size).
+    pub fn set_batch_size(&mut self, batch_size: usize) {
+        self.batch_size = batch_size.max(1);
     }
 
     /// The length of an embedding.

@@ -96,9 +96,7 @@ pub async fn run_step4_with(
     options: Step4Options,
 ) -> Result<Step4Report, RunError> {
     let stage = options.stage.unwrap_or(cfg.stage);
-    let mut setup = setup.clone();
-    setup.workers = setup.workers.or(cfg.workers);
-    setup.batch_size = setup.batch_size.or(cfg.batch_size.map(|b| b as u32));
+    let setup = setup.merged_with(cfg.fleet_keys());
     let out = &cfg.output_dir;
     if stage == Step4Stage::Generate && !options.stage_by_stage {
         let done = streamed::generate_and_score(cfg, &setup).await?;

@@ -565,6 +565,9 @@ pub(crate) fn down(msg: Down) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage { msg: Some(msg) }
 }
 
+/// How long a stream told to shut down waits for its worker to hang up.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
 /// Relays one worker stream (of `evalfleet run`'s fleet or `evalfleet serve`'s hub): each message,
 /// read no faster than `gate`'s per-stream message rate, goes to `handle`, whose reply is sent
 /// down. Returns when the stream closes or fails, the worker stops listening, or `shutdown` fires
@@ -598,6 +601,13 @@ pub(crate) async fn relay_worker_stream(
             },
             reason = shutdown_reason(&mut shutdown) => {
                 let _ = tx.send(Ok(down(Down::Shutdown(pb::Shutdown { reason })))).await;
+                // The worker hangs up once it has read it: until then the stream counts as
+                // connected, so that a coordinator waiting for its workers to leave does not
+                // close the connection (and exit) before the Shutdown was delivered.
+                let hung_up = async { while let Ok(Some(_)) = inbound.message().await {} };
+                if tokio::time::timeout(SHUTDOWN_DRAIN, hung_up).await.is_err() {
+                    debug!("worker {name:?} did not hang up within {SHUTDOWN_DRAIN:?} of Shutdown");
+                }
                 break;
             }
         }

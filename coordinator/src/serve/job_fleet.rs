@@ -148,7 +148,7 @@ impl JobFleet {
             let _ = stop.send(Duration::from_secs(10));
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
-        started.hub.wait_disconnected(Duration::from_secs(2)).await;
+        started.hub.wait_disconnected(Duration::from_secs(6)).await;
         started.servers.iter().for_each(JoinHandle::abort);
     }
 }

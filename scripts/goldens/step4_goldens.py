@@ -8,9 +8,9 @@ Writes:
     non-printable characters, nesting, numbers);
   - `profiles`: for every role of character_profiles.json, [len(str(profile)) in code points,
     sha256 of its UTF-8], and the full `str(profile)` of the roles whose repr needs double quotes;
-  - `messages`: the chat messages of sub-step 1 (docs/FIDELITY.md §4.2; docs/FIDELITY.md,
-    decision 3: the final turn kept as the last user message, no 8-space indentation) of the first
-    two dialogues in full, and the sha256 of
+  - `messages`: the chat messages of sub-step 1 (docs/FIDELITY.md §4.2;
+    docs/FIDELITY.md, decision 3: the final turn kept as the last user message, no 8-space
+    indentation) of the first two dialogues in full, and the sha256 of
     `json.dumps([messages of every dialogue], ensure_ascii=False)`;
   - `rm_texts`: the reward-model input text (docs/FIDELITY.md §4.4) of each row of the original
     tool's example step2_generation_trans.jsonl;

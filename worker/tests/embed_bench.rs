@@ -76,8 +76,8 @@ fn minilm_pairs_per_second() {
     });
     let n = pairs.len() as f64;
     eprintln!(
-        "evalfleet embed, all-MiniLM-L6-v2, CPU, {} pairs: batched (32, length-sorted) {:.1}
-        pairs/s; one encode per pair as the original tool {:.1} pairs/s", pairs.len(),
+        "evalfleet embed, all-MiniLM-L6-v2, CPU, {} pairs: batched (32, length-sorted) {:.1} pairs/s; one encode per pair as the original tool {:.1} pairs/s",
+        pairs.len(),
         n / batched,
         n / per_pair
     );

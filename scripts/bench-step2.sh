@@ -11,8 +11,8 @@
 #     load, gRPC, writing the files).
 # sentence-transformers (the Python at PYTHON) runs the same pairs two ways:
 #   - batched: model.encode(all texts, batch_size=32) then cos_sim per pair;
-#   - per pair: the SEED's loop, model.encode([label, predict]) per row (what the original tool
-#     does); plus its end-to-end time with the model load.
+#   - per pair: the original tool's loop, model.encode([label, predict]) per row; plus its
+#     end-to-end time with the model load.
 # Prints each side's pairs/s and the ratios (evalfleet / sentence-transformers).
 #
 # Environment: PYTHON (a Python with sentence-transformers; default python3), EVALFLEET_MODELS (default <repo>/.models), N (pairs, default 2000), BATCH (pairs per
@@ -117,10 +117,10 @@ print(f"all-MiniLM-L6-v2, {ef['pairs']} pairs, CPU, {threads} threads")
 print(f"  embedding   evalfleet {ef['embed_pairs_per_s']:8.1f} pairs/s ({batch} pairs per lease)"
       f" | sentence-transformers batched {st['batched_pairs_per_s']:8.1f} pairs/s"
       f" | ratio {ef['embed_pairs_per_s'] / st['batched_pairs_per_s']:.2f}")
-print(f"  vs the SEED loop: evalfleet {ef['embed_pairs_per_s']:8.1f} pairs/s"
+print(f"  vs the original tool's loop: evalfleet {ef['embed_pairs_per_s']:8.1f} pairs/s"
       f" | sentence-transformers one encode per pair {st['per_pair_pairs_per_s']:8.1f} pairs/s"
       f" | ratio {ef['embed_pairs_per_s'] / st['per_pair_pairs_per_s']:.2f}")
 print(f"  end to end  evalfleet step2 {ef['end_to_end_pairs_per_s']:8.1f} pairs/s ({ef['wall_s']:.1f} s)"
-      f" | SEED-style script {st['end_to_end_pairs_per_s']:8.1f} pairs/s"
+      f" | script like the original tool {st['end_to_end_pairs_per_s']:8.1f} pairs/s"
       f" | ratio {ef['end_to_end_pairs_per_s'] / st['end_to_end_pairs_per_s']:.2f}")
 EOF

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA worker (`evalfleet-worker`) and `evalfleet-bench` on a machine without a GPU or a
 # system CUDA toolkit, from pinned PyPI CUDA 13.0 wheels, then strips and xz-packs them into dist/
-# small enough to carry to a GPU machine (see docs in shared GPU.md / issue 8).
+# small enough to carry to a GPU machine (see README.md, "GPU").
 #
 # Steps (each is skipped when its output is already there, so re-running is cheap):
 #   1. pip-download the pinned wheels into .cuda/wheels (EVALFLEET_CUDA_WHEELS=DIR: take wheels

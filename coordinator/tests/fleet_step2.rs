@@ -1,9 +1,9 @@
 //! End to end: the `evalfleet` binary runs step 2 from a YAML with the seed's step2.yaml keys on
 //! a copy of the seed's step-1 output (three rows), spawning real `evalfleet-worker` processes
 //! that load all-MiniLM-L6-v2 (`$EVALFLEET_MODELS/all-minilm-l6-v2`, from
-//! scripts/fetch-models.sh). Checks the files PROTOCOL 2 describes, and that 2 workers give
-//! exactly the scores of 1 worker; that a worker dying mid-run is replaced and the files come out
-//! complete and as an uninterrupted run writes them; that stopping the coordinator (SIGTERM,
+//! scripts/fetch-models.sh). Checks the files docs/FIDELITY.md §2 describes, and that 2 workers
+//! give exactly the scores of 1 worker; that a worker dying mid-run is replaced and the files come
+//! out complete and as an uninterrupted run writes them; that stopping the coordinator (SIGTERM,
 //! SIGKILL) during step 2 leaves the step-1 files untouched; that a broken predict_results.json
 //! fails before any worker starts.
 

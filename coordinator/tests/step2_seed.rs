@@ -1,5 +1,5 @@
-//! Step 2's files against the SEED: its step-1 output plus its three stored scores must give its
-//! step-2 `generated_predictions.jsonl` and `predict_results.json` byte for byte, with
+//! Step 2's files against the original tool: its step-1 output plus its three stored scores must
+//! give its step-2 `generated_predictions.jsonl` and `predict_results.json` byte for byte, with
 //! `all_results.json` untouched; the float32 mean equals NumPy's on the 509 embedder goldens.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A temporary output dir holding the SEED's step-1 files.
+/// A temporary output dir holding the original tool's step-1 files.
 fn seed_step1_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for f in FILES {
@@ -25,7 +25,7 @@ fn seed_step1_dir() -> tempfile::TempDir {
     dir
 }
 
-/// The SEED's stored scores (`float(np.float32)`), back to the float32 they were.
+/// The original tool's stored scores (`float(np.float32)`), back to the float32 they were.
 fn seed_scores() -> Vec<f32> {
     ["0.9999998807907104", "0.5538597702980042", "1.0"]
         .iter()

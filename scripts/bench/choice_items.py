@@ -2,8 +2,8 @@
 """Step-3 choice items for `evalfleet-bench score-choices`, made as the coordinator plans them.
 
 Reads a task's zip (mapping.json beside it) with lf_step3.py's CSV reader, renders each question
-with LF's eval template (PROTOCOL 3.3: the subject line prepended to the first shot's user turn),
-picks the shots as the mode says (`fixed`: dev rows in file order; `llamafactory`: one
+with LF's eval template (docs/FIDELITY.md §3.3: the subject line prepended to the first shot's user
+turn), picks the shots as the mode says (`fixed`: dev rows in file order; `llamafactory`: one
 datasets-style shuffle per question after np.random.seed(42)), and writes the items in the
 coordinator's queue order: each subject's questions sorted by shot rows, `shared_prefix_pairs` the
 longest run of leading shots shared with a neighbour (coordinator/src/run/step3.rs).

@@ -9,8 +9,8 @@ choice ids and argmax. Prints one JSON line: questions, seconds (formatting + pr
 model already loaded, as the evaluator's progress bars measure), questions per second, accuracy.
 
 The CSV cells are read with Python's csv module instead of `datasets` + pandas (not installed in
-the LF venv): the few cells pandas renders differently (PROTOCOL 3.2) do not change the timing.
-Shots: `llamafactory` draws one `Dataset.shuffle()` per question as datasets 2.16 does after
+the LF venv): the few cells pandas renders differently (docs/FIDELITY.md §3.2) do not change the
+timing. Shots: `llamafactory` draws one `Dataset.shuffle()` per question as datasets 2.16 does after
 `np.random.seed(42)` (the raw MT19937 word, one `np.random.random()`, a PCG64 permutation);
 `fixed` takes the dev rows in file order.
 
@@ -72,7 +72,7 @@ def rows(zf, member, header):
 
 
 def shuffle_order(n):
-    """datasets 2.16 `Dataset.shuffle()` without a seed (PROTOCOL 3.3)."""
+    """datasets 2.16 `Dataset.shuffle()` without a seed (docs/FIDELITY.md §3.3)."""
     _, st, pos, *_ = np.random.get_state()
     seed = int(st[pos] if pos < 624 else st[0])
     np.random.random()

@@ -1,6 +1,6 @@
 """Goldens for the worker's sentence-transformers embedder (worker/src/embed).
 
-For each (label, predict) pair this computes the score exactly as the SEED's step 2 does:
+For each (label, predict) pair this computes the score exactly as the original tool's step 2 does:
 `emb = model.encode([label, predict])` then `cos_sim(emb[0], emb[1])` read as a float32, and the
 full embeddings of a few texts. Two models:
 
@@ -71,7 +71,7 @@ EMOJI = ["😀", "👍🏽", "🇨🇳", "❤️❤️❤️", "🙂🙃🙂🙃
 
 
 def dialogue_lines(limit):
-    """Spoken lines of the SEED's CharacterEval dialogues (Chinese, with stage directions)."""
+    """Spoken lines of the CharacterEval dialogues (Chinese, with stage directions)."""
     data = json.loads(SEED_DIALOGUE.read_text(encoding="utf-8"))
     lines, contexts = [], []
     for record in data:
@@ -132,7 +132,7 @@ def make_pairs():
 
 
 def encode_pair_scores(model, pairs):
-    """The SEED's per-row loop: encode([label, predict]) then cos_sim, read as np.float32."""
+    """The original tool's loop: encode([label, predict]) then cos_sim, read as np.float32."""
     scores = []
     for label, predict in pairs:
         emb = model.encode([label, predict])
@@ -273,7 +273,7 @@ def bench(model, pairs):
     per_pair = time.perf_counter() - t0
     print(
         f"sentence-transformers, all-MiniLM-L6-v2, CPU ({torch.get_num_threads()} threads), {len(pairs)} pairs: "
-        f"batched (32) {len(pairs) / best:.1f} pairs/s; SEED-style one encode per pair {len(pairs) / per_pair:.1f} pairs/s"
+        f"batched (32) {len(pairs) / best:.1f} pairs/s; one encode per pair as the original tool {len(pairs) / per_pair:.1f} pairs/s"
     )
 
 

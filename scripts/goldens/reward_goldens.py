@@ -2,10 +2,10 @@
 """Writes the tiny random BaichuanCharRM-style reward models and their reference scores used by
 worker/tests/reward_parity.rs (run once; the outputs are committed).
 
-The reference is this file's own PyTorch implementation of PROTOCOL 4.5 (not Baichuan's modeling
-file): embed_tokens; per layer RMSNorm (variance in f32, normalized value cast to the model dtype,
-then times the weight), fused W_pack split into q/k/v, ALiBi bias (interleave slopes, slope*j on
-the absolute key index, built in f32 and cast to the model dtype, -inf above the diagonal) or
+The reference is this file's own PyTorch implementation of docs/FIDELITY.md §4.5 (not Baichuan's
+modeling file): embed_tokens; per layer RMSNorm (variance in f32, normalized value cast to the model
+dtype, then times the weight), fused W_pack split into q/k/v, ALiBi bias (interleave slopes, slope*j
+on the absolute key index, built in f32 and cast to the model dtype, -inf above the diagonal) or
 rotary embeddings (computed in f32, cast back), scores/sqrt(d) + bias clamped to finfo.min,
 softmax, o_proj; SiLU MLP; final norm; `score` Linear(hidden, 1, bias) on the last token; sigmoid.
 

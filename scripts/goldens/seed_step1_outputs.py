@@ -31,7 +31,8 @@ def main(seed):
         lines = f.read()
     lines = re.sub(rb', "score": [-+.0-9e]+}', b"}", lines)
     # Step 2 rewrote the file as one `json.dumps(item) + "\n"` per row; step 1 (LF
-    # save_predictions) joins rows with "\n" and writes no trailing newline (PROTOCOL 1.7, 2).
+    # save_predictions) joins rows with "\n" and writes no trailing newline (docs/FIDELITY.md
+    # §1.7, §2).
     assert lines.endswith(b"\n")
     lines = lines[:-1]
     assert b"score" not in lines

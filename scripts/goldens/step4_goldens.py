@@ -1,4 +1,4 @@
-"""Goldens for evalfleet's step 4 (CharacterEval, PROTOCOL 4), computed with Python itself.
+"""Goldens for evalfleet's step 4 (CharacterEval, docs/FIDELITY.md §4), computed with Python.
 
 Writes:
 - coordinator/src/step4/nonprintable.rs: the code point ranges for which this Python's
@@ -8,20 +8,21 @@ Writes:
     non-printable characters, nesting, numbers);
   - `profiles`: for every role of character_profiles.json, [len(str(profile)) in code points,
     sha256 of its UTF-8], and the full `str(profile)` of the roles whose repr needs double quotes;
-  - `messages`: the chat messages of sub-step 1 (PROTOCOL 4.2 with decision 3: the final turn
-    kept as the last user message, no 8-space indentation) of the first two dialogues in full, and
-    the sha256 of `json.dumps([messages of every dialogue], ensure_ascii=False)`;
-  - `rm_texts`: the reward-model input text (PROTOCOL 4.4) of each row of the seed's example
-    step2_generation_trans.jsonl;
+  - `messages`: the chat messages of sub-step 1 (docs/FIDELITY.md §4.2;
+    docs/FIDELITY.md, decision 3: the final turn kept as the last user message, no 8-space
+    indentation) of the first two dialogues in full, and the sha256 of
+    `json.dumps([messages of every dialogue], ensure_ascii=False)`;
+  - `rm_texts`: the reward-model input text (docs/FIDELITY.md §4.4) of each row of the original
+    tool's example step2_generation_trans.jsonl;
   - `aggregate`: a synthetic step-3 file's means in first-appearance order (repr) and the
-    `format_log_data` text (PROTOCOL 4.6).
+    `format_log_data` text (docs/FIDELITY.md §4.6).
 
 Also writes yamls/demo/charactereval/: five dialogues of the seed's test data (the two of its
 example outputs first) with their profiles and id2metric entries, in the original files' layout,
 for yamls/step4.yaml and the end-to-end test.
 
-The dialogue logic below is written from PROTOCOL 4.2 (CE `get_response.py` semantics); the
-seed folder is `EVALFLEET_SEED` or `<repo>/../shared/seed`.
+The dialogue logic below is written from docs/FIDELITY.md §4.2 (CE `get_response.py`
+semantics); the seed folder is `EVALFLEET_SEED` or `<repo>/../shared/seed`.
 
 Usage: python scripts/goldens/step4_goldens.py   (any Python 3.11; no packages needed)
 """

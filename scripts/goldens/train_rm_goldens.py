@@ -3,7 +3,7 @@
 worker/tests/train_step_parity.rs (run once; the outputs are committed).
 
 The model is scripts/goldens/reward_goldens.py's own PyTorch implementation of BaichuanCharRM
-(PROTOCOL 4.5), run in f32 with autograd, initialised from E's tiny checkpoint
+(docs/FIDELITY.md §4.5), run in f32 with autograd, initialised from E's tiny checkpoint
 worker/tests/fixtures/reward/tiny-rm-alibi4 (bf16 weights widened to f32). Full fine-tuning.
 
 Losses (worker/src/train/loss.rs states the same): a batch of groups (responses to one context

@@ -1,11 +1,11 @@
 //! Turns a lease from the coordinator into one result per item: loads the lease's model once (and
 //! keeps it for the next leases), builds each prompt with the lease's template and truncation,
 //! generates in batches, and decodes predictions and labels as LLaMA-Factory saves and scores them
-//! (PROTOCOL 1.6/1.7).
+//! (docs/FIDELITY.md §1.6, §1.7).
 //!
-//! Step-2 leases (embed items, PROTOCOL 2) load a sentence-transformers folder instead, kept in
-//! its own cache so that a worker can hold an embedder and a decoder at once, and score each
-//! (label, predict) pair with [`Embedder::score_pairs`].
+//! Step-2 leases (embed items, docs/FIDELITY.md §2) load a sentence-transformers folder instead,
+//! kept in its own cache so that a worker can hold an embedder and a decoder at once, and score
+//! each (label, predict) pair with [`Embedder::score_pairs`].
 //!
 //! An item that cannot be run (a prompt the template rejects, an empty prompt, ...) gets an
 //! [`pb::ItemError`]; only failures that concern the whole lease (the model does not load, the
@@ -276,8 +276,8 @@ impl Executor {
         Ok(())
     }
 
-    /// Scores a step-3 lease (choice items, PROTOCOL 3.3/3.4) with the model's prefix cache; see
-    /// [`choice::run_lease`]. An unknown template fails every item, naming it.
+    /// Scores a step-3 lease (choice items, docs/FIDELITY.md §3.3, §3.4) with the model's prefix
+    /// cache; see [`choice::run_lease`]. An unknown template fails every item, naming it.
     fn run_choice_lease(
         &mut self,
         lease: &pb::Lease,
@@ -347,8 +347,9 @@ impl Executor {
         Ok(embedder)
     }
 
-    /// The reward model for `spec` (PROTOCOL 4.5; bf16 unless the spec's dtype says otherwise),
-    /// loading it when needed and dropping the least recently used beyond `keep_models`.
+    /// The reward model for `spec` (docs/FIDELITY.md §4.5; bf16 unless the spec's dtype says
+    /// otherwise), loading it when needed and dropping the least recently used beyond
+    /// `keep_models`.
     fn rewarder(&mut self, spec: &pb::ModelSpec) -> Result<&RewardScorer> {
         let key = model_key(spec);
         let keep = self.opts.keep_models;

@@ -76,7 +76,7 @@ fn minilm_pairs_per_second() {
     });
     let n = pairs.len() as f64;
     eprintln!(
-        "evalfleet embed, all-MiniLM-L6-v2, CPU, {} pairs: batched (32, length-sorted) {:.1} pairs/s; SEED-style one encode per pair {:.1} pairs/s",
+        "evalfleet embed, all-MiniLM-L6-v2, CPU, {} pairs: batched (32, length-sorted) {:.1} pairs/s; one encode per pair as the original tool {:.1} pairs/s",
         pairs.len(),
         n / batched,
         n / per_pair

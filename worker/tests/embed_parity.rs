@@ -1,5 +1,5 @@
 //! Parity of the embedder with sentence-transformers (goldens from
-//! scripts/goldens/embed_goldens.py): the SEED's per-pair score `cos_sim(encode([label,
+//! scripts/goldens/embed_goldens.py): the original tool's per-pair score `cos_sim(encode([label,
 //! predict]))` within 1e-5 on 509 pairs (Chinese, English, mixed, empty, emoji, texts past
 //! max_seq_length), and full embeddings within 1e-5, for the real all-MiniLM-L6-v2 (mean pooling +
 //! Normalize) and a tiny random BERT with CLS pooling.
@@ -61,7 +61,7 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 /// Scores of every pair: all texts embedded in one call (sorted, batched by 32, padded), as
-/// a worker does with a shard, then the SEED's cosine per pair.
+/// a worker does with a shard, then the original tool's cosine per pair.
 fn scores(embedder: &Embedder, pairs: &[(String, String)]) -> Vec<f32> {
     let pairs: Vec<(&str, &str)> = pairs
         .iter()
@@ -106,7 +106,7 @@ fn check_model(dir: &Path, golden_name: &str) {
         want[at]
     );
 
-    // The SEED's own batching: one encode([label, predict]) per row, on a sample of rows.
+    // The original tool's own batching: one encode([label, predict]) per row, on a sample of rows.
     for (i, (a, b)) in pairs.iter().enumerate().step_by(25) {
         let e = embedder.embed(&[a, b]).unwrap();
         let d = (cosine(&e[0], &e[1]) - want[i]).abs();

@@ -15,7 +15,8 @@ use models_common::{fixtures, smollm2_gguf};
 use rand_chacha::rand_core::Rng;
 use serde_json::Value;
 
-/// LLaMA-Factory's default sampling (PROTOCOL decision 5) with a repetition penalty on top.
+/// LLaMA-Factory's default sampling (docs/FIDELITY.md, decision 5) with a repetition penalty on
+/// top.
 fn lf_sampling() -> SamplingParams {
     SamplingParams {
         do_sample: true,

@@ -68,7 +68,8 @@ fn reward_lease_scores_in_bf16_with_eos_and_left_truncation() {
     assert_eq!(results.len(), texts.len() + 1);
     assert!(exec.models_held().iter().any(|k| k.starts_with("reward|")));
 
-    // The same inputs one at a time through a bf16 scorer (decision 6: bf16 by default).
+    // The same inputs one at a time through a bf16 scorer (docs/FIDELITY.md, decision 6: bf16 by
+    // default).
     let scorer = RewardScorer::load(&tiny_rm(), DType::BF16, &Device::Cpu).unwrap();
     let mut truncated = 0;
     for (i, text) in texts.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! BaichuanCharRM-style reward model parity (PROTOCOL 4.4/4.5) against
+//! BaichuanCharRM-style reward model parity (docs/FIDELITY.md §4.4, §4.5) against
 //! scripts/goldens/reward_goldens.py's own PyTorch implementation, on tiny random checkpoints:
 //! ALiBi with 4 heads (safetensors), ALiBi with 5 heads (PyTorch .bin shards with an index) and
 //! rotary (safetensors shards). Inputs include texts longer than 4096 tokens (left truncation).

@@ -145,8 +145,8 @@ fn decode_clean_up_matches_transformers_4() {
 
 #[test]
 fn qwen_prompt_layout_is_protocol_1_3() {
-    // PROTOCOL 1.3: history pairs end with <EOS> then "\n"; the label is the answer + nothing
-    // (efficient_eos is false, the assistant format already ends with eos).
+    // docs/FIDELITY.md §1.3: history pairs end with <EOS> then "\n"; the label is the answer +
+    // nothing (efficient_eos is false, the assistant format already ends with eos).
     let tok = smollm2_tokenizer();
     let builder = PromptBuilder::new(
         PromptStyle::LlamaFactory(get_template("qwen").unwrap()),

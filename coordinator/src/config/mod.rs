@@ -1,8 +1,8 @@
 //! Job YAMLs: the original tool's step files and evalfleet's multi-step `run` files.
 //!
 //! **Step file** (`evalfleet step1 yamls/step1.yaml`, the original CLI shape): a flat mapping of
-//! LLaMA-Factory v0.7.1 keys, exactly the seed's `yamls/step1.yaml`, plus evalfleet's `dtype`,
-//! `batch_size` and `workers`. See [`Step1Config`] for every applied key and its default.
+//! LLaMA-Factory v0.7.1 keys, exactly the original tool's `yamls/step1.yaml`, plus evalfleet's
+//! `dtype`, `batch_size` and `workers`. See [`Step1Config`] for every applied key and its default.
 //!
 //! **Run file** (`evalfleet run job.yaml`): the same keys, plus `steps` naming the steps to run
 //! in order, and optionally one mapping per step whose keys override the top-level ones for that
@@ -31,8 +31,8 @@
 //!   model_path: ./models/all-minilm-l6-v2
 //! ```
 //!
-//! **Step-2 file** (`evalfleet step2 yamls/step2.yaml`): the seed's `model_path` and `output_dir`
-//! ([`Step2Config`], read by [`load_step2`]).
+//! **Step-2 file** (`evalfleet step2 yamls/step2.yaml`): the original tool's `model_path` and
+//! `output_dir` ([`Step2Config`], read by [`load_step2`]).
 //!
 //! Rules for both forms:
 //! - A LLaMA-Factory/HF key with no effect here (caching, training, quantisation, ...;
@@ -235,7 +235,7 @@ impl StepConfig {
     }
 }
 
-/// Loads a step-1 file (the seed's `yamls/step1.yaml` form).
+/// Loads a step-1 file (the original tool's `yamls/step1.yaml` form).
 pub fn load_step1(path: &Path) -> Result<JobConfig, ConfigError> {
     parse_step1(path, &read(path)?)
 }

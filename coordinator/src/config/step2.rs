@@ -1,5 +1,5 @@
-//! Step 2 (semantic similarity) settings: the SEED's `yamls/step2.yaml` keys `model_path` and
-//! `output_dir`, plus evalfleet's `batch_size` and `workers`.
+//! Step 2 (semantic similarity) settings: the original tool's `yamls/step2.yaml` keys `model_path`
+//! and `output_dir`, plus evalfleet's `batch_size` and `workers`.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,8 @@ pub const STEP2_KEYS: &[&str] = &["model_path", "output_dir", "batch_size", "wor
 /// Everything step 2 needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step2Config {
-    /// `model_path` (required): a sentence-transformers folder (the SEED used gte-large-zh).
+    /// `model_path` (required): a sentence-transformers folder (the original tool used
+    /// gte-large-zh).
     pub model_path: PathBuf,
     /// `output_dir` (required): the step-1 output folder whose files step 2 scores and updates.
     pub output_dir: PathBuf,
@@ -23,7 +24,7 @@ pub struct Step2Config {
     pub workers: Option<usize>,
 }
 
-/// Loads a step-2 file (the seed's `yamls/step2.yaml` form).
+/// Loads a step-2 file (the original tool's `yamls/step2.yaml` form).
 pub fn load_step2(path: &Path) -> Result<Step2Config, ConfigError> {
     parse_step2(path, &read(path)?)
 }

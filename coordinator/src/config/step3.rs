@@ -1,6 +1,6 @@
-//! Step 3 (MMLU / CMMLU / C-Eval) settings: the SEED's `yamls/step3.yaml` keys (LLaMA-Factory
-//! v0.7.1's `EvaluationArguments` and model keys, with the seed's `tasks` / `langs` / `splits`
-//! lists), plus evalfleet's `few_shot_order`, `prefix_pairs`, `dtype` and `workers`.
+//! Step 3 (MMLU / CMMLU / C-Eval) settings: the original tool's `yamls/step3.yaml` keys
+//! (LLaMA-Factory v0.7.1's `EvaluationArguments` and model keys, with its `tasks` / `langs`
+//! / `splits` lists), plus evalfleet's `few_shot_order`, `prefix_pairs`, `dtype` and `workers`.
 
 use std::path::{Path, PathBuf};
 
@@ -218,7 +218,7 @@ fn parse_tasks(fields: &Fields) -> Result<Vec<Step3Task>, ConfigError> {
     Ok(tasks)
 }
 
-/// Loads a step-3 file (the seed's `yamls/step3.yaml` form).
+/// Loads a step-3 file (the original tool's `yamls/step3.yaml` form).
 pub fn load_step3(path: &Path) -> Result<JobConfig, ConfigError> {
     parse_step3(path, &read(path)?)
 }
@@ -277,7 +277,7 @@ impl Step3Config {
 mod tests {
     use super::*;
 
-    /// The seed's `yamls/step3.yaml`, comments included.
+    /// The original tool's `yamls/step3.yaml`, comments included.
     const SEED: &str = "\
 ### model
 model_name_or_path: /home/x/models/Qwen1.5-14B-Chat

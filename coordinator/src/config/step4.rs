@@ -1,4 +1,4 @@
-//! Step 4 (CharacterEval) settings: the SEED's `yamls/step4.yaml` keys (`model_path`,
+//! Step 4 (CharacterEval) settings: the original tool's `yamls/step4.yaml` keys (`model_path`,
 //! `reward_model_path`, `task_dir`, `output_dir`, `adapter_name_or_path`, `template`,
 //! `finetuning_type`), plus `max_samples`, LLaMA-Factory-style generation keys and evalfleet's
 //! `dtype`, `reward_dtype`, `batch_size`, `workers` and `stage`.
@@ -35,7 +35,8 @@ pub const STEP4_KEYS: &[&str] = &[
     "stage",
 ];
 
-/// The SEED's generation length (`generate(do_sample=True, max_new_tokens=512)`, PROTOCOL 4.2).
+/// The original tool's generation length (`generate(do_sample=True, max_new_tokens=512)`,
+/// docs/FIDELITY.md §4.2).
 pub const STEP4_MAX_NEW_TOKENS: usize = 512;
 
 /// The four sub-steps of step 4, in order. A run starts at one of them and runs the rest,
@@ -82,19 +83,20 @@ impl Step4Stage {
 pub struct Step4Config {
     /// `model_path` (required): the model under test (HF folder or `.gguf`).
     pub model_path: PathBuf,
-    /// `adapter_name_or_path`: PEFT LoRA folders merged in order (PROTOCOL decision 3: applied,
-    /// unlike the SEED).
+    /// `adapter_name_or_path`: PEFT LoRA folders merged in order (docs/FIDELITY.md, decision 3:
+    /// applied, unlike the original tool).
     pub adapter_name_or_path: Vec<PathBuf>,
     /// `finetuning_type` (default `lora`); adapters need `lora`.
     pub finetuning_type: FinetuningType,
     /// `template`: a LLaMA-Factory template name; `None` (or empty) renders the model's own
-    /// chat template, as the SEED's `apply_chat_template` fallback did.
+    /// chat template, as the original tool's `apply_chat_template` fallback did.
     pub template: Option<String>,
     /// `dtype` (evalfleet, default `auto`): the generator's compute dtype.
     pub dtype: Dtype,
     /// `reward_model_path` (required): the BaichuanCharRM folder.
     pub reward_model_path: PathBuf,
-    /// `reward_dtype` (evalfleet, default `bf16` as the SEED; PROTOCOL decision 6).
+    /// `reward_dtype` (evalfleet, default `bf16` as the original tool;
+    /// docs/FIDELITY.md, decision 6).
     pub reward_dtype: Dtype,
     /// `task_dir` (required): the folder of `test_data.jsonl`, `character_profiles.json`,
     /// `id2metric.jsonl`.
@@ -103,7 +105,8 @@ pub struct Step4Config {
     pub output_dir: PathBuf,
     /// `max_samples`: only the first N dialogues of `test_data.jsonl`.
     pub max_samples: Option<usize>,
-    /// Sampling settings: LF's defaults (decision 5) except `max_new_tokens`, 512 as the SEED.
+    /// Sampling settings: LF's defaults (docs/FIDELITY.md, decision 5) except `max_new_tokens`, 512
+    /// as the original tool.
     pub generation: GenerationConfig,
     /// `batch_size` (evalfleet): items per lease / batch on a worker.
     pub batch_size: Option<usize>,
@@ -114,7 +117,7 @@ pub struct Step4Config {
     pub stage: Step4Stage,
 }
 
-/// Loads a step-4 file (the seed's `yamls/step4.yaml` form).
+/// Loads a step-4 file (the original tool's `yamls/step4.yaml` form).
 pub fn load_step4(path: &Path) -> Result<Step4Config, ConfigError> {
     parse_step4(path, &read(path)?)
 }

@@ -1,11 +1,11 @@
-//! Tests of the job YAML parser: the seed's keys, defaults, ignored and unknown keys, types,
-//! the run form.
+//! Tests of the job YAML parser: the original tool's keys, defaults, ignored and unknown keys,
+//! types, the run form.
 
 use std::path::{Path, PathBuf};
 
 use super::*;
 
-/// The seed's `yamls/step1.yaml` keys and layout (comments included), with local paths.
+/// The original tool's `yamls/step1.yaml` keys and layout (comments included), with local paths.
 const SEED_LIKE: &str = "\
 ### model
 model_name_or_path: ./models/Qwen1.5-14B-Chat

@@ -2,7 +2,7 @@
 //! (LLaMA-Factory v0.7.1 `data/parser.py`).
 //!
 //! LF quirk kept on purpose: when an entry has a `columns` (or, for sharegpt, `tags`) object,
-//! every column (tag) it does not list becomes *unset*, not the default. The seed's
+//! every column (tag) it does not list becomes *unset*, not the default. The original
 //! `{"prompt": "instruction", "query": "input", "response": "output", "history": "history"}`
 //! therefore has no system column, and a `tags` object without `user_tag` accepts no user turn.
 

@@ -1,4 +1,5 @@
-//! SFT test sets, loaded as LLaMA-Factory v0.7.1 loads them for `do_predict` (PROTOCOL 1.2).
+//! SFT test sets, loaded as LLaMA-Factory v0.7.1 loads them for `do_predict`
+//! (docs/FIDELITY.md §1.2).
 //!
 //! `dataset_dir/dataset_info.json` maps each name of the comma-separated `dataset` key to a file
 //! (or a folder of files), a format (alpaca or sharegpt) and column/tag names ([`info`]). Files

@@ -55,7 +55,7 @@ fn alpaca_rows_convert_as_lf() {
             ("assistant", "a1")
         ]
     );
-    // The seed's columns map no system column, so the row's "system" is not read.
+    // The original tool's columns map no system column, so the row's "system" is not read.
     assert_eq!(samples[0].system, "");
     assert_eq!(
         turns(&samples[1]),

@@ -1,10 +1,10 @@
 //! Step 1 text metrics, bit-compatible with jieba 0.42.1 + rouge-chinese 1.0.3 + nltk 3.8.1.
 //!
-//! [`score_row`] is LLaMA-Factory's `ComputeMetrics` for one (predict, label) pair (PROTOCOL 1.6):
-//! jieba tokens of both sides, ROUGE-1/2/L on the space-joined tokens (all zero when either side
-//! has no non-whitespace token), sentence BLEU-4 on code points, every value stored as
-//! `round(x * 100, 4)`. [`summarize`] averages rows as `np.mean` does. Besides the original F
-//! scores it keeps ROUGE precision and recall, reported under new keys.
+//! [`score_row`] is LLaMA-Factory's `ComputeMetrics` for one (predict, label) pair
+//! (docs/FIDELITY.md §1.6): jieba tokens of both sides, ROUGE-1/2/L on the space-joined tokens (all
+//! zero when either side has no non-whitespace token), sentence BLEU-4 on code points, every value
+//! stored as `round(x * 100, 4)`. [`summarize`] averages rows as `np.mean` does. Besides the
+//! original F scores it keeps ROUGE precision and recall, reported under new keys.
 //!
 //! - [`jieba`] + [`hmm`]: the segmenter, reading jieba's own data files (fetched from PyPI).
 //! - [`rouge`], [`bleu`]: the two scores, unrounded.

@@ -274,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::excessive_precision)] // the float32 inputs as PROTOCOL 2 prints them
+    #[allow(clippy::excessive_precision)] // the float32 inputs as docs/FIDELITY.md §2 prints them
     fn numpy_mean_orders() {
         // Below 8 values the sum is left to right.
         assert_eq!(numpy_mean_f64(&[0.1, 0.2, 0.3]), (0.1 + 0.2 + 0.3) / 3.0);
@@ -286,7 +286,8 @@ mod tests {
         let left_to_right = xs.iter().fold(0.0, |a, b| a + b);
         assert_eq!(left_to_right, 1e16);
         assert_eq!(pairwise_sum_f64(&xs), 1e16 + 8.0);
-        // The seed's step-2 average (PROTOCOL 2): float32 accumulation and division.
+        // The original tool's step-2 average (docs/FIDELITY.md §2): float32 accumulation and
+        // division.
         let mean = numpy_mean_f32(&[0.99999988, 0.55385977, 1.0]);
         assert_eq!(f64::from(mean), 0.8512865900993347);
     }

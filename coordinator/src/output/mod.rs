@@ -1,5 +1,5 @@
-//! Result files written exactly as the original Python tool wrote them (PROTOCOL 1.7), each one
-//! atomically.
+//! Result files written exactly as the original Python tool wrote them (docs/FIDELITY.md §1.7),
+//! each one atomically.
 //!
 //! - Floats are written as Python's `repr(float)` ([`float_repr`], from `evalfleet-pyfmt`).
 //! - [`pyjson`] holds a JSON value and Python's `json.dump(s)` layouts and escaping.

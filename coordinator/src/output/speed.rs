@@ -3,7 +3,7 @@
 //! `runtime` is rounded to 4 decimals, both rates to 3, and the rates are computed from the
 //! *unrounded* runtime (3 samples in 3.9457 s give `0.76`). The step count is
 //! `ceil(num_samples / batch_size)`, batch size being `per_device_eval_batch_size` times the
-//! number of processes of the original run (one, with the seed's single-device setup).
+//! number of processes of the original run (one: the original tool ran on a single device).
 
 use super::pyjson::PyJson;
 use crate::metrics::python_round;
@@ -55,7 +55,7 @@ mod tests {
 
     #[test]
     fn seed_run_numbers() {
-        // The seed's 3 samples at batch size 1: written as 3.9457, 0.76 and 0.76.
+        // The original tool's 3 samples at batch size 1: written as 3.9457, 0.76 and 0.76.
         let speed = SpeedMetrics::new(3, 1, 3.945_712_3);
         assert_eq!(speed.runtime, 3.9457);
         assert_eq!(speed.samples_per_second, Some(0.76));

@@ -4,7 +4,8 @@
 //! - [`discover`]: is the directory one output (the original layout) or a sweep holding one output
 //!   directory per checkpoint, and in which order.
 //! - [`read`]: each checkpoint's files, tolerant of missing steps, strict about malformed ones.
-//! - [`table`]: the seed README's Result table plus CharacterEval columns, as Markdown and CSV.
+//! - [`table`]: the original tool's README Result table plus CharacterEval columns, as Markdown and
+//!   CSV.
 //! - [`chart`]: line and grouped-bar charts as inline SVG (no plotting crate, no script).
 //! - [`html`]: the self-contained `report.html` page.
 //! - [`samples`], [`stats`], [`change`], [`marks`]: is each checkpoint's change against the

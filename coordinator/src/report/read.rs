@@ -5,7 +5,7 @@
 //! - `generated_predictions.jsonl`: step 2's per-row `score`, when step 2 ran.
 //! - `<task>/results.log` for mmlu, cmmlu and ceval: `{category:>15}: {accuracy:.2f}` lines.
 //! - `CharacterEval/step4_eval_scores.jsonl`: the same aligned `name: value` lines (plain text
-//!   despite the name, PROTOCOL 4.6).
+//!   despite the name, docs/FIDELITY.md §4.6).
 
 use std::path::{Path, PathBuf};
 

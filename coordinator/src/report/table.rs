@@ -1,6 +1,7 @@
-//! The Result table of the seed README (model | rouge-1 | rouge-2 | rouge-l | samples_per_second
-//! | steps_per_second | sem_sim_score | avg_mmlu | avg_cmmlu | avg_ceval), then CharacterEval's
-//! 12-metric average and one column per metric (`ce_<metric>`), one row per checkpoint.
+//! The Result table of the original tool's README (model | rouge-1 | rouge-2 | rouge-l |
+//! samples_per_second | steps_per_second | sem_sim_score | avg_mmlu | avg_cmmlu | avg_ceval), then
+//! CharacterEval's 12-metric average and one column per metric (`ce_<metric>`), one row per
+//! checkpoint.
 //!
 //! CSV cells repeat the input text exactly (full precision); Markdown and HTML cells round long
 //! fractions to four decimals so the table reads at a glance. A step that did not run is an
@@ -18,7 +19,8 @@ const STEP1_COLUMNS: [(&str, &str); 6] = [
     ("sem_sim_score", "avg_sem_sim_score"),
 ];
 
-/// CharacterEval's 12 metrics in the order the seed's `step4_eval_scores.jsonl` lists them.
+/// CharacterEval's 12 metrics in the order the original tool's `step4_eval_scores.jsonl` lists
+/// them.
 pub const CHARACTER_EVAL_METRICS: [&str; 12] = [
     "Accuracy",
     "Communication_skills",

@@ -1,7 +1,7 @@
-//! Step 1 (SFT predict, PROTOCOL 1): the test set's samples become one generate item each (item
-//! id = sample index), the fleet generates them, and in sample order the coordinator scores every
-//! (predict, label) pair, averages, and writes generated_predictions.jsonl, predict_results.json
-//! and all_results.json with HF's speed metrics.
+//! Step 1 (SFT predict, docs/FIDELITY.md §1): the test set's samples become one generate item each
+//! (item id = sample index), the fleet generates them, and in sample order the coordinator scores
+//! every (predict, label) pair, averages, and writes generated_predictions.jsonl,
+//! predict_results.json and all_results.json with HF's speed metrics.
 
 use std::slice;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! Step 2 (semantic similarity, PROTOCOL 2): the step-1 rows of `output_dir` become one embed
-//! item each (item id = row index), queued longest first so that each lease batches texts of
+//! Step 2 (semantic similarity, docs/FIDELITY.md §2): the step-1 rows of `output_dir` become one
+//! embed item each (item id = row index), queued longest first so that each lease batches texts of
 //! similar length; the fleet scores them on embedding workers, and the scores, put back in row
 //! order, are written into the step-1 files with the distribution ([`crate::step2`]).
 //!

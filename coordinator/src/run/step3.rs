@@ -1,8 +1,8 @@
-//! Step 3 (MMLU / CMMLU / C-Eval, PROTOCOL 3): every task is planned in the coordinator first (so
-//! a data error names its file and row before any worker starts, and the number of workers never
-//! changes a prompt), each question becomes one choice item, the fleet scores them, and per task
-//! the coordinator writes results.json, results.log, results_detail.jsonl and the per-subject
-//! table into `<save_dir>/<task>/` (removed first, as the original tool did) and prints
+//! Step 3 (MMLU / CMMLU / C-Eval, docs/FIDELITY.md §3): every task is planned in the coordinator
+//! first (so a data error names its file and row before any worker starts, and the number of
+//! workers never changes a prompt), each question becomes one choice item, the fleet scores them,
+//! and per task the coordinator writes results.json, results.log, results_detail.jsonl and the
+//! per-subject table into `<save_dir>/<task>/` (removed first, as the original tool did) and prints
 //! results.log to stdout, as LLaMA-Factory's evaluator does.
 //!
 //! Every question's probabilities are journaled as they arrive (`crate::journal`,

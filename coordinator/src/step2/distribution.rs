@@ -1,5 +1,5 @@
-//! The distribution of the step-2 scores (new in evalfleet; the SEED's TODO list asked for it):
-//! summary statistics, NumPy-compatible quantiles and a fixed-bin histogram over [-1, 1].
+//! The distribution of the step-2 scores (new in evalfleet; the original tool's TODO list asked for
+//! it): summary statistics, NumPy-compatible quantiles and a fixed-bin histogram over [-1, 1].
 //!
 //! Statistics are computed in float64 over the float32 scores (as
 //! `np.asarray(scores, dtype=np.float64)` would), except `mean`, which is the float32 mean written

@@ -1,5 +1,5 @@
-//! Step 2's changes to the step-1 files, byte for byte as the SEED's `semsim_eval.py` made them
-//! (PROTOCOL 2): every line of `generated_predictions.jsonl` gains a `score`, and
+//! Step 2's changes to the step-1 files, byte for byte as the original tool's `semsim_eval.py` made
+//! them (docs/FIDELITY.md §2): every line of `generated_predictions.jsonl` gains a `score`, and
 //! `avg_sem_sim_score` is appended to `predict_results.json`.
 
 use std::path::Path;

@@ -1,12 +1,13 @@
-//! Step 2 (PROTOCOL 2, the SEED's `semsim_eval.py`): the semantic similarity of every step-1
-//! prediction to its label, written into the step-1 files, plus the score distribution.
+//! Step 2 (docs/FIDELITY.md §2, the original tool's `semsim_eval.py`): the semantic similarity of
+//! every step-1 prediction to its label, written into the step-1 files, plus the score
+//! distribution.
 //!
 //! The embedding and the cosine run on workers (`evalfleet_worker::embed`); this module reads
 //! the step-1 rows and, given one float32 score per row, writes:
 //!
 //! - `generated_predictions.jsonl` rewritten with a `score` per line ([`files`]);
 //! - `avg_sem_sim_score`, the float32 mean, appended to `predict_results.json`
-//!   (`all_results.json` is left alone, as the SEED left it);
+//!   (`all_results.json` is left alone, as the original tool left it);
 //! - `sem_sim_distribution.json`, `sem_sim_histogram.svg` and `sem_sim_histogram.png`
 //!   ([`distribution`], [`svg`], [`raster`]), and a one-line summary for the terminal.
 //!

@@ -1,12 +1,12 @@
 //! The benchmark data as LF's task scripts hand it to the evaluator: `mapping.json` (subjects in
 //! file order) and, per subject and split, the examples with their cells rendered by
-//! [`super::pandas`] (PROTOCOL 3.2).
+//! [`super::pandas`] (docs/FIDELITY.md §3.2).
 //!
 //! Three CSV layouts, told apart by which dev file exists for the first subject:
 //! - MMLU: `data/{dev,val,test}/<s>_{dev,val,test}.csv`, no header, `question,A,B,C,D,answer`.
 //!   Read with `header=None` as LF's script does since 14ab14a0 ("fix #3837"); v0.7.1's own
-//!   `mmlu.py` took each file's first row as a header, but the seed's outputs (14042 answers, 100
-//!   for abstract_algebra) show the original tool read every row.
+//!   `mmlu.py` took each file's first row as a header, but the original tool's outputs (14042
+//!   answers, 100 for abstract_algebra) show the original tool read every row.
 //! - CMMLU: `{dev,test}/<s>.csv`, header `,Question,A,B,C,D,Answer` with an index column.
 //! - C-Eval: `{dev,val,test}/<s>_{dev,val,test}.csv`, header `id,question,A,B,C,D[,answer[,...]]`.
 //!

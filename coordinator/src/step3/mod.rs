@@ -1,5 +1,5 @@
 //! Step 3 planning: MMLU, CMMLU and C-Eval prompts byte-identical to LLaMA-Factory v0.7.1's
-//! evaluator (PROTOCOL 3), and its result files.
+//! evaluator (docs/FIDELITY.md §3), and its result files.
 //!
 //! - [`source`] / [`data`]: a task directory (zip or tree), `mapping.json`, the three CSV layouts.
 //! - [`csvtok`] / [`pandas`]: CSV records and cell text as pandas + `datasets` produce them.

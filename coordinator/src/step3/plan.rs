@@ -1,6 +1,6 @@
 //! Plans one task the way LF v0.7.1's `Evaluator.eval` formats it: subjects in `mapping.json`
 //! order, the split's examples in file order, and for each example a support set of
-//! `min(n_shot, len(dev))` dev rows (PROTOCOL 3.3).
+//! `min(n_shot, len(dev))` dev rows (docs/FIDELITY.md §3.3).
 //!
 //! Few-shot order [`FewShotOrder::LlamaFactory`]: `np.random.seed(42)` once per task (LF's
 //! `set_seed`), then one seedless `Dataset.shuffle()` of the dev set per example, across subjects

@@ -1,7 +1,8 @@
-//! LF v0.7.1's eval templates (`eval/template.py`) and `EvalTemplate.format_example` (PROTOCOL
-//! 3.3): every example is `question + "\nA. " + A + ... + "\nD. " + D + answer_str`, the support
-//! set becomes user/assistant pairs, the target a user turn, and the system string is prepended to
-//! the first message's content.
+//! LF v0.7.1's eval templates (`eval/template.py`) and `EvalTemplate.format_example`
+//! (docs/FIDELITY.md §3.3): every example is
+//! `question + "\nA. " + A + ... + "\nD. " + D + answer_str`, the support set becomes
+//! user/assistant pairs, the target a user turn, and the system string is prepended to the first
+//! message's content.
 
 use super::data::Example;
 use crate::datasets::{ChatMessage, Role};

@@ -1,4 +1,4 @@
-//! Step 3 result files (PROTOCOL 3.5): `results.json` and `results.log` exactly as LF's
+//! Step 3 result files (docs/FIDELITY.md §3.5): `results.json` and `results.log` exactly as LF's
 //! `Evaluator._save_results` writes them, plus (new) `results_detail.jsonl` and
 //! `results_subjects.tsv`, a per-subject accuracy table.
 

@@ -235,7 +235,8 @@ pub fn permutation(seed: u32, n: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
-    /// PROTOCOL 3.3: the first seeds after `np.random.seed(42)` and their 5-row permutations.
+    /// docs/FIDELITY.md §3.3: the first seeds after `np.random.seed(42)` and their 5-row
+    /// permutations.
     #[test]
     fn first_seeds_and_permutations_match_numpy() {
         let seeds: Vec<u32> = ShuffleSeeds::new(42).take(6).collect();

@@ -1,8 +1,9 @@
-//! Sub-step 4 (PROTOCOL 4.6): the scores of `step3_evaluation.jsonl` grouped by `metric_en` in
-//! order of first appearance, each mean `sum(vals) / len(vals)` (Python's left-to-right float
-//! sum), written as the SEED's right-aligned log ([`format_log_data`]); plus evalfleet's summary
-//! ([`Summary`], `step4_eval_scores.json`): per metric the mean, count and population standard
-//! deviation, per character the metric means, and the average of the metric means.
+//! Sub-step 4 (docs/FIDELITY.md §4.6): the scores of `step3_evaluation.jsonl` grouped by
+//! `metric_en` in order of first appearance, each mean `sum(vals) / len(vals)` (Python's
+//! left-to-right float sum), written as the original tool's right-aligned log
+//! ([`format_log_data`]); plus evalfleet's summary ([`Summary`], `step4_eval_scores.json`): per
+//! metric the mean, count and population standard deviation, per character the metric means, and
+//! the average of the metric means.
 
 use super::{Record, get, get_str};
 use crate::metrics::python_round;
@@ -77,7 +78,7 @@ pub fn metric_groups(rows: &[Record]) -> Result<Vec<Group>, String> {
     Ok(group(scores))
 }
 
-/// The SEED's `format_log_data`: `f"{key:>{K}}: {value:>{V}.2f}"` per metric with `K` the
+/// The original tool's `format_log_data`: `f"{key:>{K}}: {value:>{V}.2f}"` per metric with `K` the
 /// longest name and `V` the longest formatted value (in characters), joined by `"\n"`, no
 /// trailing newline.
 pub fn format_log_data(means: &[(String, f64)]) -> String {

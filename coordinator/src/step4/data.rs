@@ -1,6 +1,7 @@
-//! The CharacterEval data folder (`task_dir`, PROTOCOL 4.1): `test_data.jsonl` (a JSON array of
-//! `{id, role, novel_name, context}` despite the name), `character_profiles.json` (role → profile
-//! object) and `id2metric.jsonl` (a JSON object: dialogue id → `[[metric_en, metric_zh], ...]`).
+//! The CharacterEval data folder (`task_dir`, docs/FIDELITY.md §4.1): `test_data.jsonl` (a JSON
+//! array of `{id, role, novel_name, context}` despite the name), `character_profiles.json` (role →
+//! profile object) and `id2metric.jsonl` (a JSON object: dialogue id → `[[metric_en, metric_zh],
+//! ...]`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

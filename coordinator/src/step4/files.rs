@@ -1,5 +1,5 @@
-//! Step 4's files in `output_dir`, written as the SEED writes them and read back when a run
-//! starts from a later sub-step.
+//! Step 4's files in `output_dir`, written as the original tool writes them and read back when a
+//! run starts from a later sub-step.
 //!
 //! The three record files are `json.dumps(records, ensure_ascii=False, indent=4)` with no
 //! trailing newline; the score log is plain text with no trailing newline; the summary

@@ -1,5 +1,5 @@
-//! Step 4 (PROTOCOL 4, the SEED's `model_utils/charactereval.py`): CharacterEval role-play
-//! evaluation in four sub-steps, each writing one file into `output_dir`:
+//! Step 4 (docs/FIDELITY.md §4, the original tool's `model_utils/charactereval.py`): CharacterEval
+//! role-play evaluation in four sub-steps, each writing one file into `output_dir`:
 //!
 //! 1. generation ([`prompt`]): each dialogue of `test_data.jsonl` becomes chat messages (the role
 //!    profile's Python `str(dict)` ([`pyrepr`]) in the first user turn, the opening reply, the
@@ -9,11 +9,11 @@
 //!    `id2metric.jsonl`, in `step2_generation_trans.jsonl`;
 //! 3. reward ([`reward`]): the BaichuanCharRM input text of each row, its `sigmoid * 4 + 1` score
 //!    under the row's `metric_en` key, in `step3_evaluation.jsonl`;
-//! 4. aggregate ([`aggregate`]): the per-metric means as the SEED's right-aligned log
+//! 4. aggregate ([`aggregate`]): the per-metric means as the original tool's right-aligned log
 //!    (`step4_eval_scores.jsonl`, plain text) and evalfleet's `step4_eval_scores.json`.
 //!
 //! Records stay JSON objects in file order ([`Record`]), so every key of the data files is kept
-//! and written back in place, as the SEED's dict updates do. The models run on workers
+//! and written back in place, as the original tool's dict updates do. The models run on workers
 //! (`crate::run::step4`); everything here is pure and file I/O.
 
 pub mod aggregate;
@@ -37,12 +37,12 @@ pub const GENERATION_FILE: &str = "step1_generation.jsonl";
 pub const TRANSFORM_FILE: &str = "step2_generation_trans.jsonl";
 /// Sub-step 3's output file.
 pub const EVALUATION_FILE: &str = "step3_evaluation.jsonl";
-/// Sub-step 4's score log (plain text despite the name, as the SEED writes it).
+/// Sub-step 4's score log (plain text despite the name, as the original tool writes it).
 pub const SCORES_LOG_FILE: &str = "step4_eval_scores.jsonl";
 /// evalfleet's summary: per-metric mean, count, standard deviation; per-character means.
 pub const SCORES_JSON_FILE: &str = "step4_eval_scores.json";
-/// The `model_output` the SEED/CE write for a dialogue whose generation failed; sub-step 2
-/// skips it.
+/// The `model_output` the original tool and CE write for a dialogue whose generation failed;
+/// sub-step 2 skips it.
 pub const ERROR_OUTPUT: &str = "ERROR";
 
 /// One record of a step-4 file: a JSON object's entries in file order.

@@ -1,6 +1,6 @@
-//! Sub-step 1's chat messages (PROTOCOL 4.2, official CharacterEval `get_response.py`
-//! semantics, with decision 3: the final turn is kept as the last user message, and the role
-//! system text has no stray indentation).
+//! Sub-step 1's chat messages (docs/FIDELITY.md §4.2: official CharacterEval `get_response.py`
+//! semantics; docs/FIDELITY.md, decision 3: the final turn is kept as the last user message, and
+//! the role system text has no stray indentation).
 //!
 //! The context is split on `'\n'`; each line's speaker is the text before its first full-width
 //! colon `：` and its words the rest. The messages are: user = the role system text (profile

@@ -1,5 +1,6 @@
 //! Python's `repr()` / `str()` of JSON values (`dict`, `list`, `str`, `int`, `float`, `bool`,
-//! `None`), as the SEED puts a role profile into prompts: `str(profile_dict)` (PROTOCOL 4.2, 4.4).
+//! `None`), as the original tool puts a role profile into prompts: `str(profile_dict)`
+//! (docs/FIDELITY.md §4.2, §4.4).
 //!
 //! A `str` repr is quoted with `'` unless the text contains `'` and no `"`, then with `"`. Inside,
 //! `\\`, the chosen quote, `\t`, `\n`, `\r` get short escapes; every other character that

@@ -1,4 +1,4 @@
-//! Sub-step 3 (PROTOCOL 4.4, CE `run_char_rm.py`): the reward model's input text of each
+//! Sub-step 3 (docs/FIDELITY.md §4.4, CE `run_char_rm.py`): the reward model's input text of each
 //! transformed row, and the score it gives back.
 //!
 //! The text is `"<RoleInfo>\n\n" + str(profile) + "\n\n<Context>\n\n" + context +
@@ -58,7 +58,7 @@ mod tests {
 
     #[test]
     fn scores_are_affine_in_f64() {
-        // The seed's stored example scores are bf16 sigmoids on the 2^-8 grid.
+        // The original tool's stored example scores are bf16 sigmoids on the 2^-8 grid.
         assert_eq!(score_from_sigmoid(0.59375), 3.375);
         assert_eq!(score_from_sigmoid(0.8203125), 4.28125);
         // An f32 sigmoid keeps its exact value (no rounding to f32 after the map).

@@ -1,4 +1,4 @@
-//! Sub-step 2 (PROTOCOL 4.3, CE `transform_format.py`): for each generated record whose
+//! Sub-step 2 (docs/FIDELITY.md §4.3, CE `transform_format.py`): for each generated record whose
 //! `model_output` is a string other than `"ERROR"`, keep its first line (split on `'\n'` only),
 //! and emit one copy per `[metric_en, metric_zh]` of `id2metric[str(id)]`, with `metric_en` and
 //! `metric_zh` set (appended after the existing keys). Records without metrics emit nothing.

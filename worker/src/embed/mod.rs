@@ -1,5 +1,5 @@
-//! Sentence embeddings for step 2 (PROTOCOL 2): a sentence-transformers folder loaded as
-//! `SentenceTransformer(path)` loads it, and the SEED's cosine similarity.
+//! Sentence embeddings for step 2 (docs/FIDELITY.md §2): a sentence-transformers folder loaded as
+//! `SentenceTransformer(path)` loads it, and the original tool's cosine similarity.
 //!
 //! - [`folder`]: `modules.json` (Transformer → Pooling → optional Normalize),
 //!   `sentence_bert_config.json`, the Pooling config.
@@ -108,8 +108,8 @@ impl Embedder {
         Ok(out)
     }
 
-    /// The SEED's score of each `(label, predict)` pair: both texts embedded (all texts of all
-    /// pairs batched together, which changes nothing but float rounding), then [`cosine`].
+    /// The original tool's score of each `(label, predict)` pair: both texts embedded (all texts of
+    /// all pairs batched together, which changes nothing but float rounding), then [`cosine`].
     pub fn score_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>> {
         let texts: Vec<&str> = pairs
             .iter()
@@ -162,9 +162,9 @@ pub fn normalize(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v /= norm);
 }
 
-/// The SEED's similarity (PROTOCOL 2): `cos_sim(a, b)` = both vectors `F.normalize`d (eps 1e-12)
-/// in f32, then their dot product, read as f32. The dot is accumulated in f64 and rounded once,
-/// for the same reason as in [`normalize`].
+/// The original tool's similarity (docs/FIDELITY.md §2): `cos_sim(a, b)` = both vectors
+/// `F.normalize`d (eps 1e-12) in f32, then their dot product, read as f32. The dot is accumulated
+/// in f64 and rounded once, for the same reason as in [`normalize`].
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let (mut a, mut b) = (a.to_vec(), b.to_vec());
     normalize(&mut a);

@@ -1,6 +1,7 @@
-//! ALiBi (attention with linear biases) as Baichuan-13B / BaichuanCharRM use it (PROTOCOL 4.5):
-//! per-head slopes from the "interleave" rule, and a bias of `slope · j` on the absolute key
-//! index `j`, built in f32 and then cast to the model dtype the way `.to(inputs_embeds)` does.
+//! ALiBi (attention with linear biases) as Baichuan-13B / BaichuanCharRM use it
+//! (docs/FIDELITY.md §4.5): per-head slopes from the "interleave" rule, and a bias of `slope · j`
+//! on the absolute key index `j`, built in f32 and then cast to the model dtype the way
+//! `.to(inputs_embeds)` does.
 //!
 //! Under softmax, `slope · j` is the same as the textbook `-slope · (i - j)` (a per-query constant
 //! drops out), but only in exact arithmetic: in bf16 the large `slope · j` values are rounded

@@ -1,7 +1,8 @@
-//! [`BaichuanRewardModel`]: the BaichuanCharRM reward model of CharacterEval (PROTOCOL 4.5), a
-//! Baichuan2-13B-style decoder without LM head: pre-norm layers with a fused `W_pack` q/k/v
-//! projection, ALiBi (or, for Baichuan-7B-style configs, rotary) attention, SiLU MLP, a final
-//! RMSNorm, and `score = Linear(hidden, 1, bias)` on the last token, through a sigmoid.
+//! [`BaichuanRewardModel`]: the BaichuanCharRM reward model of CharacterEval
+//! (docs/FIDELITY.md §4.5), a Baichuan2-13B-style decoder without LM head: pre-norm layers with a
+//! fused `W_pack` q/k/v projection, ALiBi (or, for Baichuan-7B-style configs, rotary) attention,
+//! SiLU MLP, a final RMSNorm, and `score = Linear(hidden, 1, bias)` on the last token, through a
+//! sigmoid.
 //!
 //! Rounding follows the PyTorch model op by op, so that bf16 scores land on the reference's bf16
 //! grid: RMSNorm computes in f32 and casts before the weight multiply; the ALiBi bias is built in

@@ -1,5 +1,5 @@
 //! [`BaichuanConfig`]: the `config.json` of a Baichuan-style reward model (BaichuanCharRM,
-//! PROTOCOL 4.5), and the rule that picks ALiBi or rotary position encoding.
+//! docs/FIDELITY.md §4.5), and the rule that picks ALiBi or rotary position encoding.
 //!
 //! The rule, in order:
 //! 1. `position_embedding_type` when present: `"alibi"`, or `"rope"` / `"rotary"`; any other
@@ -145,7 +145,7 @@ mod tests {
         BaichuanConfig::from_json(Path::new("config.json"), &v)
     }
 
-    /// The Baichuan2-13B shape (class defaults of PROTOCOL 4.5 with the real vocabulary).
+    /// The Baichuan2-13B shape (class defaults of docs/FIDELITY.md §4.5 with the real vocabulary).
     fn thirteen_b() -> Value {
         json!({"architectures": ["BaichuanForCausalLM"], "hidden_size": 5120,
                "intermediate_size": 13696, "num_hidden_layers": 40, "num_attention_heads": 40,

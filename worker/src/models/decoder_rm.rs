@@ -1,7 +1,7 @@
 //! [`DecoderRewardModel`]: a reward model over the llama / qwen2 / mistral decoder
 //! ([`DecoderModel`]): the final-normed hidden state of the last token, then
 //! `score = Linear(hidden, 1, bias)` and a sigmoid — the same head and score convention as
-//! BaichuanCharRM (PROTOCOL 4.5: the driver reports `sigmoid · 4 + 1`).
+//! BaichuanCharRM (docs/FIDELITY.md §4.5: the driver reports `sigmoid · 4 + 1`).
 //!
 //! Folder layout: the decoder's own HF folder (config.json with `architectures` one of
 //! [`super::SUPPORTED_ARCHITECTURES`], e.g. `LlamaForCausalLM`; tokenizer files) whose weights

@@ -13,7 +13,7 @@
 //!   `base_cache`: [`BaseCache`], one base read once for many adapters (sweeps).
 //! - `shard`: tensor parallelism (which part of each weight a rank keeps, the row-parallel
 //!   layer's all-reduce); a group is given as [`LoadOptions::tp`].
-//! - `baichuan`: step 4's reward model ([`BaichuanRewardModel`], PROTOCOL 4.5), not a
+//! - `baichuan`: step 4's reward model ([`BaichuanRewardModel`], docs/FIDELITY.md §4.5), not a
 //!   [`Decoder`]: its `baichuan_config`, `baichuan_weights` (safetensors or PyTorch `.bin`
 //!   shards) and `alibi` are its parts.
 //! - `decoder_rm`: [`DecoderRewardModel`], the decoder with a `Linear(hidden, 1)` score head;

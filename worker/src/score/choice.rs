@@ -1,4 +1,4 @@
-//! Step 3 multiple-choice scoring (PROTOCOL 3.3/3.4): each question's prompt is built as
+//! Step 3 multiple-choice scoring (docs/FIDELITY.md §3.3, §3.4): each question's prompt is built as
 //! LLaMA-Factory's evaluator builds it (`encode_oneturn` without truncation, or the model's chat
 //! template), one forward pass reads the logits at the last prompt position only, and the
 //! probabilities are the f32 softmax over the choice tokens' logits.
@@ -102,8 +102,8 @@ impl Default for ScoreOptions {
     }
 }
 
-/// Builds the item's prompt (PROTOCOL 3.3) and finds its shared prefix and choice ids. `vocab`
-/// is the model's; ids past it are an error rather than a failed forward pass.
+/// Builds the item's prompt (docs/FIDELITY.md §3.3) and finds its shared prefix and choice ids.
+/// `vocab` is the model's; ids past it are an error rather than a failed forward pass.
 pub fn prepare_job(
     item_id: &str,
     item: &pb::ChoiceItem,

@@ -1,4 +1,4 @@
-//! Step 4 reward scoring (PROTOCOL 4.4/4.5): a [`RewardScorer`] holds the reward model
+//! Step 4 reward scoring (docs/FIDELITY.md §4.4, §4.5): a [`RewardScorer`] holds the reward model
 //! (BaichuanCharRM-style, or a llama-family decoder with a score head: [`RewardModel`]) and its
 //! tokenizer; [`run_lease`] turns a lease of [`pb::RewardItem`]s into
 //! [`pb::RewardResult`]s.
@@ -38,7 +38,7 @@ pub struct RewardInput {
 }
 
 /// The compute dtype of a reward model from a lease's `ModelSpec.dtype`: bf16 unless told
-/// otherwise (decision 6), on any device.
+/// otherwise (docs/FIDELITY.md, decision 6), on any device.
 pub fn reward_dtype(dtype: &str) -> Result<DType> {
     match dtype.to_ascii_lowercase().as_str() {
         "" | "auto" | "bf16" | "bfloat16" => Ok(DType::BF16),

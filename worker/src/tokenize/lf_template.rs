@@ -1,7 +1,7 @@
 //! LLaMA-Factory v0.7.1 templates (`data/template.py`, `data/formatter.py`), reimplemented:
 //! formatting of messages into elements, per-element tokenization, `_make_pairs` truncation,
 //! `encode_oneturn`/`encode_multiturn`, and `get_template_and_fix_tokenizer`'s tokenizer fixes.
-//! PROTOCOL 1.3 and 1.4 describe the semantics reproduced here.
+//! docs/FIDELITY.md §1.3 and §1.4 describe the semantics reproduced here.
 
 use super::ChatMessage;
 use super::lf_registry::all_templates;

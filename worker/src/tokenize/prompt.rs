@@ -1,5 +1,5 @@
 //! Prompt building for the task runner: a conversation → (prompt ids, label ids, stop ids), with
-//! either a LLaMA-Factory template (PROTOCOL 1.3/1.4) or the model's own chat template.
+//! either a LLaMA-Factory template (docs/FIDELITY.md §1.3, §1.4) or the model's own chat template.
 
 use super::ChatMessage;
 use super::chat_template::{ChatTemplate, TemplateTokens};
@@ -147,8 +147,8 @@ impl PromptBuilder {
     ///
     /// - LLaMA-Factory: LF's unsupervised preprocessing exactly: an empty assistant turn is
     ///   appended when the answer is missing, `encode_oneturn` with `cutoff_len` /
-    ///   `reserved_label_len` truncation (PROTOCOL 1.4), then eos appended to the label for
-    ///   `efficient_eos` templates.
+    ///   `reserved_label_len` truncation (docs/FIDELITY.md §1.4), then eos appended to the label
+    ///   for `efficient_eos` templates.
     /// - Model chat template: the prompt is `messages[..last]` rendered with
     ///   `add_generation_prompt=true` (system, when given, becomes a leading system message);
     ///   the label is the answer's tokens + eos. `cutoff_len` bounds the prompt only: when it is

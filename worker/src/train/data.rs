@@ -7,7 +7,7 @@
 //! the role name stands in), and the step-4 names `model_output` / `metric_zh` accepted for
 //! `response` / `dimension`. `score` is the human score on the 1–5 scale.
 //!
-//! The model input is the step-4 text (PROTOCOL 4.4), encoded as step 4 encodes it
+//! The model input is the step-4 text (docs/FIDELITY.md §4.4), encoded as step 4 encodes it
 //! ([`RewardScorer::encode`]: ids + eos, the last `max_length` kept).
 
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ struct Record {
     score: f64,
 }
 
-/// The step-4 reward model input text (PROTOCOL 4.4).
+/// The step-4 reward model input text (docs/FIDELITY.md §4.4).
 pub fn reward_text(role_info: &str, context: &str, response: &str, dimension: &str) -> String {
     format!(
         "<RoleInfo>\n\n{role_info}\n\n<Context>\n\n{context}\n\n<Response>\n\n{response}\n\n\

@@ -1,4 +1,4 @@
-//! The two CharacterEval reward-model losses (seed README, PROTOCOL 5), on the logits `r` of a
+//! The two CharacterEval reward-model losses (docs/FIDELITY.md §5), on the logits `r` of a
 //! batch laid out group after group. A *group* is the responses to one context scored on one
 //! dimension (the model reads the dimension, so responses are only compared on the same one).
 //!

@@ -1,11 +1,11 @@
-//! Step 4 (CharacterEval, PROTOCOL 4) through the fleet: the four sub-steps of
+//! Step 4 (CharacterEval, docs/FIDELITY.md §4) through the fleet: the four sub-steps of
 //! [`crate::step4`], from the configured stage on.
 //!
 //! 1. generate: one generate item per dialogue (item id = dialogue index), messages ending with
 //!    the final user turn, the lease's template (`template`, else the model's chat template), the
-//!    adapter merged; `model_output` = the reply decoded as the SEED did (special tokens skipped,
-//!    the tokenizer's default clean-up). A dialogue whose generation fails gets `"ERROR"` (as CE
-//!    marks failures), which sub-step 2 skips, and a warning.
+//!    adapter merged; `model_output` = the reply decoded as the original tool did (special tokens
+//!    skipped, the tokenizer's default clean-up). A dialogue whose generation fails gets `"ERROR"`
+//!    (as CE marks failures), which sub-step 2 skips, and a warning.
 //! 2. transform: pure ([`crate::step4::transform`]).
 //! 3. score: one reward item per row (item id = row index), queued longest text first so leases
 //!    batch similar lengths; the lease's model is the reward model in `reward_dtype` with a
@@ -194,7 +194,8 @@ fn apply_generations(records: &mut [Record], outcomes: impl IntoIterator<Item = 
     }
 }
 
-/// The generate task: one item per dialogue, no truncation (the SEED's prompts were not cut).
+/// The generate task: one item per dialogue, no truncation (the original tool's prompts were not
+/// cut).
 pub fn generate_task(
     cfg: &Step4Config,
     records: &[Record],

@@ -2,11 +2,12 @@
 //!
 //! The scheduler holds the generate task (one item per dialogue) and a streaming reward task fed
 //! from it ([`Scheduler::feed_many`]): each generated dialogue becomes, in the call that records
-//! its result, one reward item per (dialogue, metric) row that sub-step 2 makes of it (PROTOCOL
-//! 4.3: the first line of the reply, one row per metric of `id2metric`), with the reward input
-//! text of sub-step 3. A dialogue's rows depend only on that dialogue, so they can be made before
-//! the others are generated; their items are named [`fed_item_id`]`(dialogue, metric number)`
-//! because the row numbers are known only once every dialogue is in.
+//! its result, one reward item per (dialogue, metric) row that sub-step 2 makes of it
+//! (docs/FIDELITY.md §4.3: the first line of the reply, one row per metric of `id2metric`), with
+//! the reward input text of sub-step 3. A dialogue's rows depend only on that dialogue, so they
+//! can be made before the others are generated; their items are named
+//! [`fed_item_id`]`(dialogue, metric number)` because the row numbers are known only once every
+//! dialogue is in.
 //!
 //! The files are those of the sub-steps one after the other: when generation completes,
 //! step1_generation.jsonl and step2_generation_trans.jsonl are written (scoring goes on); when

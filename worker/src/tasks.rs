@@ -342,7 +342,10 @@ impl Executor {
             );
             self.embedders.push((key, embedder));
         }
-        let (_, embedder) = self.embedders.last_mut().expect("an embedder was just pushed");
+        let (_, embedder) = self
+            .embedders
+            .last_mut()
+            .expect("an embedder was just pushed");
         embedder.set_batch_size(batch);
         Ok(embedder)
     }
@@ -424,7 +427,9 @@ impl crate::rpc::LeaseRunner for Executor {
     /// Loads the lease's model now, so that the worker can report it ready before generating.
     fn prepare_lease(&mut self, lease: &pb::Lease) -> Result<()> {
         match &lease.model {
-            Some(spec) if is_embed_lease(lease) => self.embedder(spec, self.lease_batch(lease)).map(|_| ()),
+            Some(spec) if is_embed_lease(lease) => {
+                self.embedder(spec, self.lease_batch(lease)).map(|_| ())
+            }
             Some(spec) if is_reward_lease(lease) => self.rewarder(spec).map(|_| ()),
             // Choice leases (step 3) load a decoder like generation leases.
             Some(spec) => self.model(spec).map(|_| ()),

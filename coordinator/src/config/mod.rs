@@ -217,9 +217,9 @@ impl JobConfig {
     /// The fleet keys of the whole job: each key from the first step that sets it (one fleet
     /// serves every step: its workers and tensor parallelism are the job's).
     pub fn fleet_keys(&self) -> FleetKeys {
-        self.steps
-            .iter()
-            .fold(FleetKeys::default(), |keys, step| keys.or(step.fleet_keys()))
+        self.steps.iter().fold(FleetKeys::default(), |keys, step| {
+            keys.or(step.fleet_keys())
+        })
     }
 }
 

@@ -65,7 +65,6 @@ pub(super) fn build(file: &Path, entries: Vec<Entry>) -> Result<Step2Config, Con
     })
 }
 
-
 impl Step2Config {
     /// The YAML's fleet keys (see [`super::FleetKeys`]).
     pub fn fleet_keys(&self) -> super::FleetKeys {

@@ -261,7 +261,6 @@ pub(super) fn build(
     parse(&Fields::new(file, applied))
 }
 
-
 impl Step3Config {
     /// The YAML's fleet keys (see [`super::FleetKeys`]).
     pub fn fleet_keys(&self) -> super::FleetKeys {

@@ -215,7 +215,6 @@ fn dtype(fields: &Fields, key: &str, default: Dtype) -> Result<Dtype, ConfigErro
     }
 }
 
-
 impl Step4Config {
     /// The YAML's fleet keys (see [`super::FleetKeys`]).
     pub fn fleet_keys(&self) -> super::FleetKeys {

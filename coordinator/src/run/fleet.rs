@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::config::FleetKeys;
 use crate::journal::Journal;
 use crate::local::{self, LocalWorkers, SpawnOptions};
 use crate::rpc::tls::ServerTls;
 use crate::rpc::{Fleet, FleetObserver, FleetOptions, Listener, ServerHandle};
-use crate::config::FleetKeys;
 use crate::sched::{ItemOutcome, Scheduler, TaskSpec};
 use evalfleet_console::ItemsBar;
 
@@ -70,7 +70,9 @@ impl FleetSetup {
         let mut setup = self.clone();
         setup.workers = self.workers.or(yaml.workers);
         setup.tensor_parallel_size = self.tensor_parallel_size.or(yaml.tensor_parallel_size);
-        let yaml_batch = yaml.batch_size.map(|b| u32::try_from(b).unwrap_or(u32::MAX));
+        let yaml_batch = yaml
+            .batch_size
+            .map(|b| u32::try_from(b).unwrap_or(u32::MAX));
         setup.batch_size = self.batch_size.or(yaml_batch);
         setup.options.sched.batch_size = Some(setup.batch_size.unwrap_or(DEFAULT_BATCH_SIZE));
         setup
@@ -388,7 +390,9 @@ async fn serve(
     token: &str,
 ) -> Result<(ServerHandle, String), RunError> {
     let (listeners, url) = bind_listeners(setup).await?;
-    let bind = setup.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let bind = setup
+        .listen
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
     let server = fleet
         .serve_on(listeners, token)
         .map_err(|source| RunError::Bind { addr: bind, source })?;
@@ -399,7 +403,9 @@ async fn serve(
 /// loopback port. With TLS, local workers get a plain loopback socket of their own (as in local
 /// mode: loopback only, token required). Prints `listening on <url>` for `--listen`. Returns
 /// the listeners and the URL local workers dial.
-pub(crate) async fn bind_listeners(setup: &FleetSetup) -> Result<(Vec<Listener>, String), RunError> {
+pub(crate) async fn bind_listeners(
+    setup: &FleetSetup,
+) -> Result<(Vec<Listener>, String), RunError> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let tls = match (&setup.options.tls, setup.listen) {
         (Some(files), Some(_)) => Some(ServerTls::load(files)?),
@@ -419,9 +425,10 @@ pub(crate) async fn bind_listeners(setup: &FleetSetup) -> Result<(Vec<Listener>,
     let mut local = public;
     if with_tls {
         let socket = bind_to(loopback).await?;
-        local = socket
-            .local_addr()
-            .map_err(|source| RunError::Bind { addr: loopback, source })?;
+        local = socket.local_addr().map_err(|source| RunError::Bind {
+            addr: loopback,
+            source,
+        })?;
         listeners.push(Listener { socket, tls: None });
     }
     if setup.listen.is_some() {

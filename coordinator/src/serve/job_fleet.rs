@@ -154,7 +154,11 @@ impl JobFleet {
 }
 
 impl FleetHost for JobFleet {
-    fn attach<'a>(&'a self, fleet: &'a Fleet, label: &'a str) -> BoxFuture<'a, Result<u64, RunError>> {
+    fn attach<'a>(
+        &'a self,
+        fleet: &'a Fleet,
+        label: &'a str,
+    ) -> BoxFuture<'a, Result<u64, RunError>> {
         Box::pin(async move { Ok(self.started_hub().await?.attach(&self.job, 0, fleet, label)) })
     }
 

@@ -291,27 +291,20 @@ fn rehearse(layout: &str) {
     // 4 attention heads and 2 KV heads: a group of 2 splits them.
     fleet_common::tiny_chat_model(Path::new(&models));
 
-    let port = seq(&coord.container["ports"])
-        .iter()
-        .find(|p| s(p, "name") == "grpc")
-        .expect("a port named grpc")["containerPort"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(
-        set_flag(&mut args, "--listen", "127.0.0.1:0"),
-        format!("0.0.0.0:{port}")
-    );
-    // The probes' port (answers for the whole run); any free port here.
-    let health = seq(&coord.container["ports"])
-        .iter()
-        .find(|p| s(p, "name") == "health")
-        .expect("a port named health")["containerPort"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(
-        set_flag(&mut args, "--health-listen", "127.0.0.1:0"),
-        format!("0.0.0.0:{health}")
-    );
+    // The pod binds its named ports on every interface; here, any free loopback port. The
+    // health port answers the probes for the whole run.
+    for (flag, name) in [("--listen", "grpc"), ("--health-listen", "health")] {
+        let port = seq(&coord.container["ports"])
+            .iter()
+            .find(|p| s(p, "name") == name)
+            .unwrap_or_else(|| panic!("a port named {name}"))["containerPort"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(
+            set_flag(&mut args, flag, "127.0.0.1:0"),
+            format!("0.0.0.0:{port}")
+        );
+    }
     let (coordinator, url) = listening_url(
         coord
             .command(evalfleet_bin(), &args)

@@ -78,6 +78,18 @@ pub fn listening_url(mut child: Child) -> (Child, String) {
     (child, url)
 }
 
+/// The fault-injection hooks (`EVALFLEET_TEST_CRASH_ONCE`, `EVALFLEET_TEST_HOLD_ONCE`,
+/// `EVALFLEET_TEST_DISK_FULL`) exist only in binaries built with the `test-hooks` feature. A test
+/// that sets one calls this first, so that a build without them fails here and says why, rather
+/// than waiting for a fault that never comes (or passing without one).
+pub fn require_test_hooks() {
+    assert!(
+        cfg!(feature = "test-hooks"),
+        "this test injects faults through the binaries' test hooks: build and run it with \
+         `--features evalfleet/test-hooks,evalfleet-worker/test-hooks` (scripts/test.sh does)"
+    );
+}
+
 /// The `evalfleet` binary under test.
 pub fn evalfleet_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_evalfleet"))

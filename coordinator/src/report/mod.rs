@@ -6,7 +6,7 @@
 //! - [`read`]: each checkpoint's files, tolerant of missing steps, strict about malformed ones.
 //! - [`table`]: the seed README's Result table plus CharacterEval columns, as Markdown and CSV.
 //! - [`chart`]: line and grouped-bar charts as inline SVG (no plotting crate, no script).
-//! - [`html`]: the self-contained `report.html` page.
+//! - [`html`]: the self-contained `report.html` page; [`escape`]: text escaped for HTML and SVG.
 //! - [`samples`], [`stats`], [`change`], [`marks`]: is each checkpoint's change against the
 //!   previous one larger than noise (issue 7, point 5), and how that is shown.
 //! - [`training`], [`xychart`]: reward-model training curves from `metrics.jsonl` (issue 10,
@@ -17,6 +17,7 @@
 pub mod change;
 pub mod chart;
 pub mod discover;
+pub mod escape;
 pub mod html;
 pub mod marks;
 pub mod read;

@@ -12,8 +12,8 @@ use crate::{Error, Result, tokenize};
 /// GGUF file `gguf` and returns the model's configuration. The tokenizer files come first, so a
 /// conversion that fails part-way never leaves weights without them.
 pub fn gguf_to_hf_folder(gguf: &Path, out: &Path) -> Result<DecoderConfig> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let content = models::read_gguf_content(gguf)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     tokenize::write_hf_tokenizer_files(&content, gguf, out)?;
     models::convert_gguf_to_hf(gguf, out)
 }

@@ -135,7 +135,7 @@ pub fn smollm2_f32() -> PathBuf {
     assert!(
         dir.join("model.safetensors").is_file(),
         "{} is missing: run scripts/test.sh (it converts the GGUF of scripts/fetch-models.sh with \
-         evalfleet-bench convert-gguf), or set EVALFLEET_MODELS",
+         evalfleet-worker convert-gguf), or set EVALFLEET_MODELS",
         dir.display()
     );
     dir

@@ -82,13 +82,17 @@ pub fn listening_url(mut child: Child) -> (Child, String) {
 /// `EVALFLEET_TEST_DISK_FULL`) exist only in binaries built with the `test-hooks` feature. A test
 /// that sets one calls this first, so that a build without them fails here and says why, rather
 /// than waiting for a fault that never comes (or passing without one).
+#[cfg(not(feature = "test-hooks"))]
 pub fn require_test_hooks() {
-    assert!(
-        cfg!(feature = "test-hooks"),
+    panic!(
         "this test injects faults through the binaries' test hooks: build and run it with \
          `--features evalfleet/test-hooks,evalfleet-worker/test-hooks` (scripts/test.sh does)"
     );
 }
+
+/// See the other definition: with the feature, the hooks are there.
+#[cfg(feature = "test-hooks")]
+pub fn require_test_hooks() {}
 
 /// The `evalfleet` binary under test.
 pub fn evalfleet_bin() -> PathBuf {

@@ -10,7 +10,7 @@
 # Builds the release binary first (CARGO_TARGET_DIR is honoured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p evalfleet --bin evalfleet-loadbench
+cargo build --release -q -p evalfleet-tools --bin evalfleet-loadbench
 target_dir="${CARGO_TARGET_DIR:-target}"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 "$target_dir/release/evalfleet-loadbench" "$@"

@@ -33,7 +33,7 @@ fi
 
 BENCH="${EVALFLEET_BENCH:-}"
 if [[ -z "$BENCH" ]]; then
-  (cd "$ROOT" && cargo build --release -p evalfleet-worker --bin evalfleet-bench)
+  (cd "$ROOT" && cargo build --release -p evalfleet-tools --bin evalfleet-bench)
   BENCH="$ROOT/target/release/evalfleet-bench"
 fi
 

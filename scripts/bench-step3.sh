@@ -25,7 +25,7 @@
 #               WORKERS, and N single-threaded workers on N cores go faster than one: README)
 #   THREADS     torch threads (default: torch's)
 #   SIDES       default "evalfleet llamafactory"
-#   EVALFLEET_BIN_DIR  a folder with release evalfleet, evalfleet-worker and evalfleet-bench (default:
+#   EVALFLEET_BIN_DIR  a folder with release evalfleet and evalfleet-worker (default:
 #               build them with cargo --release)
 #   FULL_MMLU=1 also times evalfleet on the whole MMLU test split (14042 questions) per mode
 # Results are also appended to out/bench-step3/results.jsonl.
@@ -60,7 +60,7 @@ if [[ -z "$BIN" ]]; then
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 fi
 if [[ ! -f "$HF_DIR/model.safetensors" ]]; then
-  "$BIN/evalfleet-bench" convert-gguf --gguf "$GGUF" --out "$HF_DIR"
+  "$BIN/evalfleet-worker" convert-gguf --gguf "$GGUF" --out "$HF_DIR"
 fi
 
 if [[ -z "${TORCH_PATH:-}" ]] && ! "$LF_PYTHON" -c "import torch" 2>/dev/null; then

@@ -148,8 +148,9 @@ build() {
     export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-1}"
     export CARGO_TARGET_DIR="$TARGET_DIR"
-    cargo build --release -j "${CARGO_BUILD_JOBS:-1}" -p evalfleet-worker --features "$FEATURES" \
-      "${BINS[@]/#/--bin=}"
+    # evalfleet-bench is in the tools crate, whose cuda/nccl features are the worker's.
+    cargo build --release -j "${CARGO_BUILD_JOBS:-1}" -p evalfleet-worker -p evalfleet-tools \
+      --features "$FEATURES" "${BINS[@]/#/--bin=}"
   )
   log "build took $((SECONDS - start)) s"
 }

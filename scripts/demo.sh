@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
-cargo build --release --bins
+cargo build --release -p evalfleet -p evalfleet-worker --bins
 out="$(sed -n 's/^output_dir: *//p' yamls/step1.yaml)"
 target/release/evalfleet step1 yamls/step1.yaml "$@"
 echo

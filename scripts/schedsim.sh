@@ -5,4 +5,4 @@
 # Extra arguments go to evalfleet-schedsim (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --release -q -p evalfleet --bin evalfleet-schedsim -- --batch 1,8,32,64,128 "$@"
+cargo run --release -q -p evalfleet-tools --bin evalfleet-schedsim -- --batch 1,8,32,64,128 "$@"

@@ -4,12 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
-cargo build --workspace --bins
+# The fault-injection tests (a worker crashing or hanging mid-lease, a full disk) need the binaries'
+# test hooks, which release builds leave out. The tests below are built with the same features, so
+# cargo does not rebuild the binaries without them.
+hooks=(--features evalfleet/test-hooks,evalfleet-worker/test-hooks)
+cargo build --workspace --bins "${hooks[@]}"
 # The step-3 tests score with SmolLM2 as an f32 HF folder (what the LLaMA-Factory goldens ran):
 # converted once from the fetched GGUF.
 models="${EVALFLEET_MODELS:-$(pwd)/.models}"
 if [ ! -f "$models/smollm2-135m-instruct-f32/model.safetensors" ]; then
-    "${CARGO_TARGET_DIR:-target}/debug/evalfleet-bench" convert-gguf \
+    "${CARGO_TARGET_DIR:-target}/debug/evalfleet-worker" convert-gguf \
         --gguf "$models/smollm2-135m-instruct-gguf/SmolLM2-135M-Instruct.Q4_1.gguf" \
         --out "$models/smollm2-135m-instruct-f32"
 fi
@@ -27,7 +31,7 @@ if [ ! -d "$seed/evaluation" ]; then
         --skip step3_results_do_not_depend)
 fi
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast "${nextest_filter[@]}" "$@"
+    cargo nextest run --workspace "${hooks[@]}" --no-fail-fast "${nextest_filter[@]}" "$@"
 else
-    cargo test --workspace --no-fail-fast "$@" -- "${cargo_skips[@]}"
+    cargo test --workspace "${hooks[@]}" --no-fail-fast "$@" -- "${cargo_skips[@]}"
 fi

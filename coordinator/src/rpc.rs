@@ -9,11 +9,12 @@
 //! bearer token, because Kubernetes' gRPC probes cannot send one; it reveals only a serving status.
 //!
 //! Exposure: [`tls`] (rustls, certificate and key from PEM files), [`limits`] (calls, connections
-//! and messages per client), plus the message-size and stream caps below. A fleet may serve on
-//! several sockets at once ([`Fleet::serve_on`]): with `--listen` and TLS, local workers use a
-//! plain loopback socket next to the public TLS one.
+//! and messages per client; [`limit_args`]: their command-line options), plus the message-size
+//! and stream caps below. A fleet may serve on several sockets at once ([`Fleet::serve_on`]):
+//! with `--listen` and TLS, local workers use a plain loopback socket next to the public TLS one.
 
 pub mod health;
+pub mod limit_args;
 pub mod limits;
 pub mod tls;
 

@@ -35,6 +35,7 @@ fn disk_full_while_writing_leaves_no_partial_file_and_the_run_resumes() {
     std::fs::write(&yaml, &job.yaml).unwrap();
     let mut cmd =
         bad_input_common::evalfleet(&["step1", yaml.to_str().unwrap(), "--workers", "1", "--cpu"]);
+    fleet_common::require_test_hooks();
     cmd.env("EVALFLEET_TEST_DISK_FULL", "predict_results.json");
     let out = bad_input_common::run(cmd);
     let target = job.out.join("predict_results.json");

@@ -15,6 +15,7 @@ fn worker_dying_mid_lease_is_replaced_by_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let model = fleet_common::tiny_chat_model(dir.path());
     let marker = dir.path().join("crashed");
+    fleet_common::require_test_hooks();
     // SAFETY: the only test of this binary, and no other thread has been started yet.
     unsafe {
         std::env::set_var(

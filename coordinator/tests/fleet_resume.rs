@@ -74,6 +74,7 @@ fn evalfleet(
         .stdout(Stdio::null())
         .stderr(File::create(log).unwrap());
     if let Some(spec) = hold {
+        fleet_common::require_test_hooks();
         cmd.env("EVALFLEET_TEST_HOLD_ONCE", spec);
     }
     cmd.spawn().unwrap()

@@ -163,6 +163,7 @@ fn start_worker(url: &str, name: &str, hold: Option<&str>) -> Child {
     .env_remove("EVALFLEET_TEST_CRASH_ONCE")
     .env_remove("EVALFLEET_TEST_HOLD_ONCE");
     if let Some(spec) = hold {
+        fleet_common::require_test_hooks();
         cmd.env("EVALFLEET_TEST_HOLD_ONCE", spec);
     }
     cmd.stdin(Stdio::null())
@@ -512,6 +513,7 @@ fn evalfleet_run_serves_metrics_while_its_job_runs() {
     let model = tiny_chat_model(&d.join("a"));
     let yaml = write_yaml(d, "job", &model, &d.join("out"));
     let marker = d.join("hold-marker");
+    fleet_common::require_test_hooks();
     let mut run = Command::new(evalfleet_bin())
         .args([
             "run",

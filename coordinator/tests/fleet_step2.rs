@@ -225,6 +225,7 @@ fn step2_worker_dying_mid_run_is_replaced_and_the_files_are_complete() {
     // results were recorded. The other worker takes over its items.
     let crashed = step1_copy_with_rows(dir.path(), "crashed", ROWS);
     let marker = dir.path().join("crash-marker");
+    fleet_common::require_test_hooks();
     let crash_at = item_at(&crashed, 5);
     let out = wait_ok(
         step2_command(dir.path(), &crashed, &["--workers", "2"])
@@ -267,6 +268,7 @@ fn coordinator_stopped_during_step2_leaves_the_step1_files_as_they_were() {
             .unwrap();
         let (coordinator, url) = listening_url(coordinator);
         let marker = dir.path().join(format!("marker-{signal}"));
+        fleet_common::require_test_hooks();
         let worker = Command::new(worker_bin())
             .args(["--coordinator", &url, "--batch-size", "1"])
             .env("EVALFLEET_TOKEN", token)

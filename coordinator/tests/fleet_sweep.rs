@@ -90,6 +90,7 @@ fn spawn(args: &[&str], yaml: &Path, workers: usize, log: &Path, hold: Option<St
         .stdout(Stdio::null())
         .stderr(File::create(log).unwrap());
     if let Some(spec) = hold {
+        fleet_common::require_test_hooks();
         cmd.env("EVALFLEET_TEST_HOLD_ONCE", spec);
     }
     cmd.spawn().unwrap()

@@ -343,6 +343,7 @@ fn rehearse(layout: &str) {
         let mut cmd = pod.command(worker_bin(), &args);
         if let Some(marker) = crash {
             // The worker's fault-injection test hook.
+            fleet_common::require_test_hooks();
             let spec = format!("{}:{CRASH_ITEM}", marker.display());
             cmd.env("EVALFLEET_TEST_CRASH_ONCE", spec);
         }

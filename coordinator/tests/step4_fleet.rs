@@ -317,6 +317,7 @@ fn step4_child(yaml: &Path, extra: &[&str], log: &Path, hold: Option<String>) ->
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
     if let Some(spec) = hold {
+        fleet_common::require_test_hooks();
         cmd.env("EVALFLEET_TEST_HOLD_ONCE", spec);
     }
     cmd.spawn().unwrap()

@@ -14,7 +14,7 @@ Three phases, each in the Python stack it needs (the evaluator's era does not fi
        python step3_lf_goldens.py prompts <LLaMA-Factory clone> <llmtuner dir> <seed evaluation> <out.jsonl>
 2. `tokens` (llmtuner 0.7.1 + transformers 4.41.2, a venv of its own): `get_template_and_fix_tokenizer`
    (template `qwen`) and `encode_oneturn(tokenizer, messages)` as the evaluator calls them, on the
-   tokenizer of the f32 SmolLM2 folder (`evalfleet-bench convert-gguf`). Writes
+   tokenizer of the f32 SmolLM2 folder (`evalfleet-worker convert-gguf`). Writes
    worker/tests/fixtures/step3_token_hashes.json: per task and subject the question count, the sum
    of prompt lengths, the SHA-256 of the first question's ids and a digest over every question's
    (SHA-256 of the ids, each id as decimal text joined by ","; the digest is SHA-256 of the

@@ -11,7 +11,7 @@ For each kustomization folder (k8s/ and k8s/overlays/*) and each plain manifest 
    one or more `nvidia.com/gpu` on every worker; volumes that name ConfigMaps/PVCs of the same layout;
    workers dialing the Service the coordinator is behind;
 3. command lines: every `--flag` in a container's args is one that the binary's clap definition has
-   (coordinator/src/cli.rs and serve/cli.rs, worker/src/main.rs), and for a tensor-parallel group
+   (coordinator/src/cli.rs, serve/cli.rs and rpc/limit_args.rs, worker/src/main.rs), and for a tensor-parallel group
    (`evalfleet-worker --tp-group K`) the flags its launcher (worker/src/tp/launch/pod.rs) adds to each
    rank's command line, so renaming a flag in the code fails here instead of in a user's cluster;
    a group's K must equal its container's `nvidia.com/gpu` and the job's `tensor_parallel_size`.
@@ -343,6 +343,8 @@ def main(argv: list[str]) -> int:
             # `serve`, `submit`, `status`, `cancel` keep their arguments next to their code.
             clap_flags(root / "coordinator/src/cli.rs"),
             clap_flags(root / "coordinator/src/serve/cli.rs"),
+            # The per-client limit flags every fleet command flattens in.
+            clap_flags(root / "coordinator/src/rpc/limit_args.rs"),
         ),
         "evalfleet-worker": clap_flags(root / "worker/src/main.rs"),
         "tp-group": tp_group_flags(root / "worker/src/tp/launch/pod.rs"),

@@ -13,15 +13,16 @@
 //! - [`collective`]: all-reduce/broadcast/barrier between data-parallel ranks (in-process now).
 //! - [`tp`]: tensor-parallel groups (k ranks as one worker: the leader's commands, the
 //!   followers' loop, status rounds, process liveness).
+//! - [`convert`]: a GGUF checkpoint as an f32 HF folder (`evalfleet-worker convert-gguf`).
 //! - [`device`]: `--device` parsing (`cpu`, `cuda:N`) and the default dtype per device.
 
 pub mod collective;
+pub mod convert;
 pub mod device;
 pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod models;
-pub mod profile;
 pub mod rpc;
 pub mod score;
 pub mod tasks;

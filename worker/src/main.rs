@@ -2,12 +2,13 @@
 //! runs their items, streaming results back. Started by `evalfleet` in local mode, or by hand /
 //! Kubernetes for an external fleet.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use evalfleet_proto::v1 as pb;
+use evalfleet_worker::convert;
 use evalfleet_worker::device::parse_device;
 use evalfleet_worker::rpc::{self, LeaseRunner, WorkerOptions};
 use evalfleet_worker::tasks::{Executor, ExecutorOptions};
@@ -16,24 +17,20 @@ use evalfleet_worker::tp::launch::{self, Group, ProcessRole};
 /// Environment variable carrying the bearer token (the coordinator sets it for local workers).
 const TOKEN_ENV: &str = "EVALFLEET_TOKEN";
 
-/// Test hook (fault injection for the fleet's own tests, not a user option, so it is neither a
-/// flag nor in --help): `MARKER:ITEM` makes the first worker (of all sharing the MARKER file) that
-/// produces the result of item ITEM exit abruptly with status 3, in the middle of its lease, so
-/// tests can check that the fleet recovers from a worker dying.
-const TEST_CRASH_ENV: &str = "EVALFLEET_TEST_CRASH_ONCE";
-/// Test hook, as [`TEST_CRASH_ENV`]: `MARKER:ITEM` makes the first worker that reaches the result
-/// of item ITEM write its process id into MARKER and then hang (not sending that result) until
-/// it is signalled or killed, so tests can stop a worker, or its coordinator, mid-lease at a
-/// known point without timing.
-const TEST_HOLD_ENV: &str = "EVALFLEET_TEST_HOLD_ONCE";
-
 /// An evalfleet worker: dials the coordinator, runs the work it leases, streams one result per item.
 ///
 /// The bearer token is read from --token-file or the EVALFLEET_TOKEN environment variable (never
 /// from the command line, where other users could see it).
 #[derive(Debug, Parser)]
-#[command(name = "evalfleet-worker", version)]
+#[command(
+    name = "evalfleet-worker",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    /// Instead of joining a fleet, run a one-off command.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Coordinator URL, e.g. http://10.0.0.5:50051 (as printed by `evalfleet run --listen`).
     /// Not needed by tensor-parallel followers (--tp-rank above 0), which talk only to rank 0.
     #[arg(long, env = "EVALFLEET_COORDINATOR")]
@@ -85,9 +82,36 @@ struct Args {
     tp_group: Option<usize>,
 }
 
+/// One-off commands (the worker's normal job needs none).
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Converts a GGUF checkpoint into an f32 HF folder (model.safetensors, config.json and the
+    /// tokenizer files from the GGUF vocabulary), e.g. for tools that read HF folders only.
+    ConvertGguf {
+        /// The GGUF file.
+        #[arg(long)]
+        gguf: PathBuf,
+        /// The folder to write (created if needed; files of the same names are replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 fn main() {
     evalfleet_console::init_logging();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(command) = args.command.take() {
+        let done = match command {
+            Command::ConvertGguf { gguf, out } => convert_gguf(&gguf, &out),
+        };
+        std::process::exit(match done {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{}", evalfleet_console::error_text(e.as_ref()));
+                1
+            }
+        });
+    }
     if let Some(k) = args.tp_group.filter(|&k| k > 1) {
         std::process::exit(run_group(k, &args.device));
     }
@@ -100,6 +124,21 @@ fn main() {
     };
     // Exit without waiting for a lease still running on a blocking thread after Shutdown.
     std::process::exit(code);
+}
+
+/// `convert-gguf`: writes the folder and says what it converted.
+fn convert_gguf(gguf: &Path, out: &Path) -> anyhow::Result<()> {
+    let cfg = convert::gguf_to_hf_folder(gguf, out)
+        .with_context(|| format!("converting {}", gguf.display()))?;
+    tracing::info!(
+        "converted {} ({}, {} layers, vocabulary {}) into {}",
+        gguf.display(),
+        cfg.architecture,
+        cfg.layers,
+        cfg.vocab,
+        out.display()
+    );
+    Ok(())
 }
 
 /// `--tp-group K`: this process launches and supervises the group's K rank processes.
@@ -150,18 +189,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         }),
         leader,
     };
-    let hook = |var: &str| std::env::var(var).ok().filter(|s| !s.is_empty());
-    let fault = match (hook(TEST_CRASH_ENV), hook(TEST_HOLD_ENV)) {
-        (Some(spec), _) => Some(Hook::new(Fault::Crash, &spec)?),
-        (None, Some(spec)) => Some(Hook::new(Fault::Hold, &spec)?),
-        (None, None) => None,
-    };
+    #[cfg(feature = "test-hooks")]
+    let fault = test_hooks::Hook::from_env()?;
     let stopped = runtime.block_on(async {
         let stop = stop_signal().context("listening for SIGTERM/SIGINT")?;
-        anyhow::Ok(match fault {
-            Some(fault) => rpc::run_until(opts, fault.wrap(executor), stop).await?,
-            None => rpc::run_until(opts, executor, stop).await?,
-        })
+        #[cfg(feature = "test-hooks")]
+        if let Some(fault) = fault {
+            return anyhow::Ok(rpc::run_until(opts, fault.wrap(executor), stop).await?);
+        }
+        anyhow::Ok(rpc::run_until(opts, executor, stop).await?)
     });
     if let Some(group) = &group {
         group.stop();
@@ -262,98 +298,6 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = String> + 
     })
 }
 
-/// What a fault hook does when it fires.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    /// [`TEST_CRASH_ENV`]: exit at once with status 3.
-    Crash,
-    /// [`TEST_HOLD_ENV`]: write the pid into the marker and hang.
-    Hold,
-}
-
-/// A test hook: fires at the first result for `item` if it can create `marker` (so exactly one
-/// worker of a fleet fires).
-struct Hook {
-    fault: Fault,
-    marker: PathBuf,
-    item: String,
-}
-
-impl Hook {
-    /// Reads `MARKER:ITEM`.
-    fn new(fault: Fault, spec: &str) -> anyhow::Result<Hook> {
-        let (marker, item) = spec
-            .rsplit_once(':')
-            .with_context(|| format!("a test hook expects MARKER:ITEM, got {spec:?}"))?;
-        Ok(Hook {
-            fault,
-            marker: marker.into(),
-            item: item.into(),
-        })
-    }
-
-    fn wrap<R>(self, inner: R) -> FaultOnce<R> {
-        FaultOnce { inner, hook: self }
-    }
-
-    /// Fires if this is the hooked item and this worker is the first to get there.
-    fn maybe_fire(&self, item_id: &str) {
-        if item_id != self.item {
-            return;
-        }
-        let Ok(mut marker) = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&self.marker)
-        else {
-            return;
-        };
-        match self.fault {
-            Fault::Crash => {
-                eprintln!("fake crash at item {item_id}");
-                std::process::exit(3);
-            }
-            Fault::Hold => {
-                use std::io::Write;
-                let _ = write!(marker, "{}", std::process::id());
-                let _ = marker.sync_all();
-                eprintln!("holding at item {item_id}");
-                loop {
-                    std::thread::sleep(Duration::from_secs(3600));
-                }
-            }
-        }
-    }
-}
-
-/// A runner with a [`Hook`] on its results.
-struct FaultOnce<R> {
-    inner: R,
-    hook: Hook,
-}
-
-impl<R: LeaseRunner> LeaseRunner for FaultOnce<R> {
-    fn prepare_lease(&mut self, lease: &pb::Lease) -> evalfleet_worker::Result<()> {
-        self.inner.prepare_lease(lease)
-    }
-
-    fn models_held(&self) -> Vec<String> {
-        self.inner.models_held()
-    }
-
-    fn run_lease(
-        &mut self,
-        lease: &pb::Lease,
-        emit: &mut dyn FnMut(pb::ItemResult),
-    ) -> evalfleet_worker::Result<()> {
-        let hook = &self.hook;
-        self.inner.run_lease(lease, &mut |result| {
-            hook.maybe_fire(&result.item_id);
-            emit(result)
-        })
-    }
-}
-
 fn read_token(args: &Args) -> anyhow::Result<String> {
     let token = match &args.token_file {
         Some(path) => {
@@ -375,4 +319,130 @@ fn read_token(args: &Args) -> anyhow::Result<String> {
 fn default_worker_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
     format!("{host}-{}", std::process::id())
+}
+
+/// Fault injection for the fleet's own tests (a worker crashing or hanging mid-lease at a known
+/// item). Compiled only with the `test-hooks` feature (scripts/test.sh builds with it); release
+/// builds have neither the code nor the variables.
+#[cfg(feature = "test-hooks")]
+mod test_hooks {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use evalfleet_proto::v1 as pb;
+    use evalfleet_worker::rpc::LeaseRunner;
+
+    /// Test hook (fault injection for the fleet's own tests, not a user option, so it is neither a
+    /// flag nor in --help): `MARKER:ITEM` makes the first worker (of all sharing the MARKER file) that
+    /// produces the result of item ITEM exit abruptly with status 3, in the middle of its lease, so
+    /// tests can check that the fleet recovers from a worker dying.
+    const TEST_CRASH_ENV: &str = "EVALFLEET_TEST_CRASH_ONCE";
+    /// Test hook, as [`TEST_CRASH_ENV`]: `MARKER:ITEM` makes the first worker that reaches the result
+    /// of item ITEM write its process id into MARKER and then hang (not sending that result) until
+    /// it is signalled or killed, so tests can stop a worker, or its coordinator, mid-lease at a
+    /// known point without timing.
+    const TEST_HOLD_ENV: &str = "EVALFLEET_TEST_HOLD_ONCE";
+
+    /// What a fault hook does when it fires.
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        /// [`TEST_CRASH_ENV`]: exit at once with status 3.
+        Crash,
+        /// [`TEST_HOLD_ENV`]: write the pid into the marker and hang.
+        Hold,
+    }
+
+    /// A test hook: fires at the first result for `item` if it can create `marker` (so exactly one
+    /// worker of a fleet fires).
+    pub(super) struct Hook {
+        fault: Fault,
+        marker: PathBuf,
+        item: String,
+    }
+
+    impl Hook {
+        /// The hook the environment arms, if any ([`TEST_CRASH_ENV`] wins over [`TEST_HOLD_ENV`]).
+        pub(super) fn from_env() -> anyhow::Result<Option<Hook>> {
+            let hook = |var: &str| std::env::var(var).ok().filter(|s| !s.is_empty());
+            Ok(match (hook(TEST_CRASH_ENV), hook(TEST_HOLD_ENV)) {
+                (Some(spec), _) => Some(Hook::new(Fault::Crash, &spec)?),
+                (None, Some(spec)) => Some(Hook::new(Fault::Hold, &spec)?),
+                (None, None) => None,
+            })
+        }
+
+        /// Reads `MARKER:ITEM`.
+        fn new(fault: Fault, spec: &str) -> anyhow::Result<Hook> {
+            let (marker, item) = spec
+                .rsplit_once(':')
+                .with_context(|| format!("a test hook expects MARKER:ITEM, got {spec:?}"))?;
+            Ok(Hook {
+                fault,
+                marker: marker.into(),
+                item: item.into(),
+            })
+        }
+
+        pub(super) fn wrap<R>(self, inner: R) -> FaultOnce<R> {
+            FaultOnce { inner, hook: self }
+        }
+
+        /// Fires if this is the hooked item and this worker is the first to get there.
+        fn maybe_fire(&self, item_id: &str) {
+            if item_id != self.item {
+                return;
+            }
+            let Ok(mut marker) = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.marker)
+            else {
+                return;
+            };
+            match self.fault {
+                Fault::Crash => {
+                    eprintln!("fake crash at item {item_id}");
+                    std::process::exit(3);
+                }
+                Fault::Hold => {
+                    use std::io::Write;
+                    let _ = write!(marker, "{}", std::process::id());
+                    let _ = marker.sync_all();
+                    eprintln!("holding at item {item_id}");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A runner with a [`Hook`] on its results.
+    pub(super) struct FaultOnce<R> {
+        inner: R,
+        hook: Hook,
+    }
+
+    impl<R: LeaseRunner> LeaseRunner for FaultOnce<R> {
+        fn prepare_lease(&mut self, lease: &pb::Lease) -> evalfleet_worker::Result<()> {
+            self.inner.prepare_lease(lease)
+        }
+
+        fn models_held(&self) -> Vec<String> {
+            self.inner.models_held()
+        }
+
+        fn run_lease(
+            &mut self,
+            lease: &pb::Lease,
+            emit: &mut dyn FnMut(pb::ItemResult),
+        ) -> evalfleet_worker::Result<()> {
+            let hook = &self.hook;
+            self.inner.run_lease(lease, &mut |result| {
+                hook.maybe_fire(&result.item_id);
+                emit(result)
+            })
+        }
+    }
 }

@@ -22,7 +22,7 @@ use pb::item_result::Outcome;
 use crate::embed::Embedder;
 use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
 use crate::error::{fail_every_item, item_error};
-use crate::models::{BaseCache, Decoder, KvCache, LoadOptions, LoadedModel, load_causal_lm};
+use crate::models::{BaseCache, Decoder, KvCache, LoadedModel, load_decoder};
 use crate::score::choice;
 use crate::score::reward::{self, RewardScorer};
 use crate::tokenize::{
@@ -488,21 +488,6 @@ fn model_key(spec: &pb::ModelSpec) -> String {
         )
     } else {
         spec.key.clone()
-    }
-}
-
-/// Loads a decoder; with adapters (or when `bases` holds its folder) through `bases`, so that a
-/// sweep's adapters share one read of their base. Tensor-parallel followers load the same way.
-pub(crate) fn load_decoder(
-    path: &Path,
-    adapters: &[PathBuf],
-    opts: &LoadOptions,
-    bases: &mut BaseCache,
-) -> Result<LoadedModel> {
-    if !adapters.is_empty() || bases.holds(path, opts.dtype) {
-        bases.load(path, adapters, opts)
-    } else {
-        load_causal_lm(path, adapters, opts)
     }
 }
 

@@ -33,7 +33,7 @@ fn f32_model() -> PathBuf {
     assert!(
         dir.join("tokenizer.json").is_file(),
         "{} is missing: run scripts/test.sh (it converts the GGUF of scripts/fetch-models.sh with \
-         evalfleet-bench convert-gguf), or set EVALFLEET_MODELS",
+         evalfleet-worker convert-gguf), or set EVALFLEET_MODELS",
         dir.display()
     );
     dir

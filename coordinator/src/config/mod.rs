@@ -59,7 +59,7 @@ use serde_yaml::{Mapping, Value};
 use fields::{Entry, Fields, split_commas};
 pub use step1::{DataConfig, Dtype, FinetuningType, GenerationConfig, ModelConfig, Step1Config};
 pub use step2::{STEP2_KEYS, Step2Config, load_step2, parse_step2};
-pub use step3::{STEP3_KEYS, Step3Config, Step3Task, load_step3, parse_step3};
+pub use step3::{FewShotOrder, STEP3_KEYS, Split, Step3Config, Step3Task, load_step3, parse_step3};
 pub use step4::{
     STEP4_KEYS, STEP4_MAX_NEW_TOKENS, Step4Config, Step4Stage, load_step4, parse_step4,
 };

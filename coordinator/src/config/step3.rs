@@ -7,7 +7,50 @@ use std::path::{Path, PathBuf};
 use super::fields::{Entry, Fields};
 use super::step1::{ModelConfig, parse_model};
 use super::{ConfigError, JobConfig, StepConfig, keys, read, top_entries};
-use crate::step3::{FewShotOrder, Split};
+
+/// A split of a task (the names LF's task scripts use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The dev set: the few-shot examples.
+    Train,
+    /// `val`.
+    Validation,
+    /// `test`.
+    Test,
+}
+
+impl Split {
+    /// `train`, `validation` or `test`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "train" => Some(Self::Train),
+            "validation" => Some(Self::Validation),
+            "test" => Some(Self::Test),
+            _ => None,
+        }
+    }
+}
+
+/// How the few-shot examples of a question are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FewShotOrder {
+    /// LF v0.7.1's per-question numpy-seeded shuffles (default; byte-identical prompts).
+    #[default]
+    LlamaFactory,
+    /// The dev rows in file order (the original MMLU protocol; one shared prefix per subject).
+    Fixed,
+}
+
+impl FewShotOrder {
+    /// `llamafactory` or `fixed`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "llamafactory" => Some(Self::LlamaFactory),
+            "fixed" => Some(Self::Fixed),
+            _ => None,
+        }
+    }
+}
 
 /// Keys step 3 applies.
 pub const STEP3_KEYS: &[&str] = &[

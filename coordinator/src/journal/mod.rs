@@ -32,17 +32,17 @@
 //!
 //! ```ignore
 //! let task = my_task(cfg, ...);                       // the TaskSpecs the fleet will run
-//! let journal = Journal::attach(&mut setup, &cfg.output_dir, "step3", std::slice::from_ref(&task))?;
+//! let journal = setup.attach_journal(&cfg.output_dir, "step3", std::slice::from_ref(&task))?;
 //! let run = run_fleet(vec![task], &setup, "step3").await?;   // preloads, journals, flushes
 //! ... compute and write the final files atomically ...
 //! journal.complete()?;
 //! ```
 //!
-//! [`Journal::attach`] opens the journal and puts it into [`FleetSetup::journal`]; `run_fleet`
-//! then marks its results done in the scheduler before any lease ([`Journal::preload`]), hands
-//! every accepted result to it ([`Journal::sink`]) and flushes it when the fleet stops
-//! ([`Journal::finish_writing`]), also on SIGINT/SIGTERM. Each separate fleet run of a step
-//! needs its own journal name.
+//! `FleetSetup::attach_journal` (in `run`: the journal does not know the fleet) opens the journal
+//! and puts it into the fleet's setup; `run_fleet` then marks its results done in the scheduler
+//! before any lease ([`Journal::preload`]), hands every accepted result to it ([`Journal::sink`])
+//! and flushes it when the fleet stops ([`Journal::finish_writing`]), also on SIGINT/SIGTERM.
+//! Each separate fleet run of a step needs its own journal name.
 
 pub mod fingerprint;
 pub mod lines;
@@ -61,7 +61,6 @@ use writer::{Msg, Timing, Writer};
 
 use crate::output;
 use crate::rpc::ResultSink;
-use crate::run::FleetSetup;
 use crate::sched::{Scheduler, TaskSpec};
 
 /// The folder under an output directory that holds the journals.
@@ -219,31 +218,6 @@ impl Journal {
             })?;
         }
         Ok((contents.entries, contents.elapsed))
-    }
-
-    /// Opens the journal of `step` under `output_dir` for `tasks` (restarting it if
-    /// `setup.restart`) and sets it as `setup.journal`, for `run_fleet`.
-    pub fn attach(
-        setup: &mut FleetSetup,
-        output_dir: &Path,
-        step: &str,
-        tasks: &[TaskSpec],
-    ) -> Result<Arc<Journal>, JournalError> {
-        Self::attach_with(setup, output_dir, step, tasks, &[])
-    }
-
-    /// [`Journal::attach`] with `extra` fingerprint parts (see [`Journal::open_with`]).
-    pub fn attach_with(
-        setup: &mut FleetSetup,
-        output_dir: &Path,
-        step: &str,
-        tasks: &[TaskSpec],
-        extra: &[(String, String)],
-    ) -> Result<Arc<Journal>, JournalError> {
-        let journal = Journal::open_with(output_dir, step, tasks, extra, setup.restart)?;
-        let journal = Arc::new(journal);
-        setup.journal = Some(journal.clone());
-        Ok(journal)
     }
 
     /// The journal file.

@@ -104,12 +104,18 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), OutputError> {
 }
 
 /// Test hook for the disk-full fault test (`tests/bad_input_files.rs`): a file whose name equals
-/// this variable's value gets half its bytes, then fails with ENOSPC, as on a full disk.
+/// this variable's value gets half its bytes, then fails with ENOSPC, as on a full disk. Compiled
+/// only with the `test-hooks` feature (scripts/test.sh builds with it), not into release builds.
+#[cfg(feature = "test-hooks")]
 const TEST_DISK_FULL_ENV: &str = "EVALFLEET_TEST_DISK_FULL";
 
+// `path` is read only by the test hook.
+#[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
 fn write_contents(file: &mut fs::File, path: &Path, contents: &[u8]) -> io::Result<()> {
-    let full = std::env::var_os(TEST_DISK_FULL_ENV);
-    if full.is_some_and(|name| path.file_name() == Some(name.as_os_str())) {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os(TEST_DISK_FULL_ENV)
+        .is_some_and(|name| path.file_name() == Some(name.as_os_str()))
+    {
         file.write_all(&contents[..contents.len() / 2])?;
         const ENOSPC: i32 = 28;
         return Err(io::Error::from_raw_os_error(ENOSPC));

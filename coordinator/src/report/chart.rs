@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::html::escape;
+use super::escape::escape;
 use crate::output::svg::{self, FIGURE_WIDTH as WIDTH, PlotArea};
 
 pub(super) const LEFT: f64 = 64.0;

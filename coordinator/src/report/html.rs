@@ -9,6 +9,7 @@ use std::path::Path;
 
 use super::change::Changes;
 use super::chart::{Chart, Series, bar_chart, line_chart};
+use super::escape::escape;
 use super::read::{Checkpoint, STEP3_TASKS, lookup};
 use super::table::{CE_AVERAGE, CE_PREFIX, Table, display};
 use super::training::TrainingRun;
@@ -19,22 +20,6 @@ use crate::step2::{Distribution, svg::histogram_svg};
 pub struct Page {
     pub html: String,
     pub charts: usize,
-}
-
-/// Escapes text for HTML and SVG content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1480px;padding:0 16px;color:#222}
@@ -316,17 +301,4 @@ fn histograms(page: &mut Builder, checkpoints: &[Checkpoint]) {
         page.figure("", None, "No step-2 scores in generated_predictions.jsonl.");
     }
     page.close_grid();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            escape("<a href=\"x\">&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
-        );
-    }
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::change::{Change, Changes};
-use super::html::escape;
+use super::escape::escape;
 use super::stats::{LEVEL, RESAMPLES, SEED};
 use crate::output::float_repr;
 

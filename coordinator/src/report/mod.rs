@@ -7,7 +7,7 @@
 //! - [`table`]: the original tool's README Result table plus CharacterEval columns, as Markdown and
 //!   CSV.
 //! - [`chart`]: line and grouped-bar charts as inline SVG (no plotting crate, no script).
-//! - [`html`]: the self-contained `report.html` page.
+//! - [`html`]: the self-contained `report.html` page; [`escape`]: text escaped for HTML and SVG.
 //! - [`samples`], [`stats`], [`change`], [`marks`]: is each checkpoint's change against the
 //!   previous one larger than noise (issue 7, point 5), and how that is shown.
 //! - [`training`], [`xychart`]: reward-model training curves from `metrics.jsonl` (issue 10,
@@ -18,6 +18,7 @@
 pub mod change;
 pub mod chart;
 pub mod discover;
+pub mod escape;
 pub mod html;
 pub mod marks;
 pub mod read;

@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use super::chart::{Axis, LEFT, LEGEND_ITEM_W, LEGEND_ROW, PLOT_H, RIGHT, TOP, fmt_value, style};
-use super::html::escape;
+use super::escape::escape;
 use crate::output::svg::{self, FIGURE_WIDTH as WIDTH, PlotArea};
 
 /// Series with more points than this are drawn without dots (the line says it all).

@@ -70,7 +70,7 @@ pub async fn run_chain(
     );
     let mut setup = setup.merged_with(cfg1.fleet_keys().or(cfg2.fleet_keys()));
     let tasks = [step1_task(cfg1, &samples), step2_stream_task(cfg2)];
-    let journal = Journal::attach(&mut setup, &cfg1.output_dir, CHAIN_JOURNAL, &tasks)?;
+    let journal = setup.attach_journal(&cfg1.output_dir, CHAIN_JOURNAL, &tasks)?;
     let sched = chained_scheduler(&setup, tasks)?;
     let mut fleet = RunningFleet::start(sched, &setup, "step1+step2").await?;
     let result = run_steps(&mut fleet, &journal, cfg1, cfg2).await;

@@ -6,7 +6,7 @@
 //! step-1 → step-2 chain writes step 1's files as soon as step 1 completes, with step 2 going on).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::FleetKeys;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::local::{self, LocalWorkers, SpawnOptions};
 use crate::rpc::tls::ServerTls;
 use crate::rpc::{Fleet, FleetObserver, FleetOptions, Listener, ServerHandle};
@@ -45,8 +45,8 @@ pub struct FleetSetup {
     /// Extra arguments for every spawned worker.
     pub worker_args: Vec<String>,
     pub options: FleetOptions,
-    /// The step's result journal (set by [`Journal::attach`]): its results are preloaded, every
-    /// accepted result is appended to it, and it is flushed when the fleet stops.
+    /// The step's result journal (set by [`FleetSetup::attach_journal`]): its results are
+    /// preloaded, every accepted result is appended to it, and it is flushed when the fleet stops.
     pub journal: Option<Arc<Journal>>,
     /// `--restart`: discard a journal found in the output directory instead of resuming from it.
     pub restart: bool,
@@ -76,6 +76,27 @@ impl FleetSetup {
         setup.batch_size = self.batch_size.or(yaml_batch);
         setup.options.sched.batch_size = Some(setup.batch_size.unwrap_or(DEFAULT_BATCH_SIZE));
         setup
+    }
+}
+
+impl FleetSetup {
+    /// Opens the journal of `step` under `output_dir` for `tasks` (restarting it if
+    /// `self.restart`) and sets it as `self.journal`, for `run_fleet`.
+    pub fn attach_journal(
+        &mut self,
+        output_dir: &Path,
+        step: &str,
+        tasks: &[TaskSpec],
+    ) -> Result<Arc<Journal>, JournalError> {
+        let journal = Arc::new(Journal::open_with(
+            output_dir,
+            step,
+            tasks,
+            &[],
+            self.restart,
+        )?);
+        self.journal = Some(journal.clone());
+        Ok(journal)
     }
 }
 

@@ -13,7 +13,6 @@ use tracing::info;
 use super::{FleetSetup, RunError, absolute, run_fleet};
 use crate::config::{ModelConfig, Step1Config};
 use crate::datasets::{self, Sample};
-use crate::journal::Journal;
 use crate::metrics::{self, Summary};
 use crate::output::{self, PredictionRow, SpeedMetrics, Step1Files};
 use crate::sched::{ItemOutcome, TaskSpec};
@@ -41,7 +40,7 @@ pub async fn run_step1(cfg: &Step1Config, setup: &FleetSetup) -> Result<Step1Rep
     let mut setup = setup.merged_with(cfg.fleet_keys());
     let task = step1_task(cfg, &samples);
     output::check_output_dir(&cfg.output_dir)?;
-    let journal = Journal::attach(&mut setup, &cfg.output_dir, "step1", slice::from_ref(&task))?;
+    let journal = setup.attach_journal(&cfg.output_dir, "step1", slice::from_ref(&task))?;
     let run = run_fleet(vec![task], &setup, "step1").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
     let report = finish_step1(cfg, outcomes, run.elapsed).await?;

@@ -14,7 +14,6 @@ use tracing::info;
 
 use super::{FleetSetup, RunError, absolute, run_fleet};
 use crate::config::Step2Config;
-use crate::journal::Journal;
 use crate::output::PredictionRow;
 use crate::sched::{ItemOutcome, TaskSpec};
 use crate::step2::{self, Step2Outputs};
@@ -33,7 +32,7 @@ pub async fn run_step2(cfg: &Step2Config, setup: &FleetSetup) -> Result<Step2Out
     let task = step2_task(cfg, &rows);
     // Outcomes come back in the task's item order (queue order); the ids say which row.
     let ids: Vec<String> = task.items.iter().map(|i| i.item_id.clone()).collect();
-    let journal = Journal::attach(&mut setup, &cfg.output_dir, "step2", slice::from_ref(&task))?;
+    let journal = setup.attach_journal(&cfg.output_dir, "step2", slice::from_ref(&task))?;
     let run = run_fleet(vec![task], &setup, "step2").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
     let outputs = finish_step2(cfg, &rows, ids.into_iter().zip(outcomes))?;

@@ -29,7 +29,6 @@ use tracing::info;
 use super::step1::model_spec;
 use super::{FleetSetup, RunError, run_fleet};
 use crate::config::{Step3Config, Step3Task};
-use crate::journal::Journal;
 use crate::sched::{ItemOutcome, TaskSpec};
 use crate::step3::{ItemResult, PlanOptions, Step3Error, TaskPlan, TaskResults, plan_task};
 
@@ -79,7 +78,7 @@ pub async fn run_step3(
         .collect();
     // Opened before anything is removed: a journal of another job stops the run first.
     let journal = match &cfg.save_dir {
-        Some(dir) => Some(Journal::attach(&mut setup, dir, STEP3_JOURNAL, &tasks)?),
+        Some(dir) => Some(setup.attach_journal(dir, STEP3_JOURNAL, &tasks)?),
         None => {
             info!("step3: no save_dir, so no journal: a stopped run starts over");
             None

@@ -50,7 +50,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     #[command(flatten)]
-    pub limits: crate::cli::LimitArgs,
+    pub limits: crate::rpc::limit_args::LimitArgs,
 }
 
 /// Where a long-lived coordinator is and its token.

@@ -43,28 +43,8 @@ pub struct Example {
     pub line: usize,
 }
 
-/// A split of a task (the names LF's task scripts use).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
-    /// The dev set: the few-shot examples.
-    Train,
-    /// `val`.
-    Validation,
-    /// `test`.
-    Test,
-}
-
-impl Split {
-    /// `train`, `validation` or `test`.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "train" => Some(Self::Train),
-            "validation" => Some(Self::Validation),
-            "test" => Some(Self::Test),
-            _ => None,
-        }
-    }
-}
+/// Defined with the step-3 settings, which name it.
+pub use crate::config::Split;
 
 /// The CSV layout of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,26 +18,8 @@ use super::rng::{ShuffleSeeds, permutation};
 use super::source::TaskSource;
 use super::{CHOICES, Step3Error};
 
-/// How the few-shot examples of a question are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FewShotOrder {
-    /// LF v0.7.1's per-question numpy-seeded shuffles (default; byte-identical prompts).
-    #[default]
-    LlamaFactory,
-    /// The dev rows in file order (the original MMLU protocol; one shared prefix per subject).
-    Fixed,
-}
-
-impl FewShotOrder {
-    /// `llamafactory` or `fixed`.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "llamafactory" => Some(Self::LlamaFactory),
-            "fixed" => Some(Self::Fixed),
-            _ => None,
-        }
-    }
-}
+/// Defined with the step-3 settings, which name it.
+pub use crate::config::FewShotOrder;
 
 /// The settings of one task.
 #[derive(Debug, Clone)]

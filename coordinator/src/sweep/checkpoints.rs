@@ -14,10 +14,28 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
-use super::config::{Checkpoint, CheckpointKind};
 use crate::config::{ConfigError, describe};
 
 const KEY: &str = "checkpoints";
+
+/// What a checkpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// A PEFT LoRA folder (`adapter_config.json`), evaluated over the base.
+    Adapter,
+    /// A model of its own: an HF folder (`config.json`) or a `.gguf` file.
+    FullModel,
+}
+
+/// One checkpoint of the sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Its folder (or file) name: the name of its output folder and of its report row.
+    pub name: String,
+    /// Where it is (as listed or globbed, relative to the current directory like other paths).
+    pub path: PathBuf,
+    pub kind: CheckpointKind,
+}
 
 /// The checkpoints `value` names, in evaluation order.
 pub fn resolve(file: &Path, value: &Value) -> Result<Vec<Checkpoint>, ConfigError> {

@@ -24,31 +24,13 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
+pub use super::checkpoints::{Checkpoint, CheckpointKind};
 use crate::config::{ConfigError, JobConfig, parse_job};
 
 /// The step sections a sweep may hold (those of a run file).
 const SECTIONS: &[&str] = &["step1", "step2", "step3", "step4"];
 /// Step 4's output folder inside a checkpoint's folder (the original tool's layout).
 pub const CHARACTER_EVAL_DIR: &str = "CharacterEval";
-
-/// What a checkpoint is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointKind {
-    /// A PEFT LoRA folder (`adapter_config.json`), evaluated over the base.
-    Adapter,
-    /// A model of its own: an HF folder (`config.json`) or a `.gguf` file.
-    FullModel,
-}
-
-/// One checkpoint of the sweep.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    /// Its folder (or file) name: the name of its output folder and of its report row.
-    pub name: String,
-    /// Where it is (as listed or globbed, relative to the current directory like other paths).
-    pub path: PathBuf,
-    pub kind: CheckpointKind,
-}
 
 /// A parsed sweep YAML.
 #[derive(Debug, Clone)]

@@ -93,6 +93,22 @@ fn stdout_value(mut child: Child, prefix: &str, skip: &[&str]) -> (Child, String
     (child, value)
 }
 
+/// The fault-injection hooks (`EVALFLEET_TEST_CRASH_ONCE`, `EVALFLEET_TEST_HOLD_ONCE`,
+/// `EVALFLEET_TEST_DISK_FULL`) exist only in binaries built with the `test-hooks` feature. A test
+/// that sets one calls this first, so that a build without them fails here and says why, rather
+/// than waiting for a fault that never comes (or passing without one).
+#[cfg(not(feature = "test-hooks"))]
+pub fn require_test_hooks() {
+    panic!(
+        "this test injects faults through the binaries' test hooks: build and run it with \
+         `--features evalfleet/test-hooks,evalfleet-worker/test-hooks` (scripts/test.sh does)"
+    );
+}
+
+/// See the other definition: with the feature, the hooks are there.
+#[cfg(feature = "test-hooks")]
+pub fn require_test_hooks() {}
+
 /// The `evalfleet` binary under test.
 pub fn evalfleet_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_evalfleet"))
@@ -138,7 +154,7 @@ pub fn smollm2_f32() -> PathBuf {
     assert!(
         dir.join("model.safetensors").is_file(),
         "{} is missing: run scripts/test.sh (it converts the GGUF of scripts/fetch-models.sh with \
-         evalfleet-bench convert-gguf), or set EVALFLEET_MODELS",
+         evalfleet-worker convert-gguf), or set EVALFLEET_MODELS",
         dir.display()
     );
     dir

@@ -21,7 +21,9 @@ use super::config::DecoderConfig;
 use super::decoder::{DecoderModel, WeightSource};
 use super::hf::HfWeights;
 use super::linear::Weight;
-use super::loader::{DTypeChoice, LoadOptions, LoadedModel, SourceKind, resolve_model_path};
+use super::loader::{
+    DTypeChoice, LoadOptions, LoadedModel, SourceKind, load_causal_lm, resolve_model_path,
+};
 use super::lora::Adapter;
 use super::shard::{Split, TpGroup};
 use crate::Result;
@@ -212,6 +214,21 @@ impl WeightSource for CachedSource<'_> {
 
     fn dtype(&self) -> DType {
         self.weights.dtype()
+    }
+}
+
+/// Loads a decoder; with adapters (or when `bases` holds its folder) through `bases`, so that a
+/// sweep's adapters share one read of their base. Tensor-parallel followers load the same way.
+pub fn load_decoder(
+    path: &Path,
+    adapters: &[PathBuf],
+    opts: &LoadOptions,
+    bases: &mut BaseCache,
+) -> Result<LoadedModel> {
+    if !adapters.is_empty() || bases.holds(path, opts.dtype) {
+        bases.load(path, adapters, opts)
+    } else {
+        load_causal_lm(path, adapters, opts)
     }
 }
 

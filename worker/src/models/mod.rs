@@ -49,7 +49,7 @@ mod shard;
 pub use alibi::{alibi_bias, alibi_slopes};
 pub use baichuan::{BaichuanRewardModel, DEFAULT_MAX_BATCH_TOKENS};
 pub use baichuan_config::{BaichuanConfig, PositionEncoding};
-pub use base_cache::BaseCache;
+pub use base_cache::{BaseCache, load_decoder};
 pub use cache::KvCache;
 /// The GGUF header type (metadata and tensor table), re-exported for the tokenizer.
 pub use candle_core::quantized::gguf_file::{Content as GgufContent, Value as GgufValue};

@@ -5,8 +5,20 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::text::SpecialTokenSpec;
 use crate::error::{Error, Result};
+
+/// The special-token strings and flags a tokenizer is built with, before ids are resolved.
+#[derive(Debug, Clone, Default)]
+pub struct SpecialTokenSpec {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    pub pad: Option<String>,
+    pub unk: Option<String>,
+    pub additional: Vec<String>,
+    pub clean_up_tokenization_spaces: bool,
+    pub chat_template: Option<String>,
+    pub add_bos_token: bool,
+}
 
 /// What an HF folder says about its tokenizer beyond tokenizer.json.
 #[derive(Debug, Clone, Default)]

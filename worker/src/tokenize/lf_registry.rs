@@ -3,6 +3,7 @@
 //! datasets have user and assistant turns only.
 
 use super::lf_template::{Formatter, Slot, Template};
+use crate::error::{Error, Result};
 
 /// What one `_register_template(...)` call sets; `None` formatters take LF's defaults.
 #[derive(Default)]
@@ -69,8 +70,28 @@ const DBRX_SYSTEM: &str = "You are DBRX, created by Databricks. You were last up
 const YAYI_SYSTEM: &str = "You are a helpful, respectful and honest assistant named YaYi developed by Beijing Wenge Technology Co.,Ltd. Always answer as helpfully as possible, while being safe.  Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. Please ensure that your responses are socially unbiased and positive in nature.\n\nIf a question does not make any sense, or is not factually coherent, explain why instead of answering something not correct. If you don't know the answer to a question, please don't share false information.";
 const INTERN2_SYSTEM: &str = "You are an AI assistant whose name is InternLM (书生·浦语).\n- InternLM (书生·浦语) is a conversational language model that is developed by Shanghai AI Laboratory (上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n- InternLM (书生·浦语) can understand and communicate fluently in the language chosen by the user such as English and 中文.";
 
+/// Names of all LLaMA-Factory v0.7.1 templates, sorted.
+pub fn known_template_names() -> Vec<&'static str> {
+    let mut names: Vec<_> = all_templates().iter().map(|t| t.name).collect();
+    names.sort_unstable();
+    names
+}
+
+/// The LLaMA-Factory template called `name`; an unknown name is an error listing the known ones.
+pub fn get_template(name: &str) -> Result<Template> {
+    all_templates()
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| {
+            Error::Template(format!(
+                "unknown LLaMA-Factory template {name:?}; known templates: {}",
+                known_template_names().join(", ")
+            ))
+        })
+}
+
 /// Every template LF v0.7.1 registers, in its file order.
-pub(super) fn all_templates() -> Vec<Template> {
+fn all_templates() -> Vec<Template> {
     let chatglm3_user = || {
         f(vec![
             tok("<|user|>"),
@@ -592,4 +613,19 @@ pub(super) fn all_templates() -> Vec<Template> {
             },
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_template_lists_names() {
+        let err = get_template("nope").unwrap_err().to_string();
+        assert!(
+            err.contains("qwen") && err.contains("llama3") && err.contains("baichuan2"),
+            "{err}"
+        );
+        assert!(get_template("qwen").is_ok());
+    }
 }

@@ -4,7 +4,6 @@
 //! docs/FIDELITY.md §1.3 and §1.4 describe the semantics reproduced here.
 
 use super::ChatMessage;
-use super::lf_registry::all_templates;
 use super::text::TextTokenizer;
 use crate::error::{Error, Result};
 
@@ -69,26 +68,6 @@ pub struct Template {
     pub force_system: bool,
     /// `Llama2Template`: the system text goes inside the first user turn.
     pub llama2_style: bool,
-}
-
-/// Names of all LLaMA-Factory v0.7.1 templates, sorted.
-pub fn known_template_names() -> Vec<&'static str> {
-    let mut names: Vec<_> = all_templates().iter().map(|t| t.name).collect();
-    names.sort_unstable();
-    names
-}
-
-/// The LLaMA-Factory template called `name`; an unknown name is an error listing the known ones.
-pub fn get_template(name: &str) -> Result<Template> {
-    all_templates()
-        .into_iter()
-        .find(|t| t.name == name)
-        .ok_or_else(|| {
-            Error::Template(format!(
-                "unknown LLaMA-Factory template {name:?}; known templates: {}",
-                known_template_names().join(", ")
-            ))
-        })
 }
 
 impl Template {
@@ -361,15 +340,5 @@ mod tests {
             out,
             vec![Slot::Text("[3] x {{idx}} {{content}}".into()), Slot::Eos]
         );
-    }
-
-    #[test]
-    fn unknown_template_lists_names() {
-        let err = get_template("nope").unwrap_err().to_string();
-        assert!(
-            err.contains("qwen") && err.contains("llama3") && err.contains("baichuan2"),
-            "{err}"
-        );
-        assert!(get_template("qwen").is_ok());
     }
 }

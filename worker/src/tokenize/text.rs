@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use tokenizers::{AddedToken, Tokenizer};
 
+pub use super::config::SpecialTokenSpec;
 use super::config::{HfTokenizerConfig, read_json_file};
 use super::spm::{SpmModel, SpmSlowTokenizer};
 use crate::error::{Error, Result};
@@ -57,19 +58,6 @@ impl std::fmt::Debug for TextTokenizer {
             .field("unk", &self.unk)
             .finish_non_exhaustive()
     }
-}
-
-/// The special-token strings and flags a tokenizer is built with, before ids are resolved.
-#[derive(Debug, Clone, Default)]
-pub struct SpecialTokenSpec {
-    pub bos: Option<String>,
-    pub eos: Option<String>,
-    pub pad: Option<String>,
-    pub unk: Option<String>,
-    pub additional: Vec<String>,
-    pub clean_up_tokenization_spaces: bool,
-    pub chat_template: Option<String>,
-    pub add_bos_token: bool,
 }
 
 impl TextTokenizer {

@@ -13,9 +13,10 @@ use candle_core::{Device, Tensor};
 use super::command::{Command, ForwardCmd, LoadSpec, Message, Release};
 use super::status::status_round;
 use crate::collective::{Collective, SharedCollective};
-use crate::models::{BaseCache, DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel};
+use crate::models::{
+    BaseCache, DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, load_decoder,
+};
 use crate::score::choice::RowCache;
-use crate::tasks::load_decoder;
 use crate::{Error, Result};
 
 /// How a follower loads its shard of a model.

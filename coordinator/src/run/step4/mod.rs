@@ -38,7 +38,6 @@ use tracing::{info, warn};
 
 use super::{FleetSetup, RunError, absolute, run_fleet};
 use crate::config::{Step4Config, Step4Stage};
-use crate::journal::Journal;
 use crate::output::PyJson;
 use crate::sched::{Event, ItemOutcome, TaskSpec};
 use crate::step4::aggregate::{Summary, format_log_data, metric_groups};
@@ -160,12 +159,7 @@ async fn generate(cfg: &Step4Config, setup: &FleetSetup) -> Result<Vec<Record>, 
     );
     let task = generate_task(cfg, &records, &task_data.profiles)?;
     let mut setup = setup.clone();
-    let journal = Journal::attach(
-        &mut setup,
-        &cfg.output_dir,
-        GENERATE_TASK,
-        slice::from_ref(&task),
-    )?;
+    let journal = setup.attach_journal(&cfg.output_dir, GENERATE_TASK, slice::from_ref(&task))?;
     let run = run_fleet(vec![task], &setup, "step4 generate").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
     apply_generations(&mut records, outcomes);
@@ -276,12 +270,7 @@ async fn score(
     );
     let ids: Vec<String> = task.items.iter().map(|i| i.item_id.clone()).collect();
     let mut setup = setup.clone();
-    let journal = Journal::attach(
-        &mut setup,
-        &cfg.output_dir,
-        REWARD_TASK,
-        slice::from_ref(&task),
-    )?;
+    let journal = setup.attach_journal(&cfg.output_dir, REWARD_TASK, slice::from_ref(&task))?;
     let run = run_fleet(vec![task], &setup, "step4 score").await?;
     let outcomes = run.outcomes.into_iter().next().unwrap_or_default();
     let results = reward_results(ids.into_iter().zip(outcomes))?;

@@ -22,13 +22,13 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use evalfleet_tools::profile::SpanTimes;
 use evalfleet_worker::device::{default_dtype, parse_device};
 use evalfleet_worker::engine::{self, GenOptions, GenRequest, SamplingParams};
 use evalfleet_worker::models::{
     self, DTypeChoice, Decoder, ForwardInput, LoadOptions, LoadedModel, LogitsAt, SourceKind,
     load_causal_lm,
 };
-use evalfleet_worker::profile::SpanTimes;
 use evalfleet_worker::score::choice;
 use evalfleet_worker::tokenize::{
     ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, get_template,
@@ -317,7 +317,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Logs to stderr by RUST_LOG; with `EVALFLEET_PROFILE=1` also times every span of the model code
-/// (see `evalfleet_worker::profile`; add `CUDA_LAUNCH_BLOCKING=1` for GPU time per span).
+/// (see `evalfleet_tools::profile`; add `CUDA_LAUNCH_BLOCKING=1` for GPU time per span).
 fn init_tracing() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -900,10 +900,8 @@ fn render_prompts(model: &Path, prompts: &Path) -> anyhow::Result<Vec<Vec<u32>>>
 }
 
 fn convert_gguf(gguf: &Path, out: &Path) -> anyhow::Result<()> {
-    let cfg = models::convert_gguf_to_hf(gguf, out)
+    let cfg = evalfleet_worker::convert::gguf_to_hf_folder(gguf, out)
         .with_context(|| format!("converting {}", gguf.display()))?;
-    let content = models::read_gguf_content(gguf)?;
-    evalfleet_worker::tokenize::write_hf_tokenizer_files(&content, gguf, out)?;
     println!(
         "{}",
         json!({"converted": gguf, "out": out, "architecture": cfg.architecture, "layers": cfg.layers, "vocab": cfg.vocab})

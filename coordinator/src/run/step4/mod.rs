@@ -95,6 +95,8 @@ pub async fn run_step4_with(
     setup: &FleetSetup,
     options: Step4Options,
 ) -> Result<Step4Report, RunError> {
+    // Held until its files are written (`evalfleet step4` comes here without run_job).
+    let _lock = crate::dirlock::DirLock::acquire(&cfg.output_dir)?;
     let stage = options.stage.unwrap_or(cfg.stage);
     let mut setup = setup.clone();
     setup.workers = setup.workers.or(cfg.workers);

@@ -68,6 +68,17 @@ fn step1(yaml: &Path, workers: usize, extra: &[&str], log: &Path, hold: Option<&
     cmd.spawn().unwrap()
 }
 
+/// Kills the process when dropped, so that a failing test leaves no coordinator running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Harmless once it was waited for: std then sends nothing.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -166,9 +177,9 @@ fn a_second_run_on_a_directory_in_use_is_refused_by_any_path_until_the_first_is_
     let out = d.join("out");
     let (yaml, log, marker) = (d.join("first.yaml"), d.join("first.log"), d.join("held"));
     write_yaml(&yaml, &model, &out);
-    let mut first = step1(&yaml, 1, &[], &log, Some(&marker));
+    let mut first = KillOnDrop(step1(&yaml, 1, &[], &log, Some(&marker)));
     held_worker(&marker);
-    let pid = first.id();
+    let pid = first.0.id();
     std::fs::create_dir_all(out.join("x")).unwrap();
     std::os::unix::fs::symlink(&out, d.join("link")).unwrap();
     let canonical = out.canonicalize().unwrap();
@@ -188,8 +199,8 @@ fn a_second_run_on_a_directory_in_use_is_refused_by_any_path_until_the_first_is_
     assert!(said.contains("which holds"), "{said}");
 
     // SIGKILL: no clean-up at all, yet the lock is gone with the process.
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
     let log2 = d.join("second.log");
     let status = wait(step1(&yaml, 1, &[], &log2, None), LIMIT).status;
     assert!(status.success(), "{}", read(&log2));

@@ -258,6 +258,14 @@ fn format_fixed2(x: f64) -> String {
     format!("{:.2}", crate::metrics::python_round(x, 2))
 }
 
+/// Removes `dir` and everything in it; a missing one is fine.
+fn remove_all(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,13 +288,5 @@ mod tests {
             probabilities: [0.1, 0.4, 0.4, 0.1],
         };
         assert_eq!(r.prediction(), "B");
-    }
-}
-
-/// Removes `dir` and everything in it; a missing one is fine.
-fn remove_all(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }

@@ -263,6 +263,7 @@ impl FleetArgs {
                     .zip(self.tls_key.clone())
                     .map(|(cert, key)| crate::rpc::tls::TlsFiles { cert, key }),
                 limits: self.limits.limits(),
+                sched: self.limits.sched(),
                 ..Default::default()
             },
             journal: None,

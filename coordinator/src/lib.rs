@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod datasets;
+pub mod dirlock;
 pub mod journal;
 pub mod local;
 pub mod metrics;

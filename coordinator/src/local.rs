@@ -27,6 +27,13 @@ use tracing::warn;
 
 /// Environment variable carrying the bearer token (both binaries read it).
 pub const TOKEN_ENV: &str = "EVALFLEET_TOKEN";
+/// `evalfleet serve`'s token for workers (default of `--worker-token-file`).
+pub const WORKER_TOKEN_ENV: &str = "EVALFLEET_WORKER_TOKEN";
+/// `evalfleet serve`'s token for job control, and the one `submit` / `status` / `cancel` send
+/// (default of their `--control-token-file` / `--token-file`).
+pub const CONTROL_TOKEN_ENV: &str = "EVALFLEET_CONTROL_TOKEN";
+/// The shortest token `evalfleet serve` accepts (a random one is far longer: README).
+pub const MIN_TOKEN_LEN: usize = 16;
 /// Environment variable overriding where the worker binary is.
 pub const WORKER_BIN_ENV: &str = "EVALFLEET_WORKER_BIN";
 /// How many stderr lines of each worker are kept for error messages.
@@ -34,8 +41,21 @@ const TAIL_LINES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("no bearer token: pass --token-file FILE or set {TOKEN_ENV}")]
-    NoToken,
+    #[error("no bearer token: pass {flag} FILE or set {env}")]
+    NoToken {
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error(
+        "the {what} is {len} characters long; at least {MIN_TOKEN_LEN} are needed (for example \
+         `head -c 32 /dev/urandom | base64`)"
+    )]
+    ShortToken { what: &'static str, len: usize },
+    #[error(
+        "the worker token and the control token are the same: any worker host could then submit \
+         and cancel jobs; give each its own token"
+    )]
+    SameTokens,
     #[error("token file {path}: {source}")]
     TokenFile {
         path: PathBuf,
@@ -86,6 +106,16 @@ pub fn random_token() -> Result<String, LocalError> {
 
 /// The token for an external fleet: the first line of `file`, else `$EVALFLEET_TOKEN`.
 pub fn read_token(file: Option<&Path>) -> Result<String, LocalError> {
+    read_token_from(file, "--token-file", TOKEN_ENV)
+}
+
+/// A token from the first line of `file` (the option `flag`), else from the environment
+/// variable `env`.
+pub fn read_token_from(
+    file: Option<&Path>,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<String, LocalError> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| LocalError::TokenFile {
             path: path.to_path_buf(),
@@ -97,10 +127,25 @@ pub fn read_token(file: Option<&Path>) -> Result<String, LocalError> {
         }
         return Ok(token.to_string());
     }
-    match std::env::var(TOKEN_ENV) {
+    match std::env::var(env) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ => Err(LocalError::NoToken),
+        _ => Err(LocalError::NoToken { flag, env }),
     }
+}
+
+/// `evalfleet serve`'s two tokens, checked: each at least [`MIN_TOKEN_LEN`] characters, and
+/// different (a worker token must not open job control, nor a control token the worker port).
+pub fn check_serve_tokens(worker: &str, control: &str) -> Result<(), LocalError> {
+    for (what, token) in [("worker token", worker), ("control token", control)] {
+        let len = token.chars().count();
+        if len < MIN_TOKEN_LEN {
+            return Err(LocalError::ShortToken { what, len });
+        }
+    }
+    if worker == control {
+        return Err(LocalError::SameTokens);
+    }
+    Ok(())
 }
 
 /// `$EVALFLEET_WORKER_BIN`, else `evalfleet-worker` next to the running executable.

@@ -41,7 +41,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
-use crate::sched::{Assignment, Progress, Recorded, SchedConfig, Scheduler, WorkerKey};
+use crate::sched::{Assignment, Expired, Progress, Recorded, SchedConfig, Scheduler, WorkerKey};
 use limits::{ClientGate, LimitStats, Limits, TokenBucket};
 use tls::{ServerTls, TlsFiles};
 
@@ -358,12 +358,25 @@ impl Fleet {
         loop {
             tick.tick().await;
             let expired = self.with_sched(|s| s.expire(Instant::now()));
-            if !expired.is_empty() {
-                warn!(
-                    "leases {expired:?} expired without heartbeats; their items go back to the queue"
-                );
-            }
+            log_expired("", &expired);
         }
+    }
+}
+
+/// Logs what [`Scheduler::expire`] reclaimed (`job`: `"job J: "` in serve, else empty).
+pub(crate) fn log_expired(job: &str, expired: &Expired) {
+    if !expired.silent.is_empty() {
+        warn!(
+            "{job}leases {:?} expired without heartbeats; their items go back to the queue",
+            expired.silent
+        );
+    }
+    if !expired.stalled.is_empty() {
+        warn!(
+            "{job}leases {:?} made no progress within the progress deadline; their items go back \
+             to the queue and their workers are told to stop",
+            expired.stalled
+        );
     }
 }
 
@@ -491,7 +504,38 @@ pub(crate) async fn read_hello(
         ));
     };
     check_version(hello.protocol_version)?;
+    let mut hello = hello;
+    // Shown in logs, `evalfleet status` and metrics labels: no terminal escapes, bounded.
+    for text in [&mut hello.worker_id, &mut hello.device, &mut hello.hostname] {
+        *text = printable(text, MAX_WORKER_NAME_CHARS);
+    }
+    for model in &mut hello.models_held {
+        *model = printable(model, MAX_WORKER_TEXT_CHARS);
+    }
     Ok(hello)
+}
+
+/// The longest worker name, device or host name kept (longer ones are cut).
+const MAX_WORKER_NAME_CHARS: usize = 128;
+/// The longest other worker text kept in logs (an item's error message, a model key).
+const MAX_WORKER_TEXT_CHARS: usize = 4096;
+
+/// `text` from a worker made safe to print: control characters (terminal escape sequences, line
+/// breaks) written as `\u{..}` escapes, and at most `max` characters (then `...`).
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A new stream's way down, its `Welcome` (job id, heartbeat interval) already queued.
@@ -693,8 +737,24 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
             None
         }
         Up::Heartbeat(hb) => {
-            fleet.with_sched(|s| s.heartbeat(key, &hb.active_leases, now));
-            None
+            let stalled = fleet.with_sched(|s| {
+                s.heartbeat(key, &hb.active_leases, now);
+                s.stalled_lease(key, &hb.active_leases)
+            });
+            // Its runner is stuck (heartbeats come from a timer): it cannot drop the lease
+            // itself, so it is told to stop; a supervisor restarts it afresh.
+            stalled.map(|lease| {
+                warn!(
+                    "worker {name:?} still holds lease {lease}, taken back for lack of progress; \
+                     telling it to stop"
+                );
+                Down::Shutdown(pb::Shutdown {
+                    reason: format!(
+                        "lease {lease} made no progress within the coordinator's progress \
+                         deadline and was taken back"
+                    ),
+                })
+            })
         }
         Up::LeaseRequest(req) => {
             let workers = fleet.sharing_workers();
@@ -715,12 +775,17 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
                 Assignment::Finished => Some(Down::Shutdown(pb::Shutdown {
                     reason: "all work is done".into(),
                 })),
+                Assignment::Refused { reason } => Some(Down::Shutdown(pb::Shutdown { reason })),
             }
         }
-        Up::Result(result) => {
-            let item = result.item_id.clone();
-            let error = match &result.outcome {
-                Some(pb::item_result::Outcome::Error(e)) => e.message.clone(),
+        Up::Result(mut result) => {
+            let item = printable(&result.item_id, MAX_WORKER_NAME_CHARS);
+            let error = match &mut result.outcome {
+                // Kept as the item's failure message, which the final report prints.
+                Some(pb::item_result::Outcome::Error(e)) => {
+                    e.message = printable(&e.message, MAX_WORKER_TEXT_CHARS);
+                    e.message.clone()
+                }
                 _ => String::new(),
             };
             let sink = fleet.inner.result_sink.get();
@@ -728,7 +793,7 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
             let kept = sink.map(|_| result.clone());
             let recorded = fleet.with_sched(|s| {
                 let task = s.lease_task_name(result.lease_id).map(str::to_string);
-                let recorded = s.record(result);
+                let recorded = s.record(key, result, now);
                 // Kept before the progress this result makes is published: a driver that sees
                 // its step complete and closes the journal must find every result in it.
                 if let (Recorded::Accepted, Some(sink), Some(kept), Some(task)) =
@@ -746,17 +811,31 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
                 Recorded::Failed => {
                     warn!("item {item} failed on worker {name:?} for good: {error}")
                 }
+                Recorded::Refused {
+                    why,
+                    worker_stopped,
+                } => {
+                    warn!("refused a result from worker {name:?} (connection {key}): {why}");
+                    if worker_stopped {
+                        warn!(
+                            "worker {name:?} (connection {key}) sent {} refused results: it gets \
+                             no more leases",
+                            fleet.inner.opts.sched.max_invalid_results
+                        );
+                    }
+                }
                 other => debug!("result for item {item} from worker {name:?}: {other:?}"),
             }
             None
         }
         Up::ModelReady(ready) => {
+            fleet.with_sched(|s| s.progressed(key, ready.lease_id, now));
             fleet.inner.first_ready.get_or_init(|| now);
             debug!("worker {name:?}: model ready for lease {}", ready.lease_id);
             None
         }
         Up::LeaseDone(done) if done.stopping => {
-            let requeued = fleet.with_sched(|s| s.lease_returned(done.lease_id));
+            let requeued = fleet.with_sched(|s| s.lease_returned(key, done.lease_id));
             info!(
                 "worker {name:?} is stopping and returned lease {}: {requeued} items go back to the queue",
                 done.lease_id
@@ -767,7 +846,7 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
             }))
         }
         Up::LeaseDone(done) => {
-            let missing = fleet.with_sched(|s| s.lease_done(done.lease_id));
+            let missing = fleet.with_sched(|s| s.lease_done(key, done.lease_id));
             if missing > 0 {
                 warn!(
                     "worker {name:?} finished lease {} without results for {missing} items",
@@ -782,6 +861,13 @@ fn handle(fleet: &Fleet, key: WorkerKey, name: &str, msg: Up) -> Option<Down> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_text_is_printed_without_control_characters_and_cut() {
+        assert_eq!(printable("gpu-0", 10), "gpu-0");
+        assert_eq!(printable("a\x1b[2Jb\nc", 100), "a\\u{1b}[2Jb\\u{a}c");
+        assert_eq!(printable("abcdef", 3), "abc...");
+    }
 
     #[test]
     fn constant_time_eq_compares_bytes_and_lengths() {

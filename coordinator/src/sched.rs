@@ -8,6 +8,20 @@
 //! duplicate from a re-run shard is dropped. An item that reports an error, or loses its lease, is
 //! retried on a new lease until it has used `max_attempts`, then recorded as failed.
 //!
+//! **Who may report what.** A result counts only for an item of the lease it names, sent by the
+//! worker that lease was given to, and only if it fits its item ([`check::outcome`]: the kind
+//! the item asks for, one probability per choice, finite scores, bounded texts). Anything else
+//! is refused, never kept: an unfit result of a leased item counts as a failed attempt (the item
+//! is leased again), and a worker that sends [`SchedConfig::max_invalid_results`] refused results
+//! gets no more leases ([`Assignment::Refused`]). `LeaseDone` and returns are only taken from the
+//! lease's worker, so no worker can burn another's attempts.
+//!
+//! **Progress deadline.** Heartbeats come from a timer, so they prove the worker process is alive,
+//! not that its lease advances. A lease also has a progress deadline
+//! ([`SchedConfig::lease_progress_timeout`]), pushed forward by the lease's results and its
+//! `ModelReady` only: a lease without either for that long is taken back like an expired one, and
+//! the worker is told to stop when its next heartbeat names it ([`Scheduler::stalled_lease`]).
+//!
 //! Results kept from an earlier run (the journal) enter through [`Scheduler::mark_done`] before
 //! any lease: those items are done and never leased. A worker that stops (SIGTERM) gives its lease
 //! back with [`Scheduler::lease_returned`]: its items are requeued at once, no attempt counted.
@@ -35,11 +49,14 @@
 //! [`Scheduler::timeline`] records, in order, every lease handed out and every task completed: a
 //! logical clock that tests read to check what happened before what.
 
-use std::collections::{HashMap, VecDeque};
+mod check;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use evalfleet_proto::v1 as pb;
 use pb::item_result::Outcome;
+use prost::Message as _;
 
 /// Identifies one worker connection (not the worker's self-chosen name, which may repeat).
 pub type WorkerKey = u64;
@@ -56,7 +73,23 @@ pub struct SchedConfig {
     /// The job's batch size: items per lease (fewer when the worker's own cap is lower), sent
     /// with each lease as `Lease.batch_size`. `None`: the worker's request alone decides.
     pub batch_size: Option<u32>,
+    /// A lease without a result (or its `ModelReady`) for this long is taken back, however often
+    /// its worker sends heartbeats (`None`: never).
+    pub lease_progress_timeout: Option<Duration>,
+    /// Refused results (see the module docs) after which a worker gets no more leases (0: no
+    /// limit).
+    pub max_invalid_results: u32,
 }
+
+/// Default of [`SchedConfig::lease_progress_timeout`]: longer than any model load or batch we
+/// expect, short enough that a wedged GPU does not hold its items for hours.
+pub const DEFAULT_LEASE_PROGRESS_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// The largest lease handed out: a worker decodes messages of up to 4 MiB (gRPC's default),
+/// and the envelope around a lease takes a few bytes.
+pub const MAX_LEASE_BYTES: usize = (4 << 20) - 1024;
+
+/// Default of [`SchedConfig::max_invalid_results`].
+pub const DEFAULT_MAX_INVALID_RESULTS: u32 = 10;
 
 impl Default for SchedConfig {
     fn default() -> Self {
@@ -65,6 +98,8 @@ impl Default for SchedConfig {
             max_attempts: 3,
             max_lease_items: 256,
             batch_size: None,
+            lease_progress_timeout: Some(DEFAULT_LEASE_PROGRESS_TIMEOUT),
+            max_invalid_results: DEFAULT_MAX_INVALID_RESULTS,
         }
     }
 }
@@ -96,6 +131,10 @@ pub enum Assignment {
     NoWork,
     /// Every item of every task has an outcome.
     Finished,
+    /// This worker sent too many refused results and gets no more leases; `reason` says so.
+    Refused {
+        reason: String,
+    },
 }
 
 /// What [`Scheduler::record`] did with a result.
@@ -113,7 +152,13 @@ pub enum Recorded {
     /// An error from a lease that no longer holds the item (it expired and was re-leased).
     Stale,
     UnknownLease,
-    UnknownItem,
+    /// Refused and not kept (see the module docs): `why` says what was wrong. It counts against
+    /// the sending worker; `worker_stopped` is true when it made the worker reach
+    /// [`SchedConfig::max_invalid_results`].
+    Refused {
+        why: String,
+        worker_stopped: bool,
+    },
 }
 
 /// Items finished (including failed) out of all items.
@@ -200,6 +245,12 @@ pub enum PreloadError {
     UnknownItem { task: String, item: String },
     #[error("task {task}, item {item:?}: an error is not a result")]
     NotAResult { task: String, item: String },
+    #[error("task {task}, item {item:?}: {why}")]
+    Invalid {
+        task: String,
+        item: String,
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,10 +286,18 @@ struct TaskState {
 
 #[derive(Debug)]
 struct LeaseState {
+    deadline: Instant,
+    /// When the lease is taken back for lack of progress (see the module docs).
+    progress_deadline: Option<Instant>,
+}
+
+/// What a lease was given: kept for every lease ever issued, so that a late result (after its
+/// lease expired) is still checked against the lease's items and worker.
+#[derive(Debug)]
+struct Issued {
     task: usize,
     worker: WorkerKey,
     items: Vec<usize>,
-    deadline: Instant,
 }
 
 /// The scheduler state. See the module docs.
@@ -248,10 +307,16 @@ pub struct Scheduler {
     tasks: Vec<TaskState>,
     /// Live leases.
     leases: HashMap<u64, LeaseState>,
-    /// Every lease ever issued → its task, so a result arriving after its lease expired still counts.
-    lease_task: HashMap<u64, usize>,
+    /// Every lease ever issued, so a result arriving after its lease expired still counts.
+    issued: HashMap<u64, Issued>,
     next_lease: u64,
     timeline: Vec<Event>,
+    /// Refused results per worker.
+    invalid: HashMap<WorkerKey, u32>,
+    /// Workers that reached `max_invalid_results`.
+    refused: HashSet<WorkerKey>,
+    /// Leases taken back for lack of progress → their worker (told to stop at its next heartbeat).
+    stalled: HashMap<u64, WorkerKey>,
 }
 
 impl Scheduler {
@@ -260,9 +325,12 @@ impl Scheduler {
             cfg,
             tasks: Vec::new(),
             leases: HashMap::new(),
-            lease_task: HashMap::new(),
+            issued: HashMap::new(),
             next_lease: 1,
             timeline: Vec::new(),
+            invalid: HashMap::new(),
+            refused: HashSet::new(),
+            stalled: HashMap::new(),
         }
     }
 
@@ -389,6 +457,14 @@ impl Scheduler {
         workers: usize,
         now: Instant,
     ) -> Assignment {
+        if self.refused.contains(&worker) {
+            return Assignment::Refused {
+                reason: format!(
+                    "this worker sent {} refused results; it gets no more leases",
+                    self.invalid.get(&worker).copied().unwrap_or_default()
+                ),
+            };
+        }
         let capacity = lease_capacity(self.cfg.batch_size, max_items)
             .clamp(1, self.cfg.max_lease_items.max(1)) as usize;
         let lease_id = self.next_lease;
@@ -400,7 +476,7 @@ impl Scheduler {
         let in_order = (0..self.tasks.len())
             .map(|t| (t, lease_size(capacity, self.tasks[t].queue.len(), workers)));
         let candidates: Vec<(usize, usize)> = full_fed.chain(in_order).collect();
-        let Some((task_idx, items)) = candidates.into_iter().find_map(|(t, want)| {
+        let Some((task_idx, mut items)) = candidates.into_iter().find_map(|(t, want)| {
             let items = self.tasks[t].pop_queued(want, lease_id);
             (!items.is_empty()).then_some((t, items))
         }) else {
@@ -410,14 +486,40 @@ impl Scheduler {
                 Assignment::NoWork
             };
         };
-        self.next_lease += 1;
-        let task = &self.tasks[task_idx];
+        let task = &mut self.tasks[task_idx];
         let mut lease = task.spec.template.clone();
         lease.lease_id = lease_id;
         lease.task = task.spec.name.clone();
         lease.items = items.iter().map(|&i| task.spec.items[i].clone()).collect();
         lease.ttl_ms = self.cfg.lease_ttl.as_millis() as u64;
         lease.batch_size = self.cfg.batch_size.unwrap_or(capacity as u32);
+        // A lease larger than a worker decodes would end its stream: fewer items, the rest back
+        // at the front of the queue, in order.
+        while lease.items.len() > 1 && lease.encoded_len() > MAX_LEASE_BYTES {
+            lease.items.pop();
+            if let Some(i) = items.pop() {
+                task.state[i] = ItemState::Queued;
+                task.queue.push_front(i);
+            }
+        }
+        if lease.encoded_len() > MAX_LEASE_BYTES {
+            // One item alone is too large: no worker could ever take it.
+            let size = lease.encoded_len();
+            let message = format!(
+                "its lease would be {size} bytes, more than the {MAX_LEASE_BYTES} a worker \
+                 accepts (shorten the item)"
+            );
+            task.finish(
+                items[0],
+                ItemOutcome::Failed {
+                    message,
+                    attempts: 0,
+                },
+            );
+            self.settle();
+            return self.request_lease(worker, max_items, workers, now);
+        }
+        self.next_lease += 1;
         self.timeline.push(Event::Leased {
             task: task_idx,
             lease_id,
@@ -426,13 +528,18 @@ impl Scheduler {
         self.leases.insert(
             lease_id,
             LeaseState {
+                deadline: now + self.cfg.lease_ttl,
+                progress_deadline: self.progress_deadline(now),
+            },
+        );
+        self.issued.insert(
+            lease_id,
+            Issued {
                 task: task_idx,
                 worker,
                 items,
-                deadline: now + self.cfg.lease_ttl,
             },
         );
-        self.lease_task.insert(lease_id, task_idx);
         Assignment::Lease(Box::new(lease))
     }
 
@@ -462,6 +569,13 @@ impl Scheduler {
                 item: item_id.to_string(),
             });
         }
+        if let Err(why) = check::outcome(&state.spec.items[item], &outcome) {
+            return Err(PreloadError::Invalid {
+                task: state.spec.name.clone(),
+                item: item_id.to_string(),
+                why,
+            });
+        }
         if state.state[item] == ItemState::Done {
             return Ok(false);
         }
@@ -473,15 +587,32 @@ impl Scheduler {
 
     /// The name of the task that lease `lease_id` (live or not) belongs to.
     pub fn lease_task_name(&self, lease_id: u64) -> Option<&str> {
-        let &task = self.lease_task.get(&lease_id)?;
-        Some(self.tasks[task].spec.name.as_str())
+        let issued = self.issued.get(&lease_id)?;
+        Some(self.tasks[issued.task].spec.name.as_str())
+    }
+
+    /// Whether `worker` was given lease `lease_id`.
+    fn holds(&self, worker: WorkerKey, lease_id: u64) -> bool {
+        self.issued
+            .get(&lease_id)
+            .is_some_and(|l| l.worker == worker)
+    }
+
+    /// When a lease that progresses at `now` is taken back if it makes no more progress.
+    fn progress_deadline(&self, now: Instant) -> Option<Instant> {
+        self.cfg
+            .lease_progress_timeout
+            .and_then(|t| now.checked_add(t))
     }
 
     /// Renews the named leases if `worker` holds them. Returns how many were renewed.
     pub fn heartbeat(&mut self, worker: WorkerKey, lease_ids: &[u64], now: Instant) -> usize {
         let mut renewed = 0;
-        for id in lease_ids {
-            if let Some(lease) = self.leases.get_mut(id).filter(|l| l.worker == worker) {
+        for &id in lease_ids {
+            if !self.holds(worker, id) {
+                continue;
+            }
+            if let Some(lease) = self.leases.get_mut(&id) {
                 lease.deadline = now + self.cfg.lease_ttl;
                 renewed += 1;
             }
@@ -489,22 +620,72 @@ impl Scheduler {
         renewed
     }
 
-    /// Records one item result (success or error).
-    pub fn record(&mut self, result: pb::ItemResult) -> Recorded {
-        let recorded = self.record_one(result);
+    /// The first of `lease_ids` (what `worker`'s heartbeat names) that was taken back from it
+    /// for lack of progress: its runner looks stuck, so the caller tells it to stop.
+    pub fn stalled_lease(&self, worker: WorkerKey, lease_ids: &[u64]) -> Option<u64> {
+        lease_ids
+            .iter()
+            .copied()
+            .find(|id| self.stalled.get(id) == Some(&worker))
+    }
+
+    /// Lease `lease_id` of `worker` made progress (its model is loaded): its progress deadline
+    /// moves forward.
+    pub fn progressed(&mut self, worker: WorkerKey, lease_id: u64, now: Instant) {
+        if !self.holds(worker, lease_id) {
+            return;
+        }
+        let deadline = self.progress_deadline(now);
+        if let Some(lease) = self.leases.get_mut(&lease_id) {
+            lease.progress_deadline = deadline;
+        }
+    }
+
+    /// Records one item result (success or error) that `worker` sent at `now`.
+    pub fn record(&mut self, worker: WorkerKey, result: pb::ItemResult, now: Instant) -> Recorded {
+        let recorded = self.record_one(worker, result, now);
         self.settle();
         recorded
     }
 
-    fn record_one(&mut self, result: pb::ItemResult) -> Recorded {
-        let Some(&task_idx) = self.lease_task.get(&result.lease_id) else {
+    fn record_one(&mut self, worker: WorkerKey, result: pb::ItemResult, now: Instant) -> Recorded {
+        let Some(issued) = self.issued.get(&result.lease_id) else {
             return Recorded::UnknownLease;
         };
+        if issued.worker != worker {
+            return self.refuse(
+                worker,
+                format!("lease {} is not this worker's", result.lease_id),
+            );
+        }
+        let task_idx = issued.task;
+        let item = self.tasks[task_idx]
+            .index
+            .get(&result.item_id)
+            .copied()
+            .filter(|i| issued.items.contains(i));
+        let Some(item) = item else {
+            return self.refuse(
+                worker,
+                format!(
+                    "item {:?} is not in lease {}",
+                    result.item_id, result.lease_id
+                ),
+            );
+        };
+        self.progressed(worker, result.lease_id, now);
         let max_attempts = self.cfg.max_attempts;
         let task = &mut self.tasks[task_idx];
-        let Some(&item) = task.index.get(&result.item_id) else {
-            return Recorded::UnknownItem;
-        };
+        if let Some(outcome) = &result.outcome
+            && let Err(why) = check::outcome(&task.spec.items[item], outcome)
+        {
+            let why = format!("item {:?}: {why}", result.item_id);
+            // A leased item's attempt failed: it is leased again (or fails after max_attempts).
+            if task.state[item] == ItemState::Leased(result.lease_id) {
+                task.fail_attempt(item, format!("invalid result: {why}"), true, max_attempts);
+            }
+            return self.refuse(worker, why);
+        }
         match result.outcome {
             _ if task.state[item] == ItemState::Done => Recorded::Duplicate,
             Some(Outcome::Error(err)) => {
@@ -528,9 +709,40 @@ impl Scheduler {
         }
     }
 
+    /// Counts a refused result against `worker`; at [`SchedConfig::max_invalid_results`] the
+    /// worker gets no more leases and its live leases go back to the queue (no attempt counted:
+    /// their items were not at fault).
+    fn refuse(&mut self, worker: WorkerKey, why: String) -> Recorded {
+        let count = self.invalid.entry(worker).or_default();
+        *count += 1;
+        let limit = self.cfg.max_invalid_results;
+        let worker_stopped = limit > 0 && *count == limit;
+        if worker_stopped {
+            self.refused.insert(worker);
+            let mut held: Vec<u64> = self
+                .leases
+                .keys()
+                .copied()
+                .filter(|&id| self.holds(worker, id))
+                .collect();
+            held.sort_unstable();
+            for id in held {
+                self.requeue(id);
+            }
+        }
+        Recorded::Refused {
+            why,
+            worker_stopped,
+        }
+    }
+
     /// The worker says it sent every result of the lease; items still without one are requeued
-    /// (counting an attempt, so a worker that keeps skipping an item cannot loop forever).
-    pub fn lease_done(&mut self, lease_id: u64) -> usize {
+    /// (counting an attempt, so a worker that keeps skipping an item cannot loop forever). Only
+    /// from the lease's own worker. Returns how many were requeued.
+    pub fn lease_done(&mut self, worker: WorkerKey, lease_id: u64) -> usize {
+        if !self.holds(worker, lease_id) {
+            return 0;
+        }
         self.release(
             lease_id,
             "the worker finished its lease without a result for this item",
@@ -539,14 +751,23 @@ impl Scheduler {
 
     /// The worker gives the lease back unfinished because it is stopping (SIGTERM): items still
     /// without a result go back to the queue at once, without counting an attempt (the worker
-    /// did not fail them). Returns how many were requeued.
-    pub fn lease_returned(&mut self, lease_id: u64) -> usize {
-        let Some(lease) = self.leases.remove(&lease_id) else {
+    /// did not fail them). Only from the lease's own worker. Returns how many were requeued.
+    pub fn lease_returned(&mut self, worker: WorkerKey, lease_id: u64) -> usize {
+        if !self.holds(worker, lease_id) {
             return 0;
-        };
-        let task = &mut self.tasks[lease.task];
+        }
+        self.requeue(lease_id)
+    }
+
+    /// Ends live lease `lease_id`, requeueing its unfinished items without counting an attempt.
+    fn requeue(&mut self, lease_id: u64) -> usize {
+        if self.leases.remove(&lease_id).is_none() {
+            return 0;
+        }
+        let issued = &self.issued[&lease_id];
+        let task = &mut self.tasks[issued.task];
         let mut requeued = 0;
-        for item in lease.items {
+        for &item in &issued.items {
             if task.state[item] == ItemState::Leased(lease_id) {
                 task.state[item] = ItemState::Queued;
                 task.queue.push_back(item);
@@ -556,20 +777,30 @@ impl Scheduler {
         requeued
     }
 
-    /// Reclaims every lease whose deadline has passed. Returns the ids of the reclaimed leases.
-    pub fn expire(&mut self, now: Instant) -> Vec<u64> {
-        let mut expired: Vec<u64> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        expired.sort_unstable();
-        for &id in &expired {
+    /// Reclaims every lease whose heartbeat deadline or progress deadline has passed.
+    pub fn expire(&mut self, now: Instant) -> Expired {
+        let mut expired = Expired::default();
+        for (&id, lease) in &self.leases {
+            if lease.deadline <= now {
+                expired.silent.push(id);
+            } else if lease.progress_deadline.is_some_and(|d| d <= now) {
+                expired.stalled.push(id);
+            }
+        }
+        expired.silent.sort_unstable();
+        expired.stalled.sort_unstable();
+        for &id in &expired.silent {
             self.release(
                 id,
                 "its lease expired (the worker died or stopped sending heartbeats)",
             );
+        }
+        for &id in &expired.stalled {
+            self.release(
+                id,
+                "its lease made no progress within the progress deadline (the worker looks stuck)",
+            );
+            self.stalled.insert(id, self.issued[&id].worker);
         }
         expired
     }
@@ -579,9 +810,9 @@ impl Scheduler {
     pub fn worker_left(&mut self, worker: WorkerKey) -> Vec<u64> {
         let mut ids: Vec<u64> = self
             .leases
-            .iter()
-            .filter(|(_, l)| l.worker == worker)
-            .map(|(&id, _)| id)
+            .keys()
+            .copied()
+            .filter(|&id| self.holds(worker, id))
             .collect();
         ids.sort_unstable();
         ids.retain(|&id| self.release(id, "its worker disconnected before sending a result") > 0);
@@ -676,13 +907,14 @@ impl Scheduler {
     }
 
     fn release(&mut self, lease_id: u64, why: &str) -> usize {
-        let Some(lease) = self.leases.remove(&lease_id) else {
+        if self.leases.remove(&lease_id).is_none() {
             return 0;
-        };
+        }
         let max_attempts = self.cfg.max_attempts;
-        let task = &mut self.tasks[lease.task];
+        let issued = &self.issued[&lease_id];
+        let task = &mut self.tasks[issued.task];
         let mut requeued = 0;
-        for item in lease.items {
+        for &item in &issued.items {
             if task.state[item] == ItemState::Leased(lease_id) {
                 task.fail_attempt(item, why.to_string(), true, max_attempts);
                 requeued += 1;
@@ -700,6 +932,21 @@ fn lease_capacity(job_batch: Option<u32>, max_items: u32) -> u32 {
         (Some(batch), 0) => batch,
         (Some(batch), cap) => batch.min(cap),
         (None, requested) => requested,
+    }
+}
+
+/// The leases [`Scheduler::expire`] reclaimed, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// No heartbeat named them within the lease TTL.
+    pub silent: Vec<u64>,
+    /// Heartbeats came, but no result within the progress deadline.
+    pub stalled: Vec<u64>,
+}
+
+impl Expired {
+    pub fn is_empty(&self) -> bool {
+        self.silent.is_empty() && self.stalled.is_empty()
     }
 }
 
@@ -842,7 +1089,7 @@ mod tests {
             lease_ttl: Duration::from_secs(10),
             max_attempts: 3,
             max_lease_items: 100,
-            batch_size: None,
+            ..SchedConfig::default()
         });
         s.add_task(task("t", n)).unwrap();
         s
@@ -904,6 +1151,12 @@ mod tests {
         }
     }
 
+    /// Records `result` as sent by the worker holding its lease.
+    fn record(s: &mut Scheduler, result: pb::ItemResult) -> Recorded {
+        let worker = s.issued.get(&result.lease_id).map_or(0, |l| l.worker);
+        s.record(worker, result, Instant::now())
+    }
+
     fn ids(lease: &pb::Lease) -> Vec<&str> {
         lease.items.iter().map(|i| i.item_id.as_str()).collect()
     }
@@ -930,7 +1183,7 @@ mod tests {
         assert_eq!(a.ttl_ms, 10_000);
         assert_eq!(s.request_lease(3, 4, 1, now), Assignment::NoWork);
         for (l, i) in [(&a, "0"), (&a, "1"), (&b, "2"), (&b, "3"), (&c, "4")] {
-            assert_eq!(s.record(ok(l, i, i)), Recorded::Accepted);
+            assert_eq!(record(&mut s, ok(l, i, i)), Recorded::Accepted);
         }
         assert_eq!(
             s.progress(),
@@ -969,22 +1222,25 @@ mod tests {
         let t0 = Instant::now();
         let mut s = sched(3);
         let a = lease(&mut s, 1, 3, t0);
-        assert_eq!(s.record(ok(&a, "0", "first")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&a, "0", "first")), Recorded::Accepted);
         // A heartbeat at 8s moves the deadline to 18s: nothing expires at 15s.
         assert_eq!(
             s.heartbeat(1, &[a.lease_id], t0 + Duration::from_secs(8)),
             1
         );
-        assert!(s.expire(t0 + Duration::from_secs(15)).is_empty());
-        assert_eq!(s.expire(t0 + Duration::from_secs(18)), vec![a.lease_id]);
+        assert!(s.expire(t0 + Duration::from_secs(15)).silent.is_empty());
+        assert_eq!(
+            s.expire(t0 + Duration::from_secs(18)).silent,
+            vec![a.lease_id]
+        );
         // Only the unfinished items come back.
         let b = lease(&mut s, 2, 10, t0 + Duration::from_secs(19));
         assert_eq!(ids(&b), vec!["1", "2"]);
         // The old worker was merely slow: its late result is accepted (item 1 is not done yet)...
-        assert_eq!(s.record(ok(&a, "1", "late")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&a, "1", "late")), Recorded::Accepted);
         // ...and the new lease's copy of it is a duplicate.
-        assert_eq!(s.record(ok(&b, "1", "new")), Recorded::Duplicate);
-        assert_eq!(s.record(ok(&b, "2", "new")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&b, "1", "new")), Recorded::Duplicate);
+        assert_eq!(record(&mut s, ok(&b, "2", "new")), Recorded::Accepted);
         assert_eq!(predict(&s, 0).as_deref(), Some("first"));
         assert_eq!(predict(&s, 1).as_deref(), Some("late"));
         assert!(s.progress().is_complete());
@@ -999,7 +1255,10 @@ mod tests {
             s.heartbeat(2, &[a.lease_id], t0 + Duration::from_secs(5)),
             0
         );
-        assert_eq!(s.expire(t0 + Duration::from_secs(10)), vec![a.lease_id]);
+        assert_eq!(
+            s.expire(t0 + Duration::from_secs(10)).silent,
+            vec![a.lease_id]
+        );
     }
 
     #[test]
@@ -1008,20 +1267,20 @@ mod tests {
         let mut s = sched(2);
         let a = lease(&mut s, 1, 2, now);
         assert_eq!(
-            s.record(err(&a, "0", true)),
+            record(&mut s, err(&a, "0", true)),
             Recorded::Retrying { attempt: 1 }
         );
-        assert_eq!(s.record(ok(&a, "1", "x")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&a, "1", "x")), Recorded::Accepted);
         let b = lease(&mut s, 2, 2, now);
         assert_eq!(ids(&b), vec!["0"]);
         // An error for item 0 from the old lease no longer counts.
-        assert_eq!(s.record(err(&a, "0", true)), Recorded::Stale);
+        assert_eq!(record(&mut s, err(&a, "0", true)), Recorded::Stale);
         assert_eq!(
-            s.record(err(&b, "0", true)),
+            record(&mut s, err(&b, "0", true)),
             Recorded::Retrying { attempt: 2 }
         );
         let c = lease(&mut s, 1, 2, now);
-        assert_eq!(s.record(err(&c, "0", true)), Recorded::Failed);
+        assert_eq!(record(&mut s, err(&c, "0", true)), Recorded::Failed);
         assert_eq!(
             s.progress(),
             Progress {
@@ -1046,7 +1305,7 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(1);
         let a = lease(&mut s, 1, 1, now);
-        assert_eq!(s.record(err(&a, "0", false)), Recorded::Failed);
+        assert_eq!(record(&mut s, err(&a, "0", false)), Recorded::Failed);
         assert!(s.progress().is_complete());
     }
 
@@ -1060,7 +1319,7 @@ mod tests {
         assert_eq!(s.active_leases(), 1);
         let c = lease(&mut s, 2, 4, now);
         assert_eq!(ids(&c), vec!["0", "1"]);
-        assert_eq!(s.record(ok(&b, "2", "")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&b, "2", "")), Recorded::Accepted);
     }
 
     #[test]
@@ -1068,7 +1327,7 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(1);
         let a = lease(&mut s, 1, 1, now);
-        assert_eq!(s.record(ok(&a, "0", "")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&a, "0", "")), Recorded::Accepted);
         assert!(s.worker_left(1).is_empty());
         assert_eq!(s.active_leases(), 0);
     }
@@ -1078,8 +1337,8 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(2);
         let a = lease(&mut s, 1, 2, now);
-        assert_eq!(s.record(ok(&a, "0", "")), Recorded::Accepted);
-        assert_eq!(s.lease_done(a.lease_id), 1);
+        assert_eq!(record(&mut s, ok(&a, "0", "")), Recorded::Accepted);
+        assert_eq!(s.lease_done(1, a.lease_id), 1);
         assert_eq!(ids(&lease(&mut s, 1, 2, now)), vec!["1"]);
     }
 
@@ -1116,10 +1375,13 @@ mod tests {
         assert_eq!((a.task.as_str(), ids(&a)), ("t", vec!["0"]));
         let b = lease(&mut s, 1, 5, now);
         assert_eq!((b.task.as_str(), ids(&b)), ("u", vec!["0", "1"]));
-        assert_eq!(s.record(ok(&b, "9", "")), Recorded::UnknownItem);
+        assert!(matches!(
+            record(&mut s, ok(&b, "9", "")),
+            Recorded::Refused { .. }
+        ));
         let mut bogus = ok(&b, "0", "");
         bogus.lease_id = 999;
-        assert_eq!(s.record(bogus), Recorded::UnknownLease);
+        assert_eq!(record(&mut s, bogus), Recorded::UnknownLease);
     }
 
     #[test]
@@ -1160,8 +1422,8 @@ mod tests {
         ));
         // A leased item marked done: the lease's own result is then a duplicate.
         assert_eq!(s.mark_done(0, "0", kept), Ok(true));
-        assert_eq!(s.record(ok(&a, "0", "late")), Recorded::Duplicate);
-        assert_eq!(s.record(ok(&a, "2", "x")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&a, "0", "late")), Recorded::Duplicate);
+        assert_eq!(record(&mut s, ok(&a, "2", "x")), Recorded::Accepted);
         assert!(s.progress().is_complete());
         assert_eq!(s.lease_task_name(a.lease_id), Some("t"));
         assert_eq!(s.lease_task_name(999), None);
@@ -1174,18 +1436,207 @@ mod tests {
             lease_ttl: Duration::from_secs(10),
             max_attempts: 1,
             max_lease_items: 100,
-            batch_size: None,
+            ..SchedConfig::default()
         });
         s.add_task(task("t", 3)).unwrap();
         let a = lease(&mut s, 1, 3, t0);
-        assert_eq!(s.record(ok(&a, "0", "")), Recorded::Accepted);
-        assert_eq!(s.lease_returned(a.lease_id), 2);
+        assert_eq!(record(&mut s, ok(&a, "0", "")), Recorded::Accepted);
+        assert_eq!(s.lease_returned(1, a.lease_id), 2);
         assert_eq!(s.active_leases(), 0);
         // With max_attempts 1 a counted attempt would have failed the items; they are leased again.
         let b = lease(&mut s, 2, 3, t0);
         assert_eq!(ids(&b), vec!["1", "2"]);
         assert_eq!(s.progress().failed, 0);
-        assert_eq!(s.lease_returned(a.lease_id), 0, "already returned");
+        assert_eq!(s.lease_returned(1, a.lease_id), 0, "already returned");
+    }
+
+    fn choice_task(n: usize) -> TaskSpec {
+        let mut t = task("q", n);
+        for item in &mut t.items {
+            item.payload = Some(pb::work_item::Payload::Choice(pb::ChoiceItem {
+                choice_texts: ["A", "B", "C", "D"].map(String::from).to_vec(),
+                ..Default::default()
+            }));
+        }
+        t
+    }
+
+    fn choice(lease: &pb::Lease, item: &str, p: &[f32]) -> pb::ItemResult {
+        pb::ItemResult {
+            lease_id: lease.lease_id,
+            item_id: item.into(),
+            outcome: Some(Outcome::Choice(pb::ChoiceResult {
+                probabilities: p.to_vec(),
+                prompt_tokens: 1,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_result_counts_only_for_an_item_of_its_lease_from_the_worker_holding_it() {
+        let now = Instant::now();
+        let mut s = sched(4);
+        let a = lease(&mut s, 1, 2, now);
+        let b = lease(&mut s, 2, 2, now);
+        // Worker 2 answers worker 1's lease; worker 1 answers an item it was never given.
+        for (worker, result) in [(2, ok(&a, "0", "forged")), (1, ok(&a, "2", "forged"))] {
+            assert!(matches!(
+                s.record(worker, result, now),
+                Recorded::Refused {
+                    worker_stopped: false,
+                    ..
+                }
+            ));
+        }
+        // Neither can end or return the other's lease (which would burn its attempts).
+        assert_eq!(s.lease_done(2, a.lease_id), 0);
+        assert_eq!(s.lease_returned(2, a.lease_id), 0);
+        assert_eq!(s.active_leases(), 2);
+        assert_eq!(s.progress().done, 0);
+        assert_eq!(s.record(1, ok(&a, "0", "a0"), now), Recorded::Accepted);
+        assert_eq!(s.record(2, ok(&b, "2", "b2"), now), Recorded::Accepted);
+        assert_eq!(predict(&s, 0).as_deref(), Some("a0"));
+        assert_eq!(predict(&s, 2).as_deref(), Some("b2"));
+        assert_eq!(s.lease_done(1, a.lease_id), 1);
+    }
+
+    #[test]
+    fn invalid_results_are_refused_the_item_leased_again_and_the_worker_stopped_at_the_limit() {
+        let now = Instant::now();
+        let mut s = Scheduler::new(SchedConfig {
+            max_invalid_results: 2,
+            ..SchedConfig::default()
+        });
+        s.add_task(choice_task(2)).unwrap();
+        let a = lease(&mut s, 1, 2, now);
+        let refused = s.record(1, choice(&a, "0", &[0.5, 0.25, 0.25]), now);
+        assert_eq!(
+            refused,
+            Recorded::Refused {
+                why: "item \"0\": 3 probabilities for 4 choices".into(),
+                worker_stopped: false
+            }
+        );
+        // Item 0 is queued again; worker 1 sends one more bad result and is stopped.
+        let stopped = s.record(1, choice(&a, "1", &[f32::NAN, 0.0, 0.0, 1.0]), now);
+        assert!(
+            matches!(
+                stopped,
+                Recorded::Refused {
+                    worker_stopped: true,
+                    ..
+                }
+            ),
+            "{stopped:?}"
+        );
+        assert_eq!(s.active_leases(), 0);
+        assert!(matches!(
+            s.request_lease(1, 2, 1, now),
+            Assignment::Refused { .. }
+        ));
+        // Worker 2 gets both items and its results are the ones kept.
+        let b = lease(&mut s, 2, 2, now);
+        assert_eq!(ids(&b), ["0", "1"]);
+        for i in ["0", "1"] {
+            let r = choice(&b, i, &[0.1, 0.2, 0.3, 0.4]);
+            assert_eq!(s.record(2, r, now), Recorded::Accepted);
+        }
+        assert!(s.progress().is_complete());
+        assert_eq!(s.progress().failed, 0);
+        let kept = Outcome::Choice(pb::ChoiceResult {
+            probabilities: vec![0.1, 0.2, 0.3, 0.4],
+            prompt_tokens: 1,
+        });
+        assert_eq!(s.outcomes(0)[0], Some(ItemOutcome::Done(kept)));
+    }
+
+    #[test]
+    fn an_invalid_journaled_result_is_refused_by_mark_done() {
+        let mut s = Scheduler::new(SchedConfig::default());
+        s.add_task(choice_task(1)).unwrap();
+        let three = Outcome::Choice(pb::ChoiceResult {
+            probabilities: vec![0.2, 0.3, 0.5],
+            prompt_tokens: 1,
+        });
+        assert!(matches!(
+            s.mark_done(0, "0", three),
+            Err(PreloadError::Invalid { .. })
+        ));
+        assert_eq!(s.progress().done, 0);
+    }
+
+    #[test]
+    fn a_lease_without_progress_is_taken_back_despite_heartbeats() {
+        let t0 = Instant::now();
+        let secs = |n| t0 + Duration::from_secs(n);
+        let mut s = Scheduler::new(SchedConfig {
+            lease_ttl: Duration::from_secs(10),
+            lease_progress_timeout: Some(Duration::from_secs(30)),
+            ..SchedConfig::default()
+        });
+        s.add_task(task("t", 3)).unwrap();
+        let a = lease(&mut s, 1, 3, t0);
+        // ModelReady at 10 s and a result at 25 s: the deadline moves to 55 s.
+        s.progressed(1, a.lease_id, secs(10));
+        assert_eq!(s.record(1, ok(&a, "0", "x"), secs(25)), Recorded::Accepted);
+        // Heartbeats every 5 s keep the lease alive but do not count as progress.
+        for t in (5..=55).step_by(5) {
+            assert_eq!(s.heartbeat(1, &[a.lease_id], secs(t)), 1);
+            let expired = s.expire(secs(t));
+            assert!(expired.silent.is_empty());
+            assert_eq!(
+                expired.stalled,
+                if t == 55 { vec![a.lease_id] } else { vec![] }
+            );
+        }
+        // Its next heartbeat names the lease: the worker is told; no one else is.
+        assert_eq!(s.stalled_lease(1, &[a.lease_id]), Some(a.lease_id));
+        assert_eq!(s.stalled_lease(2, &[a.lease_id]), None);
+        let b = lease(&mut s, 2, 3, secs(56));
+        assert_eq!(ids(&b), ["1", "2"]);
+        for i in ["1", "2"] {
+            assert_eq!(s.record(2, ok(&b, i, i), secs(57)), Recorded::Accepted);
+        }
+        assert!(s.progress().is_complete());
+        // No timeout configured: only heartbeats count.
+        let mut s = Scheduler::new(SchedConfig {
+            lease_progress_timeout: None,
+            ..SchedConfig::default()
+        });
+        s.add_task(task("t", 1)).unwrap();
+        let c = lease(&mut s, 1, 1, t0);
+        s.heartbeat(1, &[c.lease_id], secs(3600 * 24));
+        assert!(s.expire(secs(3600 * 24 + 1)).is_empty());
+    }
+
+    #[test]
+    fn leases_stay_under_the_workers_message_limit() {
+        let now = Instant::now();
+        let mut s = Scheduler::new(SchedConfig::default());
+        let mut t = task("t", 4);
+        for (i, item) in t.items.iter_mut().enumerate() {
+            // Items 0, 1 and 3 of 1.5 MiB: two fit a lease, three do not; item 2 fits none.
+            let size = if i == 2 { 5 << 20 } else { 3 << 19 };
+            item.payload = Some(pb::work_item::Payload::Reward(pb::RewardItem {
+                text: "x".repeat(size),
+            }));
+        }
+        s.add_task(t).unwrap();
+        let a = lease(&mut s, 1, 4, now);
+        assert_eq!(ids(&a), ["0", "1"]);
+        assert!(a.encoded_len() <= MAX_LEASE_BYTES);
+        // Item 2 comes next, fails for good without a lease, and item 3 is leased instead.
+        let b = lease(&mut s, 1, 4, now);
+        assert_eq!(ids(&b), ["3"]);
+        let Some(ItemOutcome::Failed { message, attempts }) = &s.outcomes(0)[2] else {
+            panic!("{:?}", s.outcomes(0)[2])
+        };
+        assert!(
+            message.contains("more than the 4193280 a worker accepts"),
+            "{message}"
+        );
+        assert_eq!(*attempts, 0);
+        assert_eq!(s.progress().failed, 1);
     }
 
     #[test]
@@ -1250,10 +1701,10 @@ mod tests {
         again[0].item_id = "2".into();
         s.add_items(t, again).unwrap();
         for i in ["0", "1"] {
-            assert_eq!(s.record(ok(&a, i, i)), Recorded::Accepted);
+            assert_eq!(record(&mut s, ok(&a, i, i)), Recorded::Accepted);
         }
         let b = lease(&mut s, 1, 4, now);
-        assert_eq!(s.record(ok(&b, "2", "2")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&b, "2", "2")), Recorded::Accepted);
         assert_eq!((s.progress().done, s.progress().open), (3, 1));
         assert_eq!(s.request_lease(1, 4, 1, now), Assignment::NoWork);
         assert!(!s.task_complete(t));
@@ -1282,11 +1733,11 @@ mod tests {
         // One worker with batch 2: the producer's first lease...
         let a = lease(&mut s, 1, 2, now);
         assert_eq!((a.task.as_str(), ids(&a)), ("t", vec!["0", "1"]));
-        assert_eq!(s.record(ok(&a, "1", "p1")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&a, "1", "p1")), Recorded::Accepted);
         // One fed item is not a full lease: the producer's queue goes first.
         let b = lease(&mut s, 1, 2, now);
         assert_eq!((b.task.as_str(), ids(&b)), ("t", vec!["2", "3"]));
-        assert_eq!(s.record(ok(&a, "0", "p0")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&a, "0", "p0")), Recorded::Accepted);
         // Two fed items fill a lease: it jumps ahead of the producer's remaining item 4.
         let d = lease(&mut s, 2, 2, now);
         assert_eq!((d.task.as_str(), ids(&d)), ("c", vec!["1", "0"]));
@@ -1295,15 +1746,15 @@ mod tests {
         };
         assert_eq!((e.label.as_str(), e.predict.as_str()), ("1", "p1"));
         // A failed producer item feeds nothing.
-        assert_eq!(s.record(err(&b, "2", false)), Recorded::Failed);
-        assert_eq!(s.record(ok(&b, "3", "p3")), Recorded::Accepted);
+        assert_eq!(record(&mut s, err(&b, "2", false)), Recorded::Failed);
+        assert_eq!(record(&mut s, ok(&b, "3", "p3")), Recorded::Accepted);
         // One fed item queued again: the producer's last item comes first, then the fed one.
         let f = lease(&mut s, 1, 2, now);
         assert_eq!((f.task.as_str(), ids(&f)), ("t", vec!["4"]));
         let g = lease(&mut s, 2, 2, now);
         assert_eq!((g.task.as_str(), ids(&g)), ("c", vec!["3"]));
         assert!(!s.task_complete(c));
-        assert_eq!(s.record(ok(&f, "4", "p4")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&f, "4", "p4")), Recorded::Accepted);
         // The producer completed: the fed task's input is closed, with item 4 still to run.
         assert!(s.task_complete(0));
         assert_eq!(s.progress().open, 0);
@@ -1312,7 +1763,7 @@ mod tests {
         for (l, i) in [(&d, "1"), (&d, "0"), (&g, "3"), (&h, "4")] {
             let mut r = ok(l, i, "");
             r.outcome = Some(Outcome::Embed(pb::EmbedResult { score: 0.5 }));
-            assert_eq!(s.record(r), Recorded::Accepted);
+            assert_eq!(record(&mut s, r), Recorded::Accepted);
         }
         assert!(s.progress().is_complete());
         assert_eq!(s.request_lease(1, 2, 1, now), Assignment::Finished);
@@ -1342,16 +1793,19 @@ mod tests {
         let c = s.add_streaming_task(streaming("c", 0)).unwrap();
         s.feed(0, c, to_embed()).unwrap();
         let a = lease(&mut s, 1, 2, t0);
-        assert_eq!(s.record(ok(&a, "0", "first")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&a, "0", "first")), Recorded::Accepted);
         // The lease expires: item 1 is requeued, nothing is fed for it.
-        assert_eq!(s.expire(t0 + Duration::from_secs(10)), vec![a.lease_id]);
+        assert_eq!(
+            s.expire(t0 + Duration::from_secs(10)).silent,
+            vec![a.lease_id]
+        );
         assert_eq!(s.items(c).len(), 1);
         let b = lease(&mut s, 2, 1, t0 + Duration::from_secs(11));
         assert_eq!((b.task.as_str(), ids(&b)), ("c", vec!["0"]));
         let d = lease(&mut s, 2, 1, t0 + Duration::from_secs(11));
         assert_eq!((d.task.as_str(), ids(&d)), ("t", vec!["1"]));
-        assert_eq!(s.record(ok(&a, "1", "late")), Recorded::Accepted);
-        assert_eq!(s.record(ok(&d, "1", "again")), Recorded::Duplicate);
+        assert_eq!(record(&mut s, ok(&a, "1", "late")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&d, "1", "again")), Recorded::Duplicate);
         let fed: Vec<String> = s
             .items(c)
             .iter()
@@ -1403,12 +1857,12 @@ mod tests {
         assert_eq!((a.task.as_str(), ids(&a)), ("c", vec!["1/0"]));
         let b = lease(&mut s, 1, 2, now);
         assert_eq!((b.task.as_str(), ids(&b)), ("t", vec!["0", "2"]));
-        assert_eq!(s.record(ok(&b, "0", "abc")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&b, "0", "abc")), Recorded::Accepted);
         // Three new items: a full lease of the fed task while the producer still runs.
         let d = lease(&mut s, 2, 2, now);
         assert_eq!((d.task.as_str(), ids(&d)), ("c", vec!["0/0", "0/1"]));
         // An empty result feeds nothing; the producer completes and closes the input.
-        assert_eq!(s.record(ok(&b, "2", "")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&b, "2", "")), Recorded::Accepted);
         assert!(s.task_complete(0) && !s.task_complete(c));
         assert_eq!(s.progress().open, 0);
         let e = lease(&mut s, 1, 8, now);
@@ -1416,7 +1870,7 @@ mod tests {
         for (l, i) in [(&a, "1/0"), (&d, "0/0"), (&d, "0/1"), (&e, "0/2")] {
             let mut res = ok(l, i, "");
             res.outcome = Some(reward.clone());
-            assert_eq!(s.record(res), Recorded::Accepted);
+            assert_eq!(record(&mut s, res), Recorded::Accepted);
         }
         assert!(s.progress().is_complete());
         assert_eq!(s.items(c).len(), 5);
@@ -1431,7 +1885,7 @@ mod tests {
         let now = Instant::now();
         let mut s = sched(2);
         let a = lease(&mut s, 1, 1, now);
-        assert_eq!(s.record(ok(&a, "0", "early")), Recorded::Accepted);
+        assert_eq!(record(&mut s, ok(&a, "0", "early")), Recorded::Accepted);
         let plain = s.add_task(task("plain", 1)).unwrap();
         let c = s.add_streaming_task(streaming("c", 0)).unwrap();
         assert!(matches!(

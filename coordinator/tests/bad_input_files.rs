@@ -7,7 +7,7 @@
 mod bad_input_common;
 mod fleet_common;
 
-use bad_input_common::{Snapshot, Step1, assert_clean_failure};
+use bad_input_common::{Snapshot, Step1, Step3, assert_clean_failure};
 
 #[test]
 fn output_directory_that_cannot_be_created_fails_before_any_work() {
@@ -60,4 +60,18 @@ fn disk_full_while_writing_leaves_no_partial_file_and_the_run_resumes() {
             .unwrap()
             .starts_with("{\n    \"predict_")
     );
+}
+
+#[test]
+fn step3_keeps_the_earlier_results_when_its_model_fails() {
+    let job = Step3::new();
+    // Every item fails on the worker: the step fails after its fleet ran, with the earlier
+    // results/ files of <save_dir>/mmlu still there, unchanged.
+    let config = job.dir.path().join("tiny-llama-chat/config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json.as_object_mut().unwrap().remove("architectures");
+    std::fs::write(&config, json.to_string()).unwrap();
+    let stderr = job.fails_with(&["3 items failed:", "missing `architectures`"]);
+    assert!(stderr.contains("starting 1 local worker"), "{stderr}");
 }

@@ -25,7 +25,23 @@ use std::time::{Duration, Instant};
 use fleet_common::{evalfleet_bin, repo, tiny_chat_model, wait, wait_ok, worker_bin};
 use serde_json::Value;
 
-const TOKEN: &str = "serve-test-token";
+/// What workers present (`--worker-token-file`).
+const WORKER_TOKEN: &str = "serve-test-worker-token";
+/// What submit/status/cancel present (`--control-token-file`).
+const CONTROL_TOKEN: &str = "serve-test-control-token";
+
+/// Writes both tokens into `dir`; returns serve's options naming them.
+fn token_args(dir: &Path) -> Vec<std::ffi::OsString> {
+    let (worker, control) = (dir.join("worker.token"), dir.join("control.token"));
+    std::fs::write(&worker, format!("{WORKER_TOKEN}\n")).unwrap();
+    std::fs::write(&control, format!("{CONTROL_TOKEN}\n")).unwrap();
+    vec![
+        "--worker-token-file".into(),
+        worker.into(),
+        "--control-token-file".into(),
+        control.into(),
+    ]
+}
 /// Samples per demo data set (two data sets): 8 items per job.
 const SAMPLES: usize = 4;
 /// A guard against hangs only; nothing waits for a duration to pass.
@@ -56,7 +72,7 @@ fn client(url: &str, args: &[&str]) -> Value {
 fn client_with(url: &str, extra: &[&str], args: &[&str]) -> Value {
     let token_file =
         std::env::temp_dir().join(format!("evalfleet-serve-token-{}", std::process::id()));
-    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::write(&token_file, CONTROL_TOKEN).unwrap();
     let child = Command::new(evalfleet_bin())
         .args(args)
         .args(["--coordinator", url, "--token-file"])
@@ -116,8 +132,6 @@ fn all_in_state(ids: &[&str], state: &'static str) -> impl Fn(&Value) -> bool {
 
 /// `evalfleet serve` on loopback ports; returns it with its gRPC and metrics URLs.
 fn start_serve(dir: &Path) -> (Child, String, String) {
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut child = Command::new(evalfleet_bin())
         .args([
             "serve",
@@ -126,8 +140,7 @@ fn start_serve(dir: &Path) -> (Child, String, String) {
             "--metrics-listen",
             "127.0.0.1:0",
         ])
-        .arg("--token-file")
-        .arg(&token_file)
+        .args(token_args(dir))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -159,7 +172,7 @@ fn start_worker(url: &str, name: &str, hold: Option<&str>) -> Child {
         "--batch-size",
         "2",
     ])
-    .env("EVALFLEET_TOKEN", TOKEN)
+    .env("EVALFLEET_TOKEN", WORKER_TOKEN)
     .env_remove("EVALFLEET_TEST_CRASH_ONCE")
     .env_remove("EVALFLEET_TEST_HOLD_ONCE");
     if let Some(spec) = hold {
@@ -424,14 +437,12 @@ fn a_job_interrupted_by_a_coordinator_stop_runs_again_when_it_restarts_and_sweep
     let model = tiny_chat_model(&d.join("a"));
     let yaml = write_yaml(d, "job", &model, &d.join("out"));
     let state = d.join("state");
-    let token_file = d.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let tokens = token_args(d);
     let serve = |extra: &[&str]| {
         let child = Command::new(evalfleet_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(&state)
-            .arg("--token-file")
-            .arg(&token_file)
+            .args(&tokens)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -590,11 +601,10 @@ fn serve_over_tls_runs_a_job_for_a_worker_and_a_client_that_trust_its_ca() {
     let ca = d.join("ca.pem");
     let model = tiny_chat_model(&d.join("a"));
     let yaml = write_yaml(d, "job", &model, &d.join("out"));
-    let token_file = d.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let token_file = d.join("control.token");
     let child = Command::new(evalfleet_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--token-file"])
-        .arg(&token_file)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(token_args(d))
         .arg("--tls-cert")
         .arg(&files.cert)
         .arg("--tls-key")
@@ -614,7 +624,7 @@ fn serve_over_tls_runs_a_job_for_a_worker_and_a_client_that_trust_its_ca() {
     let worker = Command::new(worker_bin())
         .args(["--coordinator", &url, "--worker-id", "tls", "--tls-ca"])
         .arg(&ca)
-        .env("EVALFLEET_TOKEN", TOKEN)
+        .env("EVALFLEET_TOKEN", WORKER_TOKEN)
         .env_remove("EVALFLEET_TEST_HOLD_ONCE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -647,4 +657,168 @@ fn serve_over_tls_runs_a_job_for_a_worker_and_a_client_that_trust_its_ca() {
     wait_ok(serve, Duration::from_secs(60), "serve after SIGTERM");
     let mut worker = worker;
     let _ = worker.wait();
+}
+
+/// `evalfleet serve ARGS` that must refuse to start: its stderr.
+fn serve_refuses(dir: &Path, args: &[std::ffi::OsString]) -> String {
+    let child = Command::new(evalfleet_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("EVALFLEET_WORKER_TOKEN")
+        .env_remove("EVALFLEET_CONTROL_TOKEN")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait(child, Duration::from_secs(60));
+    assert!(!out.status.success(), "serve started with {args:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `evalfleet status` against `url` presenting `token`.
+fn status_with_token(dir: &Path, url: &str, token: &str) -> std::process::Output {
+    let file = dir.join("client.token");
+    std::fs::write(&file, token).unwrap();
+    Command::new(evalfleet_bin())
+        .args(["status", "--json", "--coordinator", url, "--token-file"])
+        .arg(&file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn serve_keeps_the_worker_token_and_the_control_token_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = |name: &str, token: &str| {
+        std::fs::write(d.join(name), format!("{token}\n")).unwrap();
+        d.join(name).into_os_string()
+    };
+    let worker = file("worker.token", WORKER_TOKEN);
+    // One token for both, a short token, or the old single --token-file: refused at start.
+    let same = serve_refuses(
+        d,
+        &[
+            "--worker-token-file".into(),
+            worker.clone(),
+            "--control-token-file".into(),
+            worker.clone(),
+        ],
+    );
+    assert!(
+        same.contains("the worker token and the control token are the same"),
+        "{same}"
+    );
+    let short = file("short.token", "0123456789abcde");
+    let too_short = serve_refuses(
+        d,
+        &[
+            "--worker-token-file".into(),
+            worker.clone(),
+            "--control-token-file".into(),
+            short,
+        ],
+    );
+    assert!(
+        too_short.contains("the control token is 15 characters long; at least 16 are needed"),
+        "{too_short}"
+    );
+    let old = serve_refuses(d, &["--token-file".into(), worker.clone()]);
+    assert!(old.contains("--worker-token-file"), "{old}");
+    let none = serve_refuses(d, &["--worker-token-file".into(), worker]);
+    assert!(
+        none.contains("pass --control-token-file FILE or set EVALFLEET_CONTROL_TOKEN"),
+        "{none}"
+    );
+
+    let child = Command::new(evalfleet_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(token_args(d))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (serve, url) = fleet_common::listening_url(child);
+    let _guard = KillOnDrop(vec![serve.id()]);
+
+    // Control: the control token opens it, the worker token does not.
+    let ok = status_with_token(d, &url, CONTROL_TOKEN);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = status_with_token(d, &url, WORKER_TOKEN);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("missing or invalid bearer token"), "{said}");
+
+    // Fleet: the worker token opens a worker stream, the control token does not.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = || async {
+            tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        };
+        let hello = rpc_client::hello();
+        let Err(status) = rpc_client::open(channel().await, Some(CONTROL_TOKEN), hello).await
+        else {
+            panic!("a worker stream opened with the control token");
+        };
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let (_tx, mut inbound) =
+            rpc_client::open(channel().await, Some(WORKER_TOKEN), rpc_client::hello())
+                .await
+                .unwrap();
+        assert!(matches!(
+            rpc_client::next(&mut inbound).await,
+            evalfleet_proto::v1::coordinator_message::Msg::Welcome(_)
+        ));
+    });
+
+    sigterm(&serve);
+    wait_ok(serve, Duration::from_secs(60), "serve after SIGTERM");
+}
+
+#[test]
+fn two_coordinators_on_one_state_directory_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("state");
+    let serve = |state: &Path| {
+        Command::new(evalfleet_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state)
+            .args(token_args(d))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, _url) = fleet_common::listening_url(serve(&state));
+    let _guard = KillOnDrop(vec![first.id()]);
+    // The same folder by another name.
+    std::fs::create_dir_all(state.join("x")).unwrap();
+    let second = wait(serve(&state.join("x/..")), Duration::from_secs(60));
+    assert!(!second.status.success());
+    assert!(second.stdout.is_empty(), "the second one listened");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains(&format!("in use by pid {}", first.id())),
+        "{said}"
+    );
+    sigterm(&first);
+    wait_ok(first, Duration::from_secs(60), "serve after SIGTERM");
 }

@@ -74,7 +74,10 @@ impl Pod {
             std::fs::create_dir_all(&host).unwrap();
             for item in seq(&vol["secret"]["items"]) {
                 assert_eq!(text(item, "key"), "token", "the Secret's key is `token`");
-                std::fs::write(host.join(text(item, "path")), format!("{TOKEN}\n")).unwrap();
+                // Each Secret its own token (serve refuses one token for workers and control).
+                let secret = text(&vol["secret"], "secretName");
+                let token = format!("{TOKEN}-{secret}\n");
+                std::fs::write(host.join(text(item, "path")), token).unwrap();
             }
             mounts.push((text(m, "mountPath").to_string(), host));
         }
@@ -247,7 +250,8 @@ fn fleet_layout_serves_submitted_jobs_and_keeps_its_queue_when_the_coordinator_p
         "evalfleet-worker-0",
         root,
     );
-    let token = PathBuf::from(serve_pod.host("/var/run/secrets/evalfleet/token"));
+    // The clients present the control token, which only the serve pod mounts.
+    let token = PathBuf::from(serve_pod.host("/var/run/secrets/evalfleet-control/token"));
     let model = tiny_chat_model(Path::new(&serve_pod.host("/models")));
     let out = serve_pod.host("/outputs/job");
     let yaml = root.join("job.yaml");

@@ -4,7 +4,8 @@ For each kustomization folder (k8s/ and k8s/overlays/*) and each plain manifest 
 1. schema: every resource validates (strict: unknown fields are errors) against the Kubernetes
    OpenAPI schemas of each pinned version, with the PyPI package kubernetes-validate;
 2. policy: what k8s/README.md promises: no Secret and no token value in any manifest (the token comes
-   from the evalfleet-token Secret mounted as a file); non-root pods with a read-only root filesystem,
+   from the evalfleet-worker-token Secret, and serve's control token from evalfleet-control-token,
+   mounted as files; the control token never in a worker pod); non-root pods with a read-only root filesystem,
    an emptyDir on /tmp, all capabilities dropped, no service-account token; CPU/memory requests and
    limits; a terminationGracePeriodSeconds; gRPC readiness/liveness probes on the coordinator's port
    (`serve`) or on its --health-listen port (`run`, whose grpc port closes between fleets);
@@ -37,7 +38,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kustomize_lite  # noqa: E402
 
-TOKEN_SECRET = "evalfleet-token"
+# The worker token (every pod that talks to workers or is one) and serve's control token (only the
+# serve Deployment: a worker host must not be able to submit or cancel jobs).
+WORKER_SECRET = "evalfleet-worker-token"
+CONTROL_SECRET = "evalfleet-control-token"
 COORDINATOR_PORT = 50051
 # The one-shot coordinator's --health-listen port (its probes' target).
 HEALTH_PORT = 8081
@@ -139,10 +143,17 @@ def check_no_token(rep: Report, where: str, res: dict[str, Any]) -> None:
             for i, a in enumerate(args):
                 if a in ("--token",) or a.startswith("--token="):
                     rep.fail(where, f"container {c['name']}: a token on the command line")
+        programs = {
+            Path(str((c.get("command") or [""])[0])).name
+            for c in pod.get("containers", []) + pod.get("initContainers", [])
+        }
         for vol in pod.get("volumes", []):
             secret = vol.get("secret")
-            if secret and secret.get("secretName") != TOKEN_SECRET:
-                rep.fail(where, f"volume {vol['name']}: unexpected Secret {secret.get('secretName')}")
+            name = secret and secret.get("secretName")
+            if secret and name not in (WORKER_SECRET, CONTROL_SECRET):
+                rep.fail(where, f"volume {vol['name']}: unexpected Secret {name}")
+            if name == CONTROL_SECRET and "evalfleet-worker" in programs:
+                rep.fail(where, f"volume {vol['name']}: the control token in a worker pod")
 
 
 def check_pod(rep: Report, where: str, res: dict[str, Any]) -> None:

@@ -144,6 +144,19 @@ pub struct JobConfig {
 }
 
 impl JobConfig {
+    /// The directories its steps write (`output_dir`, step 3's `save_dir`), in step order.
+    pub fn output_dirs(&self) -> Vec<PathBuf> {
+        self.steps
+            .iter()
+            .filter_map(|step| match step {
+                StepConfig::Step1(c) => Some(c.output_dir.clone()),
+                StepConfig::Step2(c) => Some(c.output_dir.clone()),
+                StepConfig::Step3(c) => c.save_dir.clone(),
+                StepConfig::Step4(c) => Some(c.output_dir.clone()),
+            })
+            .collect()
+    }
+
     /// The step-1 settings, if the job has step 1.
     pub fn step1(&self) -> Option<&Step1Config> {
         self.steps.iter().find_map(|step| match step {

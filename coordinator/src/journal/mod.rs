@@ -61,7 +61,7 @@ use writer::{Msg, Timing, Writer};
 
 use crate::output;
 use crate::rpc::ResultSink;
-use crate::sched::{Scheduler, TaskSpec};
+use crate::sched::{PreloadError, Scheduler, TaskSpec};
 
 /// The folder under an output directory that holds the journals.
 pub const JOURNAL_DIR: &str = ".evalfleet-journal";
@@ -249,11 +249,19 @@ impl Journal {
             let task = sched
                 .task_index(&e.task)
                 .ok_or_else(|| bad("no such task in this job".into()))?;
-            if sched
-                .mark_done(task, &e.item, e.outcome.clone())
-                .map_err(|err| bad(err.to_string()))?
-            {
-                marked += 1;
+            match sched.mark_done(task, &e.item, e.outcome.clone()) {
+                Ok(true) => marked += 1,
+                Ok(false) => {}
+                // Kept by an older build that did not check results on arrival: computed again
+                // instead of failing every resume.
+                Err(PreloadError::Invalid { why, .. }) => warn!(
+                    "{}: task {}, item {:?}: ignoring an invalid journaled result ({why}); it is \
+                     computed again",
+                    self.path.display(),
+                    e.task,
+                    e.item
+                ),
+                Err(err) => return Err(bad(err.to_string())),
             }
         }
         if marked > 0 {

@@ -21,9 +21,41 @@ pub struct LimitArgs {
     /// Open connections per client address; more are closed at once. 0 = no limit.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONNECTIONS_PER_CLIENT)]
     pub max_connections_per_client: usize,
+    /// A lease without any item result (or its model loaded) for SECS is taken back and its
+    /// worker told to stop, however regularly its heartbeats come (a wedged GPU keeps its timer
+    /// running); the items go to other workers. 0 = no deadline.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds,
+          default_value_t = crate::sched::DEFAULT_LEASE_PROGRESS_TIMEOUT.as_secs_f64())]
+    pub lease_progress_timeout: f64,
+    /// A worker that sends N refused results (the wrong kind for its item, a wrong number of
+    /// probabilities, NaN or infinite scores, oversized texts, items of leases not its own) gets
+    /// no more leases. 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = crate::sched::DEFAULT_MAX_INVALID_RESULTS)]
+    pub max_invalid_results: u32,
+}
+
+/// A number of seconds: finite, >= 0, at most a year (so that it fits a `Duration` from now).
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=365.0 * 86400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "expected a number of seconds from 0 to 31536000, got {s:?}"
+        )),
+    }
 }
 
 impl LimitArgs {
+    /// The scheduler settings these options set (the rest default).
+    pub fn sched(&self) -> crate::sched::SchedConfig {
+        let timeout = self.lease_progress_timeout;
+        crate::sched::SchedConfig {
+            lease_progress_timeout: (timeout > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(timeout)),
+            max_invalid_results: self.max_invalid_results,
+            ..Default::default()
+        }
+    }
+
     /// The limits these options set (bursts derived from the rates).
     pub fn limits(&self) -> Limits {
         Limits::from_rates(

@@ -36,6 +36,7 @@ use tracing::info;
 
 use crate::config::{ConfigError, JobConfig, StepConfig};
 use crate::datasets::DatasetError;
+use crate::dirlock::DirLock;
 use crate::local::LocalError;
 use crate::output::OutputError;
 use crate::sched::SchedError;
@@ -49,6 +50,8 @@ pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>
             job.ignored_keys.join(", ")
         );
     }
+    // Held until the job's files are written: another process on these directories is refused.
+    let _locks = DirLock::acquire_all(job.output_dirs().iter().map(PathBuf::as_path))?;
     let mut files = Vec::new();
     let mut steps = job.steps.iter().peekable();
     while let Some(step) = steps.next() {
@@ -101,6 +104,8 @@ fn step1_paths(written: crate::output::Step1Files) -> [PathBuf; 3] {
 pub enum RunError {
     #[error(transparent)]
     Local(#[from] LocalError),
+    #[error(transparent)]
+    Locked(#[from] crate::dirlock::LockError),
     #[error(transparent)]
     Sched(#[from] SchedError),
     #[error("cannot listen on {addr}: {source}")]

@@ -76,7 +76,8 @@ pub async fn run_step3(
                 .collect()
         })
         .collect();
-    // Opened before anything is removed: a journal of another job stops the run first.
+    // The earlier results of each task are replaced only once its new ones are written
+    // (TaskResults::replace): a failed or stopped run leaves them as they were.
     let journal = match &cfg.save_dir {
         Some(dir) => Some(setup.attach_journal(dir, STEP3_JOURNAL, &tasks)?),
         None => {
@@ -84,11 +85,6 @@ pub async fn run_step3(
             None
         }
     };
-    if let Some(save_dir) = &cfg.save_dir {
-        for (task, _) in &planned {
-            remove_previous(&save_dir.join(&task.name))?;
-        }
-    }
     let run = run_fleet(tasks, &setup, "step3").await?;
     let mut reports = Vec::new();
     for (((task, plan), outcomes), order) in planned.iter().zip(run.outcomes).zip(orders) {
@@ -97,7 +93,7 @@ pub async fn run_step3(
         let log = results.results_log();
         println!("{log}");
         let files = match &cfg.save_dir {
-            Some(dir) => results.write(&dir.join(&task.name))?,
+            Some(dir) => results.replace(&dir.join(&task.name))?,
             None => Vec::new(),
         };
         reports.push(Step3TaskReport {
@@ -134,17 +130,6 @@ pub fn plan_all(cfg: &Step3Config) -> Result<Vec<(Step3Task, TaskPlan)>, Step3Er
             Ok((task.clone(), plan))
         })
         .collect()
-}
-
-/// LF refuses an existing `save_dir`; the original tool removed it first. A missing one is fine.
-fn remove_previous(dir: &std::path::Path) -> Result<(), Step3Error> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Step3Error::Io {
-            path: dir.to_owned(),
-            source: e,
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// One task of the fleet: a choice item per question (item id = its index in the plan), in

@@ -14,9 +14,17 @@ pub struct ServeArgs {
     /// Serve workers and job control on ADDR (e.g. 0.0.0.0:50051).
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// File whose first line is the bearer token that workers and `evalfleet submit` / `status` /
-    /// `cancel` must present (default: $EVALFLEET_TOKEN).
+    /// File whose first line is the bearer token workers must present (default:
+    /// $EVALFLEET_WORKER_TOKEN). It opens only the worker port's Fleet service, never job control.
     #[arg(long, value_name = "FILE")]
+    pub worker_token_file: Option<PathBuf>,
+    /// File whose first line is the bearer token `evalfleet submit` / `status` / `cancel` must
+    /// present (default: $EVALFLEET_CONTROL_TOKEN). It must differ from the worker token; both
+    /// need at least 16 characters.
+    #[arg(long, value_name = "FILE")]
+    pub control_token_file: Option<PathBuf>,
+    /// Refused: serve takes two tokens (--worker-token-file, --control-token-file).
+    #[arg(long, value_name = "FILE", hide = true)]
     pub token_file: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (items done per job and step, items per
     /// second per worker, leases outstanding, workers, model loads).
@@ -63,7 +71,9 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub coordinator: String,
-    /// File whose first line is the bearer token (default: $EVALFLEET_TOKEN).
+    /// File whose first line is the coordinator's control token, the one `evalfleet serve` was
+    /// given with --control-token-file (default: $EVALFLEET_CONTROL_TOKEN). The worker token is
+    /// refused here.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// PEM certificate(s) of the CA that signed the coordinator's certificate (needed for an
@@ -110,9 +120,15 @@ pub struct CancelArgs {
 
 /// Runs `evalfleet serve` until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.token_file.is_none(),
+        "evalfleet serve takes two tokens: --worker-token-file (workers) and \
+         --control-token-file (submit, status, cancel), not --token-file"
+    );
     super::serve(ServeOptions {
         listen: args.listen,
-        token_file: args.token_file,
+        worker_token_file: args.worker_token_file,
+        control_token_file: args.control_token_file,
         metrics_listen: args.metrics_listen,
         max_jobs: args.max_jobs,
         state_dir: args.state_dir,
@@ -122,6 +138,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         worker_bin: None,
         fleet: crate::rpc::FleetOptions {
             limits: args.limits.limits(),
+            sched: args.limits.sched(),
             ..Default::default()
         },
         tls: args
@@ -137,7 +154,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn target(client: &ClientArgs) -> anyhow::Result<control::Target> {
     Ok(control::Target {
         url: client.coordinator.clone(),
-        token: crate::local::read_token(client.token_file.as_deref())?,
+        token: crate::local::read_token_from(
+            client.token_file.as_deref(),
+            "--token-file",
+            crate::local::CONTROL_TOKEN_ENV,
+        )?,
         tls_ca: client.tls_ca.clone(),
     })
 }

@@ -1,5 +1,5 @@
-//! The `Control` gRPC service of `evalfleet serve` (Submit, Status, Cancel), behind the same
-//! bearer token as the workers' stream; and its client, used by `evalfleet submit`, `status` and
+//! The `Control` gRPC service of `evalfleet serve` (Submit, Status, Cancel), behind the control
+//! token (never the workers' token); and its client, used by `evalfleet submit`, `status` and
 //! `cancel`.
 
 use std::path::{Path, PathBuf};

@@ -279,9 +279,7 @@ impl Hub {
                 .collect();
             for (job, fleet) in fleets {
                 let expired = fleet.with_sched(|s| s.expire(Instant::now()));
-                if !expired.is_empty() {
-                    warn!("job {job}: leases {expired:?} expired without heartbeats; requeued");
-                }
+                crate::rpc::log_expired(&format!("job {job}: "), &expired);
             }
         }
     }
@@ -342,11 +340,14 @@ impl Hub {
                         }
                     }
                 }
+                // A fleet that took one of these leases back for lack of progress answers with a
+                // Shutdown for this worker (see crate::sched, progress deadline).
+                let mut reply = None;
                 for (_, (fleet, active_leases)) in by_fleet {
                     let hb = pb::Heartbeat { active_leases };
-                    fleet.handle_message(key, name, Up::Heartbeat(hb));
+                    reply = reply.or(fleet.handle_message(key, name, Up::Heartbeat(hb)));
                 }
-                None
+                reply
             }
             Up::Result(mut result) => {
                 let success = is_success(&result);

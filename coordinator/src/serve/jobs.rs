@@ -6,7 +6,9 @@
 //! resumes when it is submitted again.
 //!
 //! Two jobs never run on the same output directory at once (their files and journals would
-//! mix): a job whose output directory a running job uses waits until that one ends.
+//! mix): a job whose output directory a running job uses (by any path: canonical paths are
+//! compared), or holds or lies in, waits until that one ends. Each running job also locks its
+//! directories against other processes ([`crate::dirlock`]).
 //!
 //! With a state directory ([`super::state`]) every job's record is saved at each change, and a
 //! coordinator started again on it queues the jobs that were queued or running once more (they
@@ -28,7 +30,8 @@ use tracing::{info, warn};
 
 use super::hub::Hub;
 use super::state::{JobRecord, StateDir, StateError};
-use crate::config::{ConfigError, JobConfig, StepConfig};
+use crate::config::{ConfigError, JobConfig};
+use crate::dirlock::{canonical_path, overlaps};
 use crate::rpc::FleetOptions;
 use crate::run::{FleetHost, FleetSetup, RunError};
 use crate::sched::Progress;
@@ -307,9 +310,13 @@ impl Jobs {
                 .iter()
                 .flat_map(|j| j.output_dirs.iter().cloned())
                 .collect();
-            let Some(job) = st.jobs.iter_mut().find(|j| {
-                j.state == JobState::Queued && !j.output_dirs.iter().any(|d| busy.contains(d))
-            }) else {
+            // Same directory, or one inside the other (a sweep's folder and a checkpoint's).
+            let clashes = |d: &PathBuf| busy.iter().any(|b| overlaps(b, d));
+            let Some(job) = st
+                .jobs
+                .iter_mut()
+                .find(|j| j.state == JobState::Queued && !j.output_dirs.iter().any(clashes))
+            else {
                 return;
             };
             let Some(config) = job.config.take() else {
@@ -545,20 +552,10 @@ impl Spec {
     fn output_dirs(&self) -> Vec<PathBuf> {
         let dirs = match self {
             Spec::Sweep(cfg) => vec![cfg.output_dir.clone()],
-            Spec::Run(cfg) => cfg
-                .steps
-                .iter()
-                .filter_map(|step| match step {
-                    StepConfig::Step1(c) => Some(c.output_dir.clone()),
-                    StepConfig::Step2(c) => Some(c.output_dir.clone()),
-                    StepConfig::Step3(c) => c.save_dir.clone(),
-                    StepConfig::Step4(c) => Some(c.output_dir.clone()),
-                })
-                .collect(),
+            Spec::Run(cfg) => cfg.output_dirs(),
         };
-        dirs.iter()
-            .map(|d| PathBuf::from(crate::run::absolute(d)))
-            .collect()
+        // Canonical, so that `D`, `D/x/..` and a symlink to `D` are one directory.
+        dirs.iter().map(|d| canonical_path(d)).collect()
     }
 
     /// Runs it through its driver on `setup`'s fleet.

@@ -10,8 +10,10 @@
 //! - [`state`]: job records in `--state-dir`, so that a restarted coordinator resumes its queue.
 //! - [`cli`]: the `serve`, `submit`, `status` and `cancel` subcommands.
 //!
-//! One port serves the workers' `Fleet` service, the `Control` service (both behind the bearer
-//! token) and the gRPC health service (no token, for probes). A first SIGINT/SIGTERM stops the
+//! One port serves the workers' `Fleet` service (behind the worker token), the `Control` service
+//! (behind the control token, which must differ) and the gRPC health service (no token, for
+//! probes): a worker host cannot submit or cancel jobs, and a control client cannot join as a
+//! worker. A first SIGINT/SIGTERM stops the
 //! running jobs as `evalfleet run` stops (journals flushed: submitting them again resumes), tells
 //! the workers to exit and returns; a second exits at once.
 
@@ -49,8 +51,10 @@ use tonic_health::server::HealthReporter;
 pub struct ServeOptions {
     /// Where workers and control clients connect.
     pub listen: SocketAddr,
-    /// The bearer token's file (else `$EVALFLEET_TOKEN`).
-    pub token_file: Option<PathBuf>,
+    /// The workers' bearer token's file (else `$EVALFLEET_WORKER_TOKEN`).
+    pub worker_token_file: Option<PathBuf>,
+    /// The control clients' bearer token's file (else `$EVALFLEET_CONTROL_TOKEN`).
+    pub control_token_file: Option<PathBuf>,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_listen: Option<SocketAddr>,
     /// Jobs running at once.
@@ -70,6 +74,14 @@ pub struct ServeOptions {
     /// Serve over TLS with this certificate and key (no local workers then).
     pub tls: Option<TlsFiles>,
 }
+
+/// How long a stopping coordinator waits for its jobs to flush, its local workers to exit and
+/// its external workers to hang up: 25 s in all, inside a 30 s termination grace period.
+const STOP_WAITS: [Duration; 3] = [
+    Duration::from_secs(18),
+    Duration::from_secs(5),
+    Duration::from_secs(2),
+];
 
 /// Why `evalfleet serve` could not run.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +108,19 @@ pub enum ServeError {
 
 /// Runs the coordinator until SIGINT/SIGTERM (see the module docs).
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
-    let token = local::read_token(opts.token_file.as_deref())?;
+    let tokens = Tokens {
+        worker: local::read_token_from(
+            opts.worker_token_file.as_deref(),
+            "--worker-token-file",
+            local::WORKER_TOKEN_ENV,
+        )?,
+        control: local::read_token_from(
+            opts.control_token_file.as_deref(),
+            "--control-token-file",
+            local::CONTROL_TOKEN_ENV,
+        )?,
+    };
+    local::check_serve_tokens(&tokens.worker, &tokens.control)?;
     if opts.tls.is_some() && opts.workers > 0 {
         return Err(ServeError::TlsWithLocalWorkers);
     }
@@ -130,7 +154,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let gate = hub.gate().clone();
-    let (health, grpc) = serve_grpc(listener, tls, gate, &token, &hub, &jobs, &metrics)?;
+    let (health, grpc) = serve_grpc(listener, tls, gate, &tokens, &hub, &jobs, &metrics)?;
     health.set_serving::<FleetServer<hub::HubService>>().await;
     let grpc = tokio::spawn(grpc);
     // On stdout, for scripts and tests that start workers or scrape.
@@ -142,7 +166,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         tokio::spawn(hub.clone().reap_expired_leases()),
         tokio::spawn(jobs.clone().dispatch()),
     ];
-    let workers = start_local_workers(&opts, addr, token)?;
+    let workers = start_local_workers(&opts, addr, tokens.worker)?;
     // While serving, the first signal is a graceful stop (crate::stop).
     let graceful = crate::stop::Graceful::new();
     let signal = crate::stop::requested().await;
@@ -154,16 +178,18 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     info!(
         "{signal}: stopping the running jobs (their journals are flushed; submit them again to resume)"
     );
-    // Every driver waiting on its fleet saw the same signal and stops on its own.
-    let stopped = tokio::time::timeout(Duration::from_secs(30), jobs.wait_idle()).await;
+    // Every driver waiting on its fleet saw the same signal and stops on its own. The waits
+    // below add up to STOP_BUDGET, within Kubernetes' default 30 s grace period.
+    let [jobs_wait, workers_wait, disconnect_wait] = STOP_WAITS;
+    let stopped = tokio::time::timeout(jobs_wait, jobs.wait_idle()).await;
     if stopped.is_err() {
-        warn!("jobs still running after 30 s; stopping anyway");
+        warn!("jobs still running after {jobs_wait:?}; stopping anyway");
     }
     hub.shutdown_workers("the coordinator is stopping");
     if let Some(w) = workers {
-        w.shutdown(Duration::from_secs(10)).await;
+        w.shutdown(workers_wait).await;
     }
-    hub.wait_disconnected(Duration::from_secs(5)).await;
+    hub.wait_disconnected(disconnect_wait).await;
     drop(graceful);
     grpc.abort();
     for task in background {
@@ -172,14 +198,23 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// The gRPC server: the hub's `Fleet` service and `Control` (token required), health (none);
+/// `evalfleet serve`'s bearer tokens.
+struct Tokens {
+    /// Opens the `Fleet` service (workers).
+    worker: String,
+    /// Opens the `Control` service (submit, status, cancel).
+    control: String,
+}
+
+/// The gRPC server: the hub's `Fleet` service (worker token) and `Control` (control token),
+/// health (none);
 /// every call and connection goes through `gate`'s per-client limits, as `evalfleet run`'s do.
 /// Returns the health reporter (nothing reported yet) and the server to spawn.
 fn serve_grpc(
     listener: TcpListener,
     tls: Option<ServerTls>,
     gate: ClientGate,
-    token: &str,
+    tokens: &Tokens,
     hub: &Arc<hub::Hub>,
     jobs: &Arc<jobs::Jobs>,
     metrics: &Arc<metrics::Metrics>,
@@ -199,13 +234,19 @@ fn serve_grpc(
     }
     let fleet = FleetServer::new(hub::HubService { hub: hub.clone() })
         .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES);
-    let fleet = InterceptedService::new(fleet, BearerAuth::new(token).with_gate(gate.clone()));
+    let fleet = InterceptedService::new(
+        fleet,
+        BearerAuth::new(&tokens.worker).with_gate(gate.clone()),
+    );
     let control = ControlServer::new(control::ControlService {
         jobs: jobs.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
     });
-    let control = InterceptedService::new(control, BearerAuth::new(token).with_gate(gate.clone()));
+    let control = InterceptedService::new(
+        control,
+        BearerAuth::new(&tokens.control).with_gate(gate.clone()),
+    );
     let (reporter, health) = tonic_health::server::health_reporter();
     let health = InterceptedService::new(health, RateOnly(gate.clone()));
     Ok((reporter, async move {

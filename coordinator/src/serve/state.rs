@@ -43,23 +43,28 @@ pub enum StateError {
     },
     #[error(transparent)]
     Write(#[from] crate::output::OutputError),
+    #[error("--state-dir {0}")]
+    Locked(#[from] crate::dirlock::LockError),
 }
 
 /// The folder of job records.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     jobs: PathBuf,
+    /// Held while serving: a second `evalfleet serve` on the folder is refused.
+    _lock: Option<std::sync::Arc<crate::dirlock::DirLock>>,
 }
 
 impl StateDir {
     /// Uses (creating it if needed) `dir/jobs`.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let lock = crate::dirlock::DirLock::acquire(dir)?.map(std::sync::Arc::new);
         let jobs = dir.join("jobs");
         std::fs::create_dir_all(&jobs).map_err(|source| StateError::Io {
             path: jobs.clone(),
             source,
         })?;
-        Ok(StateDir { jobs })
+        Ok(StateDir { jobs, _lock: lock })
     }
 
     /// Saves `record`, replacing its earlier version atomically.

@@ -186,6 +186,38 @@ impl<'a> TaskResults<'a> {
     }
 
     /// Writes the four files into `dir` (`<save_dir>/<task>`), each atomically.
+    /// Writes the files into `dir` in place of an earlier run's (the original tool removed the
+    /// folder before its run; here the earlier results stay until the new ones are all written):
+    /// into a sibling folder first, which then takes `dir`'s place. A failure before that leaves
+    /// `dir` as it was; a crash between the two renames leaves the earlier results in
+    /// `.<name>.old` beside it.
+    pub fn replace(&self, dir: &Path) -> Result<Vec<PathBuf>, Step3Error> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let new = dir.with_file_name(format!(".{name}.new"));
+        let old = dir.with_file_name(format!(".{name}.old"));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Step3Error::Io { path, source }
+        };
+        remove_all(&new).map_err(io(&new))?;
+        remove_all(&old).map_err(io(&old))?;
+        let written = self.write(&new)?;
+        match std::fs::rename(dir, &old) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(dir)(e)),
+            _ => {}
+        }
+        std::fs::rename(&new, dir).map_err(io(dir))?;
+        remove_all(&old).map_err(io(&old))?;
+        Ok(written
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| dir.join(n))
+            .collect())
+    }
+
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, Step3Error> {
         let mut files = vec![
             (RESULTS_JSON, self.results_json()),
@@ -224,6 +256,14 @@ pub fn percent(k: usize, n: usize) -> String {
 /// ties to even. That is CPython's `round(x, 2)`, whose result Rust's `{:.2}` prints exactly.
 fn format_fixed2(x: f64) -> String {
     format!("{:.2}", crate::metrics::python_round(x, 2))
+}
+
+/// Removes `dir` and everything in it; a missing one is fine.
+fn remove_all(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

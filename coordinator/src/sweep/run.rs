@@ -28,7 +28,7 @@
 //! exactly, the time the fleet spent on that checkpoint.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::slice;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,6 +69,9 @@ pub struct SweepReport {
 /// (step 4 after it), then writes the report of the whole sweep folder. The checkpoints'
 /// `workers` / `batch_size` apply where the command line left them unset.
 pub async fn run_sweep(cfg: &SweepConfig, setup: &FleetSetup) -> Result<SweepReport, SweepError> {
+    // Held until the report is written: another sweep or run on this folder is refused.
+    let _lock =
+        crate::dirlock::DirLock::acquire(&cfg.output_dir).map_err(crate::run::RunError::from)?;
     let mut todo = Vec::new();
     let mut skipped = Vec::new();
     for c in &cfg.checkpoints {
@@ -499,9 +502,7 @@ async fn finish(
             let items = crate::run::step3::choice_results(plan, order, outcomes_of(*index))?;
             let results = TaskResults::from_items(plan, &items)?;
             info!("sweep: {name}: {}:\n{}", task.name, results.results_log());
-            let out = dir.join(&task.name);
-            remove_dir(&out)?;
-            results.write(&out)?;
+            results.replace(&dir.join(&task.name))?;
         }
         s3.journal.complete()?;
     }
@@ -532,17 +533,6 @@ fn step1_runtime(
         (None, None) => end,
     };
     end.saturating_duration_since(start)
-}
-
-/// The original tool replaced step 3's task folders; so does a sweep, right before writing.
-fn remove_dir(dir: &Path) -> Result<(), RunError> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RunError::Scoring(format!(
-            "{}: cannot remove the previous results: {e}",
-            dir.display()
-        ))),
-        _ => Ok(()),
-    }
 }
 
 fn mark_done(pending: &Pending) -> Result<(), RunError> {

@@ -84,13 +84,33 @@ pub fn task(n: usize) -> TaskSpec {
 
 /// A fleet of `n` items served on 127.0.0.1 (TLS if given) with `limits`.
 pub async fn start(n: usize, tls: Option<ServerTls>, limits: Limits) -> (Fleet, ServerHandle) {
+    start_task(task(n), tls, limits).await
+}
+
+/// A fleet of `task` served on 127.0.0.1 (TLS if given) with `limits`.
+pub async fn start_task(
+    task: TaskSpec,
+    tls: Option<ServerTls>,
+    limits: Limits,
+) -> (Fleet, ServerHandle) {
+    start_with(task, tls, limits, SchedConfig::default()).await
+}
+
+/// [`start_task`] with the scheduler settings `sched`.
+pub async fn start_with(
+    task: TaskSpec,
+    tls: Option<ServerTls>,
+    limits: Limits,
+    sched: SchedConfig,
+) -> (Fleet, ServerHandle) {
     let opts = FleetOptions {
         job_id: "test".into(),
         limits,
+        sched: sched.clone(),
         ..Default::default()
     };
-    let mut sched = Scheduler::new(SchedConfig::default());
-    sched.add_task(task(n)).unwrap();
+    let mut sched = Scheduler::new(sched);
+    sched.add_task(task).unwrap();
     let fleet = Fleet::new(opts, sched);
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = fleet

@@ -195,7 +195,9 @@ fn simulate(sc: &Scenario, batch: u32, ttl: f64, tail: u32) -> Outcome {
         lease_ttl: Duration::from_secs_f64(ttl),
         max_attempts: 3,
         max_lease_items: 256,
-        batch_size: None,
+        // Item costs here are arbitrary units: only heartbeats decide whether a worker is gone.
+        lease_progress_timeout: None,
+        ..SchedConfig::default()
     });
     let items = (0..sc.costs.len())
         .map(|i| pb::WorkItem {
@@ -231,7 +233,7 @@ fn simulate(sc: &Scenario, batch: u32, ttl: f64, tail: u32) -> Outcome {
     while let Some(Reverse((t_ns, _, w, step))) = queue.pop() {
         let t = t_ns as f64 / 1e9;
         let now = at(t);
-        for id in sched.expire(now) {
+        for id in sched.expire(now).silent {
             lost_items += running_items_of(&running, id);
         }
         let worker = &sc.workers[w];
@@ -282,17 +284,22 @@ fn simulate(sc: &Scenario, batch: u32, ttl: f64, tail: u32) -> Outcome {
                     makespan = t;
                     break;
                 }
+                Assignment::Refused { reason } => unreachable!("a simulated worker: {reason}"),
             },
             Step::Finish { lease, index } => {
                 let Some((id, idx)) = running[w].clone() else {
                     continue;
                 };
                 debug_assert_eq!(id, lease);
-                let recorded = sched.record(pb::ItemResult {
-                    lease_id: lease,
-                    item_id: idx[index].to_string(),
-                    outcome: Some(pb::item_result::Outcome::Generate(Default::default())),
-                });
+                let recorded = sched.record(
+                    w as u64,
+                    pb::ItemResult {
+                        lease_id: lease,
+                        item_id: idx[index].to_string(),
+                        outcome: Some(pb::item_result::Outcome::Generate(Default::default())),
+                    },
+                    now,
+                );
                 debug_assert!(matches!(recorded, Recorded::Accepted | Recorded::Duplicate));
                 if sched.progress().is_complete() {
                     makespan = t;
@@ -310,7 +317,7 @@ fn simulate(sc: &Scenario, batch: u32, ttl: f64, tail: u32) -> Outcome {
                         },
                     );
                 } else {
-                    sched.lease_done(lease);
+                    sched.lease_done(w as u64, lease);
                     running[w] = None;
                     push(&mut queue, t, w, Step::Request);
                 }

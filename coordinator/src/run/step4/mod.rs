@@ -94,6 +94,8 @@ pub async fn run_step4_with(
     setup: &FleetSetup,
     options: Step4Options,
 ) -> Result<Step4Report, RunError> {
+    // Held until its files are written (`evalfleet step4` comes here without run_job).
+    let _lock = crate::dirlock::DirLock::acquire(&cfg.output_dir)?;
     let stage = options.stage.unwrap_or(cfg.stage);
     let setup = setup.merged_with(cfg.fleet_keys());
     let out = &cfg.output_dir;

@@ -18,7 +18,13 @@
 #       the GPU against PyTorch's bf16 goldens (worker/tests/fixtures/train/step_llama_bf16_*);
 #       then `evalfleet-train` on yamls/train_rm.yaml's synthetic task on the GPU (one rank, 60
 #       steps; with 2+ GPUs also 2 ranks over NCCL), printing its held-out metrics.
-# SECTIONS (default "a d e bc p t") picks parts.
+#   (r) reward scoring (issue 20): the checkpoints of worker/tests/fixtures/reward_original
+#       (Baichuan head size 128 and 64, llama and qwen2 reward models) scored by
+#       `evalfleet-bench reward-scores` on the GPU in bf16 and f32, against PyTorch on the same
+#       GPU (transformers' models for the decoders; Baichuan2's own modeling_baichuan.py for the
+#       Baichuan ones, from the folder BAICHUAN2_CODE when set, else that side is skipped) and
+#       against the CPU goldens: records identical and the worst difference per length class.
+# SECTIONS (default "a d e bc p t r") picks parts.
 #
 # Every part runs under `timeout`; the whole script stays under ~6 minutes. Everything printed is
 # also written to $OUT/device-check.txt (OUT defaults to out/device-check). DRY_RUN=1 runs the
@@ -31,7 +37,7 @@ WORK="${DEVICE_CHECK_WORK:-${TMPDIR:-/tmp}/evalfleet-device-check}"
 DRY_RUN="${DRY_RUN:-0}"
 # Which parts to run (all by default); e.g. SECTIONS="e p" for a quick prefill profile. The random
 # model of (d)/(e)/(p) is always made.
-SECTIONS=" ${SECTIONS:-a d e bc p t} "
+SECTIONS=" ${SECTIONS:-a d e bc p t r} "
 want() { [[ "$SECTIONS" == *" $1 "* ]]; }
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/device-check.txt") 2>&1
@@ -325,6 +331,21 @@ if want t; then
   done
 fi
 
+if want r; then
+  say "(r) reward models: evalfleet on $DEVICE vs PyTorch on $TORCH_DEVICE and the CPU goldens"
+  RM="$FIX/reward_original"
+  "$PY" -c 'import json,sys; g=json.load(open(sys.argv[1])); json.dump([t["ids"] for t in g["texts"]], open(sys.argv[2], "w"))' \
+    "$RM/goldens.json" "$WORK/rm-ids.json"
+  for model in baichuan-h128 baichuan-h64 llama-h128 qwen2-h64; do
+    for dtype in bf16 f32; do
+      guard 120 "$EF" reward-scores --model "$RM/$model" --ids "$WORK/rm-ids.json" --device "$DEVICE" \
+        --dtype "$dtype" >"$WORK/rm-$model-$dtype.json" || rm -f "$WORK/rm-$model-$dtype.json"
+    done
+  done
+  guard 240 "$PY" "$ROOT/scripts/goldens/reward_original_goldens.py" --device-check "$WORK" \
+    "$TORCH_DEVICE" ${BAICHUAN2_CODE:-} | tee -a "$SUMMARY"
+fi
+
 say "summary (card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo none))"
 "$PY" - "$SUMMARY" "${REF:-transformers}" <<'EOF'
 import json, sys
@@ -333,6 +354,9 @@ ref = sys.argv[2]
 for r in rows:
     if r.get("check") == "logits":
         print(f"logits {r['model']} {r['dtype']}: max|diff| {r['max_abs_diff']:.3e} vs {r.get('reference', 'transformers')}")
+    if r.get("check") == "reward":
+        print(f"reward {r['model']} {r['dtype']} {r['class']} ({r['what']}): {r['identical']}/{r['records']} "
+              f"identical, worst {r['worst_score_diff']:.4f} ({r['worst_in_bf16_steps']:.2f} bf16 steps)")
     if r.get("check") == "train-grads":
         print(f"train-grads {r['case']} {r['dtype']} on {r['device']}: worst gradient excess "
               f"{r['worst_excess']:.3f} ({r['worst_param']}; <= 1 passes), distance to PyTorch bf16 "

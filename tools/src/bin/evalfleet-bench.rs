@@ -10,6 +10,7 @@
 //! - `convert-gguf`: a GGUF file to an f32 HF folder (weights, config, tokenizer files).
 //! - `train-grads`: one reward-model training batch's gradients against PyTorch's (the GPU
 //!   check of bf16 training).
+//! - `reward-scores`: a reward model's sigmoids on given ids (the GPU check of reward scoring).
 //!
 //! Prompts are token ids (a JSON file or random ids), so both sides of a comparison feed the model
 //! exactly the same input and no tokenizer or chat template is timed.
@@ -129,6 +130,23 @@ enum Cmd {
         /// Rounds of both modes; the best time of each is reported.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+    },
+    /// The sigmoids of a reward model (either kind, chosen by config.json) on given inputs, each
+    /// scored alone: one JSON line `{"model", "device", "dtype", "sigmoid": [..]}` (the device
+    /// check compares them with PyTorch on the same device).
+    RewardScores {
+        /// Reward model folder (config.json + safetensors or .bin weights).
+        #[arg(long)]
+        model: PathBuf,
+        /// JSON list of inputs, each a list of token ids (eos included).
+        #[arg(long)]
+        ids: PathBuf,
+        /// `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// `bf16` (the reference's, and the default) or `f32`.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
     },
     /// Step-3 questions per second through score::choice, without and with the shared-prefix
     /// cache on the same questions; prints both rates, their ratio and how far the results differ.
@@ -295,6 +313,12 @@ fn main() -> anyhow::Result<()> {
                 max_batch_tokens,
             },
         ),
+        Cmd::RewardScores {
+            model,
+            ids,
+            device,
+            dtype,
+        } => reward_scores(&model, &ids, &device, &dtype),
         Cmd::Reward {
             model,
             device,
@@ -975,6 +999,25 @@ mod tests {
 
 // ---------------------------------------------------------------------------------------------
 // reward
+
+/// Scores each input of the JSON file `ids` alone with the reward model `dir`.
+fn reward_scores(dir: &Path, ids: &Path, device: &str, dtype: &str) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(ids).with_context(|| format!("reading {}", ids.display()))?;
+    let inputs: Vec<Vec<u32>> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON list of id lists", ids.display()))?;
+    let dtype = evalfleet_worker::score::reward::reward_dtype(dtype)?;
+    let model = models::RewardModel::load(dir, dtype, &parse_device(device)?)?;
+    let sigmoid = inputs
+        .iter()
+        .map(|input| Ok(model.score_batch(std::slice::from_ref(input))?[0]))
+        .collect::<anyhow::Result<Vec<f32>>>()?;
+    println!(
+        "{}",
+        json!({"model": dir, "device": device, "dtype": format!("{dtype:?}"), "sigmoid": sigmoid})
+    );
+    Ok(())
+}
 
 /// Times the reward model on `pairs` random inputs (count, min and max length, seed): one call
 /// per input, then `batch_size` inputs per call.

@@ -5,8 +5,11 @@
 //! sigmoid.
 //!
 //! Rounding follows the PyTorch model op by op, so that bf16 scores land on the reference's bf16
-//! grid: RMSNorm computes in f32 and casts before the weight multiply; the ALiBi bias is built in
-//! f32 and cast (see [`super::alibi`]); softmax and SiLU compute in f32 and round once.
+//! grid (each matmul accumulates in f32 and rounds once): RMSNorm computes in f32 and casts
+//! before the weight multiply; the attention scores are divided by `sqrt(head_dim)` in f32 and
+//! rounded once (not multiplied by a factor rounded to bf16: inexact for head size 128); the
+//! ALiBi bias is built in f32 and cast (see [`super::alibi`]); softmax and SiLU compute in f32
+//! and round once; the score head rounds once after its bias, and the sigmoid once.
 //!
 //! Batching packs the sequences of a batch end to end (no padding): the linear layers run over
 //! all tokens at once, and attention runs per sequence over its own keys, with the same shapes
@@ -32,6 +35,7 @@ use super::baichuan_weights::RmWeights;
 use super::linear::{Linear, Weight};
 use super::lora::Adapter;
 use super::shard::{RowLinear, Split, TpGroup};
+use super::torch_ops;
 use crate::collective::SharedCollective;
 use crate::{Error, Result};
 
@@ -59,11 +63,7 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x32 = x.to_dtype(DType::F32)?;
-        let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (var + self.eps)?.sqrt()?.recip()?;
-        let normed = x32.broadcast_mul(&inv)?.to_dtype(x.dtype())?;
-        Ok(normed.broadcast_mul(&self.weight)?)
+        torch_ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -378,8 +378,7 @@ impl BaichuanRewardModel {
     /// logit once (after the bias) and the sigmoid once.
     fn head(&self, h: &[f32]) -> f32 {
         let dot: f32 = h.iter().zip(&self.score_weight).map(|(a, b)| a * b).sum();
-        let logit = round_to(dot + self.score_bias, self.dtype);
-        round_to(1.0 / (1.0 + (-logit).exp()), self.dtype)
+        torch_ops::reward_sigmoid(dot + self.score_bias, self.dtype)
     }
 
     fn layer_forward(
@@ -413,7 +412,7 @@ impl BaichuanRewardModel {
         let hn = layer.post_norm.forward(&x)?;
         let gu = layer.gate_up.forward(&hn)?;
         let i = self.intermediate;
-        let gate = silu_rounded(&gu.narrow(1, 0, i)?)?;
+        let gate = torch_ops::silu(&gu.narrow(1, 0, i)?)?;
         let mlp = (gate * gu.narrow(1, i, i)?)?;
         Ok((x + layer.down.forward(&mlp)?)?)
     }
@@ -429,14 +428,13 @@ impl BaichuanRewardModel {
         tables: &PositionTables,
     ) -> Result<Tensor> {
         let (heads, len, d) = q.dims3()?;
-        let scale = (d as f64).sqrt();
         let mut blocks = Vec::with_capacity(len.div_ceil(QUERY_BLOCK));
         for (b, start) in (0..len).step_by(QUERY_BLOCK).enumerate() {
             let n = QUERY_BLOCK.min(len - start);
             let keys = start + n;
             let qb = q.narrow(1, start, n)?.contiguous()?;
             let kb = k.narrow(1, 0, keys)?.contiguous()?;
-            let mut s = (qb.matmul(&kb.t()?)? / scale)?;
+            let mut s = torch_ops::scale_scores(&qb.matmul(&kb.t()?)?, d)?;
             if let Some(alibi) = &tables.alibi {
                 s = s.broadcast_add(&alibi.narrow(2, 0, keys)?)?;
             }
@@ -500,21 +498,6 @@ fn softmax_differentiable(s: &Tensor) -> Result<Tensor> {
     let max = s.max_keepdim(D::Minus1)?.detach();
     let e = s.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// `x` rounded to `dtype` (bf16/f16) and widened back; f32 unchanged.
-fn round_to(x: f32, dtype: DType) -> f32 {
-    match dtype {
-        DType::BF16 => half::bf16::from_f32(x).to_f32(),
-        DType::F16 => half::f16::from_f32(x).to_f32(),
-        _ => x,
-    }
-}
-
-/// SiLU computed in f32 and rounded once to the input dtype (torch's bf16 kernel does the same;
-/// candle's bf16 op would round each intermediate).
-fn silu_rounded(x: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::silu(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?)
 }
 
 /// `(len, d)` f32 cos and sin of the angles `pos · theta^(-2i/d)`, each repeated over both halves

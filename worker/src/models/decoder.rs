@@ -15,7 +15,7 @@ use super::mask::attention_mask;
 use super::rope::Rope;
 use super::shard::{RowLinear, Split, TpGroup};
 use super::{ForwardInput, LogitsAt};
-use super::{attention, cpu_kernels};
+use super::{attention, cpu_kernels, torch_ops};
 use crate::{Error, Result};
 
 /// Where the decoder gets its weights from, by HF state-dict name; implemented for safetensors
@@ -240,10 +240,10 @@ impl Attention {
         } else {
             cache.append(&k, &v)?
         };
-        let q = (q * (1.0 / (d as f64).sqrt()))?;
         // On the CPU, reductions over visible keys only: padding must not change a row's bits
-        // (see attention.rs).
+        // (see attention.rs). That kernel takes the queries scaled (f32 only).
         if !self.differentiable && attention::supported(&q, &k, &v) {
+            let q = (q * (1.0 / (d as f64).sqrt()))?;
             let out = {
                 let _s = tracing::trace_span!("core").entered();
                 attention::attend(&q, &k, &v, mask)?
@@ -257,7 +257,9 @@ impl Attention {
         let rep = h / kvh;
         let q = q.reshape((b, kvh, rep * s, d))?;
         let scores_span = tracing::trace_span!("scores").entered();
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        // As transformers' eager attention: `q·kᵀ` rounded to the dtype, divided by
+        // `sqrt(head_dim)` in f32 and rounded again, then the softmax in f32.
+        let scores = torch_ops::scale_scores(&q.matmul(&k.t()?)?, d)?.to_dtype(DType::F32)?;
         let scores = match mask {
             Some(m) => scores
                 .reshape((b, kvh, rep, s, t))?
@@ -355,7 +357,7 @@ impl Mlp {
         };
         let h = {
             let _s = tracing::trace_span!("act").entered();
-            let g = candle_nn::ops::silu(&parts[0])?;
+            let g = torch_ops::silu(&parts[0])?;
             (g * &parts[1])?.reshape((b, s, i))?
         };
         let _s = tracing::trace_span!("down").entered();
@@ -380,12 +382,10 @@ impl RmsNorm {
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.differentiable {
-            // As transformers: in f32, `x · rsqrt(mean(x²) + eps)`, cast back, times the weight.
-            let x32 = x.to_dtype(DType::F32)?;
-            let var = x32.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-            let normed = x32.broadcast_div(&(var + self.eps as f64)?.sqrt()?)?;
-            return Ok(normed.to_dtype(x.dtype())?.broadcast_mul(&self.weight)?);
+        // candle's fused kernel rounds once, after the weight: right in f32 only. Training and
+        // the reduced dtypes take transformers' steps (and roundings).
+        if self.differentiable || x.dtype() != DType::F32 {
+            return torch_ops::rms_norm(x, &self.weight, f64::from(self.eps));
         }
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
     }

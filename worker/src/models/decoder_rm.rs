@@ -26,6 +26,7 @@ use super::config::DecoderConfig;
 use super::decoder::{DecoderModel, WeightSource};
 use super::linear::Weight;
 use super::shard::{Split, TpGroup};
+use super::torch_ops;
 use super::{ForwardInput, LogitsAt};
 use crate::{Error, Result};
 
@@ -248,10 +249,16 @@ impl DecoderRewardModel {
         Ok(hidden.matmul(&w.t()?)?.broadcast_add(&b)?.squeeze(1)?)
     }
 
-    /// The sigmoids of the scores of `seqs` (f32), in input order.
+    /// The sigmoids of the scores of `seqs`, in input order: the head's logit and the sigmoid
+    /// each rounded once to the model dtype, as a `Linear` head and `torch.sigmoid` in that
+    /// dtype round them (then widened to f32).
     pub fn score_batch(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
         let refs: Vec<&[u32]> = seqs.iter().map(|s| &s[..]).collect();
-        let logits = self.logits(&refs)?;
-        Ok(candle_nn::ops::sigmoid(&logits)?.to_vec1()?)
+        let logits: Vec<f32> = self.logits(&refs)?.to_vec1()?;
+        let dtype = self.dtype();
+        Ok(logits
+            .into_iter()
+            .map(|l| torch_ops::reward_sigmoid(l, dtype))
+            .collect())
     }
 }

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 
 use crate::Result;
 
@@ -104,6 +104,21 @@ impl Linear {
     /// Applies the layer to `x` `(..., in)`; `x` must be contiguous.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
+        if let (Some(b), Stored::InOut(w)) = (&self.bias, &self.weight)
+            && x.dtype() != DType::F32
+        {
+            // A bf16 `Linear` with bias in PyTorch (addmm) adds the bias to the f32 accumulator
+            // and rounds once; the CPU gemm widens bf16 to f32 anyway, so this costs nothing
+            // more there. (Dense weights are kept `InOut` only on the CPU.)
+            let y = matmul_rows(
+                &x.to_dtype(DType::F32)?,
+                &w.to_dtype(DType::F32)?,
+                w.dim(1)?,
+            )?;
+            return Ok(y
+                .broadcast_add(&b.to_dtype(DType::F32)?)?
+                .to_dtype(x.dtype())?);
+        }
         let y = match &self.weight {
             Stored::InOut(w) => matmul_rows(x, w, w.dim(1)?)?,
             Stored::OutIn(w) => matmul_rows(x, &w.t()?, w.dim(0)?)?,

@@ -18,6 +18,8 @@
 //!   shards) and `alibi` are its parts.
 //! - `decoder_rm`: [`DecoderRewardModel`], the decoder with a `Linear(hidden, 1)` score head;
 //!   `reward_model`: [`RewardModel`], either reward model, chosen by config.json.
+//! - `torch_ops`: elementwise steps rounded where PyTorch rounds them in bf16 (attention
+//!   scaling, SiLU, RMSNorm, the reward head), shared by both reward models and the decoder.
 
 use candle_core::{Device, Tensor};
 
@@ -45,6 +47,7 @@ mod mask;
 mod reward_model;
 mod rope;
 mod shard;
+mod torch_ops;
 
 pub use alibi::{alibi_bias, alibi_slopes};
 pub use baichuan::{BaichuanRewardModel, DEFAULT_MAX_BATCH_TOKENS};

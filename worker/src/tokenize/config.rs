@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::spm::slow::TokenFlags;
 use crate::error::{Error, Result};
 
 /// The special-token strings and flags a tokenizer is built with, before ids are resolved.
@@ -26,6 +27,9 @@ pub struct HfTokenizerConfig {
     pub spec: SpecialTokenSpec,
     /// `added_tokens_decoder` entries, in id order: (content, special).
     pub added_tokens: Vec<(String, bool)>,
+    /// The lstrip / rstrip / single_word flags of every token given as an AddedToken dict (the
+    /// special-token keys, then added_tokens_decoder, whose entries win as in transformers).
+    pub token_flags: Vec<(String, TokenFlags)>,
 }
 
 /// Reads and parses a JSON file, naming the file in errors.
@@ -99,6 +103,7 @@ impl HfTokenizerConfig {
         Ok(HfTokenizerConfig {
             spec,
             added_tokens: added_tokens(config, path)?,
+            token_flags: token_flags(config, map),
         })
     }
 }
@@ -120,6 +125,44 @@ fn token_content(value: Option<&Value>, path: &Path, key: &str) -> Result<Option
             format!("{key}: expected a string or a token dict, found {other}"),
         )),
     }
+}
+
+/// The flags of the AddedToken dicts among the special-token keys (config first, then
+/// special_tokens_map.json for a key the config lacks) and added_tokens_decoder, in that order.
+fn token_flags(config: &Value, map: Option<&Value>) -> Vec<(String, TokenFlags)> {
+    let mut dicts: Vec<&Value> = Vec::new();
+    for key in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+        let found = config
+            .get(key)
+            .filter(|v| !v.is_null())
+            .or_else(|| map.and_then(|m| m.get(key)));
+        dicts.extend(found);
+    }
+    let additional = config
+        .get("additional_special_tokens")
+        .or_else(|| map.and_then(|m| m.get("additional_special_tokens")));
+    if let Some(Value::Array(items)) = additional {
+        dicts.extend(items);
+    }
+    if let Some(Value::Object(decoder)) = config.get("added_tokens_decoder") {
+        dicts.extend(decoder.values());
+    }
+    let flag = |o: &serde_json::Map<String, Value>, k: &str| {
+        o.get(k).and_then(Value::as_bool).unwrap_or(false)
+    };
+    dicts
+        .into_iter()
+        .filter_map(|v| {
+            let o = v.as_object()?;
+            let content = o.get("content")?.as_str()?.to_string();
+            let flags = TokenFlags {
+                lstrip: flag(o, "lstrip"),
+                rstrip: flag(o, "rstrip"),
+                single_word: flag(o, "single_word"),
+            };
+            Some((content, flags))
+        })
+        .collect()
 }
 
 /// `chat_template` as a string, or a list of `{name, template}` of which "default" is used.
@@ -207,6 +250,36 @@ mod tests {
         assert_eq!(
             c.added_tokens,
             vec![("<y>".into(), false), ("<x>".into(), true)]
+        );
+    }
+
+    #[test]
+    fn reads_the_flags_of_token_dicts() {
+        let config = json!({
+            "bos_token": {"content": "<s>", "single_word": true, "lstrip": false},
+            "eos_token": "</s>",
+            "unk_token": {"content": "<unk>", "lstrip": true, "rstrip": true},
+            "added_tokens_decoder": {"7": {"content": "<s>", "single_word": false}}
+        });
+        let c = HfTokenizerConfig::from_values(&config, None, Path::new("cfg.json")).unwrap();
+        let word = TokenFlags {
+            single_word: true,
+            ..TokenFlags::default()
+        };
+        let strip = TokenFlags {
+            lstrip: true,
+            rstrip: true,
+            single_word: false,
+        };
+        // Plain strings carry no flags; added_tokens_decoder comes last, so it wins when applied
+        // in order.
+        assert_eq!(
+            c.token_flags,
+            vec![
+                ("<s>".into(), word),
+                ("<unk>".into(), strip),
+                ("<s>".into(), TokenFlags::default())
+            ]
         );
     }
 

@@ -98,6 +98,11 @@ impl TextTokenizer {
         let backend = Backend::Spm(SpmSlowTokenizer::new(model));
         let mut tok = Self::from_backend(backend, config.spec, dir)?;
         tok.add_config_tokens(config.added_tokens)?;
+        if let Backend::Spm(spm) = &mut tok.inner {
+            for (content, flags) in &config.token_flags {
+                spm.set_flags(content, *flags);
+            }
+        }
         Ok(tok)
     }
 

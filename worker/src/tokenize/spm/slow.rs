@@ -4,8 +4,11 @@
 //! `tokenize(text)` first splits the text on the added tokens (the special tokens `<s>`, `</s>`,
 //! `<unk>`, ... and any other added token; leftmost, longest first), then each remaining chunk
 //! goes through `sp.encode(chunk, out_type=str)` on its own; pieces map to ids through the added
-//! tokens first, then the model. Added tokens are registered without lstrip/rstrip (the way these
-//! tokenizers create their special tokens), so no whitespace around them is removed.
+//! tokens first, then the model. An added token's `lstrip` / `rstrip` / `single_word` flags (from
+//! the AddedToken dicts of tokenizer_config.json; all false otherwise, as these tokenizers create
+//! their special tokens) act on its neighbours as transformers' `tokenize` does: `single_word`
+//! (Baichuan2 sets it on `<s>`, `</s>`, `<unk>`) glues a match that touches text without a space
+//! on that side to that text, which is then encoded as plain text.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +22,19 @@ struct Added {
     content: String,
     id: u32,
     special: bool,
+    flags: TokenFlags,
+}
+
+/// An AddedToken's flags that change how text around it is split (all false by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenFlags {
+    /// Eats the whitespace on its left.
+    pub lstrip: bool,
+    /// Eats the whitespace on its right.
+    pub rstrip: bool,
+    /// Only a whole word: a match with non-space text right before (or else right after) it is
+    /// glued to that text.
+    pub single_word: bool,
 }
 
 /// A SentencePiece model plus added tokens, with slow-tokenizer encode/decode.
@@ -78,18 +94,31 @@ impl SpmSlowTokenizer {
             content: content.to_string(),
             id,
             special,
+            flags: TokenFlags::default(),
         });
         Ok(id)
+    }
+
+    /// Sets the flags of the added token `content`; false when no such token is registered.
+    pub fn set_flags(&mut self, content: &str, flags: TokenFlags) -> bool {
+        match self.by_content.get(content) {
+            Some(&i) => {
+                self.added[i].flags = flags;
+                true
+            }
+            None => false,
+        }
     }
 
     /// `tokenizer.encode(text, add_special_tokens=False)`.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();
-        for chunk in self.split_on_added(text) {
-            match chunk {
-                Chunk::Added(i) => ids.push(self.added[i].id),
-                Chunk::Text(t) => {
-                    for (piece, id) in self.model.encode_pieces(t) {
+        for part in self.apply_flags(self.split_on_added(text)) {
+            // As in transformers, a part is an added token when its text is one (by string).
+            match self.by_content.get(part.as_str()) {
+                Some(&i) => ids.push(self.added[i].id),
+                None => {
+                    for (piece, id) in self.model.encode_pieces(&part) {
                         let added = self.by_content.get(&piece).map(|&i| self.added[i].id);
                         ids.push(added.unwrap_or(id));
                     }
@@ -97,6 +126,47 @@ impl SpmSlowTokenizer {
             }
         }
         ids
+    }
+
+    /// transformers' pass over the split text (`PreTrainedTokenizer.tokenize`): each added
+    /// token, left to right, strips or absorbs its neighbours by its flags; `left` and `right`
+    /// are the neighbours before this token's own strips. Empty parts are dropped.
+    fn apply_flags(&self, chunks: Vec<Chunk<'_>>) -> Vec<String> {
+        let mut parts: Vec<String> = chunks
+            .into_iter()
+            .map(|c| match c {
+                Chunk::Added(i) => self.added[i].content.clone(),
+                Chunk::Text(t) => t.to_string(),
+            })
+            .collect();
+        for i in 0..parts.len() {
+            let Some(&k) = self.by_content.get(parts[i].as_str()) else {
+                continue;
+            };
+            let flags = self.added[k].flags;
+            if flags == TokenFlags::default() {
+                continue;
+            }
+            let left = (i > 0).then(|| parts[i - 1].clone());
+            let right = parts.get(i + 1).cloned();
+            let left = left.filter(|l| !l.is_empty());
+            let right = right.filter(|r| !r.is_empty());
+            if flags.rstrip && right.is_some() {
+                parts[i + 1] = parts[i + 1].trim_start().to_string();
+            }
+            if flags.lstrip && left.is_some() {
+                parts[i - 1] = parts[i - 1].trim_end().to_string();
+            }
+            if flags.single_word && left.as_ref().is_some_and(|l| !l.ends_with(' ')) {
+                let token = std::mem::take(&mut parts[i]);
+                parts[i - 1].push_str(&token);
+            } else if flags.single_word && right.as_ref().is_some_and(|r| !r.starts_with(' ')) {
+                let token = std::mem::take(&mut parts[i]);
+                parts[i + 1].insert_str(0, &token);
+            }
+        }
+        parts.retain(|p| !p.is_empty());
+        parts
     }
 
     /// The text split into added tokens and the (non-empty) text between them, leftmost match

@@ -75,7 +75,7 @@ impl JobFleet {
         Arc::new(JobFleet {
             setup: setup.clone(),
             job: job.to_string(),
-            metrics: metrics.unwrap_or_else(Metrics::new),
+            metrics: metrics.unwrap_or_default(),
             started: tokio::sync::Mutex::new(None),
             hub: std::sync::OnceLock::new(),
             died: watch::Sender::new(None),

@@ -12,12 +12,11 @@
 
 mod fleet_common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use fleet_common::{evalfleet_bin, repo, tiny_chat_model, wait, worker_bin};
+use fleet_common::{repo, tiny_chat_model, wait};
 
 /// Guard against hangs only; no assertion depends on it.
 const LIMIT: Duration = Duration::from_secs(600);
@@ -41,31 +40,12 @@ fn write_yaml(path: &Path, model: &Path, out: &Path) {
 /// `evalfleet step1 YAML --workers N --batch-size 1 --cpu EXTRA`, stderr to `log`; `hold` is the
 /// worker hook's `MARKER:ITEM` (inherited by the spawned workers).
 fn step1(yaml: &Path, workers: usize, extra: &[&str], log: &Path, hold: Option<&Path>) -> Child {
-    let mut cmd = Command::new(evalfleet_bin());
-    cmd.arg("step1")
-        .arg(yaml)
-        .args([
-            "--workers",
-            &workers.to_string(),
-            "--batch-size",
-            "1",
-            "--cpu",
-        ])
-        .args(extra)
-        .env("EVALFLEET_WORKER_BIN", worker_bin())
-        .env("RUST_LOG", "info")
-        .env_remove("EVALFLEET_TEST_CRASH_ONCE")
-        .env_remove("EVALFLEET_TEST_HOLD_ONCE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap());
-    if let Some(marker) = hold {
-        cmd.env(
-            "EVALFLEET_TEST_HOLD_ONCE",
-            format!("{}:3", marker.display()),
-        );
-    }
-    cmd.spawn().unwrap()
+    let n = workers.to_string();
+    let mut args = vec!["step1", yaml.to_str().unwrap(), "--workers", &n];
+    args.extend(["--batch-size", "1", "--cpu"]);
+    args.extend(extra);
+    let hold = hold.map(|marker| format!("{}:3", marker.display()));
+    fleet_common::spawn_logged(&args, log, hold)
 }
 
 /// Kills the process when dropped, so that a failing test leaves no coordinator running.

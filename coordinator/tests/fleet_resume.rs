@@ -19,12 +19,11 @@
 
 mod fleet_common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_common::{evalfleet_bin, repo, smollm2, wait, worker_bin};
+use fleet_common::{repo, smollm2, wait};
 
 /// Step 1 samples: 4 from each of the two demo datasets.
 const ITEMS: usize = 8;
@@ -60,24 +59,17 @@ fn evalfleet(
     log: &Path,
     hold: Option<String>,
 ) -> Child {
-    let mut cmd = Command::new(evalfleet_bin());
-    cmd.arg(command)
-        .arg(yaml)
-        .arg("--cpu")
-        .args(["--workers", &workers.to_string()])
-        .args(["--batch-size", &batch.to_string()])
-        .env("EVALFLEET_WORKER_BIN", worker_bin())
-        .env("RUST_LOG", "info")
-        .env_remove("EVALFLEET_TEST_CRASH_ONCE")
-        .env_remove("EVALFLEET_TEST_HOLD_ONCE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap());
-    if let Some(spec) = hold {
-        fleet_common::require_test_hooks();
-        cmd.env("EVALFLEET_TEST_HOLD_ONCE", spec);
-    }
-    cmd.spawn().unwrap()
+    let (w, b) = (workers.to_string(), batch.to_string());
+    let args = [
+        command,
+        yaml.to_str().unwrap(),
+        "--cpu",
+        "--workers",
+        &w,
+        "--batch-size",
+        &b,
+    ];
+    fleet_common::spawn_logged(&args, log, hold)
 }
 
 fn read(path: &Path) -> String {

@@ -78,22 +78,16 @@ fn step1_keys() -> String {
 /// worker hold hook `hold` = `MARKER:ITEM` set when given), stderr to `log`.
 fn spawn(args: &[&str], yaml: &Path, workers: usize, log: &Path, hold: Option<String>) -> Child {
     let n = workers.to_string();
-    let mut cmd = Command::new(evalfleet_bin());
-    cmd.args(args)
-        .arg(yaml)
-        .args(["--workers", &n, "--batch-size", &n, "--cpu"])
-        .env("EVALFLEET_WORKER_BIN", worker_bin())
-        .env("RUST_LOG", "info")
-        .env_remove("EVALFLEET_TEST_CRASH_ONCE")
-        .env_remove("EVALFLEET_TEST_HOLD_ONCE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap());
-    if let Some(spec) = hold {
-        fleet_common::require_test_hooks();
-        cmd.env("EVALFLEET_TEST_HOLD_ONCE", spec);
-    }
-    cmd.spawn().unwrap()
+    let mut all = args.to_vec();
+    all.extend([
+        yaml.to_str().unwrap(),
+        "--workers",
+        &n,
+        "--batch-size",
+        &n,
+        "--cpu",
+    ]);
+    fleet_common::spawn_logged(&all, log, hold)
 }
 
 /// Runs `evalfleet <args>` with two CPU workers to the end; asserts success, returns stderr.

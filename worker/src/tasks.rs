@@ -444,15 +444,6 @@ impl crate::rpc::LeaseRunner for Executor {
     }
 }
 
-impl From<&ExecutorOptions> for GenOptions {
-    fn from(o: &ExecutorOptions) -> Self {
-        GenOptions {
-            max_batch: o.max_batch.max(1),
-            max_batch_tokens: o.max_batch_tokens,
-        }
-    }
-}
-
 /// Whether `lease` is step 2's: its first item is an embed item (a lease holds one task's items).
 fn is_embed_lease(lease: &pb::Lease) -> bool {
     matches!(

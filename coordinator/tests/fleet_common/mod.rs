@@ -109,6 +109,26 @@ pub fn require_test_hooks() {
 #[cfg(feature = "test-hooks")]
 pub fn require_test_hooks() {}
 
+/// Starts `evalfleet ARGS` with this build's worker binary, info logs on stderr into `log`, and
+/// no test hook inherited from the test's environment; `hold` (`MARKER:ITEM`) sets the worker
+/// hold hook, which the spawned workers inherit.
+pub fn spawn_logged(args: &[&str], log: &Path, hold: Option<String>) -> Child {
+    let mut cmd = std::process::Command::new(evalfleet_bin());
+    cmd.args(args)
+        .env("EVALFLEET_WORKER_BIN", worker_bin())
+        .env("RUST_LOG", "info")
+        .env_remove("EVALFLEET_TEST_CRASH_ONCE")
+        .env_remove("EVALFLEET_TEST_HOLD_ONCE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    if let Some(spec) = hold {
+        require_test_hooks();
+        cmd.env("EVALFLEET_TEST_HOLD_ONCE", spec);
+    }
+    cmd.spawn().unwrap()
+}
+
 /// The `evalfleet` binary under test.
 pub fn evalfleet_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_evalfleet"))

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fleet_common::{
-    evalfleet_bin, health_addr, listening_url, repo, tiny_chat_model, wait, wait_ok, worker_bin,
+    evalfleet_bin, health_addr, listening_url, repo, tiny_chat_model_long, wait, wait_ok,
+    worker_bin,
 };
 use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
@@ -44,14 +45,7 @@ fn tiny_mmlu(root: &Path) {
 /// The job file of a step-1 + step-3 job on the tiny model, under `dir`; its outputs go to
 /// `dir/out` (step 1) and `dir/step3` (step 3).
 fn two_step_job(dir: &Path) -> PathBuf {
-    let model = tiny_chat_model(dir);
-    // Step 3's prompts (header and shot, one token per byte) pass the fixture's 64 positions;
-    // its positions are rotary (computed, not learned), so a longer context is as valid.
-    let config = model.join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    json["max_position_embeddings"] = 1024.into();
-    std::fs::write(&config, json.to_string()).unwrap();
+    let model = tiny_chat_model_long(dir);
     tiny_mmlu(&dir.join("tasks"));
     let yaml = dir.join("job.yaml");
     std::fs::write(

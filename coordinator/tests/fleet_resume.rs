@@ -141,7 +141,9 @@ fn computed_and_loaded(log: &str) -> (usize, usize) {
         .lines()
         .find(|l| l.contains("results computed in this run"))
         .unwrap_or_else(|| panic!("no summary line in the log:\n{log}"));
-    let numbers: Vec<usize> = line
+    // The totals end at "taken from the journal" (each task's share may follow).
+    let (totals, _) = line.split_once(" taken from the journal").unwrap();
+    let numbers: Vec<usize> = totals
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
@@ -498,4 +500,116 @@ fn coordinator_killed_mid_step3_resumes_scoring_only_the_missing_questions() {
         !step3_journal.exists(),
         "a finished step 3 deletes its journal"
     );
+}
+
+/// A job `[step1, step2, step3]` on the tiny chat model (with a longer context for step 3's
+/// prompts): step 1 → step 2 chained on `out`, step 3 on [`write_benchmark`]'s questions
+/// (under `dir`, written by the caller) into `save`.
+fn write_three_step_yaml(path: &Path, model: &Path, dir: &Path, out: &Path, save: &Path) {
+    let yaml = format!(
+        "steps: [step1, step2, step3]\nmodel_name_or_path: {model}\ntemplate: default\n\
+         dataset_dir: {data}\ndataset: demo_alpaca,demo_sharegpt\ncutoff_len: 40\n\
+         max_samples: 4\noutput_dir: {out}\nper_device_eval_batch_size: 1\n\
+         predict_with_generate: true\nmax_new_tokens: 8\ndo_sample: false\n\
+         step2:\n  model_path: {embedder}\n\
+         step3: {{task_dir: {tasks}, tasks: [mine], langs: [en], splits: [test], n_shot: 1, \
+         few_shot_order: fixed, save_dir: {save}}}\n",
+        model = model.display(),
+        data = repo().join("yamls/demo").display(),
+        out = out.display(),
+        embedder = fleet_common::minilm().display(),
+        tasks = dir.join("tasks").display(),
+        save = save.display(),
+    );
+    std::fs::write(path, yaml).unwrap();
+}
+
+/// Every file under `dir` (relative path → bytes), speed metrics left out of the step-1
+/// results files (they time the run).
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = match name.as_str() {
+                "predict_results.json" | "all_results.json" => {
+                    without_speed(read(&path)).into_bytes()
+                }
+                _ => std::fs::read(&path).unwrap(),
+            };
+            files.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn coordinator_killed_in_step3_of_a_three_step_job_recomputes_no_finished_step() {
+    let dir = tempfile::tempdir().unwrap();
+    write_benchmark(dir.path());
+    let model = fleet_common::tiny_chat_model_long(dir.path());
+    let run = |name: &str| {
+        let (out, save) = (
+            dir.path().join(name),
+            dir.path().join(format!("{name}-step3")),
+        );
+        let yaml = dir.path().join(format!("{name}.yaml"));
+        write_three_step_yaml(&yaml, &model, dir.path(), &out, &save);
+        (yaml, out, save)
+    };
+    let (yaml_ref, reference, reference_save) = run("reference");
+    let (yaml, out, save) = run("out");
+    let log = dir.path().join("log");
+    finish(evalfleet("run", &yaml_ref, 1, 1, &log, None), &log);
+
+    // One worker, one question per lease: it hangs at question 5 of step 3, questions 0-4
+    // journaled; steps 1 and 2 are written and recorded finished by then.
+    let marker = dir.path().join("held");
+    let hold = Some(format!("{}:step3/mine/5", marker.display()));
+    let coordinator = evalfleet("run", &yaml, 1, 1, &log, hold);
+    let step3_journal = save.join(".evalfleet-journal/step3.jsonl");
+    kill_at(coordinator, &marker, &step3_journal, 5);
+    let chain = out.join(".evalfleet-journal/step1+step2");
+    assert!(
+        chain.with_extension("done").is_file(),
+        "steps 1 and 2 are recorded finished"
+    );
+    assert_eq!(journal_results(&chain.with_extension("jsonl")), 2 * ITEMS);
+
+    let text = finish(evalfleet("run", &yaml, 1, 1, &log, None), &log);
+    assert!(
+        text.contains("step1+step2: finished by an earlier run of this job"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "step1+step2: 0 results computed in this run, {} taken from the journal \
+             (step1: 0 computed, {ITEMS} taken; step2: 0 computed, {ITEMS} taken)",
+            2 * ITEMS
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "step3: {} results computed in this run, 5 taken from the journal",
+            QUESTIONS - 5
+        )),
+        "{text}"
+    );
+    assert_eq!(tree(&out), tree(&reference), "steps 1 and 2 differ");
+    assert_eq!(tree(&save), tree(&reference_save), "step 3 differs");
+    for d in [&out, &save] {
+        assert!(
+            !d.join(".evalfleet-journal").exists(),
+            "{}: the finished job leaves no journal",
+            d.display()
+        );
+    }
 }

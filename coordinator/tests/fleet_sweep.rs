@@ -746,3 +746,103 @@ fn step4_in_the_shared_fleet_loads_the_reward_model_once_per_worker() {
     let models: Vec<&str> = rows.iter().map(|(m, _)| m.as_str()).collect();
     assert_eq!(models, names);
 }
+
+/// Two adapter checkpoints under `<root>/run` and a sweep YAML with steps [step1, step2] over
+/// them (all-MiniLM-L6-v2 for step 2) writing to `out`; returns the YAML's path.
+fn two_checkpoint_chain_sweep(root: &Path, base: &Path, out: &Path, file: &str) -> PathBuf {
+    let ckpts = root.join("run");
+    make_checkpoint("lora", &ckpts.join("checkpoint-100"), None);
+    make_checkpoint("lora2", &ckpts.join("checkpoint-200"), None);
+    let yaml = root.join(file);
+    std::fs::write(
+        &yaml,
+        format!(
+            "model_name_or_path: {}\ncheckpoints: {}/checkpoint-*\nsteps: [step1, step2]\n\
+             output_dir: {}\nstep2:\n  model_path: {}\n{}",
+            base.display(),
+            ckpts.display(),
+            out.display(),
+            fleet_common::minilm().display(),
+            step1_keys()
+        ),
+    )
+    .unwrap();
+    yaml
+}
+
+/// A checkpoint's result files, speed metrics left out (they time the run).
+fn checkpoint_files(dir: &Path) -> Vec<(String, String)> {
+    [
+        "generated_predictions.jsonl",
+        "predict_results.json",
+        "all_results.json",
+        "sem_sim_distribution.json",
+    ]
+    .iter()
+    .map(|name| {
+        let text = read(&dir.join(name))
+            .lines()
+            .filter(|l| !l.contains("_runtime\"") && !l.contains("_per_second\""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (name.to_string(), text)
+    })
+    .collect()
+}
+
+#[test]
+fn a_sweep_killed_in_its_second_checkpoints_step2_recomputes_no_step1_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_chat_model(tmp.path());
+    let (reference, out) = (tmp.path().join("reference"), tmp.path().join("out"));
+    let ref_yaml = two_checkpoint_chain_sweep(tmp.path(), &base, &reference, "ref.yaml");
+    let yaml = two_checkpoint_chain_sweep(tmp.path(), &base, &out, "sweep.yaml");
+    let log = tmp.path().join("log");
+    finish(
+        spawn(&["sweep"], &ref_yaml, 1, &log, None),
+        &["sweep"],
+        &log,
+    );
+
+    // One worker, one item per lease: a step-1 result's step-2 item goes out next, so when the
+    // worker holds checkpoint-200's last step-2 item (5), all 6 of its step-1 results and 5
+    // step-2 scores are journaled; checkpoint-100's files are written meanwhile.
+    let marker = tmp.path().join("held");
+    let hold = Some(format!("{}:checkpoint-200/step2/5", marker.display()));
+    let mut coordinator = spawn(&["sweep"], &yaml, 1, &log, hold);
+    let journal = out.join("checkpoint-200/.evalfleet-journal/step1+step2.jsonl");
+    let mut worker = None;
+    let finished = out.join("checkpoint-100/.evalfleet-sweep.json");
+    wait_until(
+        "a held worker, 11 journaled results, checkpoint-100 written",
+        || {
+            worker = read_pid(&marker);
+            worker.is_some() && journal_results(&journal) == 11 && finished.is_file()
+        },
+    );
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
+    kill(worker.unwrap(), "-9");
+    assert!(!out.join("checkpoint-100/.evalfleet-journal").exists());
+
+    let text = finish(spawn(&["sweep"], &yaml, 1, &log, None), &["sweep"], &log);
+    assert!(text.contains("sweep: skipping checkpoint-100"), "{text}");
+    assert!(
+        text.contains(
+            "sweep: checkpoint-200: 1 results computed in this run, 11 taken from the journal \
+             (checkpoint-200/step1: 0 computed, 6 taken; checkpoint-200/step2: 1 computed, 5 taken)"
+        ),
+        "{text}"
+    );
+    for name in ["checkpoint-100", "checkpoint-200"] {
+        assert_eq!(
+            checkpoint_files(&out.join(name)),
+            checkpoint_files(&reference.join(name)),
+            "{name}"
+        );
+        assert!(
+            !out.join(name).join(".evalfleet-journal").exists(),
+            "{name}"
+        );
+    }
+}

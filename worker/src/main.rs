@@ -334,7 +334,8 @@ mod test_hooks {
     use evalfleet_worker::rpc::LeaseRunner;
 
     /// Test hook (fault injection for the fleet's own tests, not a user option, so it is neither a
-    /// flag nor in --help): `MARKER:ITEM` makes the first worker (of all sharing the MARKER file) that
+    /// flag nor in --help): `MARKER:ITEM` (or `MARKER:TASK/ITEM`, only in leases of task TASK)
+    /// makes the first worker (of all sharing the MARKER file) that
     /// produces the result of item ITEM exit abruptly with status 3, in the middle of its lease, so
     /// tests can check that the fleet recovers from a worker dying.
     const TEST_CRASH_ENV: &str = "EVALFLEET_TEST_CRASH_ONCE";
@@ -358,6 +359,8 @@ mod test_hooks {
     pub(super) struct Hook {
         fault: Fault,
         marker: PathBuf,
+        /// Only in leases of this task, when given.
+        task: Option<String>,
         item: String,
     }
 
@@ -372,14 +375,19 @@ mod test_hooks {
             })
         }
 
-        /// Reads `MARKER:ITEM`.
+        /// Reads `MARKER:ITEM` or `MARKER:TASK/ITEM` (task names may hold `/`, item ids not).
         fn new(fault: Fault, spec: &str) -> anyhow::Result<Hook> {
             let (marker, item) = spec
                 .rsplit_once(':')
                 .with_context(|| format!("a test hook expects MARKER:ITEM, got {spec:?}"))?;
+            let (task, item) = match item.rsplit_once('/') {
+                Some((task, item)) => (Some(task.to_string()), item),
+                None => (None, item),
+            };
             Ok(Hook {
                 fault,
                 marker: marker.into(),
+                task,
                 item: item.into(),
             })
         }
@@ -389,8 +397,8 @@ mod test_hooks {
         }
 
         /// Fires if this is the hooked item and this worker is the first to get there.
-        fn maybe_fire(&self, item_id: &str) {
-            if item_id != self.item {
+        fn maybe_fire(&self, task: &str, item_id: &str) {
+            if item_id != self.item || self.task.as_deref().is_some_and(|t| t != task) {
                 return;
             }
             let Ok(mut marker) = std::fs::OpenOptions::new()
@@ -440,7 +448,7 @@ mod test_hooks {
         ) -> evalfleet_worker::Result<()> {
             let hook = &self.hook;
             self.inner.run_lease(lease, &mut |result| {
-                hook.maybe_fire(&result.item_id);
+                hook.maybe_fire(&lease.task, &result.item_id);
                 emit(result)
             })
         }

@@ -12,10 +12,14 @@
 //!   → its results are kept (a torn last line is ignored and cut away before appending). A journal
 //!   of another job → refused, naming the parts that differ and pointing at `--restart`.
 //! - Completion ([`Journal::complete`]): after the step's final files are written (atomically),
-//!   the journal is deleted, with its folder if empty. A finished job leaves nothing behind, and a
-//!   later run with other settings does not meet a stale journal. If the process dies between the
-//!   final files and the deletion, the next run takes every result from the journal, computes
-//!   nothing, and writes the same files again.
+//!   the step is recorded as finished: a marker `<step>.done` beside the journal holds the
+//!   fingerprint of what produced it. The journal stays until the whole job (every step of `run`,
+//!   every step of a sweep's checkpoint) has written its files; then [`remove_finished`] deletes
+//!   the finished journals, with their folder if empty. So a job interrupted in a later step
+//!   computes nothing again for the steps it finished: their journals hold every result, the
+//!   re-run takes them all (its log says the step was finished and `0 results computed`), starts
+//!   no worker for them, and writes the same files again. A finished job leaves nothing behind,
+//!   and a later run with other settings does not meet a stale journal.
 //!
 //! Failed items (every attempt failed) are not journaled: a resumed run tries them again.
 //!
@@ -65,6 +69,8 @@ use crate::sched::{PreloadError, Scheduler, TaskSpec};
 
 /// The folder under an output directory that holds the journals.
 pub const JOURNAL_DIR: &str = ".evalfleet-journal";
+/// The extension of a finished step's marker, beside its journal (`<step>.done`).
+const DONE_EXT: &str = "done";
 
 /// Why a journal cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +115,19 @@ pub struct Journal {
     appended: Mutex<Option<u64>>,
     /// The earlier runs' generation times and this run's clock (see [`writer`]).
     timing: Arc<Timing>,
+    /// The hash of the job's fingerprint (the header's).
+    fingerprint: String,
+    /// An earlier run of the job finished this step with the same fingerprint (its marker).
+    finished: bool,
+    /// Per task: results read from disk, and results this run handed to the writer.
+    counts: Arc<Mutex<std::collections::BTreeMap<String, TaskCounts>>>,
+}
+
+/// How many results of one task came from the journal and how many this run computed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TaskCounts {
+    pub loaded: u64,
+    pub computed: u64,
 }
 
 impl std::fmt::Debug for Journal {
@@ -160,6 +179,15 @@ impl Journal {
             }
             other => other,
         };
+        let done = done_marker(&path);
+        let finished = existing.is_some() && read_marker(&done).map_err(io)? == Some(fp.hash());
+        if existing.is_none() {
+            // A marker without its journal (or of a discarded one) records nothing.
+            remove_if_exists(&done).map_err(|source| JournalError::Io {
+                path: done.clone(),
+                source,
+            })?;
+        }
         let (entries, prior) = match existing {
             Some(bytes) => Self::resume(&path, &fp, &bytes)?,
             None => {
@@ -177,6 +205,10 @@ impl Journal {
         });
         let file = OpenOptions::new().append(true).open(&path).map_err(io)?;
         let writer = Writer::spawn(file, path.clone(), timing.clone()).map_err(io)?;
+        let mut counts = std::collections::BTreeMap::<String, TaskCounts>::new();
+        for e in &entries {
+            counts.entry(e.task.clone()).or_default().loaded += 1;
+        }
         Ok(Journal {
             path,
             step: step.to_string(),
@@ -185,6 +217,9 @@ impl Journal {
             writer: Mutex::new(Some(writer)),
             appended: Mutex::new(None),
             timing,
+            fingerprint: fp.hash(),
+            finished,
+            counts: Arc::new(Mutex::new(counts)),
         })
     }
 
@@ -230,6 +265,35 @@ impl Journal {
         self.loaded_count
     }
 
+    /// Whether an earlier run of this job finished this step (same fingerprint): every result
+    /// is in the journal, nothing is computed again.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Per task (by name): results taken from the journal and results computed by this run.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, TaskCounts> {
+        lock(&self.counts).clone()
+    }
+
+    /// "N results computed in this run, M taken from the journal", with each task's share
+    /// when the journal holds several tasks.
+    pub fn describe_counts(&self) -> String {
+        let counts = self.counts();
+        let computed: u64 = counts.values().map(|c| c.computed).sum();
+        let loaded: u64 = counts.values().map(|c| c.loaded).sum();
+        let mut text =
+            format!("{computed} results computed in this run, {loaded} taken from the journal");
+        if counts.len() > 1 {
+            let each: Vec<String> = counts
+                .iter()
+                .map(|(task, c)| format!("{task}: {} computed, {} taken", c.computed, c.loaded))
+                .collect();
+            text.push_str(&format!(" ({})", each.join("; ")));
+        }
+        text
+    }
+
     /// Marks every result read from disk as done in `sched` (whose tasks must be those the
     /// journal was opened for), in task order: a producer's results first, so that the items
     /// they feed exist when their own results are marked. Returns how many; a second call marks
@@ -264,7 +328,14 @@ impl Journal {
                 Err(err) => return Err(bad(err.to_string())),
             }
         }
-        if marked > 0 {
+        if self.finished {
+            info!(
+                "{}: finished by an earlier run of this job: its {marked} results come from {}, \
+                 nothing is computed again; its files are written again from them",
+                self.step,
+                self.path.display()
+            );
+        } else if marked > 0 {
             let total = sched.progress().total;
             info!(
                 "{}: resuming from {}: {marked} of {total} items were done by an earlier run; \
@@ -280,7 +351,9 @@ impl Journal {
     /// The fleet's result sink: hands each accepted result to the writer thread.
     pub fn sink(&self) -> ResultSink {
         let tx = lock(&self.writer).as_ref().map(Writer::sender);
+        let counts = self.counts.clone();
         Box::new(move |task, result| {
+            lock(&counts).entry(task.clone()).or_default().computed += 1;
             if let Some(tx) = &tx {
                 // Fails only once writing has finished or failed (already reported).
                 let _ = tx.send(Msg::Result(task, result, Instant::now()));
@@ -337,19 +410,65 @@ impl Journal {
         )
     }
 
-    /// The step's final files are written: stops writing and deletes the journal (and its
-    /// folder, if nothing else is in it).
+    /// The step's final files are written: stops writing and records the step as finished
+    /// (its marker holds the fingerprint). The journal stays until the job ends
+    /// ([`remove_finished`]), so that a re-run of an interrupted job computes nothing of it.
     pub fn complete(&self) -> Result<(), JournalError> {
         self.finish_writing()?;
-        fs::remove_file(&self.path).map_err(|source| JournalError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        if let Some(dir) = self.path.parent() {
-            // Fails, as it should, while another step's journal is still there.
-            let _ = fs::remove_dir(dir);
+        let done = done_marker(&self.path);
+        output::write_atomic(&done, format!("{}\n", self.fingerprint).as_bytes()).map_err(|e| {
+            JournalError::Io {
+                path: done.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })
+    }
+}
+
+/// The job whose steps wrote into `output_dirs` has written all its files: deletes every
+/// journal there that is recorded as finished (with its marker), and the journal folder once
+/// empty. A journal without a marker (a step that did not finish) is kept.
+pub fn remove_finished<'a>(
+    output_dirs: impl IntoIterator<Item = &'a Path>,
+) -> Result<(), JournalError> {
+    for dir in output_dirs {
+        let folder = dir.join(JOURNAL_DIR);
+        let Ok(entries) = fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let marker = entry.path();
+            if marker.extension().is_none_or(|e| e != DONE_EXT) {
+                continue;
+            }
+            let journal = marker.with_extension("jsonl");
+            for path in [&journal, &marker] {
+                remove_if_exists(path).map_err(|source| JournalError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
         }
-        Ok(())
+        // Fails, as it should, while an unfinished journal is still there.
+        let _ = fs::remove_dir(&folder);
+    }
+    Ok(())
+}
+
+/// The finished marker of the journal at `journal`.
+fn done_marker(journal: &Path) -> PathBuf {
+    journal.with_extension(DONE_EXT)
+}
+
+/// The fingerprint hash a finished marker holds, if there is one.
+fn read_marker(marker: &Path) -> std::io::Result<Option<String>> {
+    Ok(read_if_exists(marker)?.map(|b| String::from_utf8_lossy(&b).trim().to_string()))
+}
+
+fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -155,18 +155,47 @@ fn damage_inside_is_refused_with_its_line_number() {
 }
 
 #[test]
-fn complete_deletes_the_journal_and_its_empty_folder() {
+fn a_completed_step_is_recorded_finished_until_the_job_ends() {
     let dir = tempfile::tempdir().unwrap();
     let t = task(8, 2);
     let j = run_once(dir.path(), &t, &[0, 1]);
+    assert!(!j.finished());
     let other = Journal::open(dir.path(), "step2", std::slice::from_ref(&t), false).unwrap();
     j.complete().unwrap();
-    assert!(!j.path().exists());
-    assert!(
-        dir.path().join(JOURNAL_DIR).is_dir(),
-        "step2's journal is still there"
+    assert!(j.path().exists(), "kept until the job ends");
+    drop(j);
+
+    // The same step again (the job re-run after a later step was interrupted): finished, every
+    // result taken from the journal, none to compute.
+    let again = Journal::open(dir.path(), "step1", std::slice::from_ref(&t), false).unwrap();
+    assert!(again.finished());
+    let mut s = sched_for(&t);
+    assert_eq!(again.preload(&mut s).unwrap(), 2);
+    assert!(s.progress().is_complete());
+    assert_eq!(
+        again.counts()["step1"],
+        TaskCounts {
+            loaded: 2,
+            computed: 0
+        }
     );
+    drop(again);
+
+    // Other settings: not the finished step (and, as before, refused until --restart).
+    let changed = task(9, 2);
+    assert!(Journal::open(dir.path(), "step1", std::slice::from_ref(&changed), false).is_err());
+    let restarted =
+        Journal::open(dir.path(), "step1", std::slice::from_ref(&changed), true).unwrap();
+    assert!(!restarted.finished(), "--restart discards the record too");
+    restarted.complete().unwrap();
+
+    // The job ends: finished journals go; step2's, not finished, stays with its folder.
+    remove_finished([dir.path()]).unwrap();
+    assert!(!restarted.path().exists());
+    assert!(!restarted.path().with_extension(DONE_EXT).exists());
+    assert!(other.path().exists(), "step2 did not finish");
     other.complete().unwrap();
+    remove_finished([dir.path()]).unwrap();
     assert!(!dir.path().join(JOURNAL_DIR).exists());
 }
 

@@ -183,6 +183,8 @@ pub struct RunningFleet {
     journal: Option<Arc<Journal>>,
     /// `setup.host` and the attachment it gave (detached by [`RunningFleet::stop`] or on drop).
     host: Option<(Arc<dyn FleetHost>, u64)>,
+    /// Every result came from the journal: nothing ran, no worker was started.
+    replayed: bool,
 }
 
 impl Drop for RunningFleet {
@@ -222,6 +224,9 @@ impl RunningFleet {
         if let Some(journal) = &setup.journal {
             journal.preload(&mut sched)?;
         }
+        // Everything came from the journal (a step an earlier run of the job finished): no
+        // worker is needed, none is started.
+        let replayed = sched.task_count() > 0 && sched.progress().is_complete();
         let fleet = Fleet::new(options, sched);
         if let Some(journal) = &setup.journal {
             fleet.set_result_sink(journal.sink());
@@ -229,6 +234,19 @@ impl RunningFleet {
             journal.set_clock(move || clock.model_ready_at().or_else(|| clock.first_lease_at()));
         }
         before_serving(&fleet);
+        if replayed {
+            return Ok(RunningFleet {
+                fleet,
+                server: None,
+                workers: None,
+                external: true,
+                label: label.to_string(),
+                started: Instant::now(),
+                journal: setup.journal.clone(),
+                host: None,
+                replayed,
+            });
+        }
         if let Some(host) = &setup.host {
             let attachment = host.attach(&fleet, label).await?;
             return Ok(RunningFleet {
@@ -240,6 +258,7 @@ impl RunningFleet {
                 started: Instant::now(),
                 journal: setup.journal.clone(),
                 host: Some((host.clone(), attachment)),
+                replayed,
             });
         }
         if let Some(Observer(observer)) = &setup.observer {
@@ -278,6 +297,7 @@ impl RunningFleet {
             started: Instant::now(),
             journal: setup.journal.clone(),
             host: None,
+            replayed,
         })
     }
 
@@ -349,6 +369,9 @@ impl RunningFleet {
     /// (`ModelReady`) until now. Falls back to the first lease for workers that never report
     /// it, then to the start.
     pub fn run_elapsed(&self) -> Duration {
+        if self.replayed {
+            return Duration::ZERO;
+        }
         self.fleet
             .model_ready_at()
             .or_else(|| self.fleet.first_lease_at())
@@ -381,11 +404,7 @@ impl RunningFleet {
         let journal = self.journal.as_deref();
         if let Some(journal) = journal {
             match journal.finish_writing() {
-                Ok(n) => info!(
-                    "{}: {n} results computed in this run, {} taken from the journal",
-                    self.label,
-                    journal.loaded_count()
-                ),
+                Ok(_) => info!("{}: {}", self.label, journal.describe_counts()),
                 Err(e) => warn!("{e}"),
             }
         }

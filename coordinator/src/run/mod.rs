@@ -41,7 +41,9 @@ use crate::local::LocalError;
 use crate::output::OutputError;
 use crate::sched::SchedError;
 
-/// Runs every step of `job` in order; returns the files written.
+/// Runs every step of `job` in order; returns the files written. Each step records itself
+/// finished in its journal, so a re-run after an interruption computes nothing again for the
+/// steps done (see [`crate::journal`]); the journals are removed once the last step is written.
 pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>, RunError> {
     if !job.ignored_keys.is_empty() {
         info!(
@@ -87,6 +89,9 @@ pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>
             }
         }
     }
+    // Every step's files are written: the steps' journals, kept so far so that a re-run of an
+    // interrupted job computes nothing again for the steps it finished, can go.
+    crate::journal::remove_finished(job.output_dirs().iter().map(PathBuf::as_path))?;
     Ok(files)
 }
 

@@ -13,8 +13,10 @@
 //! Each checkpoint keeps its step journals in its own folder (`step1` in its output folder,
 //! `step3` in its `save_dir`, the same folder), opened as the step drivers open them, and the
 //! fleet's results are routed to the journal of their task: a stopped sweep resumes every
-//! checkpoint where it was. Step 2 is fed from step 1 as in `run::chain` and, like it, keeps no
-//! journal (its items are recomputed on resume). Step 4 is `run::step4`'s streamed step
+//! checkpoint where it was. Step 2 is fed from step 1 as in `run::chain` and, like it, shares
+//! step 1's journal (`step1+step2`): on resume the journaled step-1 results feed step 2 again and
+//! its journaled scores are not recomputed. A checkpoint's journals are removed once it is
+//! marked finished. Step 4 is `run::step4`'s streamed step
 //! ([`schedule_step4`]): its journal is `step4` in the checkpoint's CharacterEval folder, its
 //! first two files are written as soon as the checkpoint's generations are in, the others once
 //! its rows are scored; the files are those of `evalfleet step4` for the checkpoint.
@@ -29,7 +31,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::slice;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,7 @@ use crate::config::{
 use crate::datasets::{self, Sample};
 use crate::journal::Journal;
 use crate::rpc::ResultSink;
+use crate::run::chain::CHAIN_JOURNAL;
 use crate::run::step1::{self, finish_step1, step1_task};
 use crate::run::step2::{STEP2_TASK, embed_payload, finish_step2, step2_lease};
 use crate::run::step3::{plan_all, step3_task};
@@ -328,34 +330,46 @@ async fn schedule(
         journaled: Vec::new(),
         pending,
     };
+    // Step 2's task, made with step 1's so that both share step 1's journal (as in run::chain).
+    let mut step2_spec = None;
     for step in run.pending.job.steps.clone() {
         match step {
             StepConfig::Step1(cfg) => {
                 let samples = memo.samples(&cfg)?;
                 let mut task = step1_task(&cfg, &samples);
                 task.name = format!("{name}/{}", task.name);
+                step2_spec = run.pending.job.steps.iter().find_map(|s| match s {
+                    StepConfig::Step2(cfg2) => Some(TaskSpec {
+                        name: format!("{name}/{STEP2_TASK}"),
+                        template: step2_lease(cfg2),
+                        items: Vec::new(),
+                    }),
+                    _ => None,
+                });
+                let (journal_name, journaled) = match &step2_spec {
+                    Some(s2) => (CHAIN_JOURNAL, vec![task.clone(), s2.clone()]),
+                    None => ("step1", vec![task.clone()]),
+                };
                 let journal = Arc::new(Journal::open(
                     &cfg.output_dir,
-                    "step1",
-                    slice::from_ref(&task),
+                    journal_name,
+                    &journaled,
                     restart,
                 )?);
-                run.journaled.push((task.name.clone(), journal.clone()));
+                for spec in &journaled {
+                    run.journaled.push((spec.name.clone(), journal.clone()));
+                }
                 let index = sched.add_task(task)?;
                 run.step1 = Some((cfg, index, journal));
             }
             StepConfig::Step2(cfg) => {
                 // The config checked that step 1 is listed, and steps run in the listed order.
-                let Some((_, producer, _)) = &run.step1 else {
+                let (Some((_, producer, _)), Some(spec)) = (&run.step1, step2_spec.take()) else {
                     return Err(RunError::Scoring(format!(
                         "{name}: step2 in a sweep needs step1 before it"
                     )));
                 };
-                let consumer = sched.add_streaming_task(TaskSpec {
-                    name: format!("{name}/{STEP2_TASK}"),
-                    template: step2_lease(&cfg),
-                    items: Vec::new(),
-                })?;
+                let consumer = sched.add_streaming_task(spec)?;
                 sched.feed(*producer, consumer, embed_from_generate())?;
                 run.step2 = Some((cfg, consumer));
             }
@@ -460,10 +474,11 @@ impl Memo {
 }
 
 /// Writes a completed checkpoint's files (step 1, then step 2's scores into them, then step 3,
-/// then step 4), removes its journals and marks it finished.
+/// then step 4), records its steps finished in their journals, marks it finished, and removes
+/// the journals.
 async fn finish(
     fleet: &RunningFleet,
-    run: Scheduled,
+    mut run: Scheduled,
     completed: &HashMap<usize, Instant>,
 ) -> Result<(), RunError> {
     let name = run.pending.checkpoint.name.clone();
@@ -479,7 +494,6 @@ async fn finish(
         let report = finish_step1(cfg, outcomes_of(*task), runtime).await?;
         info!("sweep: {name}:");
         step1::log_report(&report);
-        journal.complete()?;
     }
     if let Some((cfg, task)) = &run.step2 {
         let rows = crate::step2::read_step1_inputs(&cfg.output_dir)?;
@@ -504,12 +518,19 @@ async fn finish(
             info!("sweep: {name}: {}:\n{}", task.name, results.results_log());
             results.replace(&dir.join(&task.name))?;
         }
-        s3.journal.complete()?;
     }
-    if let Some(mut part) = run.step4 {
+    if let Some(part) = &mut run.step4 {
         part.finish(fleet.fleet())?;
     }
-    mark_done(&run.pending)
+    for journal in run.journals() {
+        journal.complete()?;
+        info!("sweep: {name}: {}", journal.describe_counts());
+    }
+    mark_done(&run.pending)?;
+    // The checkpoint is marked finished: its journals can go (until now a re-run would have
+    // taken every result from them).
+    crate::journal::remove_finished(run.pending.job.output_dirs().iter().map(PathBuf::as_path))?;
+    Ok(())
 }
 
 /// Step 1's `predict_runtime` for the checkpoint whose step-1 task is `task` (see the module

@@ -197,6 +197,19 @@ fn tiny_llama_weights() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures/tiny-llama/model")
 }
 
+/// [`tiny_chat_model`] with 1024 positions instead of the fixture's 64, for step-3 prompts (a
+/// header and a shot, one token per byte); its positions are rotary (computed, not learned), so
+/// a longer context is as valid.
+pub fn tiny_chat_model_long(dir: &Path) -> PathBuf {
+    let model = tiny_chat_model(dir);
+    let config = model.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["max_position_embeddings"] = 1024.into();
+    std::fs::write(&config, json.to_string()).unwrap();
+    model
+}
+
 /// Builds, under `dir`, an HF model folder that the real worker can serve in milliseconds: the
 /// tiny llama's weights plus a byte-level tokenizer that fits its 256-token vocabulary (ids 0-2
 /// are `<unk>`, `<s>`, `</s>`, as its config says; 3.. are bytes, all but three that never occur

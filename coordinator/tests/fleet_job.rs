@@ -24,29 +24,11 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-/// One MMLU subject in the original folder layout: 2 dev rows (the shots), 3 test questions.
-fn tiny_mmlu(root: &Path) {
-    let dir = root.join("mmlu");
-    for sub in ["data/dev", "data/test"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    std::fs::write(
-        dir.join("mapping.json"),
-        r#"{"abstract_algebra": {"name": "abstract algebra", "category": "STEM"}}"#,
-    )
-    .unwrap();
-    let row = |i: usize| format!("What is {i} + {i}?,{},{},{},{},B\n", i, 2 * i, 3 * i, 4 * i);
-    let dev: String = (1..=2).map(row).collect();
-    let test: String = (3..=5).map(row).collect();
-    std::fs::write(dir.join("data/dev/abstract_algebra_dev.csv"), dev).unwrap();
-    std::fs::write(dir.join("data/test/abstract_algebra_test.csv"), test).unwrap();
-}
-
 /// The job file of a step-1 + step-3 job on the tiny model, under `dir`; its outputs go to
 /// `dir/out` (step 1) and `dir/step3` (step 3).
 fn two_step_job(dir: &Path) -> PathBuf {
     let model = tiny_chat_model_long(dir);
-    tiny_mmlu(&dir.join("tasks"));
+    fleet_common::tiny_mmlu(&dir.join("tasks"));
     let yaml = dir.join("job.yaml");
     std::fs::write(
         &yaml,

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_common::{repo, smollm2, wait};
+use fleet_common::{repo, result_files, smollm2, wait, without_speed};
 
 /// Step 1 samples: 4 from each of the two demo datasets.
 const ITEMS: usize = 8;
@@ -352,14 +352,6 @@ fn write_chain_yaml(path: &Path, model: &Path, out: &Path) {
     std::fs::write(path, yaml).unwrap();
 }
 
-/// A results file without its speed metrics (timings differ between any two runs).
-fn without_speed(text: String) -> String {
-    text.lines()
-        .filter(|l| !l.contains("_runtime\"") && !l.contains("_per_second\""))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Kills the coordinator once `journal` holds `results` results, and the held worker.
 fn kill_at(mut coordinator: Child, marker: &Path, journal: &Path, results: usize) {
     let worker = held_worker(marker);
@@ -415,7 +407,7 @@ fn coordinator_killed_mid_chain_resumes_step1_and_step2_from_one_journal() {
     for name in ["predict_results.json", "all_results.json"] {
         let (a, b) = (read(&out.join(name)), read(&reference.join(name)));
         assert!(a.contains("\"predict_runtime\""), "{name}: {a}");
-        assert_eq!(without_speed(a), without_speed(b), "{name} differs");
+        assert_eq!(without_speed(&a), without_speed(&b), "{name} differs");
     }
     let results = read(&out.join("predict_results.json"));
     assert!(results.contains("\"avg_sem_sim_score\""), "{results}");
@@ -524,32 +516,6 @@ fn write_three_step_yaml(path: &Path, model: &Path, dir: &Path, out: &Path, save
     std::fs::write(path, yaml).unwrap();
 }
 
-/// Every file under `dir` (relative path → bytes), speed metrics left out of the step-1
-/// results files (they time the run).
-fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-                continue;
-            }
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let bytes = match name.as_str() {
-                "predict_results.json" | "all_results.json" => {
-                    without_speed(read(&path)).into_bytes()
-                }
-                _ => std::fs::read(&path).unwrap(),
-            };
-            files.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
-        }
-    }
-    files.sort();
-    files
-}
-
 #[test]
 fn coordinator_killed_in_step3_of_a_three_step_job_recomputes_no_finished_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -603,8 +569,16 @@ fn coordinator_killed_in_step3_of_a_three_step_job_recomputes_no_finished_step()
         )),
         "{text}"
     );
-    assert_eq!(tree(&out), tree(&reference), "steps 1 and 2 differ");
-    assert_eq!(tree(&save), tree(&reference_save), "step 3 differs");
+    assert_eq!(
+        result_files(&out),
+        result_files(&reference),
+        "steps 1 and 2 differ"
+    );
+    assert_eq!(
+        result_files(&save),
+        result_files(&reference_save),
+        "step 3 differs"
+    );
     for d in [&out, &save] {
         assert!(
             !d.join(".evalfleet-journal").exists(),

@@ -587,34 +587,6 @@ fn step1_and_step3_on_smollm2_adapters() {
     }
 }
 
-/// The demo CharacterEval folder under `root`, each role profile cut to its first three entries
-/// so that CPU prefill stays short (as tests/step4_fleet.rs does).
-fn short_charactereval(root: &Path) -> PathBuf {
-    use evalfleet::output::PyJson;
-    let demo = repo().join("yamls/demo/charactereval");
-    let task = root.join("charactereval");
-    std::fs::create_dir_all(&task).unwrap();
-    for name in ["test_data.jsonl", "id2metric.jsonl"] {
-        std::fs::copy(demo.join(name), task.join(name)).unwrap();
-    }
-    let profiles = evalfleet::step4::data::read_json(&demo.join("character_profiles.json"));
-    let Ok(PyJson::Object(roles)) = profiles else {
-        panic!("the demo profiles are not an object")
-    };
-    let short = roles
-        .into_iter()
-        .map(|(role, profile)| match profile {
-            PyJson::Object(entries) => {
-                (role, PyJson::Object(entries.into_iter().take(3).collect()))
-            }
-            other => (role, other),
-        })
-        .collect();
-    let text = evalfleet::output::dumps_pretty(&PyJson::Object(short), false, false);
-    std::fs::write(task.join("character_profiles.json"), text).unwrap();
-    task
-}
-
 /// Runs `evalfleet <args> <yaml>` with `workers` CPU workers taking one item per lease (so a
 /// generation never shares a padded batch: the comparison below is exact); returns stderr.
 fn evalfleet_one_per_lease(args: &[&str], yaml: &Path, workers: usize, log: &Path) -> String {
@@ -648,7 +620,7 @@ fn step4_in_the_shared_fleet_loads_the_reward_model_once_per_worker() {
         smollm2_adapter(&ckpts.join(name), i as u64 + 7);
     }
     let base = fleet_common::smollm2_f32();
-    let reward_model = repo().join("worker/tests/fixtures/reward/tiny-rm-alibi4");
+    let reward_model = fleet_common::tiny_reward_model();
     assert!(
         reward_model.join("config.json").is_file(),
         "{reward_model:?}"
@@ -656,7 +628,7 @@ fn step4_in_the_shared_fleet_loads_the_reward_model_once_per_worker() {
     let keys = format!(
         "reward_model_path: {}\ntask_dir: {}\nmax_samples: 3\nmax_new_tokens: 8\ndo_sample: false\n",
         reward_model.display(),
-        short_charactereval(tmp.path()).display()
+        fleet_common::short_charactereval(tmp.path()).display()
     );
     let sweep = tmp.path().join("sweep");
     let yaml = tmp.path().join("sweep.yaml");
@@ -780,12 +752,10 @@ fn checkpoint_files(dir: &Path) -> Vec<(String, String)> {
     ]
     .iter()
     .map(|name| {
-        let text = read(&dir.join(name))
-            .lines()
-            .filter(|l| !l.contains("_runtime\"") && !l.contains("_per_second\""))
-            .collect::<Vec<_>>()
-            .join("\n");
-        (name.to_string(), text)
+        (
+            name.to_string(),
+            fleet_common::without_speed(&read(&dir.join(name))),
+        )
     })
     .collect()
 }

@@ -244,6 +244,51 @@ fn tensor_parallel_layout_runs_a_group_per_pod_and_survives_a_group_rescheduled_
     rehearse("tp");
 }
 
+/// Starts the coordinator pod's command line `args`: the pod binds its named ports on every
+/// interface, here any free loopback port (the health port answers the probes for the whole
+/// run). Returns the process and the URL it listens on.
+fn start_coordinator(coord: &Pod, mut args: Vec<String>) -> (std::process::Child, String) {
+    for (flag, name) in [("--listen", "grpc"), ("--health-listen", "health")] {
+        let port = seq(&coord.container["ports"])
+            .iter()
+            .find(|p| s(p, "name") == name)
+            .unwrap_or_else(|| panic!("a port named {name}"))["containerPort"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(
+            set_flag(&mut args, flag, "127.0.0.1:0"),
+            format!("0.0.0.0:{port}")
+        );
+    }
+    listening_url(
+        coord
+            .command(evalfleet_bin(), &args)
+            .spawn()
+            .expect("starting the coordinator"),
+    )
+}
+
+/// A worker pod's command line with the common substitutions: it dials the coordinator at `url`
+/// (the Service that selects the coordinator pod, in the cluster); `cpu` replaces its device.
+fn worker_command_line(docs: &[Value], pod: &Pod, url: &str, cpu: bool) -> Vec<String> {
+    let svc = find(docs, "Service", "evalfleet-coordinator");
+    let svc_port = seq(&svc["spec"]["ports"])[0]["port"].as_u64().unwrap();
+    let (program, mut args) = pod.command_line();
+    assert_eq!(program, "evalfleet-worker");
+    assert_eq!(
+        set_flag(&mut args, "--coordinator", url),
+        format!("http://evalfleet-coordinator:{svc_port}")
+    );
+    if cpu {
+        assert!(set_flag(&mut args, "--device", "cpu").starts_with("cuda:"));
+    }
+    assert_eq!(
+        args[args.iter().position(|a| a == "--worker-id").unwrap() + 1],
+        pod.name
+    );
+    args
+}
+
 /// Runs layout `layout`'s coordinator and one worker pod (killed mid-run, then started again)
 /// and checks the job's outputs.
 fn rehearse(layout: &str) {
@@ -258,7 +303,7 @@ fn rehearse(layout: &str) {
         "evalfleet-coordinator-xxxxx",
         root,
     );
-    let (program, mut args) = coord.command_line();
+    let (program, args) = coord.command_line();
     assert_eq!(
         program, "evalfleet",
         "the coordinator container runs `evalfleet`"
@@ -291,47 +336,8 @@ fn rehearse(layout: &str) {
     // 4 attention heads and 2 KV heads: a group of 2 splits them.
     fleet_common::tiny_chat_model(Path::new(&models));
 
-    // The pod binds its named ports on every interface; here, any free loopback port. The
-    // health port answers the probes for the whole run.
-    for (flag, name) in [("--listen", "grpc"), ("--health-listen", "health")] {
-        let port = seq(&coord.container["ports"])
-            .iter()
-            .find(|p| s(p, "name") == name)
-            .unwrap_or_else(|| panic!("a port named {name}"))["containerPort"]
-            .as_u64()
-            .unwrap();
-        assert_eq!(
-            set_flag(&mut args, flag, "127.0.0.1:0"),
-            format!("0.0.0.0:{port}")
-        );
-    }
-    let (coordinator, url) = listening_url(
-        coord
-            .command(evalfleet_bin(), &args)
-            .spawn()
-            .expect("starting the coordinator"),
-    );
-
-    // The worker pods dial the Service that selects the coordinator pod.
-    let svc = find(&docs, "Service", "evalfleet-coordinator");
-    let svc_port = seq(&svc["spec"]["ports"])[0]["port"].as_u64().unwrap();
-    // The pod's command line with the common substitutions; `cpu` says whether --device too.
-    let worker_args = |pod: &Pod, cpu: bool| {
-        let (program, mut args) = pod.command_line();
-        assert_eq!(program, "evalfleet-worker");
-        assert_eq!(
-            set_flag(&mut args, "--coordinator", &url),
-            format!("http://evalfleet-coordinator:{svc_port}")
-        );
-        if cpu {
-            assert!(set_flag(&mut args, "--device", "cpu").starts_with("cuda:"));
-        }
-        assert_eq!(
-            args[args.iter().position(|a| a == "--worker-id").unwrap() + 1],
-            pod.name
-        );
-        args
-    };
+    let (coordinator, url) = start_coordinator(&coord, args);
+    let worker_args = |pod: &Pod, cpu: bool| worker_command_line(&docs, pod, &url, cpu);
     let start_worker = |pod: &Pod, crash: Option<&Path>| {
         let mut args = worker_args(pod, true);
         if let Some(k) = tp {
@@ -411,4 +417,129 @@ fn rehearse(layout: &str) {
         assert!(row["predict"].is_string(), "a prediction in {line}");
     }
     assert!(out.join("all_results.json").is_file());
+}
+
+/// The four-step job of [`oneshot_layout_runs_a_four_step_job_with_the_files_of_a_local_run`]:
+/// models and data under `models`, outputs under `outputs`. Step 1 → step 2 on the tiny chat
+/// model and all-MiniLM-L6-v2, step 3 on one tiny MMLU subject, step 4 with SmolLM2 (its own
+/// chat template) and the tiny reward model on one short CharacterEval dialogue.
+fn four_step_job(models: &Path, outputs: &Path) -> String {
+    format!(
+        "steps: [step1, step2, step3, step4]\nmodel_name_or_path: {m}/tiny-llama-chat\n\
+         template: default\nbatch_size: 2\n\
+         step1: {{dataset_dir: {m}/data, dataset: demo_alpaca, max_samples: 4, cutoff_len: 40, \
+         max_new_tokens: 6, do_sample: false, output_dir: {o}/sft}}\n\
+         step2: {{model_path: {m}/all-minilm-l6-v2, output_dir: {o}/sft}}\n\
+         step3: {{task_dir: {m}/tasks, tasks: [mmlu], langs: [en], splits: [test], n_shot: 1, \
+         save_dir: {o}/step3}}\n\
+         step4: {{model_path: {m}/smollm2.gguf, reward_model_path: {m}/reward, \
+         task_dir: {m}/charactereval, output_dir: {o}/CharacterEval, max_samples: 1, \
+         max_new_tokens: 6, do_sample: false}}\n",
+        m = models.display(),
+        o = outputs.display(),
+    )
+}
+
+/// The four-step job's models and data on the models volume `models`.
+fn stage_four_step_models(models: &Path) {
+    let data = models.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["dataset_info.json", "demo_alpaca.json"] {
+        std::fs::copy(repo().join("yamls/demo").join(f), data.join(f)).unwrap();
+    }
+    fleet_common::tiny_chat_model_long(models);
+    fleet_common::tiny_mmlu(&models.join("tasks"));
+    fleet_common::short_charactereval(models);
+    for (link, target) in [
+        ("all-minilm-l6-v2", fleet_common::minilm()),
+        ("reward", fleet_common::tiny_reward_model()),
+        ("smollm2.gguf", fleet_common::smollm2()),
+    ] {
+        std::os::unix::fs::symlink(target, models.join(link)).unwrap();
+    }
+}
+
+/// The one-shot layout with a job of every step (`steps: [step1, step2, step3, step4]`) and an
+/// external worker pod: one fleet serves the four steps (the worker stays from the first to the
+/// last and exits once, when the job ends), and every file on the outputs volume equals a local
+/// `evalfleet run` of the same job.
+#[test]
+fn oneshot_layout_runs_a_four_step_job_with_the_files_of_a_local_run() {
+    let docs = load_manifests("oneshot");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let coord = Pod::schedule(
+        &docs,
+        "evalfleet-coordinator",
+        "evalfleet-coordinator-xxxxx",
+        root,
+    );
+    let (_, args) = coord.command_line();
+    let job_path = PathBuf::from(&args[1]);
+    let (models, outputs) = (
+        PathBuf::from(coord.host("/models")),
+        PathBuf::from(coord.host("/outputs")),
+    );
+    stage_four_step_models(&models);
+    std::fs::write(&job_path, four_step_job(&models, &outputs)).unwrap();
+
+    let (coordinator, url) = start_coordinator(&coord, args);
+    let pod = Pod::schedule(&docs, "evalfleet-worker", "evalfleet-worker-0-aaaaa", root);
+    let worker = pod
+        .command(worker_bin(), &worker_command_line(&docs, &pod, &url, true))
+        .spawn()
+        .expect("starting the worker pod");
+    let worker = wait_ok(worker, Duration::from_secs(600), "the worker pod");
+    wait_ok(coordinator, Duration::from_secs(120), "the coordinator pod");
+    let worker_log = String::from_utf8_lossy(&worker.stderr);
+    // The one worker pod loaded every step's models and was told to stop once, at the end.
+    for loaded in ["embedding model loaded", "reward model loaded"] {
+        assert!(worker_log.contains(loaded), "{loaded}:\n{worker_log}");
+    }
+    assert_eq!(worker_log.matches("stopping: ").count(), 1, "{worker_log}");
+
+    // The same job run locally, outputs elsewhere.
+    let local = root.join("local");
+    let local_yaml = root.join("local.yaml");
+    std::fs::write(&local_yaml, four_step_job(&models, &local)).unwrap();
+    let run = std::process::Command::new(evalfleet_bin())
+        .args([
+            "run",
+            local_yaml.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--cpu",
+        ])
+        .env("EVALFLEET_WORKER_BIN", worker_bin())
+        .env_remove("EVALFLEET_TEST_CRASH_ONCE")
+        .env_remove("EVALFLEET_TEST_HOLD_ONCE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ok(run, Duration::from_secs(600), "the local run");
+
+    let (cluster, here) = (
+        fleet_common::result_files(&outputs),
+        fleet_common::result_files(&local),
+    );
+    let names = |files: &[(PathBuf, Vec<u8>)]| -> Vec<PathBuf> {
+        files.iter().map(|(p, _)| p.clone()).collect()
+    };
+    assert_eq!(names(&cluster), names(&here), "the same files");
+    for name in [
+        "sft/generated_predictions.jsonl",
+        "sft/sem_sim_distribution.json",
+        "step3/mmlu/results.json",
+        "CharacterEval/step4_eval_scores.json",
+    ] {
+        assert!(
+            names(&cluster).contains(&PathBuf::from(name)),
+            "{name} is written"
+        );
+    }
+    for ((path, a), (_, b)) in cluster.iter().zip(&here) {
+        assert!(a == b, "{} differs from the local run's", path.display());
+    }
 }

@@ -36,44 +36,8 @@ use fleet_common::{evalfleet_bin, repo, smollm2, wait, wait_ok, worker_bin};
 /// Dialogues generated (the demo set has five).
 const DIALOGUES: usize = 4;
 
-/// The worker crate's tiny reward model (Baichuan ALiBi layout, random weights).
-fn tiny_reward_model() -> PathBuf {
-    let path = repo().join("worker/tests/fixtures/reward/tiny-rm-alibi4");
-    assert!(
-        path.join("config.json").is_file(),
-        "{}: the tiny reward model fixture is missing (scripts/goldens/reward_goldens.py writes it)",
-        path.display()
-    );
-    path
-}
-
 fn demo_dir() -> PathBuf {
     repo().join("yamls/demo/charactereval")
-}
-
-/// The demo task folder with each profile cut to its first three entries, under `dir`.
-fn short_task_dir(dir: &Path) -> PathBuf {
-    let task = dir.join("task");
-    std::fs::create_dir_all(&task).unwrap();
-    for name in ["test_data.jsonl", "id2metric.jsonl"] {
-        std::fs::copy(demo_dir().join(name), task.join(name)).unwrap();
-    }
-    let PyJson::Object(roles) = read_json(&demo_dir().join("character_profiles.json")).unwrap()
-    else {
-        panic!("profiles")
-    };
-    let short = roles
-        .into_iter()
-        .map(|(role, profile)| match profile {
-            PyJson::Object(entries) => {
-                (role, PyJson::Object(entries.into_iter().take(3).collect()))
-            }
-            other => (role, other),
-        })
-        .collect();
-    let text = evalfleet::output::dumps_pretty(&PyJson::Object(short), false, false);
-    std::fs::write(task.join("character_profiles.json"), text).unwrap();
-    task
 }
 
 fn write_yaml(dir: &Path, out: &Path) -> PathBuf {
@@ -87,8 +51,8 @@ fn write_yaml_for(dir: &Path, out: &Path, dialogues: usize, name: &str) -> PathB
          finetuning_type: lora\nmax_samples: {dialogues}\nmax_new_tokens: 24\ndo_sample: false\n\
          batch_size: 4\n",
         model = smollm2().display(),
-        rm = tiny_reward_model().display(),
-        task = short_task_dir(dir).display(),
+        rm = fleet_common::tiny_reward_model().display(),
+        task = fleet_common::short_charactereval(dir).display(),
         out = out.display(),
     );
     let path = dir.join(name);

@@ -365,3 +365,95 @@ pub async fn reference(model: &Path, n: usize) -> Vec<String> {
         .unwrap();
     predictions(&run.outcomes[0])
 }
+
+/// The worker crate's tiny reward model (Baichuan ALiBi layout, random weights, bf16).
+pub fn tiny_reward_model() -> PathBuf {
+    let path = repo().join("worker/tests/fixtures/reward/tiny-rm-alibi4");
+    assert!(
+        path.join("config.json").is_file(),
+        "{}: the tiny reward model fixture is missing (scripts/goldens/reward_goldens.py writes it)",
+        path.display()
+    );
+    path
+}
+
+/// The demo CharacterEval folder under `root`, each role profile cut to its first three entries
+/// so that CPU prefill stays short (a full profile makes a prompt of thousands of tokens).
+pub fn short_charactereval(root: &Path) -> PathBuf {
+    use evalfleet::output::PyJson;
+    let demo = repo().join("yamls/demo/charactereval");
+    let task = root.join("charactereval");
+    std::fs::create_dir_all(&task).unwrap();
+    for name in ["test_data.jsonl", "id2metric.jsonl"] {
+        std::fs::copy(demo.join(name), task.join(name)).unwrap();
+    }
+    let profiles = evalfleet::step4::data::read_json(&demo.join("character_profiles.json"));
+    let Ok(PyJson::Object(roles)) = profiles else {
+        panic!("the demo profiles are not an object")
+    };
+    let short = roles
+        .into_iter()
+        .map(|(role, profile)| match profile {
+            PyJson::Object(entries) => {
+                (role, PyJson::Object(entries.into_iter().take(3).collect()))
+            }
+            other => (role, other),
+        })
+        .collect();
+    let text = evalfleet::output::dumps_pretty(&PyJson::Object(short), false, false);
+    std::fs::write(task.join("character_profiles.json"), text).unwrap();
+    task
+}
+
+/// A results file's text without its speed metrics (`*_runtime`, `*_per_second`: they time the
+/// run, so they differ between any two runs).
+pub fn without_speed(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.contains("_runtime\"") && !l.contains("_per_second\""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every file under `dir` (path relative to it → bytes), sorted, the speed metrics left out of
+/// step 1's results files ([`without_speed`]): what two runs of one job must agree on.
+pub fn result_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = match name.as_str() {
+                "predict_results.json" | "all_results.json" => {
+                    without_speed(&std::fs::read_to_string(&path).unwrap()).into_bytes()
+                }
+                _ => std::fs::read(&path).unwrap(),
+            };
+            files.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// One MMLU subject in the original folder layout: 2 dev rows (the shots), 3 test questions.
+pub fn tiny_mmlu(root: &Path) {
+    let dir = root.join("mmlu");
+    for sub in ["data/dev", "data/test"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::write(
+        dir.join("mapping.json"),
+        r#"{"abstract_algebra": {"name": "abstract algebra", "category": "STEM"}}"#,
+    )
+    .unwrap();
+    let row = |i: usize| format!("What is {i} + {i}?,{},{},{},{},B\n", i, 2 * i, 3 * i, 4 * i);
+    let dev: String = (1..=2).map(row).collect();
+    let test: String = (3..=5).map(row).collect();
+    std::fs::write(dir.join("data/dev/abstract_algebra_dev.csv"), dev).unwrap();
+    std::fs::write(dir.join("data/test/abstract_algebra_test.csv"), test).unwrap();
+}

@@ -361,7 +361,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let job_fleet = JobFleet::for_job(&args.fleet, cfg.fleet_keys(), "step4", None)?;
             let result = crate::run::step4::run_step4_with(&cfg, &job_fleet.setup, options).await;
             job_fleet.stop(result.is_ok()).await;
-            for path in result?.files {
+            let files = result?.files;
+            // The job (this one step) is written: its finished journals can go, as run_job's.
+            crate::journal::remove_finished([cfg.output_dir.as_path()])?;
+            for path in files {
                 println!("wrote {}", path.display());
             }
             Ok(())

@@ -254,16 +254,7 @@ fn kill(pid: u32, sig: &str) {
 #[test]
 fn a_stopped_sweep_resumes_from_the_checkpoints_journals() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = tiny_chat_model(tmp.path());
-    let (reference, out) = (tmp.path().join("reference"), tmp.path().join("out"));
-    let ref_yaml = three_checkpoint_sweep(tmp.path(), &base, &reference, "ref.yaml");
-    let yaml = three_checkpoint_sweep(tmp.path(), &base, &out, "sweep.yaml");
-    let log = tmp.path().join("log");
-    finish(
-        spawn(&["sweep"], &ref_yaml, 1, &log, None),
-        &["sweep"],
-        &log,
-    );
+    let (reference, out, yaml, log) = swept_reference(tmp.path(), three_checkpoint_sweep);
 
     // One worker, one item per lease: items 0-2 of checkpoint-100 are journaled, then it holds.
     let marker = tmp.path().join("held");
@@ -306,6 +297,26 @@ fn a_stopped_sweep_resumes_from_the_checkpoints_journals() {
         &out,
         &["checkpoint-100", "checkpoint-200", "checkpoint-300"],
     );
+}
+
+/// A sweep made by `make` (root, base model, output folder, YAML name → YAML path) on the tiny
+/// chat model, run once to the end with one worker into `<root>/reference`. Returns that
+/// reference folder, the other output folder (`<root>/out`), its sweep YAML, and the log path.
+fn swept_reference(
+    root: &Path,
+    make: fn(&Path, &Path, &Path, &str) -> PathBuf,
+) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let base = tiny_chat_model(root);
+    let (reference, out) = (root.join("reference"), root.join("out"));
+    let ref_yaml = make(root, &base, &reference, "ref.yaml");
+    let yaml = make(root, &base, &out, "sweep.yaml");
+    let log = root.join("log");
+    finish(
+        spawn(&["sweep"], &ref_yaml, 1, &log, None),
+        &["sweep"],
+        &log,
+    );
+    (reference, out, yaml, log)
 }
 
 fn read_pid(marker: &Path) -> Option<u32> {
@@ -763,16 +774,7 @@ fn checkpoint_files(dir: &Path) -> Vec<(String, String)> {
 #[test]
 fn a_sweep_killed_in_its_second_checkpoints_step2_recomputes_no_step1_result() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = tiny_chat_model(tmp.path());
-    let (reference, out) = (tmp.path().join("reference"), tmp.path().join("out"));
-    let ref_yaml = two_checkpoint_chain_sweep(tmp.path(), &base, &reference, "ref.yaml");
-    let yaml = two_checkpoint_chain_sweep(tmp.path(), &base, &out, "sweep.yaml");
-    let log = tmp.path().join("log");
-    finish(
-        spawn(&["sweep"], &ref_yaml, 1, &log, None),
-        &["sweep"],
-        &log,
-    );
+    let (reference, out, yaml, log) = swept_reference(tmp.path(), two_checkpoint_chain_sweep);
 
     // One worker, one item per lease: a step-1 result's step-2 item goes out next, so when the
     // worker holds checkpoint-200's last step-2 item (5), all 6 of its step-1 results and 5

@@ -289,16 +289,11 @@ fn worker_command_line(docs: &[Value], pod: &Pod, url: &str, cpu: bool) -> Vec<S
     args
 }
 
-/// Runs layout `layout`'s coordinator and one worker pod (killed mid-run, then started again)
-/// and checks the job's outputs.
-fn rehearse(layout: &str) {
-    let docs = load_manifests(layout);
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-
-    // The coordinator pod: the job YAML at the ConfigMap's key path, the demo data on the models PVC.
+/// The coordinator pod, "scheduled" under `root`: it runs `evalfleet run <job>` on the
+/// ConfigMap's job.yaml. Returns the pod, its command line's arguments and the job's host path.
+fn coordinator_pod(docs: &[Value], root: &Path) -> (Pod, Vec<String>, PathBuf) {
     let coord = Pod::schedule(
-        &docs,
+        docs,
         "evalfleet-coordinator",
         "evalfleet-coordinator-xxxxx",
         root,
@@ -316,6 +311,18 @@ fn rehearse(layout: &str) {
         "`run` must read the ConfigMap's job.yaml, got {}",
         job_path.display()
     );
+    (coord, args, job_path)
+}
+
+/// Runs layout `layout`'s coordinator and one worker pod (killed mid-run, then started again)
+/// and checks the job's outputs.
+fn rehearse(layout: &str) {
+    let docs = load_manifests(layout);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+
+    // The coordinator pod: the job YAML at the ConfigMap's key path, the demo data on the models PVC.
+    let (coord, args, job_path) = coordinator_pod(&docs, root);
     let worker_pod = |name: &str| Pod::schedule(&docs, "evalfleet-worker", name, root);
     let tp = group_size(
         &docs,
@@ -468,14 +475,7 @@ fn oneshot_layout_runs_a_four_step_job_with_the_files_of_a_local_run() {
     let docs = load_manifests("oneshot");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let coord = Pod::schedule(
-        &docs,
-        "evalfleet-coordinator",
-        "evalfleet-coordinator-xxxxx",
-        root,
-    );
-    let (_, args) = coord.command_line();
-    let job_path = PathBuf::from(&args[1]);
+    let (coord, args, job_path) = coordinator_pod(&docs, root);
     let (models, outputs) = (
         PathBuf::from(coord.host("/models")),
         PathBuf::from(coord.host("/outputs")),

@@ -107,7 +107,7 @@ fn step4_end_to_end_with_smollm2_and_a_tiny_reward_model() {
     let yaml = write_yaml(dir.path(), &out);
     let stdout = run_step4(&yaml, &[]);
 
-    // Each sub-step's journal is removed once its file is written.
+    // The finished step's journals are removed once the job (this one step) has written its files.
     assert!(!out.join(evalfleet::journal::JOURNAL_DIR).exists());
 
     // Sub-step 1: the demo records in order, `model_output` appended.
@@ -376,7 +376,11 @@ fn scoring_starts_during_generation_and_a_killed_run_resumes_to_the_same_files()
         .filter(|e| matches!(e, Event::Leased { task: 0, .. }))
         .count();
     assert!(generate_leases_after > 0, "{timeline:?}");
-    assert!(!streamed.join(evalfleet::journal::JOURNAL_DIR).exists());
+    // Step 4 is recorded finished; its journal goes when the job that ran it ends.
+    let journals = streamed.join(evalfleet::journal::JOURNAL_DIR);
+    assert!(journals.join("step4.done").is_file());
+    evalfleet::journal::remove_finished([streamed.as_path()]).unwrap();
+    assert!(!journals.exists());
 
     // The sub-steps one after the other: the same files.
     let log = dir.path().join("log");

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod models;
 pub mod rpc;
+pub mod runners;
 pub mod score;
 pub mod tasks;
 pub mod tokenize;

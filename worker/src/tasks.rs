@@ -1,33 +1,30 @@
 //! Turns a lease from the coordinator into one result per item: loads the lease's model once (and
-//! keeps it for the next leases), builds each prompt with the lease's template and truncation,
-//! generates in batches, and decodes predictions and labels as LLaMA-Factory saves and scores them
-//! (docs/FIDELITY.md §1.6, §1.7).
+//! keeps it for the next leases) and hands it to the runner of the lease's kind
+//! ([`crate::runners`]: generate, embed, choice, reward), which converts the items and runs them.
 //!
-//! Step-2 leases (embed items, docs/FIDELITY.md §2) load a sentence-transformers folder instead,
-//! kept in its own cache so that a worker can hold an embedder and a decoder at once, and score
-//! each (label, predict) pair with [`Embedder::score_pairs`].
+//! Decoders (generation and step-3 choice scoring), embedders (step 2, a sentence-transformers
+//! folder) and reward models (step 4) are kept in caches of their own, so that a worker can hold
+//! one of each at once.
 //!
 //! An item that cannot be run (a prompt the template rejects, an empty prompt, ...) gets an
 //! [`pb::ItemError`]; only failures that concern the whole lease (the model does not load, the
 //! decoder fails) fail [`Executor::run_lease`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
 use evalfleet_proto::v1 as pb;
-use pb::item_result::Outcome;
 
 use crate::embed::Embedder;
-use crate::engine::{self, GenOptions, GenOutput, GenRequest, SamplingParams};
-use crate::error::{fail_every_item, item_error};
-use crate::models::{BaseCache, Decoder, KvCache, LoadedModel, load_decoder};
+use crate::engine::GenOptions;
+use crate::models::{BaseCache, KvCache, LoadedModel, load_decoder};
+use crate::runners::{self, LeaseKind, Results};
 use crate::score::choice;
 use crate::score::reward::{self, RewardScorer};
 use crate::tokenize::{
-    ChatMessage, PromptBuilder, PromptStyle, TextTokenizer, clean_up_tokenization,
-    generation_config_eos_ids, get_template,
+    PromptBuilder, PromptStyle, TextTokenizer, generation_config_eos_ids, get_template,
 };
 use crate::tp::{LoadSpec, TpCache, TpLeader, TpModel, shard_load_options};
 use crate::{Error, Result};
@@ -131,7 +128,9 @@ impl Executor {
             .collect()
     }
 
-    /// Runs every item of `lease`, calling `sink` with each item's result as soon as it is ready.
+    /// Runs every item of `lease`, calling `sink` with each item's result as soon as it is ready:
+    /// loads the lease's model and hands it to the runner of the lease's kind
+    /// ([`crate::runners`]).
     pub fn run_lease(
         &mut self,
         lease: &pb::Lease,
@@ -141,180 +140,84 @@ impl Executor {
         let spec = lease.model.as_ref().ok_or_else(|| {
             Error::Unsupported(format!("lease {} names no model", lease.lease_id))
         })?;
-        // Step-2 leases carry no generation parameters: look at the payload kind first.
         let batch = self.lease_batch(lease);
-        if is_embed_lease(lease) {
-            return self.run_embed_lease(lease, spec, batch, sink);
-        }
-        if is_choice_lease(lease) {
-            return self.run_choice_lease(lease, spec, batch, sink);
-        }
-        if is_reward_lease(lease) {
-            let chunk = batch;
-            reward::run_lease(self.rewarder(spec)?, lease, chunk, sink);
-            return Ok(());
-        }
-        let params = lease.generation.ok_or_else(|| {
-            Error::Unsupported(format!(
-                "lease {} has no generation parameters",
-                lease.lease_id
-            ))
-        })?;
-        let prompt_spec = lease.prompt.clone().unwrap_or_default();
-        let opts = GenOptions {
-            max_batch: batch,
-            max_batch_tokens: self.opts.max_batch_tokens,
-        };
-        let entry = self.model(spec)?;
-        if let Err(e) = entry.prepare_builder(&prompt_spec.template) {
-            // A bad template fails every item the same way: say so per item, not retryable.
-            fail_every_item(lease, &e, sink);
-            return Ok(());
-        }
-        let entry = &*entry;
-        let builder = &entry.builders[&prompt_spec.template];
-        let stop_ids: HashSet<u32> = builder
-            .stop_ids()
-            .iter()
-            .chain(&entry.config_eos)
-            .copied()
-            .collect();
-
-        let mut jobs = Vec::with_capacity(lease.items.len());
-        for item in &lease.items {
-            match prepare(
-                item,
-                builder,
-                &prompt_spec,
-                &params,
-                &stop_ids,
-                entry.model.vocab_size(),
-            ) {
-                Ok(job) => jobs.push(job),
-                Err(e) => sink(item_error(lease, &item.item_id, &e)),
+        let mut results = Results::new(lease, sink);
+        let secs = || format!("{:.2}", started.elapsed().as_secs_f64());
+        match LeaseKind::of(lease) {
+            LeaseKind::Embed => {
+                let pairs =
+                    runners::embed::run(self.embedder(spec, batch)?, lease, batch, &mut results);
+                tracing::info!(
+                    lease = lease.lease_id,
+                    pairs,
+                    secs = secs(),
+                    "embed lease done"
+                );
             }
-        }
-        // The engine takes the requests by slice; keep the labels beside them, not a copy of each.
-        let (requests, labels): (Vec<GenRequest>, Vec<Vec<u32>>) =
-            jobs.into_iter().map(|j| (j.request, j.label_ids)).unzip();
-        let mut new_tokens = 0usize;
-        engine::generate_each(&entry.model, &requests, &opts, &mut |i, out| {
-            new_tokens += out.tokens.len();
-            let request = &requests[i];
-            let result = match decode(builder.tokenizer(), request, &labels[i], &out) {
-                Ok(result) => pb::ItemResult {
-                    lease_id: lease.lease_id,
-                    item_id: request.item_id.clone(),
-                    outcome: Some(Outcome::Generate(result)),
-                },
-                Err(e) => item_error(lease, &request.item_id, &e),
-            };
-            sink(result);
-        })?;
-        let secs = started.elapsed().as_secs_f64();
-        tracing::info!(
-            lease = lease.lease_id,
-            items = lease.items.len(),
-            new_tokens,
-            secs = format!("{secs:.2}"),
-            tokens_per_s = format!("{:.1}", new_tokens as f64 / secs.max(1e-9)),
-            "lease done"
-        );
-        Ok(())
-    }
-
-    /// Scores every embed item of `lease`, `chunk` pairs at a time, sending each batch's results
-    /// as soon as it is scored. A failed batch fails its items only.
-    fn run_embed_lease(
-        &mut self,
-        lease: &pb::Lease,
-        spec: &pb::ModelSpec,
-        chunk: usize,
-        sink: &mut dyn FnMut(pb::ItemResult),
-    ) -> Result<()> {
-        let started = Instant::now();
-        let embedder = self.embedder(spec, chunk)?;
-        let mut pairs = Vec::with_capacity(lease.items.len());
-        for item in &lease.items {
-            match &item.payload {
-                Some(pb::work_item::Payload::Embed(e)) => pairs.push((item, e)),
-                _ => {
-                    let e = Error::Item {
-                        item: item.item_id.clone(),
-                        message: "a step-2 lease holds only embed items".into(),
-                    };
-                    sink(item_error(lease, &item.item_id, &e));
+            LeaseKind::Reward => {
+                runners::reward::run(self.rewarder(spec)?, lease, batch, &mut results);
+                tracing::info!(lease = lease.lease_id, secs = secs(), "reward lease done");
+            }
+            LeaseKind::Choice => {
+                let opts = choice::ScoreOptions {
+                    max_batch: batch,
+                    max_batch_tokens: self.opts.max_batch_tokens,
+                };
+                let template = lease.prompt.as_ref().map_or("", |p| p.template.as_str());
+                let entry = self.model(spec)?;
+                if !entry.ready_builder(template, &mut results) {
+                    return Ok(());
                 }
+                let builder = &entry.builders[template];
+                let (hits, computed) = entry.prefixes.stats();
+                runners::choice::run(
+                    &entry.model,
+                    builder,
+                    lease,
+                    &opts,
+                    &mut entry.prefixes,
+                    &mut results,
+                )?;
+                let (hits_now, computed_now) = entry.prefixes.stats();
+                tracing::info!(
+                    lease = lease.lease_id,
+                    items = lease.items.len(),
+                    prefix_hits = hits_now - hits,
+                    prefix_levels_computed = computed_now - computed,
+                    secs = secs(),
+                    "choice lease done"
+                );
             }
-        }
-        for batch in pairs.chunks(chunk) {
-            let texts: Vec<(&str, &str)> = batch
-                .iter()
-                .map(|(_, e)| (e.label.as_str(), e.predict.as_str()))
-                .collect();
-            match embedder.score_pairs(&texts) {
-                Ok(scores) => {
-                    for ((item, _), score) in batch.iter().zip(scores) {
-                        sink(pb::ItemResult {
-                            lease_id: lease.lease_id,
-                            item_id: item.item_id.clone(),
-                            outcome: Some(Outcome::Embed(pb::EmbedResult { score })),
-                        });
-                    }
+            LeaseKind::Generate => {
+                let opts = GenOptions {
+                    max_batch: batch,
+                    max_batch_tokens: self.opts.max_batch_tokens,
+                };
+                let template = lease.prompt.as_ref().map_or("", |p| p.template.as_str());
+                let entry = self.model(spec)?;
+                if !entry.ready_builder(template, &mut results) {
+                    return Ok(());
                 }
-                Err(e) => batch
-                    .iter()
-                    .for_each(|(item, _)| sink(item_error(lease, &item.item_id, &e))),
+                let builder = &entry.builders[template];
+                let new_tokens = runners::generate::run(
+                    &entry.model,
+                    builder,
+                    &entry.config_eos,
+                    lease,
+                    &opts,
+                    &mut results,
+                )?;
+                let elapsed = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    lease = lease.lease_id,
+                    items = lease.items.len(),
+                    new_tokens,
+                    secs = secs(),
+                    tokens_per_s = format!("{:.1}", new_tokens as f64 / elapsed.max(1e-9)),
+                    "lease done"
+                );
             }
         }
-        tracing::info!(
-            lease = lease.lease_id,
-            pairs = pairs.len(),
-            secs = format!("{:.2}", started.elapsed().as_secs_f64()),
-            "embed lease done"
-        );
-        Ok(())
-    }
-
-    /// Scores a step-3 lease (choice items, docs/FIDELITY.md §3.3, §3.4) with the model's prefix
-    /// cache; see [`choice::run_lease`]. An unknown template fails every item, naming it.
-    fn run_choice_lease(
-        &mut self,
-        lease: &pb::Lease,
-        spec: &pb::ModelSpec,
-        batch: usize,
-        sink: &mut dyn FnMut(pb::ItemResult),
-    ) -> Result<()> {
-        let started = Instant::now();
-        let opts = choice::ScoreOptions {
-            max_batch: batch,
-            max_batch_tokens: self.opts.max_batch_tokens,
-        };
-        let template = lease.prompt.as_ref().map_or("", |p| p.template.as_str());
-        let entry = self.model(spec)?;
-        if let Err(e) = entry.prepare_builder(template) {
-            fail_every_item(lease, &e, sink);
-            return Ok(());
-        }
-        let builder = &entry.builders[template];
-        let (hits, computed) = entry.prefixes.stats();
-        choice::run_lease(
-            &entry.model,
-            builder,
-            lease,
-            &opts,
-            &mut entry.prefixes,
-            sink,
-        )?;
-        let (hits_now, computed_now) = entry.prefixes.stats();
-        tracing::info!(
-            lease = lease.lease_id,
-            items = lease.items.len(),
-            prefix_hits = hits_now - hits,
-            prefix_levels_computed = computed_now - computed,
-            secs = format!("{:.2}", started.elapsed().as_secs_f64()),
-            "choice lease done"
-        );
         Ok(())
     }
 
@@ -426,14 +329,14 @@ fn touch_or_make_room<T>(
 impl crate::rpc::LeaseRunner for Executor {
     /// Loads the lease's model now, so that the worker can report it ready before generating.
     fn prepare_lease(&mut self, lease: &pb::Lease) -> Result<()> {
-        match &lease.model {
-            Some(spec) if is_embed_lease(lease) => {
-                self.embedder(spec, self.lease_batch(lease)).map(|_| ())
-            }
-            Some(spec) if is_reward_lease(lease) => self.rewarder(spec).map(|_| ()),
+        let Some(spec) = &lease.model else {
+            return Ok(());
+        };
+        match LeaseKind::of(lease) {
+            LeaseKind::Embed => self.embedder(spec, self.lease_batch(lease)).map(|_| ()),
+            LeaseKind::Reward => self.rewarder(spec).map(|_| ()),
             // Choice leases (step 3) load a decoder like generation leases.
-            Some(spec) => self.model(spec).map(|_| ()),
-            None => Ok(()),
+            LeaseKind::Choice | LeaseKind::Generate => self.model(spec).map(|_| ()),
         }
     }
     fn run_lease(&mut self, lease: &pb::Lease, emit: &mut dyn FnMut(pb::ItemResult)) -> Result<()> {
@@ -442,30 +345,6 @@ impl crate::rpc::LeaseRunner for Executor {
     fn models_held(&self) -> Vec<String> {
         Executor::models_held(self)
     }
-}
-
-/// Whether `lease` is step 2's: its first item is an embed item (a lease holds one task's items).
-fn is_embed_lease(lease: &pb::Lease) -> bool {
-    matches!(
-        lease.items.first().and_then(|i| i.payload.as_ref()),
-        Some(pb::work_item::Payload::Embed(_))
-    )
-}
-
-/// Whether `lease` is step 4's reward scoring: its first item is a reward item.
-fn is_reward_lease(lease: &pb::Lease) -> bool {
-    matches!(
-        lease.items.first().and_then(|i| i.payload.as_ref()),
-        Some(pb::work_item::Payload::Reward(_))
-    )
-}
-
-/// Whether `lease` is step 3's: its first item is a choice item.
-fn is_choice_lease(lease: &pb::Lease) -> bool {
-    matches!(
-        lease.items.first().and_then(|i| i.payload.as_ref()),
-        Some(pb::work_item::Payload::Choice(_))
-    )
 }
 
 /// The spec's key, or one made from its fields when the coordinator left it empty.
@@ -549,100 +428,15 @@ impl LoadedEntry {
         }
         Ok(())
     }
-}
 
-/// One runnable item: its generation request and the label ids to decode with the prediction.
-struct Job {
-    request: GenRequest,
-    label_ids: Vec<u32>,
-}
-
-/// Builds the item's prompt and request; any error here is the item's own.
-fn prepare(
-    item: &pb::WorkItem,
-    builder: &PromptBuilder,
-    prompt: &pb::PromptSpec,
-    params: &pb::GenerationParams,
-    stop_ids: &HashSet<u32>,
-    vocab: usize,
-) -> Result<Job> {
-    let fail = |message: String| Error::Item {
-        item: item.item_id.clone(),
-        message,
-    };
-    let Some(pb::work_item::Payload::Generate(generate)) = &item.payload else {
-        return Err(fail("this worker runs only generate items".into()));
-    };
-    let messages: Vec<ChatMessage> = generate
-        .messages
-        .iter()
-        .map(|m| ChatMessage::new(&m.role, &m.content))
-        .collect();
-    // 0 means "no truncation"; LF's arithmetic runs in i64, so stay far below its range.
-    let cutoff_len = if prompt.cutoff_len == 0 {
-        i32::MAX as usize
-    } else {
-        prompt.cutoff_len as usize
-    };
-    let reserved = prompt.reserved_label_len.max(1) as usize;
-    let built = builder.build(&messages, &generate.system, cutoff_len, reserved)?;
-    if built.prompt_ids.is_empty() {
-        return Err(fail(
-            "the prompt is empty after templating and truncation".into(),
-        ));
+    /// Makes the prompt builder for `template` ([`LoadedEntry::prepare_builder`]); a template
+    /// that cannot be made fails every item of the lease the same way (not retryable), and
+    /// `false` says there is nothing left to run.
+    fn ready_builder(&mut self, template: &str, results: &mut Results) -> bool {
+        let made = self.prepare_builder(template);
+        if let Err(e) = &made {
+            results.fail_all(e);
+        }
+        made.is_ok()
     }
-    if let Some(&id) = built.prompt_ids.iter().find(|&&id| id as usize >= vocab) {
-        return Err(fail(format!(
-            "prompt token id {id} is outside the model's vocabulary of {vocab} (a template token the \
-             model was not trained with?)"
-        )));
-    }
-    let sampling = SamplingParams {
-        do_sample: params.do_sample,
-        temperature: params.temperature,
-        top_p: params.top_p,
-        top_k: params.top_k as usize,
-        repetition_penalty: params.repetition_penalty,
-    };
-    sampling.validate().map_err(fail)?;
-    let request = GenRequest {
-        item_id: item.item_id.clone(),
-        prompt_ids: built.prompt_ids,
-        stop_ids: stop_ids.clone(),
-        max_new_tokens: params.max_new_tokens as usize,
-        sampling,
-        seed: params.seed,
-    };
-    Ok(Job {
-        request,
-        label_ids: built.label_ids,
-    })
-}
-
-/// Decodes as LLaMA-Factory does: saved predictions with clean-up of spaces, saved labels
-/// without, and both with the tokenizer's default for the metrics; special tokens skipped.
-/// Each id list is decoded once; the clean-up is applied to the text as the settings ask.
-fn decode(
-    tokenizer: &TextTokenizer,
-    request: &GenRequest,
-    label_ids: &[u32],
-    out: &GenOutput,
-) -> Result<pb::GenerateResult> {
-    let label = tokenizer.decode(label_ids, true, Some(false))?;
-    let predict_raw = tokenizer.decode(&out.tokens, true, Some(false))?;
-    let predict = clean_up_tokenization(&predict_raw);
-    let (label_for_metrics, predict_for_metrics) = if tokenizer.clean_up_tokenization_spaces() {
-        (clean_up_tokenization(&label), predict.clone())
-    } else {
-        (label.clone(), predict_raw)
-    };
-    Ok(pb::GenerateResult {
-        label,
-        predict,
-        label_for_metrics,
-        predict_for_metrics,
-        prompt_tokens: request.prompt_ids.len() as u32,
-        new_tokens: out.tokens.len() as u32,
-        finish_reason: out.finish.as_str().to_string(),
-    })
 }

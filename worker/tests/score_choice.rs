@@ -396,7 +396,13 @@ fn smollm2_prompt_is_the_prompt_builders_and_the_prefix_ends_at_the_second_answe
         PromptStyle::ModelChatTemplate,
     ] {
         let builder = PromptBuilder::new(style.clone(), &tok).unwrap();
-        let job = prepare_job("q0", item, &builder, 49152).unwrap();
+        let job = prepare_job(
+            "q0",
+            &evalfleet_worker::runners::choice::question(item),
+            &builder,
+            49152,
+        )
+        .unwrap();
         let want = builder.build(&messages, "", 1_000_000, 1).unwrap();
         assert_eq!(job.prompt_ids, want.prompt_ids, "{style:?}");
         assert_eq!(job.prefix_ends.len(), 2, "{style:?}: no prefix found");
@@ -452,7 +458,13 @@ fn a_chat_template_that_renders_pairs_otherwise_shares_nothing() {
     let Some(pb::work_item::Payload::Choice(item)) = &items[0].payload else {
         unreachable!()
     };
-    let job = prepare_job("q0", item, &builder, 49152).unwrap();
+    let job = prepare_job(
+        "q0",
+        &evalfleet_worker::runners::choice::question(item),
+        &builder,
+        49152,
+    )
+    .unwrap();
     assert!(job.prefix_ends.is_empty(), "{:?}", job.prefix_ends);
     let text = marked.decode(&job.prompt_ids, false, Some(false)).unwrap();
     assert!(text.contains("Answer:  (last)<|im_end|>"), "{text:?}");

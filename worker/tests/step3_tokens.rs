@@ -101,7 +101,8 @@ fn every_prompt_encodes_to_llamafactory_token_ids() {
             let Some(pb::work_item::Payload::Choice(choice)) = &item.payload else {
                 panic!("{}: not a choice item", item.item_id)
             };
-            let job = prepare_job(&item.item_id, choice, &builder, usize::MAX)
+            let question = evalfleet_worker::runners::choice::question(choice);
+            let job = prepare_job(&item.item_id, &question, &builder, usize::MAX)
                 .unwrap_or_else(|e| panic!("{} item {}: {e}", task.name, item.item_id));
             let want: Vec<u64> = fx["choice_ids"]
                 .as_array()

@@ -234,32 +234,24 @@ impl RunningFleet {
             journal.set_clock(move || clock.model_ready_at().or_else(|| clock.first_lease_at()));
         }
         before_serving(&fleet);
+        // Served by no workers of its own: none at all (replayed), or the host's.
+        let hosted = |host| RunningFleet {
+            fleet: fleet.clone(),
+            server: None,
+            workers: None,
+            external: true,
+            label: label.to_string(),
+            started: Instant::now(),
+            journal: setup.journal.clone(),
+            host,
+            replayed,
+        };
         if replayed {
-            return Ok(RunningFleet {
-                fleet,
-                server: None,
-                workers: None,
-                external: true,
-                label: label.to_string(),
-                started: Instant::now(),
-                journal: setup.journal.clone(),
-                host: None,
-                replayed,
-            });
+            return Ok(hosted(None));
         }
         if let Some(host) = &setup.host {
             let attachment = host.attach(&fleet, label).await?;
-            return Ok(RunningFleet {
-                fleet,
-                server: None,
-                workers: None,
-                external: true,
-                label: label.to_string(),
-                started: Instant::now(),
-                journal: setup.journal.clone(),
-                host: Some((host.clone(), attachment)),
-                replayed,
-            });
+            return Ok(hosted(Some((host.clone(), attachment))));
         }
         if let Some(Observer(observer)) = &setup.observer {
             fleet.set_observer(observer.clone());

@@ -1117,22 +1117,19 @@ fn score_choices(
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let item = evalfleet_proto::v1::ChoiceItem {
+            let question = choice::ChoiceQuestion {
                 messages: item
                     .messages
                     .iter()
-                    .map(|m| evalfleet_proto::v1::ChatMessage {
-                        role: m.role.clone(),
-                        content: m.content.clone(),
-                    })
+                    .map(|m| evalfleet_worker::tokenize::ChatMessage::new(&m.role, &m.content))
                     .collect(),
                 system: item.system.clone(),
                 choice_texts: item.choice_texts.clone(),
-                shared_prefix_pairs: item.shared_prefix_pairs,
+                shared_prefix_pairs: item.shared_prefix_pairs as usize,
             };
             Ok(choice::prepare_job(
                 &i.to_string(),
-                &item,
+                &question,
                 &builder,
                 model.vocab_size(),
             )?)

@@ -22,12 +22,8 @@
 mod batch;
 mod prefix;
 
-use evalfleet_proto::v1 as pb;
-use pb::item_result::Outcome;
-
 pub use prefix::PrefixCache;
 
-use crate::error::item_error;
 use crate::models::{Decoder, KvCache};
 use crate::tokenize::{ChatMessage, PromptBuilder, TextTokenizer};
 use crate::{Error, Result};
@@ -102,11 +98,24 @@ impl Default for ScoreOptions {
     }
 }
 
-/// Builds the item's prompt (docs/FIDELITY.md §3.3) and finds its shared prefix and choice ids.
-/// `vocab` is the model's; ids past it are an error rather than a failed forward pass.
+/// One multiple-choice question as the coordinator plans it (docs/FIDELITY.md §3.3): the
+/// conversation (few-shot pairs, then the question turn and its answer), the system prompt, how
+/// many leading (user, assistant) pairs are the prefix it shares with other questions, and the
+/// choices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChoiceQuestion {
+    pub messages: Vec<ChatMessage>,
+    pub system: String,
+    pub shared_prefix_pairs: usize,
+    /// One text per choice ("A", "B", ...): the last token of each is scored.
+    pub choice_texts: Vec<String>,
+}
+
+/// Builds the question's prompt (docs/FIDELITY.md §3.3) and finds its shared prefix and choice
+/// ids. `vocab` is the model's; ids past it are an error rather than a failed forward pass.
 pub fn prepare_job(
     item_id: &str,
-    item: &pb::ChoiceItem,
+    question: &ChoiceQuestion,
     builder: &PromptBuilder,
     vocab: usize,
 ) -> Result<ChoiceJob> {
@@ -114,12 +123,8 @@ pub fn prepare_job(
         item: item_id.to_string(),
         message,
     };
-    let messages: Vec<ChatMessage> = item
-        .messages
-        .iter()
-        .map(|m| ChatMessage::new(&m.role, &m.content))
-        .collect();
-    let pairs = item.shared_prefix_pairs as usize;
+    let messages = &question.messages;
+    let pairs = question.shared_prefix_pairs;
     let conversation = messages.len() - usize::from(messages.first().is_some_and(is_system));
     if pairs > 0 && 2 * pairs >= conversation {
         return Err(fail(format!(
@@ -127,7 +132,7 @@ pub fn prepare_job(
         )));
     }
     let prompt_ids = builder
-        .build(&messages, &item.system, NO_TRUNCATION, 1)
+        .build(messages, &question.system, NO_TRUNCATION, 1)
         .map_err(|e| fail(e.to_string()))?
         .prompt_ids;
     if prompt_ids.is_empty() {
@@ -140,12 +145,13 @@ pub fn prepare_job(
         )));
     }
     let prefix_ends = builder
-        .pair_prefix_ends(&messages, &item.system, pairs, &prompt_ids)
+        .pair_prefix_ends(messages, &question.system, pairs, &prompt_ids)
         .map_err(|e| fail(e.to_string()))?
         // Pairs that are not a token prefix of the prompt (or are all of it) are not shared.
         .filter(|ends| ends.last().is_none_or(|&n| n < prompt_ids.len()))
         .unwrap_or_default();
-    let choice_ids = choice_ids(builder.tokenizer(), &item.choice_texts, vocab).map_err(fail)?;
+    let choice_ids =
+        choice_ids(builder.tokenizer(), &question.choice_texts, vocab).map_err(fail)?;
     Ok(ChoiceJob {
         item_id: item_id.to_string(),
         prompt_ids,
@@ -234,48 +240,6 @@ fn group_by_prefix(jobs: &[ChoiceJob]) -> Vec<Vec<usize>> {
         groups[g].push(i);
     }
     groups
-}
-
-/// Runs a step-3 lease: one [`pb::ChoiceResult`] per item through `sink` as soon as its batch is
-/// done; items that cannot be prepared get a non-retryable [`pb::ItemError`]. A decoder failure
-/// fails the lease (its remaining items go back to the queue).
-pub fn run_lease<D: Decoder<Cache: RowCache>>(
-    decoder: &D,
-    builder: &PromptBuilder,
-    lease: &pb::Lease,
-    opts: &ScoreOptions,
-    prefixes: &mut PrefixCache<D::Cache>,
-    sink: &mut dyn FnMut(pb::ItemResult),
-) -> Result<()> {
-    let result = |item_id: &str, outcome: Outcome| pb::ItemResult {
-        lease_id: lease.lease_id,
-        item_id: item_id.to_string(),
-        outcome: Some(outcome),
-    };
-    let mut jobs = Vec::with_capacity(lease.items.len());
-    for item in &lease.items {
-        let prepared = match &item.payload {
-            Some(pb::work_item::Payload::Choice(choice)) => {
-                prepare_job(&item.item_id, choice, builder, decoder.vocab_size())
-            }
-            _ => Err(Error::Item {
-                item: item.item_id.clone(),
-                message: "a step-3 lease holds only choice items".into(),
-            }),
-        };
-        match prepared {
-            Ok(job) => jobs.push(job),
-            Err(e) => sink(item_error(lease, &item.item_id, &e)),
-        }
-    }
-    score_jobs(decoder, &jobs, opts, prefixes, &mut |i, probabilities| {
-        let job = &jobs[i];
-        let choice = pb::ChoiceResult {
-            probabilities,
-            prompt_tokens: job.prompt_ids.len() as u32,
-        };
-        sink(result(&job.item_id, Outcome::Choice(choice)));
-    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Step 4 reward scoring (docs/FIDELITY.md §4.4, §4.5): a [`RewardScorer`] holds the reward model
 //! (BaichuanCharRM-style, or a llama-family decoder with a score head: [`RewardModel`]) and its
-//! tokenizer; [`run_lease`] turns a lease of [`pb::RewardItem`]s into
-//! [`pb::RewardResult`]s.
+//! tokenizer; [`score_texts`] scores texts (the worker's reward runner, `crate::runners::reward`,
+//! brings them from a lease).
 //!
 //! Each text is encoded as the reference does: `encode(text, add_special_tokens=False)` (special
 //! token strings in the text become their ids), then eos, and when longer than the lease's
@@ -11,14 +11,10 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
-use evalfleet_proto::v1 as pb;
-use pb::item_result::Outcome;
-
-use crate::error::item_error;
 use crate::models::RewardModel;
 use crate::tokenize::TextTokenizer;
 use crate::{Error, Result};
+use candle_core::{DType, Device};
 
 /// The reward model with the tokenizer of its folder.
 #[derive(Debug, Clone)]
@@ -144,39 +140,45 @@ impl RewardScorer {
     }
 }
 
-/// Scores every reward item of `lease`, `chunk` items per call of the model, sending each
-/// chunk's results as soon as they are computed. An item that cannot be encoded fails alone; a
+/// A reward score (docs/FIDELITY.md §4.5): the sigmoid of the score head at the last token, and
+/// what the input was.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RewardScore {
+    pub sigmoid: f32,
+    pub input_tokens: u32,
+    /// The text was cut to the cutoff length.
+    pub truncated: bool,
+}
+
+/// Scores `texts` (`(item id, text)`, each encoded with `cutoff` as
+/// [`RewardScorer::encode`]), `chunk` texts per call of the model, calling `on_done` with each
+/// item's score as soon as its chunk is computed. A text that cannot be encoded fails alone; a
 /// model failure fails its chunk.
-pub fn run_lease(
+pub fn score_texts(
     scorer: &RewardScorer,
-    lease: &pb::Lease,
+    texts: &[(&str, &str)],
+    cutoff: usize,
     chunk: usize,
-    sink: &mut dyn FnMut(pb::ItemResult),
+    on_done: &mut dyn FnMut(&str, Result<RewardScore, &Error>),
 ) {
-    let cutoff = lease.prompt.as_ref().map_or(0, |p| p.cutoff_len as usize);
     let vocab = scorer.vocab();
-    let mut ready: Vec<(&str, RewardInput)> = Vec::with_capacity(lease.items.len());
-    for item in &lease.items {
-        let encoded = match &item.payload {
-            Some(pb::work_item::Payload::Reward(r)) => scorer.encode(&r.text, cutoff),
-            _ => Err(Error::Item {
-                item: item.item_id.clone(),
-                message: "a reward lease holds only reward items".into(),
-            }),
-        };
-        let checked = encoded.and_then(|input| match input.ids.iter().find(|&&id| id as usize >= vocab) {
-            Some(id) => Err(Error::Item {
-                item: item.item_id.clone(),
-                message: format!(
-                    "token id {id} is outside the reward model's vocabulary of {vocab} (tokenizer \
-                     and model do not match?)"
-                ),
-            }),
-            None => Ok(input),
+    let mut ready: Vec<(&str, RewardInput)> = Vec::with_capacity(texts.len());
+    for &(item_id, text) in texts {
+        let checked = scorer.encode(text, cutoff).and_then(|input| {
+            match input.ids.iter().find(|&&id| id as usize >= vocab) {
+                Some(id) => Err(Error::Item {
+                    item: item_id.to_string(),
+                    message: format!(
+                        "token id {id} is outside the reward model's vocabulary of {vocab} \
+                         (tokenizer and model do not match?)"
+                    ),
+                }),
+                None => Ok(input),
+            }
         });
         match checked {
-            Ok(input) => ready.push((&item.item_id, input)),
-            Err(e) => sink(item_error(lease, &item.item_id, &e)),
+            Ok(input) => ready.push((item_id, input)),
+            Err(e) => on_done(item_id, Err(&e)),
         }
     }
     // Similar lengths together: fewer attention blocks of very different sizes per batch.
@@ -188,27 +190,23 @@ pub fn run_lease(
         match scorer.score_batch(&ids) {
             Ok(sigmoids) => {
                 for ((item_id, input), sigmoid) in batch.iter().zip(sigmoids) {
-                    sink(pb::ItemResult {
-                        lease_id: lease.lease_id,
-                        item_id: item_id.to_string(),
-                        outcome: Some(Outcome::Reward(pb::RewardResult {
-                            sigmoid,
-                            input_tokens: input.ids.len() as u32,
-                            truncated: input.truncated,
-                        })),
-                    });
+                    let score = RewardScore {
+                        sigmoid,
+                        input_tokens: input.ids.len() as u32,
+                        truncated: input.truncated,
+                    };
+                    on_done(item_id, Ok(score));
                 }
             }
             Err(e) => batch
                 .iter()
-                .for_each(|(item_id, _)| sink(item_error(lease, item_id, &e))),
+                .for_each(|(item_id, _)| on_done(item_id, Err(&e))),
         }
     }
     tracing::info!(
-        lease = lease.lease_id,
         items = ready.len(),
         tokens,
         secs = format!("{:.2}", started.elapsed().as_secs_f64()),
-        "reward lease done"
+        "reward texts scored"
     );
 }

@@ -148,12 +148,7 @@ impl JobConfig {
     pub fn output_dirs(&self) -> Vec<PathBuf> {
         self.steps
             .iter()
-            .filter_map(|step| match step {
-                StepConfig::Step1(c) => Some(c.output_dir.clone()),
-                StepConfig::Step2(c) => Some(c.output_dir.clone()),
-                StepConfig::Step3(c) => c.save_dir.clone(),
-                StepConfig::Step4(c) => Some(c.output_dir.clone()),
-            })
+            .filter_map(|step| step.output_dir().map(Path::to_path_buf))
             .collect()
     }
 
@@ -237,6 +232,17 @@ impl JobConfig {
 }
 
 impl StepConfig {
+    /// The directory this step writes (its journals live there): `output_dir`, or step 3's
+    /// `save_dir` (none: step 3 then writes no files).
+    pub fn output_dir(&self) -> Option<&Path> {
+        match self {
+            StepConfig::Step1(c) => Some(&c.output_dir),
+            StepConfig::Step2(c) => Some(&c.output_dir),
+            StepConfig::Step3(c) => c.save_dir.as_deref(),
+            StepConfig::Step4(c) => Some(&c.output_dir),
+        }
+    }
+
     /// This step's fleet keys.
     pub fn fleet_keys(&self) -> FleetKeys {
         match self {

@@ -5,6 +5,8 @@
 //! - [`step2`]: semantic similarity: step-1 rows → embed items → scores into the step-1 files.
 //! - [`chain`]: step 1 then step 2 in one fleet, step 2 fed from step 1's results as they arrive.
 //! - [`score`]: `evalfleet score text`, the metrics of an existing predictions file.
+//! - [`step`]: the [`Step`] trait every step implements: its name, its finished files, and how
+//!   it runs alone (`run_job` runs every step but the chain through it).
 //!
 //! ## `predict_runtime`
 //!
@@ -18,6 +20,7 @@
 pub mod chain;
 pub mod fleet;
 pub mod score;
+pub mod step;
 pub mod step1;
 pub mod step2;
 pub mod step3;
@@ -28,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 pub use chain::{ChainReport, run_chain};
 pub use fleet::{FleetHost, FleetRun, FleetSetup, RunningFleet, run_fleet};
+pub use step::Step;
 pub use step1::{Step1Report, run_step1};
 pub use step2::run_step2;
 pub use step3::run_step3;
@@ -69,24 +73,8 @@ pub async fn run_job(job: &JobConfig, setup: &FleetSetup) -> Result<Vec<PathBuf>
                 files.extend(step1_paths(report.step1.files));
                 files.extend(report.step2.paths());
             }
-            StepConfig::Step1(cfg) => {
-                let report = run_step1(cfg, setup).await?;
-                step1::log_report(&report);
-                files.extend(step1_paths(report.files));
-            }
-            // A step 2 on another output_dir than the step 1 before it, or without step 1.
-            StepConfig::Step2(cfg) => {
-                let outputs = run_step2(cfg, setup).await?;
-                files.extend(outputs.paths());
-            }
-            StepConfig::Step3(cfg) => {
-                for report in run_step3(cfg, setup).await? {
-                    files.extend(report.files);
-                }
-            }
-            StepConfig::Step4(cfg) => {
-                files.extend(run_step4(cfg, setup, None).await?);
-            }
+            // Any other step alone (a step 2 without the step 1 of its output_dir before it).
+            other => files.extend(other.step().run(setup).await?),
         }
     }
     // Every step's files are written: the steps' journals, kept so far so that a re-run of an

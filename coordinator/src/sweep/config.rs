@@ -118,7 +118,7 @@ pub fn parse_sweep(file: &Path, text: &str) -> Result<SweepConfig, ConfigError> 
     cfg.steps = first
         .steps
         .iter()
-        .map(step_name)
+        .map(|s| s.step().name())
         .map(String::from)
         .collect();
     if cfg.steps.iter().any(|s| s == "step2") && !cfg.steps.iter().any(|s| s == "step1") {
@@ -186,17 +186,6 @@ impl SweepConfig {
     /// The parsed run file of `c`.
     pub fn checkpoint_job(&self, c: &Checkpoint) -> Result<JobConfig, ConfigError> {
         parse_job(&self.file, &self.checkpoint_yaml(c))
-    }
-}
-
-/// The name of a parsed step.
-fn step_name(step: &crate::config::StepConfig) -> &'static str {
-    use crate::config::StepConfig;
-    match step {
-        StepConfig::Step1(_) => "step1",
-        StepConfig::Step2(_) => "step2",
-        StepConfig::Step3(_) => "step3",
-        StepConfig::Step4(_) => "step4",
     }
 }
 

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{JobConfig, StepConfig};
+use crate::config::JobConfig;
 use crate::journal::JOURNAL_DIR;
-use crate::output::{ALL_RESULTS, GENERATED_PREDICTIONS, OutputError, PREDICT_RESULTS};
+use crate::output::OutputError;
 
 /// The marker of a finished checkpoint, in its output folder.
 pub const MARKER: &str = ".evalfleet-sweep.json";
@@ -87,44 +87,17 @@ fn read_marker(dir: &Path) -> Option<String> {
 
 /// The files the steps of `job` write (the ones a report reads, and the step's last ones).
 pub fn expected_outputs(job: &JobConfig) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for step in &job.steps {
-        match step {
-            StepConfig::Step1(c) => {
-                for f in [GENERATED_PREDICTIONS, PREDICT_RESULTS, ALL_RESULTS] {
-                    files.push(c.output_dir.join(f));
-                }
-            }
-            StepConfig::Step2(c) => files.push(c.output_dir.join(crate::step2::DISTRIBUTION_JSON)),
-            StepConfig::Step3(c) => {
-                if let Some(dir) = &c.save_dir {
-                    for t in &c.tasks {
-                        for f in [
-                            crate::step3::results::RESULTS_JSON,
-                            crate::step3::results::RESULTS_LOG,
-                        ] {
-                            files.push(dir.join(&t.name).join(f));
-                        }
-                    }
-                }
-            }
-            StepConfig::Step4(c) => files.push(c.output_dir.join("step4_eval_scores.json")),
-        }
-    }
-    files
+    job.steps
+        .iter()
+        .flat_map(|s| s.step().expected_outputs())
+        .collect()
 }
 
 /// Journal folders left in the output folders of `job` (a step that did not finish).
 fn journals(job: &JobConfig) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = job
-        .steps
+        .output_dirs()
         .iter()
-        .filter_map(|s| match s {
-            StepConfig::Step1(c) => Some(c.output_dir.clone()),
-            StepConfig::Step2(c) => Some(c.output_dir.clone()),
-            StepConfig::Step3(c) => c.save_dir.clone(),
-            StepConfig::Step4(c) => Some(c.output_dir.clone()),
-        })
         .map(|d| d.join(JOURNAL_DIR))
         .collect();
     dirs.dedup();
@@ -134,6 +107,7 @@ fn journals(job: &JobConfig) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::{ALL_RESULTS, GENERATED_PREDICTIONS, PREDICT_RESULTS};
 
     fn job(dir: &Path) -> JobConfig {
         let yaml = format!(

@@ -163,12 +163,10 @@ impl Executor {
                     max_batch: batch,
                     max_batch_tokens: self.opts.max_batch_tokens,
                 };
-                let template = lease.prompt.as_ref().map_or("", |p| p.template.as_str());
-                let entry = self.model(spec)?;
-                if !entry.ready_builder(template, &mut results) {
+                let Some(entry) = self.decoder_for(spec, lease, &mut results)? else {
                     return Ok(());
-                }
-                let builder = &entry.builders[template];
+                };
+                let builder = &entry.builders[template_of(lease)];
                 let (hits, computed) = entry.prefixes.stats();
                 runners::choice::run(
                     &entry.model,
@@ -193,12 +191,10 @@ impl Executor {
                     max_batch: batch,
                     max_batch_tokens: self.opts.max_batch_tokens,
                 };
-                let template = lease.prompt.as_ref().map_or("", |p| p.template.as_str());
-                let entry = self.model(spec)?;
-                if !entry.ready_builder(template, &mut results) {
+                let Some(entry) = self.decoder_for(spec, lease, &mut results)? else {
                     return Ok(());
-                }
-                let builder = &entry.builders[template];
+                };
+                let builder = &entry.builders[template_of(lease)];
                 let new_tokens = runners::generate::run(
                     &entry.model,
                     builder,
@@ -219,6 +215,20 @@ impl Executor {
             }
         }
         Ok(())
+    }
+
+    /// The decoder for `spec` with the prompt builder of `lease`'s template made; `None` when
+    /// the template cannot be made (every item of the lease has then failed, saying why).
+    fn decoder_for(
+        &mut self,
+        spec: &pb::ModelSpec,
+        lease: &pb::Lease,
+        results: &mut Results,
+    ) -> Result<Option<&mut LoadedEntry>> {
+        let entry = self.model(spec)?;
+        Ok(entry
+            .ready_builder(template_of(lease), results)
+            .then_some(entry))
     }
 
     /// The embedder for `spec` (embedding `batch` texts per forward pass), loading it when needed
@@ -345,6 +355,11 @@ impl crate::rpc::LeaseRunner for Executor {
     fn models_held(&self) -> Vec<String> {
         Executor::models_held(self)
     }
+}
+
+/// The lease's template name ("" = the model's chat template).
+fn template_of(lease: &pb::Lease) -> &str {
+    lease.prompt.as_ref().map_or("", |p| p.template.as_str())
 }
 
 /// The spec's key, or one made from its fields when the coordinator left it empty.

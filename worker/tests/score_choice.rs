@@ -396,13 +396,7 @@ fn smollm2_prompt_is_the_prompt_builders_and_the_prefix_ends_at_the_second_answe
         PromptStyle::ModelChatTemplate,
     ] {
         let builder = PromptBuilder::new(style.clone(), &tok).unwrap();
-        let job = prepare_job(
-            "q0",
-            &evalfleet_worker::runners::choice::question(item),
-            &builder,
-            49152,
-        )
-        .unwrap();
+        let job = prepared(item, &builder);
         let want = builder.build(&messages, "", 1_000_000, 1).unwrap();
         assert_eq!(job.prompt_ids, want.prompt_ids, "{style:?}");
         assert_eq!(job.prefix_ends.len(), 2, "{style:?}: no prefix found");
@@ -458,13 +452,7 @@ fn a_chat_template_that_renders_pairs_otherwise_shares_nothing() {
     let Some(pb::work_item::Payload::Choice(item)) = &items[0].payload else {
         unreachable!()
     };
-    let job = prepare_job(
-        "q0",
-        &evalfleet_worker::runners::choice::question(item),
-        &builder,
-        49152,
-    )
-    .unwrap();
+    let job = prepared(item, &builder);
     assert!(job.prefix_ends.is_empty(), "{:?}", job.prefix_ends);
     let text = marked.decode(&job.prompt_ids, false, Some(false)).unwrap();
     assert!(text.contains("Answer:  (last)<|im_end|>"), "{text:?}");
@@ -571,4 +559,14 @@ fn smollm2_bad_items_and_unknown_templates_are_clear_item_errors() {
         let e = error_of(&results, id);
         assert!(e.contains("no-such-template"), "{id}: {e}");
     }
+}
+
+/// `item` (a protobuf choice item, as leases carry it) prepared as question "q0" for a model of
+/// SmolLM2's vocabulary.
+fn prepared(
+    item: &pb::ChoiceItem,
+    builder: &PromptBuilder,
+) -> evalfleet_worker::score::choice::ChoiceJob {
+    let question = evalfleet_worker::runners::choice::question(item);
+    prepare_job("q0", &question, builder, 49152).unwrap()
 }

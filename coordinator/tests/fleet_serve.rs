@@ -1092,13 +1092,14 @@ fn out_of_descriptors_the_accept_loops_back_off_instead_of_spinning() {
         .map(|addr| std::net::TcpStream::connect(addr).unwrap())
         .collect();
     let started = Instant::now();
-    // A spinning accept loop burns a core: over 4 s of wall time, that is most of 4 s of CPU.
+    // A spinning accept loop burns all the CPU it gets: 4 s of CPU in 4 s on an idle machine,
+    // about 1 s on a machine loaded five times over; backing off, next to none. The bound
+    // is a quarter of a second (the clock ticks 100 times a second).
     let before = cpu_ticks(serve.id());
     std::thread::sleep(Duration::from_secs(4));
     let used = cpu_ticks(serve.id()) - before;
-    let ticks_per_second = 100;
     assert!(
-        used < ticks_per_second,
+        used < 25,
         "serve used {used} ticks of CPU in {:?} while out of descriptors",
         started.elapsed()
     );

@@ -193,11 +193,14 @@ impl AllowedRoots {
     }
 }
 
+/// A key and the path it names.
+type Keyed<'a> = (&'a str, &'a Path);
+
 /// Every path a run file names: `(key, path, use)`, each key as "`KEY` (STEP)".
 fn job_paths(cfg: &JobConfig) -> Vec<(String, &Path, Use)> {
     let mut paths = Vec::new();
     for step in &cfg.steps {
-        let (name, mut reads, writes): (&str, Vec<(&str, &Path)>, Vec<(&str, &Path)>) = match step {
+        let (name, mut reads, writes): (&str, Vec<Keyed>, Vec<Keyed>) = match step {
             StepConfig::Step1(c) => (
                 "step1",
                 vec![

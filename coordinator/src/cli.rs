@@ -264,6 +264,7 @@ impl FleetArgs {
                     .map(|(cert, key)| crate::rpc::tls::TlsFiles { cert, key }),
                 limits: self.limits.limits(),
                 sched: self.limits.sched(),
+                restarts: self.limits.restarts(),
                 ..Default::default()
             },
             journal: None,

@@ -62,6 +62,8 @@ pub struct FleetOptions {
     /// Serve the public (`--listen`) socket over TLS with these files; loaded and checked by the
     /// driver before it binds ([`ServerTls::load`]).
     pub tls: Option<TlsFiles>,
+    /// When a local worker that died is started again ([`crate::local::RestartPolicy`]).
+    pub restarts: crate::local::RestartPolicy,
 }
 
 impl Default for FleetOptions {
@@ -74,6 +76,7 @@ impl Default for FleetOptions {
             sched: SchedConfig::default(),
             limits: Limits::default(),
             tls: None,
+            restarts: Default::default(),
         }
     }
 }
@@ -509,16 +512,38 @@ pub(crate) async fn read_hello(
     for text in [&mut hello.worker_id, &mut hello.device, &mut hello.hostname] {
         *text = printable(text, MAX_WORKER_NAME_CHARS);
     }
+    hello.models_held.truncate(MAX_MODELS_HELD);
     for model in &mut hello.models_held {
         *model = printable(model, MAX_WORKER_TEXT_CHARS);
     }
     Ok(hello)
 }
 
+/// The most models a worker's Hello may list (more are ignored: the worker loads them again).
+const MAX_MODELS_HELD: usize = 64;
 /// The longest worker name, device or host name kept (longer ones are cut).
 const MAX_WORKER_NAME_CHARS: usize = 128;
 /// The longest other worker text kept in logs (an item's error message, a model key).
 const MAX_WORKER_TEXT_CHARS: usize = 4096;
+
+/// [`printable`] for a multi-line text: its line breaks kept, every other control character
+/// escaped.
+pub fn printable_lines(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut left = max;
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let n = line.chars().count();
+        out.push_str(&printable(line, left));
+        if n >= left {
+            break;
+        }
+        left -= n;
+    }
+    out
+}
 
 /// `text` from a worker made safe to print: control characters (terminal escape sequences, line
 /// breaks) written as `\u{..}` escapes, and at most `max` characters (then `...`).

@@ -43,6 +43,7 @@ async fn a_flooding_client_is_limited_and_a_good_worker_still_finishes() {
         messages_per_second: 200.0,
         message_burst: 20,
         connections_per_client: 4,
+        ..Limits::default()
     };
     let (fleet, server) = start(20, None, limits).await;
     let flooder: IpAddr = [127, 0, 0, 2].into();

@@ -1,5 +1,6 @@
 //! Real coordinator + real `evalfleet-worker` processes on loopback, running the tiny random-weight
-//! llama (milliseconds per token): sharding over several workers in item order, all workers dying.
+//! llama (milliseconds per token): sharding over several workers in item order, all workers dying
+//! (each restarted up to its limit first).
 //! A worker dying mid-lease is in fleet_crash.rs (it needs its own process environment).
 
 mod fleet_common;
@@ -30,7 +31,10 @@ async fn all_workers_dying_fails_with_their_last_words() {
     let bad = ["--token-file", "/nonexistent-dir/token"];
     let dir = tempfile::tempdir().unwrap();
     let model = fleet_common::tiny_chat_model(dir.path());
-    let err = run_fleet(vec![task(&model, 4)], &setup(2, &bad), "test")
+    // Each is started again twice (after 1 s, then 2 s), then given up.
+    let mut fleet = setup(2, &bad);
+    fleet.options.restarts.max_restarts = 2;
+    let err = run_fleet(vec![task(&model, 4)], &fleet, "test")
         .await
         .unwrap_err();
     let RunError::AllWorkersDied(report) = &err else {
@@ -41,4 +45,9 @@ async fn all_workers_dying_fails_with_their_last_words() {
         "{report}"
     );
     assert!(report.contains("/nonexistent-dir/token"), "{report}");
+    assert_eq!(
+        report.matches("restarted 2 times, died 3 times").count(),
+        2,
+        "{report}"
+    );
 }

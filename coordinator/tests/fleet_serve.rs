@@ -30,8 +30,9 @@ const WORKER_TOKEN: &str = "serve-test-worker-token";
 /// What submit/status/cancel present (`--control-token-file`).
 const CONTROL_TOKEN: &str = "serve-test-control-token";
 
-/// Writes both tokens into `dir`; returns serve's options naming them.
-fn token_args(dir: &Path) -> Vec<std::ffi::OsString> {
+/// Writes both tokens into `dir`; returns serve's options naming them, with `dir` as the root
+/// jobs may write (and read) and the repository (the demo data) as one they may read.
+fn serve_args(dir: &Path) -> Vec<std::ffi::OsString> {
     let (worker, control) = (dir.join("worker.token"), dir.join("control.token"));
     std::fs::write(&worker, format!("{WORKER_TOKEN}\n")).unwrap();
     std::fs::write(&control, format!("{CONTROL_TOKEN}\n")).unwrap();
@@ -40,6 +41,10 @@ fn token_args(dir: &Path) -> Vec<std::ffi::OsString> {
         worker.into(),
         "--control-token-file".into(),
         control.into(),
+        "--allow-output-root".into(),
+        dir.into(),
+        "--allow-input-root".into(),
+        repo().into(),
     ]
 }
 /// Samples per demo data set (two data sets): 8 items per job.
@@ -132,7 +137,21 @@ fn all_in_state(ids: &[&str], state: &'static str) -> impl Fn(&Value) -> bool {
 
 /// `evalfleet serve` on loopback ports; returns it with its gRPC and metrics URLs.
 fn start_serve(dir: &Path) -> (Child, String, String) {
-    let mut child = Command::new(evalfleet_bin())
+    start_serve_with(dir, &[], None)
+}
+
+/// [`start_serve`] with `extra` options, under the shell's `ulimit -n NOFILE` if given.
+fn start_serve_with(dir: &Path, extra: &[&str], nofile: Option<u32>) -> (Child, String, String) {
+    let mut command = match nofile {
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                .arg(evalfleet_bin());
+            c
+        }
+        None => Command::new(evalfleet_bin()),
+    };
+    let mut child = command
         .args([
             "serve",
             "--listen",
@@ -140,7 +159,9 @@ fn start_serve(dir: &Path) -> (Child, String, String) {
             "--metrics-listen",
             "127.0.0.1:0",
         ])
-        .args(token_args(dir))
+        .args(serve_args(dir))
+        .args(extra)
+        .env("EVALFLEET_WORKER_BIN", worker_bin())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -393,15 +414,22 @@ fn serve_shares_workers_between_jobs_prefers_held_models_cancels_and_exposes_met
     let w1_items = metric(&m, "evalfleet_worker_items_total{worker=\"w1\"}");
     assert!(w1_items >= 24.0, "jobs 1-3 ran on w1 alone: {m}");
     assert_eq!(w1_items + w2_items, 24.0 + 16.0, "jobs 4-5 on both: {m}");
-    let model_key = |m: &Path| {
-        // The key names the model folder; find the series that does.
-        let folder = m.display().to_string();
-        move |line: &&str| {
-            line.starts_with("evalfleet_model_loads_total{worker=\"w1\"") && line.contains(&folder)
-        }
-    };
-    assert_eq!(m.lines().filter(model_key(&model_a)).count(), 1, "{m}");
-    assert_eq!(m.lines().filter(model_key(&model_b)).count(), 1, "{m}");
+    // Models a and b (the same folder name): two series, named without their paths.
+    let loads: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("evalfleet_model_loads_total{worker=\"w1\""))
+        .collect();
+    assert_eq!(loads.len(), 2, "{m}");
+    assert!(
+        loads.iter().all(|l| l.contains("model=\"tiny-llama-chat|")),
+        "{m}"
+    );
+    assert_ne!(loads[0], loads[1], "{m}");
+    // No path in any sample: the metrics port answers without a token.
+    assert!(
+        !m.lines().any(|l| !l.starts_with('#') && l.contains('/')),
+        "{m}"
+    );
     assert!(
         m.contains("# TYPE evalfleet_worker_items_per_second gauge"),
         "{m}"
@@ -437,7 +465,7 @@ fn a_job_interrupted_by_a_coordinator_stop_runs_again_when_it_restarts_and_sweep
     let model = tiny_chat_model(&d.join("a"));
     let yaml = write_yaml(d, "job", &model, &d.join("out"));
     let state = d.join("state");
-    let tokens = token_args(d);
+    let tokens = serve_args(d);
     let serve = |extra: &[&str]| {
         let child = Command::new(evalfleet_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
@@ -572,11 +600,16 @@ fn evalfleet_run_serves_metrics_while_its_job_runs() {
     let m = scrape(&url);
     assert_eq!(metric(&m, "evalfleet_leases_outstanding"), 1.0, "{m}");
     assert_eq!(metric(&m, "evalfleet_workers"), 1.0, "{m}");
-    let folder = model.display().to_string();
     let loads: Vec<&str> = m
         .lines()
-        .filter(|l| l.starts_with("evalfleet_model_loads_total{") && l.contains(&folder))
+        .filter(|l| {
+            l.starts_with("evalfleet_model_loads_total{") && l.contains("model=\"tiny-llama-chat|")
+        })
         .collect();
+    assert!(
+        !m.lines().any(|l| !l.starts_with('#') && l.contains('/')),
+        "{m}"
+    );
     assert_eq!(loads.len(), 1, "{m}");
     assert!(loads[0].ends_with(" 1"), "{m}");
     assert!(
@@ -604,7 +637,7 @@ fn serve_over_tls_runs_a_job_for_a_worker_and_a_client_that_trust_its_ca() {
     let token_file = d.join("control.token");
     let child = Command::new(evalfleet_bin())
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(token_args(d))
+        .args(serve_args(d))
         .arg("--tls-cert")
         .arg(&files.cert)
         .arg("--tls-key")
@@ -740,7 +773,7 @@ fn serve_keeps_the_worker_token_and_the_control_token_apart() {
 
     let child = Command::new(evalfleet_bin())
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(token_args(d))
+        .args(serve_args(d))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -800,7 +833,7 @@ fn two_coordinators_on_one_state_directory_are_refused() {
         Command::new(evalfleet_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state)
-            .args(token_args(d))
+            .args(serve_args(d))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -821,4 +854,401 @@ fn two_coordinators_on_one_state_directory_are_refused() {
     );
     sigterm(&first);
     wait_ok(first, Duration::from_secs(60), "serve after SIGTERM");
+}
+
+/// `evalfleet submit YAML` that the coordinator at `url` must refuse: its stderr.
+fn submit_refused(url: &str, token: &Path, yaml: &Path) -> String {
+    let out = Command::new(evalfleet_bin())
+        .args([
+            "submit",
+            yaml.to_str().unwrap(),
+            "--coordinator",
+            url,
+            "--token-file",
+        ])
+        .arg(token)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{} was accepted: {said}",
+        yaml.display()
+    );
+    said
+}
+
+#[test]
+fn serve_refuses_jobs_naming_paths_outside_its_allowed_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (outputs, models, other) = (d.join("outputs"), d.join("models"), d.join("other"));
+    for f in [&outputs, &other] {
+        std::fs::create_dir_all(f).unwrap();
+    }
+    let model = tiny_chat_model(&models);
+    let other_model = tiny_chat_model(&other.join("m"));
+    std::os::unix::fs::symlink(&other, outputs.join("link")).unwrap();
+    std::fs::write(d.join("control.token"), CONTROL_TOKEN).unwrap();
+    let mut tokens = serve_args(d);
+    tokens.truncate(4);
+
+    // Without any root, serve does not start (unless told that any path will do).
+    let none = serve_refuses(d, &tokens);
+    assert!(
+        none.contains("no --allow-output-root") && none.contains("--allow-any-path"),
+        "{none}"
+    );
+
+    let roots = [
+        "--allow-output-root".into(),
+        outputs.clone().into_os_string(),
+        "--allow-input-root".into(),
+        models.clone().into_os_string(),
+        "--allow-input-root".into(),
+        repo().into_os_string(),
+    ];
+    let child = Command::new(evalfleet_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(outputs.join("state"))
+        .args(&tokens)
+        .args(roots)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (serve, url) = fleet_common::listening_url(child);
+    let _guard = KillOnDrop(vec![serve.id()]);
+    let token = d.join("control.token");
+    let real = |p: &Path| p.canonicalize().unwrap().display().to_string();
+    let output_roots = format!("output roots this coordinator allows: {}", real(&outputs));
+
+    // Output directories outside the output root, however they are written.
+    for (name, out) in [
+        ("elsewhere", other.join("out")),
+        ("dotdot", outputs.join("x/../../other/out")),
+        ("symlink", outputs.join("link/out")),
+        ("models", models.join("out")),
+    ] {
+        let yaml = write_yaml(d, name, &model, &out);
+        let said = submit_refused(&url, &token, &yaml);
+        assert!(said.contains("key `output_dir` (step1)"), "{name}: {said}");
+        assert!(said.contains(&out.display().to_string()), "{name}: {said}");
+        assert!(said.contains(&output_roots), "{name}: {said}");
+    }
+    // The coordinator's own state directory, or a folder holding it.
+    for (name, out) in [
+        ("state", outputs.join("state/jobs")),
+        ("root", outputs.clone()),
+    ] {
+        let yaml = write_yaml(d, name, &model, &out);
+        let said = submit_refused(&url, &token, &yaml);
+        assert!(said.contains("state directory"), "{name}: {said}");
+    }
+    // A model outside the input roots.
+    let yaml = write_yaml(d, "model", &other_model, &outputs.join("out"));
+    let said = submit_refused(&url, &token, &yaml);
+    assert!(said.contains("key `model_name_or_path` (step1)"), "{said}");
+    assert!(said.contains(&real(&models)), "{said}");
+    assert!(said.contains(&real(&repo())), "{said}");
+
+    // None of them was queued; a job inside the roots is.
+    let yaml = write_yaml(d, "ok", &model, &outputs.join("team-a/out"));
+    assert_eq!(submit(&url, &yaml), "job-1");
+    let s = status(&url);
+    assert_eq!(s["jobs"].as_array().unwrap().len(), 1, "{s:#}");
+    client(&url, &["cancel", "job-1"]);
+    sigterm(&serve);
+    wait_ok(serve, Duration::from_secs(60), "serve after SIGTERM");
+}
+
+/// Whether the server closed `conn` (end of stream or an error other than a read timeout);
+/// whatever it sent before is read and dropped.
+fn closed_by_server(conn: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Polls until the server has closed every connection of `conns` (a hang guard only).
+fn wait_all_closed(conns: &mut [std::net::TcpStream], what: &str) {
+    let started = Instant::now();
+    let mut open: Vec<usize> = (0..conns.len()).collect();
+    while !open.is_empty() {
+        open.retain(|&i| !closed_by_server(&mut conns[i]));
+        assert!(
+            started.elapsed() < LIMIT,
+            "{} of the {what} connections are still open",
+            open.len()
+        );
+    }
+}
+
+/// `addr` of a URL such as `http://127.0.0.1:PORT/metrics`.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn silent_connections_are_closed_and_the_metrics_port_caps_its_own_while_a_worker_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_chat_model(&d.join("a"));
+    let yaml = write_yaml(d, "job", &model, &d.join("out"));
+    let (serve, url, metrics_url) = start_serve_with(
+        d,
+        &[
+            "--workers",
+            "1",
+            "--cpu",
+            "--handshake-timeout",
+            "3",
+            "--idle-connection-timeout",
+            "6",
+        ],
+        None,
+    );
+    let _guard = KillOnDrop(vec![serve.id()]);
+    let (grpc, metrics) = (host_port(&url), host_port(&metrics_url));
+    let connect = |addr: &str| std::net::TcpStream::connect(addr).unwrap();
+
+    // Silent connections on the gRPC port, and one that sends the HTTP/2 preface and SETTINGS
+    // and then nothing.
+    let mut silent: Vec<_> = (0..100).map(|_| connect(&grpc)).collect();
+    let mut idle = connect(&grpc);
+    {
+        use std::io::Write;
+        idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .unwrap();
+    }
+    // The metrics port: as many as it keeps open, then one more, closed without an answer.
+    let mut scrapers: Vec<_> = (0..64).map(|_| connect(&metrics)).collect();
+    let mut extra = connect(&metrics);
+    {
+        use std::io::Write;
+        let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    }
+    let mut answer = Vec::new();
+    {
+        use std::io::Read;
+        let _ = extra.read_to_end(&mut answer);
+    }
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+    // Meanwhile the local worker runs a job to its end.
+    assert_eq!(submit(&url, &yaml), "job-1");
+    let s = wait_status(&url, "finished", all_in_state(&["job-1"], "finished"));
+    assert_eq!(job(&s, "job-1")["done"], 8, "{s:#}");
+    wait_all_closed(&mut silent, "silent gRPC");
+    wait_all_closed(std::slice::from_mut(&mut idle), "idle HTTP/2");
+    wait_all_closed(&mut scrapers, "silent metrics");
+    // Both ports serve again.
+    let m = scrape(&metrics_url);
+    assert!(m.contains("evalfleet_items_done_total{"), "{m}");
+    assert_eq!(status(&url)["jobs"].as_array().unwrap().len(), 1);
+    sigterm(&serve);
+    wait_ok(serve, Duration::from_secs(60), "serve after SIGTERM");
+}
+
+/// CPU time (user + system, in clock ticks) process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(") ").unwrap();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loops_back_off_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Few descriptors, and connections that stay until the test closes them.
+    let (serve, url, metrics_url) = start_serve_with(d, &["--handshake-timeout", "0"], Some(48));
+    let _guard = KillOnDrop(vec![serve.id()]);
+    let (grpc, metrics) = (host_port(&url), host_port(&metrics_url));
+    // More than the descriptors left: the rest wait in the listeners' backlogs, and every
+    // accept fails with EMFILE until some close.
+    let held: Vec<_> = (0..60)
+        .flat_map(|_| [&grpc, &metrics])
+        .map(|addr| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let started = Instant::now();
+    // A spinning accept loop burns all the CPU it gets: 4 s of CPU in 4 s on an idle machine,
+    // about 1 s on a machine loaded five times over; backing off, next to none. The bound
+    // is a quarter of a second (the clock ticks 100 times a second).
+    let before = cpu_ticks(serve.id());
+    std::thread::sleep(Duration::from_secs(4));
+    let used = cpu_ticks(serve.id()) - before;
+    assert!(
+        used < 25,
+        "serve used {used} ticks of CPU in {:?} while out of descriptors",
+        started.elapsed()
+    );
+    drop(held);
+    // It serves again once descriptors are free.
+    let m = scrape(&metrics_url);
+    assert!(m.contains("# TYPE evalfleet_workers gauge"), "{m}");
+    assert_eq!(status(&url)["jobs"].as_array().unwrap().len(), 0);
+    sigterm(&serve);
+    let out = wait(serve, Duration::from_secs(60));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("accepting a connection failed"), "{said}");
+    assert!(said.contains("metrics port: accepting failed"), "{said}");
+}
+
+#[test]
+fn serve_keeps_only_the_retained_ended_jobs_and_pages_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_chat_model(&d.join("a"));
+    let state = d.join("state");
+    let serve = |keep: &str| {
+        let child = Command::new(evalfleet_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--max-jobs", "1"])
+            .args(["--keep-jobs", keep, "--state-dir"])
+            .arg(&state)
+            .args(serve_args(d))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        fleet_common::listening_url(child)
+    };
+    let (first, url) = serve("3");
+    let mut guard = KillOnDrop(vec![first.id()]);
+    // No worker: job 1 runs (its fleet waits), the others queue. Cancelled from the last, the
+    // queued ones end at once, 6 first; job 1 ends last, once its driver has stopped.
+    let ids: Vec<String> = (1..=6)
+        .map(|n| {
+            let yaml = write_yaml(d, &format!("j{n}"), &model, &d.join(format!("out{n}")));
+            submit(&url, &yaml)
+        })
+        .collect();
+    for id in ids.iter().rev() {
+        client(&url, &["cancel", id]);
+    }
+    let s = wait_status(&url, "pruned", |s| {
+        s["jobs"].as_array().unwrap().len() == 3
+            && s["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["state"] == "cancelled")
+    });
+    let listed: Vec<&str> = s["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["job-1", "job-2", "job-3"], "the last 3 to end");
+    let records = |state: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(state.join("jobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(records(&state), ["job-1.json", "job-2.json", "job-3.json"]);
+
+    // Pages: two jobs, then the rest after job 2.
+    let page = client(&url, &["status", "--json", "--limit", "2"]);
+    let ids_of = |v: &Value| -> Vec<String> {
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids_of(&page), ["job-1", "job-2"]);
+    assert_eq!(page["next_after_seq"], 2, "{page:#}");
+    let rest = client(&url, &["status", "--json", "--after", "2"]);
+    assert_eq!(ids_of(&rest), ["job-3"]);
+    assert_eq!(rest["next_after_seq"], 0, "{rest:#}");
+
+    sigterm(&first);
+    wait_ok(first, Duration::from_secs(60), "serve after SIGTERM");
+    // Started again with a smaller retention: pruned at start, and the kept record is not
+    // rewritten (its bytes and modification time are those of before).
+    let kept = state.join("jobs/job-1.json");
+    let (bytes, modified) = (
+        std::fs::read(&kept).unwrap(),
+        std::fs::metadata(&kept).unwrap().modified().unwrap(),
+    );
+    let (second, url) = serve("1");
+    guard.0.push(second.id());
+    assert_eq!(records(&state), ["job-1.json"]);
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes);
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().modified().unwrap(),
+        modified
+    );
+    assert_eq!(ids_of(&status(&url)), ["job-1"]);
+    sigterm(&second);
+    wait_ok(
+        second,
+        Duration::from_secs(60),
+        "the second serve after SIGTERM",
+    );
+}
+
+#[test]
+fn a_panicking_job_driver_fails_its_job_and_the_queue_goes_on() {
+    fleet_common::require_test_hooks();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_chat_model(&d.join("a"));
+    let child = Command::new(evalfleet_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--cpu",
+        ])
+        .args(serve_args(d))
+        .env("EVALFLEET_WORKER_BIN", worker_bin())
+        .env("EVALFLEET_TEST_PANIC_JOB", "boom.yaml")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (serve, url) = fleet_common::listening_url(child);
+    let _guard = KillOnDrop(vec![serve.id()]);
+    let boom = write_yaml(d, "boom", &model, &d.join("out-boom"));
+    assert_eq!(submit(&url, &boom), "job-1");
+    let s = wait_status(&url, "failed", all_in_state(&["job-1"], "failed"));
+    let error = job(&s, "job-1")["error"].as_str().unwrap().to_string();
+    assert!(error.contains("the job's driver panicked"), "{error}");
+    // The next job runs on the same coordinator and worker.
+    let ok = write_yaml(d, "ok", &model, &d.join("out-ok"));
+    assert_eq!(submit(&url, &ok), "job-2");
+    let s = wait_status(&url, "finished", all_in_state(&["job-2"], "finished"));
+    assert_eq!(job(&s, "job-2")["done"], 8, "{s:#}");
+    sigterm(&serve);
+    wait_ok(serve, Duration::from_secs(60), "serve after SIGTERM");
 }

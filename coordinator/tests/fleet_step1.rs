@@ -244,10 +244,12 @@ fn external_workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() 
     let mut text = read(&yaml);
     text.push_str("batch_size: 3\n");
     std::fs::write(&yaml, text).unwrap();
-    let (coordinator, url) = listening_coordinator(&yaml, "right-token");
+    let (coordinator, url) = listening_coordinator(&yaml, "right-token-for-step1");
 
     let intruder = wait(
-        external_worker(&url, "wrong-token").spawn().unwrap(),
+        external_worker(&url, "wrong-token-for-step1")
+            .spawn()
+            .unwrap(),
         Duration::from_secs(120),
     );
     let said = String::from_utf8_lossy(&intruder.stderr);
@@ -258,7 +260,9 @@ fn external_workers_join_a_listening_coordinator_and_a_wrong_token_is_refused() 
     );
 
     let worker = wait_ok(
-        external_worker(&url, "right-token").spawn().unwrap(),
+        external_worker(&url, "right-token-for-step1")
+            .spawn()
+            .unwrap(),
         Duration::from_secs(300),
         "the external worker",
     );

@@ -254,7 +254,7 @@ fn step2_worker_dying_mid_run_is_replaced_and_the_files_are_complete() {
 #[test]
 fn coordinator_stopped_during_step2_leaves_the_step1_files_as_they_were() {
     let dir = tempfile::tempdir().unwrap();
-    let token = "step2-stop-test";
+    let token = "step2-stop-test-token";
     for signal in ["TERM", "KILL"] {
         let out = step1_copy_with_rows(dir.path(), &format!("stopped-{signal}"), ROWS);
         let before = snapshot(&out);

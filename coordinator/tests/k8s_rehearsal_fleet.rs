@@ -253,6 +253,17 @@ fn fleet_layout_serves_submitted_jobs_and_keeps_its_queue_when_the_coordinator_p
     // The clients present the control token, which only the serve pod mounts.
     let token = PathBuf::from(serve_pod.host("/var/run/secrets/evalfleet-control/token"));
     let model = tiny_chat_model(Path::new(&serve_pod.host("/models")));
+    // The data set on the models volume too: serve reads only its allowed roots.
+    let data = PathBuf::from(serve_pod.host("/models/data"));
+    std::fs::create_dir_all(&data).unwrap();
+    for entry in std::fs::read_dir(repo().join("yamls/demo"))
+        .unwrap()
+        .flatten()
+    {
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), data.join(entry.file_name())).unwrap();
+        }
+    }
     let out = serve_pod.host("/outputs/job");
     let yaml = root.join("job.yaml");
     std::fs::write(
@@ -262,7 +273,7 @@ fn fleet_layout_serves_submitted_jobs_and_keeps_its_queue_when_the_coordinator_p
              dataset: demo_alpaca\nmax_samples: 4\ncutoff_len: 40\noutput_dir: {out}\n\
              max_new_tokens: 8\ndo_sample: false\n",
             model.display(),
-            repo().join("yamls/demo").display()
+            data.display()
         ),
     )
     .unwrap();

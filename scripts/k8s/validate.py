@@ -10,7 +10,10 @@ For each kustomization folder (k8s/ and k8s/overlays/*) and each plain manifest 
    limits; a terminationGracePeriodSeconds; gRPC readiness/liveness probes on the coordinator's port
    (`serve`) or on its --health-listen port (`run`, whose grpc port closes between fleets);
    one or more `nvidia.com/gpu` on every worker; volumes that name ConfigMaps/PVCs of the same layout;
-   workers dialing the Service the coordinator is behind;
+   workers dialing the Service the coordinator is behind; a NetworkPolicy on the coordinator pods that
+   admits only evalfleet worker pods and client pods (evalfleet.io/client) to its gRPC port and
+   metrics scrapers (evalfleet.io/metrics-scraper) to its metrics port, and worker pods that carry the
+   labels it admits;
 3. command lines: every `--flag` in a container's args is one that the binary's clap definition has
    (coordinator/src/cli.rs, serve/cli.rs and rpc/limit_args.rs, worker/src/main.rs), and for a tensor-parallel group
    (`evalfleet-worker --tp-group K`) the flags its launcher (worker/src/tp/launch/pod.rs) adds to each
@@ -232,6 +235,67 @@ def check_roles(rep: Report, where: str, res: dict[str, Any]) -> None:
                     rep.fail(cw, f"--listen {listen!r} is not on port {COORDINATOR_PORT}")
 
 
+# The peers the coordinator's NetworkPolicy may admit, as (pod labels, the only port they may reach).
+WORKER_LABELS = {"app.kubernetes.io/name": "evalfleet", "app.kubernetes.io/component": "worker"}
+ADMITTED = [
+    (WORKER_LABELS, "grpc"),
+    ({"evalfleet.io/client": "true"}, "grpc"),
+    ({"evalfleet.io/metrics-scraper": "true"}, "metrics"),
+]
+
+
+def template_labels(res: dict[str, Any]) -> dict[str, str]:
+    if res.get("kind") == "Pod":
+        return res.get("metadata", {}).get("labels") or {}
+    template = (res.get("spec") or {}).get("template") or {}
+    return (template.get("metadata") or {}).get("labels") or {}
+
+
+def check_network_policy(rep: Report, where: str, resources: list[dict[str, Any]]) -> None:
+    """A layout with a coordinator has a NetworkPolicy selecting its pods that admits only the peers
+    of ADMITTED, each to its port; its worker pods carry WORKER_LABELS."""
+    coordinators = [r for r in resources if component(r) == "coordinator" and list(pod_specs(r))]
+    if not coordinators:
+        return
+    for r in resources:
+        if component(r) == "worker" and list(pod_specs(r)):
+            labels = template_labels(r)
+            if any(labels.get(k) != v for k, v in WORKER_LABELS.items()):
+                rep.fail(f"{where} {kustomize_lite.resource_id(r)}", f"worker pods lack the labels {WORKER_LABELS}")
+    policies = [r for r in resources if r.get("kind") == "NetworkPolicy"]
+    for coord in coordinators:
+        labels = template_labels(coord)
+        covering = [
+            p for p in policies
+            if all(labels.get(k) == v for k, v in ((p.get("spec") or {}).get("podSelector") or {}).get("matchLabels", {}).items())
+        ]
+        if not covering:
+            rep.fail(where, f"no NetworkPolicy selects the coordinator pods of {kustomize_lite.resource_id(coord)}")
+    for p in policies:
+        pw = f"{where} {kustomize_lite.resource_id(p)}"
+        spec = p.get("spec") or {}
+        if "Ingress" not in (spec.get("policyTypes") or []):
+            rep.fail(pw, "policyTypes lacks Ingress")
+        for rule in spec.get("ingress") or []:
+            peers, ports = rule.get("from") or [], rule.get("ports") or []
+            if not peers or not ports:
+                rep.fail(pw, "an ingress rule without `from` or `ports` admits everyone or every port")
+                continue
+            names = {str(port.get("port")) for port in ports}
+            for peer in peers:
+                if "ipBlock" in peer:
+                    rep.fail(pw, "an ipBlock peer (admits addresses, not evalfleet pods)")
+                    continue
+                selected = (peer.get("podSelector") or {}).get("matchLabels")
+                allowed = [port for want, port in ADMITTED if selected == want]
+                if not allowed:
+                    rep.fail(pw, f"admits pods {selected!r}: only {[w for w, _ in ADMITTED]}")
+                elif names != {allowed[0]}:
+                    rep.fail(pw, f"admits {selected!r} to ports {sorted(names)}, not only {allowed[0]}")
+                if "namespaceSelector" in peer and selected != ADMITTED[2][0]:
+                    rep.fail(pw, f"admits {selected!r} from other namespaces")
+
+
 def check_references(rep: Report, where: str, res: dict[str, Any], names: set[str]) -> None:
     for pod in pod_specs(res):
         for vol in pod.get("volumes", []):
@@ -373,6 +437,8 @@ def main(argv: list[str]) -> int:
             check_rendered_copy(rep, root, name)
         print(f"{name}: {len(resources)} resources ({', '.join(sorted(names))})")
         job_tp = job_tensor_parallel(resources)
+        if not name.startswith("k8s/extras"):
+            check_network_policy(rep, name, resources)
         for res in resources:
             where = f"{name} {kustomize_lite.resource_id(res)}"
             check_schema(rep, where, res, versions)

@@ -108,10 +108,24 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), OutputError> {
 /// only with the `test-hooks` feature (scripts/test.sh builds with it), not into release builds.
 #[cfg(feature = "test-hooks")]
 const TEST_DISK_FULL_ENV: &str = "EVALFLEET_TEST_DISK_FULL";
+/// Test hook for the stop-while-writing test (`tests/fleet_guard.rs`): `NAME:MARKER` makes the
+/// write of the file named NAME create MARKER and wait until it is removed.
+#[cfg(feature = "test-hooks")]
+const TEST_HOLD_WRITE_ENV: &str = "EVALFLEET_TEST_HOLD_WRITE";
 
 // `path` is read only by the test hook.
 #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
 fn write_contents(file: &mut fs::File, path: &Path, contents: &[u8]) -> io::Result<()> {
+    #[cfg(feature = "test-hooks")]
+    if let Ok(spec) = std::env::var(TEST_HOLD_WRITE_ENV)
+        && let Some((name, marker)) = spec.split_once(':')
+        && path.file_name().is_some_and(|n| n == name)
+    {
+        fs::write(marker, std::process::id().to_string())?;
+        while Path::new(marker).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     #[cfg(feature = "test-hooks")]
     if std::env::var_os(TEST_DISK_FULL_ENV)
         .is_some_and(|name| path.file_name() == Some(name.as_os_str()))
@@ -245,6 +259,8 @@ pub fn write_step1<S: AsRef<str>>(
     metrics: &[(S, f64)],
     speed: &SpeedMetrics,
 ) -> Result<Step1Files, OutputError> {
+    // A stop waits for all three: never new results next to old predictions.
+    let _writing = crate::stop::Writing::new();
     let (predict_results, all_results) =
         save_metrics(output_dir, "predict", &predict_metrics(metrics, speed))?;
     let predictions = output_dir.join(GENERATED_PREDICTIONS);

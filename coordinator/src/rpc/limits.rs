@@ -4,7 +4,13 @@
 //!   stream and health checks). A call over the limit is refused with `RESOURCE_EXHAUSTED`; the
 //!   check runs before the token check, so a flood of unauthenticated calls is cut short too.
 //! - **Connections** ([`ConnectionGate`]): at most so many open TCP connections per client
-//!   address; one more is closed as soon as it is accepted (TCP has no status to send).
+//!   address; one more is closed as soon as it is accepted (TCP has no status to send). A
+//!   connection that sends nothing within the handshake timeout (10 s: the HTTP/2 preface or the
+//!   TLS hello), or nothing at all for the idle timeout (5 min; a worker heartbeats every few
+//!   seconds, a control client reconnects on its own), is closed, so idle sockets cannot pile
+//!   up to the descriptor limit. TCP keepalive finds peers that vanished; HTTP/2 PINGs are not
+//!   sent, since a peer answering them would never be idle. Accept errors (EMFILE: out of
+//!   descriptors) back off, 5 ms doubling to 1 s, instead of spinning a core.
 //! - **Messages** ([`TokenBucket`] per worker stream): a worker stream that sends faster than its
 //!   rate is *read more slowly*, not cut: HTTP/2 flow control then pushes back on the sender, and
 //!   a legitimate burst of results is delayed, never lost.
@@ -25,8 +31,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::Stream;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::warn;
 
@@ -36,6 +40,12 @@ pub const DEFAULT_CALLS_PER_SECOND: f64 = 20.0;
 pub const DEFAULT_MESSAGES_PER_SECOND: f64 = 50_000.0;
 /// Default of `--max-connections-per-client`.
 pub const DEFAULT_CONNECTIONS_PER_CLIENT: usize = 256;
+/// Default of `--handshake-timeout`: a new connection's first bytes must come within it.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `--idle-connection-timeout`: a connection that sends nothing for it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// TCP keepalive on accepted connections: probes after this long without traffic.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The limits; `0` turns one off. The defaults are generous: a real worker sends a handful of
 /// calls in its life and at most a few thousand results a second.
@@ -52,6 +62,10 @@ pub struct Limits {
     pub message_burst: u32,
     /// Open TCP connections per client address.
     pub connections_per_client: usize,
+    /// A connection that sends nothing for this long after it was accepted is closed.
+    pub handshake_timeout: Option<Duration>,
+    /// A connection that sends nothing for this long (after its first bytes) is closed.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -75,6 +89,17 @@ impl Limits {
             messages_per_second,
             message_burst: burst(messages_per_second),
             connections_per_client: connections,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+        }
+    }
+
+    /// With these connection timeouts (`None`: none).
+    pub fn with_timeouts(self, handshake: Option<Duration>, idle: Option<Duration>) -> Self {
+        Limits {
+            handshake_timeout: handshake,
+            idle_timeout: idle,
+            ..self
         }
     }
 
@@ -86,6 +111,8 @@ impl Limits {
             messages_per_second: 0.0,
             message_burst: 0,
             connections_per_client: 0,
+            handshake_timeout: None,
+            idle_timeout: None,
         }
     }
 }
@@ -99,6 +126,10 @@ pub struct LimitStats {
     pub connections_refused: u64,
     /// Messages whose reading was delayed.
     pub messages_delayed: u64,
+    /// Connections closed for sending nothing within the handshake or idle timeout.
+    pub connections_timed_out: u64,
+    /// Failed accepts (each followed by a backoff).
+    pub accept_errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +137,8 @@ pub(super) struct Counters {
     calls_refused: AtomicU64,
     connections_refused: AtomicU64,
     pub(super) messages_delayed: AtomicU64,
+    connections_timed_out: AtomicU64,
+    accept_errors: AtomicU64,
 }
 
 impl Counters {
@@ -114,6 +147,8 @@ impl Counters {
             calls_refused: self.calls_refused.load(Ordering::Relaxed),
             connections_refused: self.connections_refused.load(Ordering::Relaxed),
             messages_delayed: self.messages_delayed.load(Ordering::Relaxed),
+            connections_timed_out: self.connections_timed_out.load(Ordering::Relaxed),
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
         }
     }
 }
@@ -214,17 +249,42 @@ impl ClientGate {
             + 1
     }
 
-    /// `listener`'s connections, those over the per-address limit closed at once; for
-    /// `tonic::transport::Server::serve_with_incoming` (TLS, if configured, is applied by tonic
-    /// on top).
+    /// `listener`'s connections, those over the per-address limit closed at once, each closed
+    /// when silent past the handshake or idle timeout; a failed accept is retried after a
+    /// backoff ([`accept_backoff`]). For `tonic::transport::Server::serve_with_incoming` (TLS,
+    /// if configured, is applied by tonic on top).
     pub fn incoming(
         &self,
         listener: TcpListener,
     ) -> impl Stream<Item = std::io::Result<Guarded>> + Send + 'static {
         let gate = self.connections.clone();
-        TcpListenerStream::new(listener).filter_map(move |conn| match conn {
-            Ok(tcp) => gate.admit(tcp).map(Ok),
-            Err(e) => Some(Err(e)),
+        let counters = self.counters.clone();
+        futures::stream::unfold(listener, move |listener| {
+            let (gate, counters) = (gate.clone(), counters.clone());
+            async move {
+                let mut backoff = Duration::ZERO;
+                loop {
+                    match listener.accept().await {
+                        Ok((tcp, _)) => {
+                            backoff = Duration::ZERO;
+                            if let Some(conn) = gate.admit(tcp) {
+                                return Some((Ok(conn), listener));
+                            }
+                        }
+                        Err(e) => {
+                            backoff = accept_backoff(backoff);
+                            let n = counters.accept_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                warn!(
+                                    "accepting a connection failed: {e} ({n} failures so far); \
+                                         retrying in {backoff:?}"
+                                );
+                            }
+                            tokio::time::sleep(backoff).await;
+                        }
+                    }
+                }
+            }
         })
     }
 
@@ -237,6 +297,13 @@ impl ClientGate {
     pub fn stats(&self) -> LimitStats {
         self.counters.snapshot()
     }
+}
+
+/// The wait after a failed accept, given the previous one (zero after a success): 5 ms, doubling
+/// to 1 s. A listener out of descriptors (EMFILE) fails every accept at once; retrying without a
+/// wait would spin a core until a descriptor frees up.
+pub fn accept_backoff(previous: Duration) -> Duration {
+    (previous * 2).clamp(Duration::from_millis(5), Duration::from_secs(1))
 }
 
 /// Buckets kept before idle (full) ones are dropped, bounding memory under many addresses.
@@ -306,6 +373,8 @@ pub(super) struct ConnectionGate {
     max: usize,
     open: Mutex<HashMap<IpAddr, (usize, u64)>>,
     counters: Arc<Counters>,
+    handshake_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
 }
 
 impl ConnectionGate {
@@ -314,6 +383,8 @@ impl ConnectionGate {
             max: limits.connections_per_client,
             open: Mutex::new(HashMap::new()),
             counters,
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
         })
     }
 
@@ -321,6 +392,10 @@ impl ConnectionGate {
     pub(super) fn admit(self: &Arc<Self>, tcp: TcpStream) -> Option<Guarded> {
         // Latency matters more than packet count: each lease request waits for its answer.
         let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE)
+            .with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         let ip = tcp.peer_addr().ok().map(|a| a.ip());
         if let (Some(ip), true) = (ip, self.max > 0) {
             let mut open = lock(&self.open);
@@ -342,10 +417,18 @@ impl ConnectionGate {
             }
             *count += 1;
         }
+        let accepted = tokio::time::Instant::now();
+        let timer = self
+            .handshake_timeout
+            .or(self.idle_timeout)
+            .map(|t| Box::pin(tokio::time::sleep_until(accepted + t)));
         Some(Guarded {
             tcp,
             ip: ip.filter(|_| self.max > 0),
             gate: self.clone(),
+            accepted,
+            last_read: None,
+            timer,
         })
     }
 
@@ -360,12 +443,65 @@ impl ConnectionGate {
     }
 }
 
-/// An accepted connection counted against its address until dropped.
+/// An accepted connection counted against its address until dropped, and closed (its reads
+/// fail with `TimedOut`) once silent past its deadline.
 pub struct Guarded {
     tcp: TcpStream,
     /// Counted under this address (`None`: not counted).
     ip: Option<IpAddr>,
     gate: Arc<ConnectionGate>,
+    accepted: tokio::time::Instant,
+    /// When bytes last came (`None`: none yet).
+    last_read: Option<tokio::time::Instant>,
+    /// Fires at the deadline (moved on lazily when it fires after newer bytes).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Guarded {
+    /// The deadline for the next bytes: the handshake timeout before the first ones, the idle
+    /// timeout after.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        match self.last_read {
+            None => self
+                .gate
+                .handshake_timeout
+                .or(self.gate.idle_timeout)
+                .map(|t| self.accepted + t),
+            Some(last) => self.gate.idle_timeout.map(|t| last + t),
+        }
+    }
+
+    /// `Ready(Err)` once the deadline has passed with nothing read; else registers the wake-up.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            let (Some(deadline), Some(timer)) = (self.deadline(), self.timer.as_mut()) else {
+                return Poll::Pending;
+            };
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if tokio::time::Instant::now() >= deadline => {
+                    self.gate
+                        .counters
+                        .connections_timed_out
+                        .fetch_add(1, Ordering::Relaxed);
+                    let what = if self.last_read.is_none() {
+                        "no handshake within the handshake timeout"
+                    } else {
+                        "idle past the idle timeout"
+                    };
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        what,
+                    )));
+                }
+                // Bytes came after the timer was set: it is moved on above.
+                Poll::Ready(()) => {}
+            }
+        }
+    }
 }
 
 impl Drop for Guarded {
@@ -390,7 +526,18 @@ impl AsyncRead for Guarded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.tcp).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.last_read = Some(tokio::time::Instant::now());
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.poll_deadline(cx),
+        }
     }
 }
 

@@ -374,6 +374,10 @@ impl RunningFleet {
     /// Tells the workers to exit (`ok`: the job finished, else it failed), waits for them, and
     /// stops the server. The scheduler stays readable through [`RunningFleet::fleet`].
     pub async fn stop(&mut self, ok: bool) {
+        // Their exits from now on are not deaths: none is started again.
+        if let Some(w) = &self.workers {
+            w.stop_restarting();
+        }
         self.fleet
             .shutdown_workers(if ok { "job finished" } else { "job failed" });
         if let Some((host, attachment)) = self.host.take() {
@@ -502,6 +506,7 @@ pub(crate) fn spawn_workers(
         batch_size: None,
         extra_args: setup.worker_args.clone(),
         tensor_parallel: setup.tensor_parallel_size.unwrap_or(1),
+        restarts: setup.options.restarts,
     };
     Ok(LocalWorkers::spawn(&opts)?)
 }

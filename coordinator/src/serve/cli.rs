@@ -40,7 +40,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Local worker processes to start next to the coordinator (default 0: external workers
-    /// only, `evalfleet-worker --coordinator URL`).
+    /// only, `evalfleet-worker --coordinator URL`). One that dies is started again (see
+    /// --max-worker-restarts).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
     /// Start the local workers on the CPU even when GPUs are visible.
@@ -57,6 +58,26 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// A folder submitted jobs may write into (output_dir, save_dir, a sweep's folder), and
+    /// read from; repeat for several. Paths are checked after resolving `..` and symlinks; a
+    /// job naming anything else is refused at submit. Required, unless --allow-any-path.
+    #[arg(long, value_name = "DIR")]
+    pub allow_output_root: Vec<PathBuf>,
+    /// A folder submitted jobs may read from (models, adapters, data sets, task folders,
+    /// checkpoints); repeat for several. The output roots are readable too.
+    #[arg(long, value_name = "DIR")]
+    pub allow_input_root: Vec<PathBuf>,
+    /// Let submitted jobs read and write any path this coordinator can (only for a coordinator
+    /// that you alone submit to).
+    #[arg(long)]
+    pub allow_any_path: bool,
+    /// Ended jobs kept (listed by status, saved in --state-dir): the N that ended last; older
+    /// ones are forgotten and their records removed. Queued and running jobs are always kept.
+    #[arg(long, value_name = "N", default_value_t = super::jobs::DEFAULT_KEEP_JOBS)]
+    pub keep_jobs: usize,
+    /// Ended jobs are also forgotten DAYS after they ended.
+    #[arg(long, value_name = "DAYS", default_value_t = super::jobs::DEFAULT_KEEP_DAYS)]
+    pub keep_job_days: u64,
     #[command(flatten)]
     pub limits: crate::rpc::limit_args::LimitArgs,
 }
@@ -105,6 +126,13 @@ pub struct StatusArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Show at most N jobs (default: all, fetched page by page).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Show only the jobs submitted after job number SEQ (its `submitted_seq`; the number in
+    /// `job-SEQ`).
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub after: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -139,12 +167,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fleet: crate::rpc::FleetOptions {
             limits: args.limits.limits(),
             sched: args.limits.sched(),
+            restarts: args.limits.restarts(),
             ..Default::default()
         },
         tls: args
             .tls_cert
             .zip(args.tls_key)
             .map(|(cert, key)| crate::rpc::tls::TlsFiles { cert, key }),
+        output_roots: args.allow_output_root,
+        input_roots: args.allow_input_root,
+        any_path: args.allow_any_path,
+        retention: super::jobs::Retention {
+            max_ended: args.keep_jobs,
+            max_age: std::time::Duration::from_secs(args.keep_job_days.saturating_mul(86400)),
+        },
     })
     .await?;
     Ok(())
@@ -172,11 +208,24 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 
 /// `evalfleet status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let reply = control::status(&target(&args.client)?, args.job.as_deref()).await?;
+    let to = target(&args.client)?;
+    let reply = control::status(&to, args.job.as_deref(), args.after, args.limit).await?;
     if args.json {
         println!("{}", view::json(&reply));
     } else {
         print!("{}", view::table(&reply, args.job.is_some()));
+        if reply.next_after_seq != 0 {
+            println!(
+                "(more jobs: evalfleet status --after {})",
+                reply.next_after_seq
+            );
+        }
+        if reply.workers_omitted > 0 {
+            println!(
+                "({} more workers not shown: the reply would be too large)",
+                reply.workers_omitted
+            );
+        }
     }
     Ok(())
 }

@@ -20,6 +20,12 @@ use super::metrics::Metrics;
 
 /// The largest job YAML accepted (a job file is a few KiB).
 pub const MAX_JOB_YAML_BYTES: usize = 1 << 20;
+/// Jobs in a status reply when the request sets no limit, and the most it may ask for.
+pub const STATUS_PAGE: usize = 200;
+pub const MAX_STATUS_PAGE: usize = 1000;
+/// A status reply stops adding jobs (and workers) before passing this many bytes, well under
+/// the 4 MiB gRPC message limit.
+pub const STATUS_REPLY_BUDGET: usize = 3 << 20;
 
 /// The service: the job queue, and the hub and metrics for the workers' part of the status.
 pub struct ControlService {
@@ -32,6 +38,7 @@ fn status_of(e: JobError) -> Status {
     match e {
         JobError::NotFound(_) => Status::not_found(e.to_string()),
         JobError::Config(_) => Status::invalid_argument(e.to_string()),
+        JobError::Outside(_) => Status::permission_denied(e.to_string()),
     }
 }
 
@@ -60,15 +67,22 @@ impl Control for ControlService {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        let id = req.into_inner().job_id;
+        let req = req.into_inner();
+        let id = req.job_id;
         let jobs = self
             .jobs
-            .status((!id.is_empty()).then_some(id.as_str()))
+            .status((!id.is_empty()).then_some(id.as_str()), req.after_seq)
             .map_err(status_of)?;
-        Ok(Response::new(pb::StatusReply {
-            jobs,
-            workers: self.workers(),
-        }))
+        let workers = if req.after_seq == 0 {
+            self.workers()
+        } else {
+            Vec::new()
+        };
+        let limit = match req.limit as usize {
+            0 => STATUS_PAGE,
+            n => n.min(MAX_STATUS_PAGE),
+        };
+        Ok(Response::new(page(jobs, workers, limit)))
     }
 
     async fn cancel(
@@ -83,6 +97,38 @@ impl Control for ControlService {
             state: state.as_str().to_string(),
         }))
     }
+}
+
+/// One status reply: the workers while they take at most half of [`STATUS_REPLY_BUDGET`], then
+/// up to `limit` jobs while the reply stays within it; `next_after_seq` says where to go on.
+fn page(jobs: Vec<pb::JobStatus>, workers: Vec<pb::WorkerStatus>, limit: usize) -> pb::StatusReply {
+    use prost::Message as _;
+    let mut reply = pb::StatusReply::default();
+    // Each repeated entry costs its length plus a tag and a length prefix.
+    let mut size = 0;
+    let cost = |len: usize| len + 1 + prost::length_delimiter_len(len);
+    for w in workers {
+        let len = cost(w.encoded_len());
+        if size + len > STATUS_REPLY_BUDGET / 2 {
+            reply.workers_omitted += 1;
+            continue;
+        }
+        size += len;
+        reply.workers.push(w);
+    }
+    for j in jobs {
+        let len = cost(j.encoded_len());
+        // One job always fits: its error and file list are capped.
+        if let Some(last) = reply.jobs.last()
+            && (reply.jobs.len() >= limit || size + len > STATUS_REPLY_BUDGET)
+        {
+            reply.next_after_seq = last.submitted_seq;
+            break;
+        }
+        size += len;
+        reply.jobs.push(j);
+    }
+    reply
 }
 
 impl ControlService {
@@ -212,15 +258,40 @@ pub async fn submit(to: &Target, path: &Path, restart: bool) -> Result<String, C
     Ok(reply.into_inner().job_id)
 }
 
-/// The status of job `id`, or of every job.
-pub async fn status(to: &Target, id: Option<&str>) -> Result<pb::StatusReply, ClientError> {
-    let reply = connect(to)
-        .await?
-        .status(pb::StatusRequest {
-            job_id: id.unwrap_or_default().to_string(),
-        })
-        .await?;
-    Ok(reply.into_inner())
+/// The status of job `id`, or of the jobs submitted after `after` (a submission seq; 0: from
+/// the first), page by page, at most `limit` of them (`None`: all); `next_after_seq` is set
+/// when `limit` left some out.
+pub async fn status(
+    to: &Target,
+    id: Option<&str>,
+    after: u64,
+    limit: Option<usize>,
+) -> Result<pb::StatusReply, ClientError> {
+    let mut client = connect(to).await?;
+    let mut all = pb::StatusReply::default();
+    let mut after_seq = after;
+    loop {
+        let want = limit.map_or(0, |l| l.saturating_sub(all.jobs.len()));
+        let reply = client
+            .status(pb::StatusRequest {
+                job_id: id.unwrap_or_default().to_string(),
+                limit: u32::try_from(want.min(MAX_STATUS_PAGE)).unwrap_or(0),
+                after_seq,
+            })
+            .await?
+            .into_inner();
+        if after_seq == after {
+            all.workers = reply.workers;
+            all.workers_omitted = reply.workers_omitted;
+        }
+        all.jobs.extend(reply.jobs);
+        all.next_after_seq = reply.next_after_seq;
+        let full = limit.is_some_and(|l| all.jobs.len() >= l);
+        if reply.next_after_seq == 0 || full {
+            return Ok(all);
+        }
+        after_seq = reply.next_after_seq;
+    }
 }
 
 /// Cancels job `id`; returns its state afterwards.
@@ -232,4 +303,69 @@ pub async fn cancel(to: &Target, id: &str) -> Result<String, ClientError> {
         })
         .await?;
     Ok(reply.into_inner().state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    fn job(seq: u64, error_bytes: usize) -> pb::JobStatus {
+        pb::JobStatus {
+            job_id: format!("job-{seq}"),
+            submitted_seq: seq,
+            error: "e".repeat(error_bytes),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_pages_stay_under_the_message_limit_and_say_where_to_go_on() {
+        // 200 jobs with 60 KiB errors: 12 MB in all, far over one 4 MiB reply.
+        let jobs: Vec<_> = (1..=200).map(|s| job(s, 60 << 10)).collect();
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let rest: Vec<_> = jobs
+                .iter()
+                .filter(|j| j.submitted_seq > after)
+                .cloned()
+                .collect();
+            let reply = page(rest, Vec::new(), STATUS_PAGE);
+            assert!(
+                reply.encoded_len() <= STATUS_REPLY_BUDGET,
+                "{}",
+                reply.encoded_len()
+            );
+            assert!(!reply.jobs.is_empty());
+            seen.extend(reply.jobs.iter().map(|j| j.submitted_seq));
+            if reply.next_after_seq == 0 {
+                break;
+            }
+            assert_eq!(reply.next_after_seq, *seen.last().unwrap());
+            after = reply.next_after_seq;
+        }
+        assert_eq!(
+            seen,
+            (1..=200).collect::<Vec<_>>(),
+            "every job once, in order"
+        );
+
+        // Small jobs: the limit decides.
+        let small: Vec<_> = (1..=5).map(|s| job(s, 10)).collect();
+        let reply = page(small.clone(), Vec::new(), 2);
+        assert_eq!(reply.jobs.len(), 2);
+        assert_eq!(reply.next_after_seq, 2);
+        let reply = page(small, Vec::new(), 5);
+        assert_eq!((reply.jobs.len(), reply.next_after_seq), (5, 0));
+
+        // Workers past half the budget are left out, and counted.
+        let worker = pb::WorkerStatus {
+            models_held: vec!["m".repeat(4096); 64],
+            ..Default::default()
+        };
+        let reply = page(Vec::new(), vec![worker; 20], 1);
+        assert!(reply.workers_omitted > 0 && !reply.workers.is_empty());
+        assert!(reply.encoded_len() <= STATUS_REPLY_BUDGET / 2 + 16);
+    }
 }

@@ -1,7 +1,9 @@
 //! A minimal HTTP/1.1 responder for the metrics port: `GET /metrics` answers the Prometheus text,
 //! anything else 404 (405 for other methods). One request per connection (`Connection: close`),
-//! request heads over 8 KiB or slower than 10 seconds are dropped, so a scraper or a stray client
-//! cannot hold the coordinator's memory or tasks.
+//! request heads over 8 KiB or slower than 10 seconds are dropped, at most
+//! [`MAX_CONNECTIONS`] connections are open at once (more are closed as soon as they are
+//! accepted), and a failed accept (EMFILE) backs off before the next, so a scraper or a stray
+//! client cannot hold the coordinator's memory, tasks or descriptors, nor make it spin.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,8 +11,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tracing::debug;
+use tracing::{debug, warn};
+
+use crate::rpc::limits::accept_backoff;
 
 use super::metrics::Metrics;
 
@@ -18,6 +23,8 @@ use super::metrics::Metrics;
 const MAX_HEAD: usize = 8 << 10;
 /// How long a client may take to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once (a scraper needs one at a time).
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// The metrics endpoint, serving until dropped or [`MetricsServer::stop`].
 pub struct MetricsServer {
@@ -30,9 +37,31 @@ impl MetricsServer {
     /// Serves `metrics` on `listener`.
     pub fn start(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let task = tokio::spawn(async move {
+            let (mut backoff, mut errors, mut refused) = (Duration::ZERO, 0u64, 0u64);
             loop {
-                let Ok((stream, peer)) = listener.accept().await else {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        backoff = accept_backoff(backoff);
+                        errors += 1;
+                        if errors.is_power_of_two() {
+                            warn!("metrics port: accepting failed: {e} ({errors} so far)");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                };
+                backoff = Duration::ZERO;
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        warn!(
+                            "metrics port: closed a connection from {peer}: {MAX_CONNECTIONS} are \
+                                 open ({refused} closed so far)"
+                        );
+                    }
                     continue;
                 };
                 let metrics = metrics.clone();
@@ -40,6 +69,7 @@ impl MetricsServer {
                     if let Err(e) = answer(stream, &metrics).await {
                         debug!("metrics request from {peer}: {e}");
                     }
+                    drop(permit);
                 });
             }
         });

@@ -10,8 +10,10 @@
 //! a multi-step job, and probes on the port see a live coordinator while it scores, writes files
 //! or plans the next step (docs/ARCHITECTURE.md, "One fleet per job").
 //!
-//! Local workers are watched: when every one of them has exited and no external worker may
-//! join, the running step fails with their last words ([`RunError::AllWorkersDied`]).
+//! Local workers are supervised ([`LocalWorkers`]): one that dies is started again; when every
+//! one of them is down for good (each died more often than `--max-worker-restarts` allows) and
+//! no external worker may join, the running step fails with their last words
+//! ([`RunError::AllWorkersDied`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +67,8 @@ impl std::fmt::Debug for JobFleet {
 struct Supervisor {
     stop: oneshot::Sender<Duration>,
     task: JoinHandle<()>,
+    /// Turns restarts off before the workers are told to exit.
+    restarts: local::RestartSwitch,
 }
 
 impl JobFleet {
@@ -140,10 +144,13 @@ impl JobFleet {
             <FleetServer<HubService> as tonic::server::NamedService>::NAME,
         )
         .await;
+        if let Some(w) = &started.workers {
+            w.restarts.off();
+        }
         started
             .hub
             .shutdown_workers(if ok { "job finished" } else { "job failed" });
-        if let Some(Supervisor { stop, task }) = started.workers {
+        if let Some(Supervisor { stop, task, .. }) = started.workers {
             // The supervisor may be waiting already (every worker had exited).
             let _ = stop.send(Duration::from_secs(10));
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
@@ -195,6 +202,7 @@ fn supervise(
     external: bool,
 ) -> Supervisor {
     let (stop, stopped) = oneshot::channel::<Duration>();
+    let restarts = workers.restart_switch();
     let task = tokio::spawn(async move {
         tokio::select! {
             grace = stopped => {
@@ -209,7 +217,11 @@ fn supervise(
             }
         }
     });
-    Supervisor { stop, task }
+    Supervisor {
+        stop,
+        task,
+        restarts,
+    }
 }
 
 /// Serves the hub's `Fleet` service (token required) and health (no token; `SERVING` from the

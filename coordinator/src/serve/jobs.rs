@@ -29,6 +29,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use super::hub::Hub;
+use super::roots::{AllowedRoots, OutsideRoots};
 use super::state::{JobRecord, StateDir, StateError};
 use crate::config::{ConfigError, JobConfig};
 use crate::dirlock::{canonical_path, overlaps};
@@ -89,6 +90,9 @@ impl JobState {
     }
 }
 
+/// The longest job error shown by status (a report of every local worker's last lines fits).
+const MAX_ERROR_CHARS: usize = 64 << 10;
+
 /// Why a job was not accepted or found.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -96,6 +100,8 @@ pub enum JobError {
     Config(#[from] ConfigError),
     #[error("no job {0:?} (evalfleet status lists the jobs)")]
     NotFound(String),
+    #[error(transparent)]
+    Outside(#[from] OutsideRoots),
 }
 
 /// What a running job's driver and the queue share.
@@ -122,6 +128,39 @@ struct Job {
     error: String,
     files: Vec<String>,
     ended_seq: u64,
+    /// When it ended (seconds since the Unix epoch; 0: before records kept it).
+    ended_at: u64,
+}
+
+/// How many ended jobs the queue keeps (in memory, in status and in `--state-dir`):
+/// `--keep-jobs`, `--keep-job-days`. Queued and running jobs are always kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    /// The most recently ended this many.
+    pub max_ended: usize,
+    /// None ended longer ago than this.
+    pub max_age: Duration,
+}
+
+/// Default of `--keep-jobs`.
+pub const DEFAULT_KEEP_JOBS: usize = 1000;
+/// Default of `--keep-job-days`.
+pub const DEFAULT_KEEP_DAYS: u64 = 30;
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_ended: DEFAULT_KEEP_JOBS,
+            max_age: Duration::from_secs(DEFAULT_KEEP_DAYS * 86400),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[derive(Default)]
@@ -142,24 +181,37 @@ pub struct Jobs {
     closed: AtomicBool,
     /// Where job records are saved, if anywhere.
     state_dir: Option<StateDir>,
+    /// The folders jobs may read and write ([`super::roots`]).
+    roots: AllowedRoots,
+    retention: Retention,
 }
 
 impl Jobs {
     /// A queue running at most `max_running` jobs at once on `hub`'s workers; their fleets use
     /// `options` (lease TTL, attempts, ...). With `state_dir`, the jobs saved there are listed
-    /// again, those that had not ended queued again (see the module docs).
+    /// again, those that had not ended queued again (see the module docs), and the ended ones
+    /// beyond `retention` removed. Only the records that changed are written again, so a long
+    /// history costs no rewrite before the port binds.
     pub fn new(
         hub: Arc<Hub>,
         options: FleetOptions,
         max_running: usize,
         state_dir: Option<StateDir>,
+        roots: AllowedRoots,
+        retention: Retention,
     ) -> Result<Arc<Self>, StateError> {
         let mut state = State::default();
+        let mut changed = Vec::new();
         if let Some(dir) = &state_dir {
             for record in dir.load()? {
                 state.next_seq = state.next_seq.max(record.seq);
                 state.next_end = state.next_end.max(record.ended_seq);
-                state.jobs.push(restore(record));
+                let (saved_state, saved_restart) = (record.state.clone(), record.restart);
+                let job = restore(record);
+                if job.state.as_str() != saved_state || job.restart != saved_restart {
+                    changed.push(job.id.clone());
+                }
+                state.jobs.push(job);
             }
         }
         let jobs = Arc::new(Jobs {
@@ -170,11 +222,52 @@ impl Jobs {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             state_dir,
+            roots,
+            retention,
         });
-        for job in &jobs.lock().jobs {
-            jobs.persist(job);
+        {
+            let mut st = jobs.lock();
+            jobs.prune(&mut st);
+            for job in st.jobs.iter().filter(|j| changed.contains(&j.id)) {
+                jobs.persist(job);
+            }
         }
         Ok(jobs)
+    }
+
+    /// Forgets the ended jobs beyond the retention (their records too): all but the
+    /// `max_ended` that ended last, and any that ended more than `max_age` ago.
+    fn prune(&self, st: &mut State) {
+        let now = unix_now();
+        let max_age = self.retention.max_age.as_secs();
+        let mut ended: Vec<&Job> = st.jobs.iter().filter(|j| j.state.is_final()).collect();
+        ended.sort_by_key(|j| std::cmp::Reverse((j.ended_seq, j.seq)));
+        let doomed: Vec<String> = ended
+            .iter()
+            .enumerate()
+            .filter(|(i, j)| {
+                *i >= self.retention.max_ended
+                    || (j.ended_at > 0 && now.saturating_sub(j.ended_at) > max_age)
+            })
+            .map(|(_, j)| j.id.clone())
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        st.jobs.retain(|j| !doomed.contains(&j.id));
+        if let Some(dir) = &self.state_dir {
+            for id in &doomed {
+                if let Err(e) = dir.remove(id) {
+                    warn!("job {id}: cannot remove its record: {e}");
+                }
+            }
+        }
+        info!(
+            "forgot {} ended job(s) beyond the retention ({} jobs, {} days)",
+            doomed.len(),
+            self.retention.max_ended,
+            max_age / 86400
+        );
     }
 
     /// Saves `job`'s record (a failure is logged: it costs the record after a restart, not the
@@ -194,6 +287,7 @@ impl Jobs {
             files: job.files.clone(),
             steps_done: lock(&job.shared.steps_done).clone(),
             ended_seq: job.ended_seq,
+            ended_at: job.ended_at,
         };
         if let Err(e) = dir.save(&record) {
             warn!("job {}: cannot save its record: {e}", job.id);
@@ -205,10 +299,13 @@ impl Jobs {
     }
 
     /// Queues the job YAML `text` (`name`: the file it came from, for messages). Its paths are
-    /// resolved here, against the coordinator's working directory. Returns the job id.
+    /// resolved here, against the coordinator's working directory, and must lie in the allowed
+    /// roots. Returns the job id.
     pub fn submit(&self, text: &str, name: &str, restart: bool) -> Result<String, JobError> {
-        let file = if name.is_empty() { "job.yaml" } else { name };
+        let name = crate::rpc::printable(name, 256);
+        let file = if name.is_empty() { "job.yaml" } else { &name };
         let config = Spec::parse(Path::new(file), text)?;
+        config.check_roots(&self.roots, file)?;
         let mut st = self.lock();
         st.next_seq += 1;
         let seq = st.next_seq;
@@ -226,6 +323,7 @@ impl Jobs {
             error: String::new(),
             files: Vec::new(),
             ended_seq: 0,
+            ended_at: 0,
         };
         self.persist(&job);
         st.jobs.push(job);
@@ -250,6 +348,7 @@ impl Jobs {
             JobState::Queued => {
                 job.state = JobState::Cancelled;
                 job.ended_seq = end;
+                job.ended_at = unix_now();
                 job.config = None;
             }
             JobState::Running => {
@@ -265,6 +364,7 @@ impl Jobs {
         if before == JobState::Queued {
             st.next_end = end;
             info!("job {id} cancelled before it started");
+            self.prune(&mut st);
         }
         drop(st);
         if before == JobState::Running {
@@ -312,16 +412,30 @@ impl Jobs {
                 .collect();
             // Same directory, or one inside the other (a sweep's folder and a checkpoint's).
             let clashes = |d: &PathBuf| busy.iter().any(|b| overlaps(b, d));
-            let Some(job) = st
+            let Some(index) = st
                 .jobs
-                .iter_mut()
-                .find(|j| j.state == JobState::Queued && !j.output_dirs.iter().any(clashes))
+                .iter()
+                .position(|j| j.state == JobState::Queued && !j.output_dirs.iter().any(clashes))
             else {
                 return;
             };
+            let end = st.next_end + 1;
+            let job = &mut st.jobs[index];
             let Some(config) = job.config.take() else {
                 return;
             };
+            // Again at the start: the folders may have changed while it waited (a symlink), and
+            // a job restored from the state directory was accepted under the roots of then.
+            if let Err(e) = config.check_roots(&self.roots, &job.name) {
+                job.state = JobState::Failed;
+                job.error = e.to_string();
+                job.ended_seq = end;
+                job.ended_at = unix_now();
+                warn!("job {} refused at its start: {}", job.id, job.error);
+                self.persist(job);
+                st.next_end = end;
+                continue;
+            }
             job.state = JobState::Running;
             self.persist(job);
             let host: Arc<dyn FleetHost> = Arc::new(JobHost {
@@ -338,8 +452,31 @@ impl Jobs {
             };
             let (jobs, id) = (self.clone(), job.id.clone());
             info!("job {id} ({}) started", job.name);
+            let name = job.name.clone();
             tokio::spawn(async move {
-                let ended = config.run(&setup).await;
+                // The driver on a task of its own: if it panics, the job fails (saying so)
+                // instead of staying `running` forever.
+                let driver = tokio::spawn(async move {
+                    panic_hook(&name);
+                    config.run(&setup).await
+                });
+                let ended = match driver.await {
+                    Ok(ended) => ended,
+                    Err(e) => {
+                        let why = if e.is_panic() {
+                            let payload = e.into_panic();
+                            let text = payload
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| payload.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "no message".into());
+                            format!("the job's driver panicked (a bug in evalfleet): {text}")
+                        } else {
+                            format!("the job's driver was stopped: {e}")
+                        };
+                        Ended::Failed(why)
+                    }
+                };
                 jobs.finish(&id, ended);
             });
         }
@@ -387,22 +524,25 @@ impl Jobs {
         let ended = job.state.is_final();
         if ended {
             job.ended_seq = end;
+            job.ended_at = unix_now();
         }
         self.persist(job);
         if ended {
             st.next_end = end;
+            self.prune(&mut st);
         }
         drop(st);
         self.wake.notify_one();
     }
 
-    /// The status of job `id`, or of every job (`None`), in submission order.
-    pub fn status(&self, id: Option<&str>) -> Result<Vec<pb::JobStatus>, JobError> {
+    /// The status of job `id`, or of every job (`None`) submitted after `after_seq`, in
+    /// submission order.
+    pub fn status(&self, id: Option<&str>, after_seq: u64) -> Result<Vec<pb::JobStatus>, JobError> {
         let st = self.lock();
         let jobs: Vec<&Job> = st
             .jobs
             .iter()
-            .filter(|j| id.is_none_or(|id| j.id == id))
+            .filter(|j| id.map_or(j.seq > after_seq, |id| j.id == id))
             .collect();
         if let (Some(id), true) = (id, jobs.is_empty()) {
             return Err(JobError::NotFound(id.to_string()));
@@ -416,7 +556,8 @@ impl Jobs {
             name: job.name.clone(),
             state: job.state.as_str().to_string(),
             steps_done: lock(&job.shared.steps_done).clone(),
-            error: job.error.clone(),
+            // Worker texts may be in it (their last stderr lines): no terminal escapes, bounded.
+            error: crate::rpc::printable_lines(&job.error, MAX_ERROR_CHARS),
             files: job.files.clone(),
             submitted_seq: job.seq,
             ended_seq: job.ended_seq,
@@ -483,6 +624,7 @@ fn restore(record: JobRecord) -> Job {
         error: record.error,
         files: record.files,
         ended_seq: record.ended_seq,
+        ended_at: record.ended_at,
         yaml: record.yaml,
     };
     match saved {
@@ -508,6 +650,19 @@ fn restore(record: JobRecord) -> Job {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Test hook for the panicking-driver test (`tests/fleet_serve.rs`): a job whose name ends with
+/// this variable's value panics in its driver. Compiled only with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+const TEST_PANIC_JOB_ENV: &str = "EVALFLEET_TEST_PANIC_JOB";
+
+#[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
+fn panic_hook(name: &str) {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var(TEST_PANIC_JOB_ENV).is_ok_and(|v| !v.is_empty() && name.ends_with(&v)) {
+        panic!("test hook {TEST_PANIC_JOB_ENV}");
+    }
 }
 
 /// What a job runs: a run file (`evalfleet run`) or a sweep (`evalfleet sweep`).
@@ -556,6 +711,14 @@ impl Spec {
         };
         // Canonical, so that `D`, `D/x/..` and a symlink to `D` are one directory.
         dirs.iter().map(|d| canonical_path(d)).collect()
+    }
+
+    /// Whether every path it names lies in `roots` (`file`: its name, for the message).
+    fn check_roots(&self, roots: &AllowedRoots, file: &str) -> Result<(), OutsideRoots> {
+        match self {
+            Spec::Run(cfg) => roots.check_job(file, cfg),
+            Spec::Sweep(cfg) => roots.check_sweep(file, cfg),
+        }
     }
 
     /// Runs it through its driver on `setup`'s fleet.
@@ -643,6 +806,7 @@ mod tests {
             files: Vec::new(),
             steps_done: vec!["step1".into()],
             ended_seq: 0,
+            ended_at: 0,
         }
     }
 

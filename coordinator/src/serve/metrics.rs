@@ -26,6 +26,12 @@ use crate::sched::WorkerKey;
 
 /// Items per second are measured over this trailing window (a worker idle for longer reads 0).
 pub const RATE_WINDOW: Duration = Duration::from_secs(30);
+/// Worker names whose series are kept: when a new name comes and this many are known, the
+/// disconnected one seen longest ago is forgotten (worker ids are chosen by the workers, so a
+/// client reconnecting under ever new names must not grow the registry without bound).
+pub const MAX_WORKER_SERIES: usize = 1024;
+/// (job, step) series of `evalfleet_items_done_total` kept; the oldest go first.
+pub const MAX_JOB_SERIES: usize = 4096;
 
 /// The gauges read from the schedulers at scrape time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,6 +99,8 @@ pub struct WorkerStats {
     pub loads: BTreeMap<String, u64>,
     /// Models it holds (reported at Hello, plus those of its leases).
     pub models: BTreeSet<String>,
+    /// When it was last seen ([`State::clock`] ticks): the oldest goes first.
+    seen: u64,
 }
 
 #[derive(Default)]
@@ -100,9 +108,35 @@ struct State {
     /// Worker connection → its name.
     names: HashMap<WorkerKey, String>,
     workers: BTreeMap<String, WorkerStats>,
-    /// (job, step) → successful results.
-    items_done: BTreeMap<(String, String), u64>,
+    /// (job, step) → (successful results, when the series began in [`State::clock`] ticks).
+    items_done: BTreeMap<(String, String), (u64, u64)>,
     gauges: Option<GaugeSource>,
+    /// Counts events, to order series by age.
+    clock: u64,
+}
+
+impl State {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Makes room for a new worker name: forgets the disconnected worker seen longest ago
+    /// when [`MAX_WORKER_SERIES`] are known.
+    fn room_for_worker(&mut self, name: &str) {
+        if self.workers.len() < MAX_WORKER_SERIES || self.workers.contains_key(name) {
+            return;
+        }
+        let oldest = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.connected == 0)
+            .min_by_key(|(_, w)| w.seen)
+            .map(|(n, _)| n.clone());
+        if let Some(oldest) = oldest {
+            self.workers.remove(&oldest);
+        }
+    }
 }
 
 /// The metrics registry (see the module docs).
@@ -130,7 +164,10 @@ impl Metrics {
     pub fn worker_joined(&self, key: WorkerKey, hello: &pb::Hello) {
         let mut st = self.lock();
         st.names.insert(key, hello.worker_id.clone());
+        st.room_for_worker(&hello.worker_id);
+        let seen = st.tick();
         let w = st.workers.entry(hello.worker_id.clone()).or_default();
+        w.seen = seen;
         w.connected += 1;
         w.device = hello.device.clone();
         w.models.extend(hello.models_held.iter().cloned());
@@ -139,10 +176,12 @@ impl Metrics {
     /// Its stream closed.
     pub fn worker_left(&self, key: WorkerKey) {
         let mut st = self.lock();
+        let seen = st.tick();
         if let Some(name) = st.names.remove(&key)
             && let Some(w) = st.workers.get_mut(&name)
         {
             w.connected = w.connected.saturating_sub(1);
+            w.seen = seen;
         }
     }
 
@@ -165,9 +204,19 @@ impl Metrics {
     pub fn item_done(&self, key: WorkerKey, job: &str, step: &str) {
         let now = Instant::now();
         let mut st = self.lock();
-        *st.items_done
-            .entry((job.to_string(), step.to_string()))
-            .or_default() += 1;
+        let series = (job.to_string(), step.to_string());
+        if !st.items_done.contains_key(&series) && st.items_done.len() >= MAX_JOB_SERIES {
+            let oldest = st
+                .items_done
+                .iter()
+                .min_by_key(|(_, (_, began))| *began)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                st.items_done.remove(&oldest);
+            }
+        }
+        let began = st.tick();
+        st.items_done.entry(series).or_insert((0, began)).0 += 1;
         if let Some(name) = st.names.get(&key).cloned() {
             let w = st.workers.entry(name).or_default();
             w.items += 1;
@@ -205,7 +254,7 @@ impl Metrics {
             "counter",
             "Successful item results received, per job and step.",
         );
-        for ((job, step), n) in &st.items_done {
+        for ((job, step), (n, _)) in &st.items_done {
             sample(
                 &mut out,
                 "evalfleet_items_done_total",
@@ -253,7 +302,7 @@ impl Metrics {
                 sample(
                     &mut out,
                     "evalfleet_model_loads_total",
-                    &[("worker", name), ("model", model)],
+                    &[("worker", name), ("model", &model_label(model))],
                     *n as f64,
                 );
             }
@@ -274,6 +323,29 @@ impl Metrics {
         sample(&mut out, "evalfleet_workers", &[], gauges.workers as f64);
         out
     }
+}
+
+/// The `model` label of a model key: no paths (the metrics port answers without a token), only
+/// each path's last component, and 8 hex digits of the key's SHA-256 so that two models of the
+/// same name stay apart: `/models/qwen/checkpoint-100|/x/lora|bf16` reads
+/// `checkpoint-100|lora|bf16#1a2b3c4d`.
+pub fn model_label(key: &str) -> String {
+    use sha2::Digest as _;
+    let short: Vec<String> = key
+        .split('|')
+        .map(|part| {
+            part.split(',')
+                .map(|p| {
+                    let p = p.trim_end_matches('/');
+                    p.rsplit('/').next().unwrap_or(p).to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}#{hex}", short.join("|"))
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -411,7 +483,10 @@ mod tests {
             "evalfleet_items_done_total{job=\"job-1\",step=\"step1\"} 2",
             "evalfleet_items_done_total{job=\"job-2\",step=\"step3\"} 1",
             "evalfleet_worker_items_total{worker=\"w\\\"1\"} 3",
-            "evalfleet_model_loads_total{worker=\"w\\\"1\",model=\"new\"} 1",
+            &format!(
+                "evalfleet_model_loads_total{{worker=\"w\\\"1\",model=\"{}\"}} 1",
+                model_label("new")
+            ),
             "evalfleet_leases_outstanding 2",
             "evalfleet_workers 1",
         ] {
@@ -420,7 +495,54 @@ mod tests {
                 "{line:?} missing in:\n{text}"
             );
         }
-        assert!(!text.contains("model=\"held\""), "{text}");
+        assert!(!text.contains("model=\"held#"), "{text}");
+    }
+
+    #[test]
+    fn model_labels_carry_no_paths_and_keep_models_apart() {
+        let a = model_label("/models/team-a/qwen/checkpoint-100|/x/y/lora-7/|bf16");
+        assert!(a.starts_with("checkpoint-100|lora-7|bf16#"), "{a}");
+        assert!(!a.contains('/'), "{a}");
+        let b = model_label("/models/team-b/qwen/checkpoint-100|/x/y/lora-7/|bf16");
+        assert_ne!(a, b, "same names, other paths");
+        assert_eq!(
+            model_label("embed|/m/minilm").split('#').next(),
+            Some("embed|minilm")
+        );
+        let m = Metrics::new();
+        m.worker_joined(1, &hello("w", &[]));
+        assert!(m.lease_given(1, "/secret/path/model|bf16"));
+        let text = m.render();
+        assert!(!text.contains("/secret"), "{text}");
+        assert!(text.contains("model=\"model|bf16#"), "{text}");
+    }
+
+    #[test]
+    fn worker_series_are_bounded_and_the_oldest_disconnected_go_first() {
+        let m = Metrics::new();
+        m.worker_joined(0, &hello("connected", &[]));
+        for key in 1..=(MAX_WORKER_SERIES as u64 + 10) {
+            m.worker_joined(key, &hello(&format!("w{key}"), &[]));
+            m.worker_left(key);
+        }
+        let names: Vec<String> = m.workers().into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(names.len(), MAX_WORKER_SERIES);
+        assert!(
+            names.contains(&"connected".to_string()),
+            "still connected: kept"
+        );
+        assert!(!names.contains(&"w1".to_string()), "the oldest went first");
+        assert!(names.contains(&format!("w{}", MAX_WORKER_SERIES + 10)));
+        for n in 0..(MAX_JOB_SERIES + 5) {
+            m.item_done(0, &format!("job-{n}"), "step1");
+        }
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("evalfleet_items_done_total{"))
+            .count();
+        assert_eq!(series, MAX_JOB_SERIES);
+        assert!(!text.contains("job=\"job-0\""));
     }
 
     #[test]

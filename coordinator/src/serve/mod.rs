@@ -24,6 +24,7 @@ pub mod hub;
 pub mod job_fleet;
 pub mod jobs;
 pub mod metrics;
+pub mod roots;
 pub mod state;
 pub mod view;
 
@@ -73,6 +74,14 @@ pub struct ServeOptions {
     pub fleet: FleetOptions,
     /// Serve over TLS with this certificate and key (no local workers then).
     pub tls: Option<TlsFiles>,
+    /// The folders submitted jobs may write (`--allow-output-root`).
+    pub output_roots: Vec<PathBuf>,
+    /// The folders submitted jobs may read (`--allow-input-root`; output roots too).
+    pub input_roots: Vec<PathBuf>,
+    /// `--allow-any-path`: no roots at all.
+    pub any_path: bool,
+    /// How many ended jobs are kept (`--keep-jobs`, `--keep-job-days`).
+    pub retention: jobs::Retention,
 }
 
 /// How long a stopping coordinator waits for its jobs to flush, its local workers to exit and
@@ -90,6 +99,8 @@ pub enum ServeError {
     Local(#[from] LocalError),
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error(transparent)]
+    Roots(#[from] roots::RootsError),
     #[error(transparent)]
     Tls(#[from] crate::rpc::tls::TlsError),
     #[error(
@@ -121,6 +132,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         )?,
     };
     local::check_serve_tokens(&tokens.worker, &tokens.control)?;
+    let mut roots = roots::AllowedRoots::new(&opts.output_roots, &opts.input_roots, opts.any_path)?;
+    if let Some(dir) = &opts.state_dir {
+        roots = roots.reserve(dir);
+    }
     if opts.tls.is_some() && opts.workers > 0 {
         return Err(ServeError::TlsWithLocalWorkers);
     }
@@ -133,7 +148,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .as_deref()
         .map(state::StateDir::open)
         .transpose()?;
-    let jobs = jobs::Jobs::new(hub.clone(), opts.fleet.clone(), opts.max_jobs, state_dir)?;
+    let jobs = jobs::Jobs::new(
+        hub.clone(),
+        opts.fleet.clone(),
+        opts.max_jobs,
+        state_dir,
+        roots,
+        opts.retention,
+    )?;
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -184,6 +206,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let stopped = tokio::time::timeout(jobs_wait, jobs.wait_idle()).await;
     if stopped.is_err() {
         warn!("jobs still running after {jobs_wait:?}; stopping anyway");
+    }
+    if let Some(w) = &workers {
+        w.stop_restarting();
     }
     hub.shutdown_workers("the coordinator is stopping");
     if let Some(w) = workers {
@@ -290,6 +315,7 @@ fn start_local_workers(
         extra_args: Vec::new(),
         // A job's tensor_parallel_size cannot reshape workers that outlive it.
         tensor_parallel: 1,
+        restarts: opts.fleet.restarts,
     };
     info!("starting {} local worker(s)", opts.workers);
     Ok(Some(LocalWorkers::spawn(&spawn)?))

@@ -26,6 +26,9 @@ pub struct JobRecord {
     pub steps_done: Vec<String>,
     #[serde(default)]
     pub ended_seq: u64,
+    /// When it ended, in seconds since the Unix epoch (0: not ended, or an older record).
+    #[serde(default)]
+    pub ended_at: u64,
 }
 
 /// Why the state directory could not be used.
@@ -78,6 +81,17 @@ impl StateDir {
         Ok(())
     }
 
+    /// Removes job `id`'s record (gone already is fine).
+    pub fn remove(&self, id: &str) -> Result<(), StateError> {
+        let path = self.jobs.join(format!("{id}.json"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StateError::Io { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Every saved record, in submission order.
     pub fn load(&self) -> Result<Vec<JobRecord>, StateError> {
         let io = |path: &Path| {
@@ -119,6 +133,7 @@ mod tests {
             files: Vec::new(),
             steps_done: Vec::new(),
             ended_seq: 0,
+            ended_at: 0,
         };
         for seq in [10, 2, 1] {
             state.save(&record(seq)).unwrap();

@@ -118,7 +118,10 @@ pub fn json(reply: &pb::StatusReply) -> Value {
             })
         })
         .collect();
-    json!({ "jobs": jobs, "workers": workers })
+    json!({
+        "jobs": jobs, "workers": workers, "next_after_seq": reply.next_after_seq,
+        "workers_omitted": reply.workers_omitted,
+    })
 }
 
 #[cfg(test)]
@@ -148,7 +151,7 @@ mod tests {
                 eta_seconds: 8.8,
                 ..Default::default()
             }],
-            workers: Vec::new(),
+            ..Default::default()
         };
         let text = table(&reply, false);
         let line = text.lines().nth(1).unwrap();

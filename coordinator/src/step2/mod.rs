@@ -140,6 +140,8 @@ pub fn write_step2(
     let distribution = Distribution::new(scores);
     let new_results = files::add_metric(&predict_results, &old, AVG_KEY, distribution.mean)?;
 
+    // A stop waits for every file: never scored predictions next to old results.
+    let _writing = crate::stop::Writing::new();
     output::write_atomic(
         &predictions,
         files::scored_predictions_jsonl(rows, scores).as_bytes(),

@@ -204,6 +204,8 @@ impl<'a> TaskResults<'a> {
         };
         remove_all(&new).map_err(io(&new))?;
         remove_all(&old).map_err(io(&old))?;
+        // A stop (SIGTERM) waits for the swap: never between the two renames.
+        let _writing = crate::stop::Writing::new();
         let written = self.write(&new)?;
         match std::fs::rename(dir, &old) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(dir)(e)),

@@ -55,6 +55,7 @@ pub fn write_log(output_dir: &Path, text: &str) -> Result<PathBuf, Step4Error> {
 
 /// Writes the summary to `output_dir/step4_eval_scores.json`.
 pub fn write_summary(output_dir: &Path, summary: &Summary) -> Result<PathBuf, Step4Error> {
+    let _writing = crate::stop::Writing::new();
     let path = output_dir.join(super::SCORES_JSON_FILE);
     let mut text = dumps_pretty(&summary.to_json(), false, false);
     text.push('\n');

@@ -83,6 +83,26 @@ impl PackedWeight {
         Self { k, n, data }
     }
 
+    /// The weight back as `(out, in)` row-major.
+    pub(crate) fn to_out_in(&self) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
+        let mut w = vec![0f32; n * k];
+        for (p, panel) in self.data.chunks_exact(k * PANEL).enumerate() {
+            for j in 0..(n - p * PANEL).min(PANEL) {
+                let row = &mut w[(p * PANEL + j) * k..(p * PANEL + j + 1) * k];
+                for (v, src) in row.iter_mut().zip(panel.chunks_exact(PANEL)) {
+                    *v = src[j];
+                }
+            }
+        }
+        w
+    }
+
+    /// Input features.
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
     /// Output features.
     pub(crate) fn n(&self) -> usize {
         self.n
@@ -625,7 +645,8 @@ mod tests {
         let a = PackedWeight::from_out_in(&w_out_in, n, k);
         let b = PackedWeight::from_in_out(&w_in_out, k, n);
         assert!(same_bits(&a.data, &b.data));
-        assert_eq!((a.k, a.n()), (k, n));
+        assert_eq!((a.k(), a.n()), (k, n));
+        assert!(same_bits(&a.to_out_in(), &w_out_in));
         // The padding of the last panel is zero.
         assert_eq!(a.data.len(), 3 * k * PANEL);
         assert!(

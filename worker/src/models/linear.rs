@@ -47,7 +47,7 @@ impl Linear {
     /// A layer whose dense weight is re-laid out on the CPU: packed when f32, else `(in, out)`.
     pub fn new(weight: Weight, bias: Option<Tensor>, name: &'static str) -> Result<Self> {
         let weight = match weight {
-            Weight::Dense(w) if cpu_f32(&[&w]) => Stored::Packed(Arc::new(pack(&w)?)),
+            Weight::Dense(w) if packable(&w) => Stored::Packed(Arc::new(pack(&w)?)),
             Weight::Dense(w) if w.device().is_cpu() => Stored::InOut(w.t()?.contiguous()?),
             Weight::Dense(w) => Stored::OutIn(w),
             Weight::Quantized(q) => Stored::Quantized(q),
@@ -65,7 +65,7 @@ impl Linear {
     /// as they compute it among others).
     pub fn new_as_stored(weight: Weight, name: &'static str) -> Result<Self> {
         let weight = match weight {
-            Weight::Dense(w) if cpu_f32(&[&w]) => Stored::Packed(Arc::new(pack(&w)?)),
+            Weight::Dense(w) if packable(&w) => Stored::Packed(Arc::new(pack(&w)?)),
             Weight::Dense(w) => Stored::OutIn(w),
             Weight::Quantized(q) => Stored::Quantized(q),
         };
@@ -130,6 +130,12 @@ impl Linear {
                 .to_dtype(x.dtype())?);
         }
         let y = match &self.weight {
+            // An input that carries a backward pass (training: a trainable parameter upstream)
+            // goes through candle's matmul, which has one; the weight itself is constant.
+            Stored::Packed(w) if x.track_op() => {
+                let w = Tensor::from_vec(w.to_out_in(), (w.n(), w.k()), &Device::Cpu)?;
+                matmul_rows(x, &w.t()?, w.dim(0)?)?
+            }
             Stored::Packed(w) => return packed_rows(x, w, self.bias.as_ref()),
             Stored::InOut(w) => matmul_rows(x, w, w.dim(1)?)?,
             Stored::OutIn(w) => matmul_rows(x, &w.t()?, w.dim(0)?)?,
@@ -140,6 +146,12 @@ impl Linear {
             None => y,
         })
     }
+}
+
+/// Whether a dense weight is packed for the CPU kernels: f32 on the CPU and constant (a
+/// trainable one must stay a tensor for its gradient).
+fn packable(w: &Tensor) -> bool {
+    cpu_f32(&[w]) && !w.track_op()
 }
 
 /// Packs an f32 CPU weight `(out, in)`.
@@ -293,6 +305,36 @@ mod tests {
         let layer = Linear::new(Weight::Dense(w16), None, "test").unwrap();
         assert!(matches!(layer.weight, Stored::InOut(_)));
         assert_rows_invariant(&layer, &x16, 2..=40, "bf16");
+    }
+
+    /// Training: a trainable weight stays a tensor, and an input carrying a backward pass gets
+    /// its gradient through a packed (constant) weight.
+    #[test]
+    fn gradients_pass_through_dense_layers() {
+        let (inp, out, m) = (20, 9, 3);
+        let w = Tensor::from_vec(pseudo(out * inp, 3), (out, inp), &Device::Cpu).unwrap();
+        let var = candle_core::Var::from_tensor(&w).unwrap();
+        let trainable = Linear::new(Weight::Dense(var.as_tensor().clone()), None, "t").unwrap();
+        assert!(matches!(trainable.weight, Stored::InOut(_)));
+        let layer = Linear::new(Weight::Dense(w.clone()), None, "t").unwrap();
+        assert!(matches!(layer.weight, Stored::Packed(_)));
+        let x = candle_core::Var::from_tensor(
+            &Tensor::from_vec(pseudo(m * inp, 7), (m, inp), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let y = layer.forward(x.as_tensor()).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let got: Vec<Vec<f32>> = grads.get(x.as_tensor()).unwrap().to_vec2().unwrap();
+        // d sum(x W^T) / dx = ones (m, out) W.
+        let want: Vec<Vec<f32>> = Tensor::ones((m, out), DType::F32, &Device::Cpu)
+            .unwrap()
+            .matmul(&w)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (a, b) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((a - b).abs() <= 1e-5, "{a} against {b}");
+        }
     }
 
     /// The packed layers compute what candle's matmul computes, up to the summation order.

@@ -66,6 +66,14 @@ pub(crate) fn cpu_f32(ts: &[&Tensor]) -> bool {
         .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu))
 }
 
+/// The threads of one CPU product: candle's count (RAYON_NUM_THREADS, else the CPUs), as its
+/// own ops use, read once (candle reads it from /proc on every call, which showed in profiles of
+/// decoding).
+pub(crate) fn cpu_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
 /// Splits `out` into chunks of whole `unit`s, about one per thread, and calls `f(first unit,
 /// chunk)` for each on its own thread (on this one when `work`, in multiply-adds, is too small
 /// to pay for starting threads).
@@ -78,8 +86,7 @@ pub(crate) fn parallel_chunks(
     /// Below this many multiply-adds one thread does the whole call.
     const PARALLEL_MIN_WORK: usize = 1 << 18;
     let units = out.len() / unit.max(1);
-    // candle's count (RAYON_NUM_THREADS, else the CPUs), as its matmuls use.
-    let threads = candle_core::utils::get_num_threads();
+    let threads = cpu_threads();
     if work < PARALLEL_MIN_WORK || threads < 2 || units < 2 {
         f(0, out);
         return;

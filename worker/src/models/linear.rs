@@ -10,7 +10,7 @@ use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::cpu_gemm::PackedWeight;
-use super::cpu_kernels::{cpu_f32, with_f32};
+use super::cpu_kernels::{cpu_f32, cpu_threads, with_f32};
 use crate::Result;
 
 /// The weight of a linear layer as the loader hands it over, `(out, in)` as HF and GGUF store it.
@@ -172,7 +172,7 @@ fn packed_rows(x: &Tensor, w: &PackedWeight, bias: Option<&Tensor>) -> Result<Te
     if let Some(last) = shape.last_mut() {
         *last = w.n();
     }
-    let threads = candle_core::utils::get_num_threads();
+    let threads = cpu_threads();
     let y = with_f32(&x, |xs| match bias {
         Some(b) => with_f32(&b.to_dtype(DType::F32)?.contiguous()?, |bs| {
             Ok(w.matmul(xs, Some(bs), threads))

@@ -193,7 +193,7 @@ impl Layer {
         let x = self
             .attn_norm
             .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
-        let inner = self.intermediate.forward(&x)?.gelu_erf()?;
+        let inner = crate::models::gelu_erf(&self.intermediate.forward(&x)?)?;
         self.out_norm.forward(&(self.output.forward(&inner)? + x)?)
     }
 }

@@ -32,6 +32,7 @@ mod baichuan_config;
 mod baichuan_weights;
 mod base_cache;
 pub(crate) use baichuan_weights::RmWeights;
+pub(crate) use cpu_kernels::gelu_erf;
 pub(crate) use linear::{Linear, Weight};
 mod cache;
 mod config;

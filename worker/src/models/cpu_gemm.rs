@@ -20,9 +20,11 @@ use rayon::prelude::*;
 /// Output columns per panel: two AVX-512 registers, four AVX2 ones.
 pub(crate) const PANEL: usize = 32;
 
-/// Most rows of one AVX-512 tile: 12 rows × 2 registers of accumulators, 2 of weights and one
-/// broadcast input fit the 32 vector registers.
-const AVX512_ROWS: usize = 12;
+/// Most rows of one AVX-512 tile: 8 rows × 2 registers of accumulators, 2 of weights and one
+/// broadcast input use 19 of the 32 vector registers. 12 rows (27 registers) were as fast in a
+/// release build but spilled accumulators to the stack in the dev profile that tests use
+/// (overflow checks): up to 2x slower there.
+const AVX512_ROWS: usize = 8;
 
 /// Most rows of one AVX2 tile: 3 rows × 4 registers of accumulators of the 16 registers.
 const AVX2_ROWS: usize = 3;
@@ -379,11 +381,7 @@ mod x86 {
                     (5, _) => tile512::<5, 1>(p),
                     (6, _) => tile512::<6, 1>(p),
                     (7, _) => tile512::<7, 1>(p),
-                    (8, _) => tile512::<8, 1>(p),
-                    (9, _) => tile512::<9, 1>(p),
-                    (10, _) => tile512::<10, 1>(p),
-                    (11, _) => tile512::<11, 1>(p),
-                    _ => tile512::<12, 1>(p),
+                    _ => tile512::<8, 1>(p),
                 }
             }
         });
@@ -397,19 +395,29 @@ mod x86 {
     #[target_feature(enable = "avx512f,fma")]
     unsafe fn tile512<const MR: usize, const NP: usize>(p: Ptrs) {
         let mut acc = [[[_mm512_setzero_ps(); 2]; NP]; MR];
-        let pstride = p.k * PANEL;
-        for i in 0..p.k {
+        // Pointers that advance by one feature per step: no index arithmetic in the loop (which
+        // overflow checks would keep from being unrolled into registers).
+        // SAFETY: row `r < MR` of `x`, panel `q < NP` of `w`.
+        let mut xs: [*const f32; MR] = std::array::from_fn(|r| unsafe { p.x.add(r * p.k) });
+        let mut ws: [*const f32; NP] = std::array::from_fn(|q| unsafe { p.w.add(q * p.k * PANEL) });
+        for _ in 0..p.k {
             let mut w = [[_mm512_setzero_ps(); 2]; NP];
-            for (q, w) in w.iter_mut().enumerate() {
-                // SAFETY: row `i < k` of panel `q < NP`, 32 values.
+            for (w, src) in w.iter_mut().zip(ws.iter_mut()) {
+                // SAFETY: the current row of a panel, 32 values; the pointer moves to the next
+                // row (one past the panel after the last step, never read).
                 unsafe {
-                    let src = p.w.add(q * pstride + i * PANEL);
-                    *w = [_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16))];
+                    *w = [_mm512_loadu_ps(*src), _mm512_loadu_ps(src.add(16))];
+                    *src = src.add(PANEL);
                 }
             }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: value `i < k` of row `r < MR`.
-                let a = _mm512_set1_ps(unsafe { *p.x.add(r * p.k + i) });
+            for (acc, x) in acc.iter_mut().zip(xs.iter_mut()) {
+                // SAFETY: the current feature of a row of `x`; then the next one (one past the
+                // row after the last step, never read).
+                let a = unsafe {
+                    let a = _mm512_set1_ps(**x);
+                    *x = x.add(1);
+                    a
+                };
                 for (acc, w) in acc.iter_mut().zip(&w) {
                     acc[0] = _mm512_fmadd_ps(a, w[0], acc[0]);
                     acc[1] = _mm512_fmadd_ps(a, w[1], acc[1]);

@@ -16,7 +16,8 @@
 # Prints each side's pairs/s and the ratios (evalfleet / sentence-transformers).
 #
 # Environment: PYTHON (a Python with sentence-transformers; default python3), EVALFLEET_MODELS (default <repo>/.models), N (pairs, default 2000), BATCH (pairs per
-# lease for evalfleet, default 64), THREADS (CPU threads for both sides, default: all cores).
+# lease for evalfleet, default 64), THREADS (CPU threads for both sides, default: all cores),
+# EVALFLEET_BIN_DIR (a folder with release evalfleet and evalfleet-worker; default: build them).
 # Results are written to out/bench-step2/.
 set -euo pipefail
 
@@ -35,8 +36,11 @@ if [[ ! -f "$MODEL/modules.json" ]]; then
   exit 1
 fi
 
-(cd "$ROOT" && cargo build --release -p evalfleet -p evalfleet-worker --bin evalfleet --bin evalfleet-worker)
-BIN="$ROOT/target/release"
+BIN="${EVALFLEET_BIN_DIR:-}"
+if [[ -z "$BIN" ]]; then
+  (cd "$ROOT" && cargo build --release -p evalfleet -p evalfleet-worker --bin evalfleet --bin evalfleet-worker)
+  BIN="$ROOT/target/release"
+fi
 
 rm -rf "$WORK"
 mkdir -p "$WORK/out"

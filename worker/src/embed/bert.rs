@@ -9,6 +9,7 @@ use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
+use crate::models::{Linear, Weight};
 use crate::tokenize::config::read_json_file;
 use crate::{Error, Result};
 
@@ -89,29 +90,24 @@ impl BertConfig {
     }
 }
 
-/// `y = x W^T + b` with the HF `(out, in)` weight.
+/// `y = x W^T + b` with the HF `(out, in)` weight: the decoders' linear layer (on the CPU the
+/// project's f32 kernels, whose rows do not depend on the batch).
 #[derive(Debug, Clone)]
-struct Dense {
-    weight: Tensor,
-    bias: Tensor,
-}
+struct Dense(Linear);
 
 impl Dense {
     fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((out_dim, in_dim), "weight")?,
-            bias: vb.get(out_dim, "bias")?,
-        })
+        let weight = Weight::Dense(vb.get((out_dim, in_dim), "weight")?);
+        Ok(Self(Linear::new(
+            weight,
+            Some(vb.get(out_dim, "bias")?),
+            "bert",
+        )?))
     }
 
-    /// `x`: `(batch, seq, in)`; one 2-D gemm over all rows.
+    /// `x`: `(batch, seq, in)`; one 2-D product over all rows.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let y = x
-            .reshape((b * t, d))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
-        Ok(y.reshape((b, t, self.weight.dim(0)?))?)
+        self.0.forward(&x.contiguous()?)
     }
 }
 
@@ -197,7 +193,7 @@ impl Layer {
         let x = self
             .attn_norm
             .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
-        let inner = self.intermediate.forward(&x)?.gelu_erf()?;
+        let inner = crate::models::gelu_erf(&self.intermediate.forward(&x)?)?;
         self.out_norm.forward(&(self.output.forward(&inner)? + x)?)
     }
 }

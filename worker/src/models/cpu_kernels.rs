@@ -6,6 +6,7 @@
 //! one fused operation, a library call on a CPU without FMA).
 
 use candle_core::{DType, Device, Storage, Tensor};
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -66,9 +67,18 @@ pub(crate) fn cpu_f32(ts: &[&Tensor]) -> bool {
         .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu))
 }
 
+/// The threads of one CPU product: candle's count (RAYON_NUM_THREADS, else the CPUs), as its
+/// own ops use, read once (candle reads it from /proc on every call, which showed in profiles of
+/// decoding).
+pub(crate) fn cpu_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
 /// Splits `out` into chunks of whole `unit`s, about one per thread, and calls `f(first unit,
-/// chunk)` for each on its own thread (on this one when `work`, in multiply-adds, is too small
-/// to pay for starting threads).
+/// chunk)` for each on the rayon pool's threads, which wait for work without being started anew
+/// for every call (all on this thread when `work`, in multiply-adds, is too small to pay for
+/// handing it over).
 pub(crate) fn parallel_chunks(
     out: &mut [f32],
     unit: usize,
@@ -78,19 +88,15 @@ pub(crate) fn parallel_chunks(
     /// Below this many multiply-adds one thread does the whole call.
     const PARALLEL_MIN_WORK: usize = 1 << 18;
     let units = out.len() / unit.max(1);
-    // candle's count (RAYON_NUM_THREADS, else the CPUs), as its matmuls use.
-    let threads = candle_core::utils::get_num_threads();
+    let threads = cpu_threads();
     if work < PARALLEL_MIN_WORK || threads < 2 || units < 2 {
         f(0, out);
         return;
     }
     let per = units.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        for (c, chunk) in out.chunks_mut(per * unit).enumerate() {
-            scope.spawn(move || f(c * per, chunk));
-        }
-    });
+    out.par_chunks_mut(per * unit)
+        .enumerate()
+        .for_each(|(c, chunk)| f(c * per, chunk));
 }
 
 /// `e^x` for `x <= 0` (`-inf` gives 0) within 2 ulp of the correctly rounded value: Cody–Waite
@@ -166,6 +172,31 @@ pub(crate) fn swiglu(y: &Tensor, i: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, shape, y.device())?)
 }
 
+/// GELU with the exact erf, `x · (1 + erf(x / √2)) / 2`, of an f32 CPU tensor: candle's
+/// `gelu_erf` formula and erf, so the same bits, computed in parallel chunks on this crate's
+/// threads (candle's element-wise ops wait for each other in a spinning pool, which showed in
+/// profiles of the BERT encoder).
+pub(crate) fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if !cpu_f32(&[x]) {
+        return Ok(x.gelu_erf()?);
+    }
+    let x = x.contiguous()?;
+    let mut out = vec![0f32; x.elem_count()];
+    with_f32(&x, |xs| {
+        // erf costs some 20 multiply-adds.
+        parallel_chunks(&mut out, 1024, xs.len() * 20, |first, chunk| {
+            let src = &xs[first * 1024..first * 1024 + chunk.len()];
+            for (o, &v) in chunk.iter_mut().zip(src) {
+                *o = (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.)
+                    * 0.5
+                    * v;
+            }
+        });
+        Ok(())
+    })?;
+    Ok(Tensor::from_vec(out, x.dims(), x.device())?)
+}
+
 struct SwigluRows<'a> {
     y: &'a [f32],
     out: &'a mut [f32],
@@ -208,6 +239,31 @@ mod tests {
         assert_eq!(exp_non_positive(0.0), 1.0);
         assert_eq!(exp_non_positive(-90.0), 0.0);
         assert_eq!(exp_non_positive(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn gelu_erf_has_candle_bits() {
+        // Odd length (a partial chunk), values over ±12 (erf saturated) and near 0.
+        let x: Vec<f32> = pseudo(3 * 1731, 3).iter().map(|v| v * 24.0).collect();
+        let t = Tensor::from_vec(x, (3, 1731), &Device::Cpu).unwrap();
+        let got = gelu_erf(&t)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want = t
+            .gelu_erf()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
     }
 
     #[test]

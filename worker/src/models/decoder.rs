@@ -460,9 +460,10 @@ impl DecoderModel {
             .map(|i| Layer::new(&cfg, ws, i, tp))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(ws, "model.norm.weight", cfg.rms_norm_eps)?;
-        // The head stays `(vocab, hidden)`: a transposed view is the faster layout for so wide a
-        // matmul, and a tied head shares the embedding's memory.
-        let head = Linear::new_as_stored(ws.lm_head(cfg.tie_word_embeddings)?, "lm_head");
+        // The head stays `(vocab, hidden)` off the CPU's f32 kernels: a transposed view is the
+        // faster layout for so wide a gemm, and a tied head shares the embedding's memory. In f32
+        // on the CPU it is packed (linear.rs), a copy of a tied embedding.
+        let head = Linear::new_as_stored(ws.lm_head(cfg.tie_word_embeddings)?, "lm_head")?;
         let rope = Rope::new(&cfg, ws.dtype(), ws.device())?;
         Ok(Self {
             embed,

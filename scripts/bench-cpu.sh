@@ -107,7 +107,7 @@ if wants step4; then
   for m in "$ROOT"/worker/tests/fixtures/reward/tiny-rm-*; do
     for dtype in bf16 f32; do
       RAYON_NUM_THREADS="$THREADS" "$BIN/evalfleet-bench" reward --model "$m" --dtype "$dtype" \
-        --pairs 64 --batch-size 8 | tail -n 1 | tee -a "$WORK/step4.jsonl"
+        --pairs 32 --batch-size 8 --repeats 2 | tail -n 1 | tee -a "$WORK/step4.jsonl"
     done
   done
 fi

@@ -538,7 +538,7 @@ fn coordinator_killed_in_step3_of_a_three_step_job_recomputes_no_finished_step()
     // One worker, one question per lease: it hangs at question 5 of step 3, questions 0-4
     // journaled; steps 1 and 2 are written and recorded finished by then.
     let marker = dir.path().join("held");
-    let hold = Some(format!("{}:step3/mine/5", marker.display()));
+    let hold = Some(format!("{}:5@step3/mine", marker.display()));
     let coordinator = evalfleet("run", &yaml, 1, 1, &log, hold);
     let step3_journal = save.join(".evalfleet-journal/step3.jsonl");
     kill_at(coordinator, &marker, &step3_journal, 5);

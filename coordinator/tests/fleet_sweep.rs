@@ -780,7 +780,7 @@ fn a_sweep_killed_in_its_second_checkpoints_step2_recomputes_no_step1_result() {
     // worker holds checkpoint-200's last step-2 item (5), all 6 of its step-1 results and 5
     // step-2 scores are journaled; checkpoint-100's files are written meanwhile.
     let marker = tmp.path().join("held");
-    let hold = Some(format!("{}:checkpoint-200/step2/5", marker.display()));
+    let hold = Some(format!("{}:5@checkpoint-200/step2", marker.display()));
     let mut coordinator = spawn(&["sweep"], &yaml, 1, &log, hold);
     let journal = out.join("checkpoint-200/.evalfleet-journal/step1+step2.jsonl");
     let mut worker = None;

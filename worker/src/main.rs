@@ -334,7 +334,7 @@ mod test_hooks {
     use evalfleet_worker::rpc::LeaseRunner;
 
     /// Test hook (fault injection for the fleet's own tests, not a user option, so it is neither a
-    /// flag nor in --help): `MARKER:ITEM` (or `MARKER:TASK/ITEM`, only in leases of task TASK)
+    /// flag nor in --help): `MARKER:ITEM` (or `MARKER:ITEM@TASK`, only in leases of task TASK)
     /// makes the first worker (of all sharing the MARKER file) that
     /// produces the result of item ITEM exit abruptly with status 3, in the middle of its lease, so
     /// tests can check that the fleet recovers from a worker dying.
@@ -375,14 +375,15 @@ mod test_hooks {
             })
         }
 
-        /// Reads `MARKER:ITEM` or `MARKER:TASK/ITEM` (task names may hold `/`, item ids not).
+        /// Reads `MARKER:ITEM` or `MARKER:ITEM@TASK` (task names and item ids both may hold
+        /// `/`, neither `@`).
         fn new(fault: Fault, spec: &str) -> anyhow::Result<Hook> {
             let (marker, item) = spec
                 .rsplit_once(':')
                 .with_context(|| format!("a test hook expects MARKER:ITEM, got {spec:?}"))?;
-            let (task, item) = match item.rsplit_once('/') {
-                Some((task, item)) => (Some(task.to_string()), item),
-                None => (None, item),
+            let (item, task) = match item.split_once('@') {
+                Some((item, task)) => (item, Some(task.to_string())),
+                None => (item, None),
             };
             Ok(Hook {
                 fault,

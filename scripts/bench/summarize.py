@@ -5,16 +5,23 @@ import json
 import sys
 
 
+def json_rows(texts):
+    """The JSON objects among `texts` (lines): lines starting with `{` that parse."""
+    rows = []
+    for text in texts:
+        text = text.strip()
+        if text.startswith("{"):
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError:
+                pass
+    return rows
+
+
 def main():
     rows = []
-    for line in (open(p) for p in sys.argv[1:]) if len(sys.argv) > 1 else [sys.stdin]:
-        for text in line:
-            text = text.strip()
-            if text.startswith("{"):
-                try:
-                    rows.append(json.loads(text))
-                except json.JSONDecodeError:
-                    pass
+    for stream in (open(p) for p in sys.argv[1:]) if len(sys.argv) > 1 else [sys.stdin]:
+        rows.extend(json_rows(stream))
     runs = {}
     for r in rows:
         if "tokens_per_second" not in r:
